@@ -1,0 +1,277 @@
+"""Invertible normalizers for flat weight vectors ``(B, D)`` in spec order.
+
+Generative models of weights learn far better on standardized inputs (Cond P-Diff,
+table 4a). Three normalizers, all with ``fit`` / ``transform`` / ``inverse`` and statistics
+that travel with the generator through ``state_dict`` (tensors, for safetensors) and
+``config`` (JSON):
+
+- :class:`PerTaskZScore`: one mean and std per task (Cond P-Diff).
+- :class:`PerLayerZScore`: one mean and std per tensor of the spec, optionally after a
+  log transform of positive tensors such as BatchNorm ``running_var``.
+- :class:`GlobalScale`: one scale for everything.
+
+Statistics are computed and applied in float64, so ``inverse(transform(x))`` matches
+``x`` to float32 rounding.
+
+Example:
+    >>> import torch
+    >>> x = torch.randn(6, 10) * 3 + 1
+    >>> norm = PerTaskZScore().fit(x, tasks=["a", "a", "a", "b", "b", "b"])
+    >>> z = norm.transform(x, tasks=["a", "a", "a", "b", "b", "b"])
+    >>> torch.allclose(norm.inverse(z, tasks=["a"] * 3 + ["b"] * 3), x, atol=1e-5)
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import torch
+
+from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError, _matches
+
+__all__ = [
+    "Normalizer",
+    "PerTaskZScore",
+    "PerLayerZScore",
+    "GlobalScale",
+    "normalizer_from_config",
+]
+
+_EPS = 1e-12
+
+
+@runtime_checkable
+class Normalizer(Protocol):
+    """An invertible map on ``(B, D)`` flat weight vectors, fitted on a zoo."""
+
+    def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> Normalizer: ...
+
+    def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor: ...
+
+    def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor: ...
+
+    def state_dict(self) -> dict[str, torch.Tensor]: ...
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None: ...
+
+    def config(self) -> dict[str, Any]: ...
+
+
+def _check_input(flat: torch.Tensor, dim: int | None = None) -> None:
+    if flat.ndim != 2:
+        raise ValueError(f"expected flat weight vectors of shape (B, D), got {tuple(flat.shape)}")
+    if dim is not None and flat.shape[1] != dim:
+        raise SpecMismatchError(f"expected vectors of length {dim} (as fitted), got {flat.shape[1]}")
+    if not flat.is_floating_point():
+        raise TypeError(f"expected floating vectors, got {flat.dtype}")
+    if not torch.isfinite(flat).all():
+        raise NonFiniteWeightsError("weight vectors contain NaN or Inf")
+
+
+def _std(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
+    std = (x - mean).pow(2).mean().sqrt()
+    return torch.where(std > _EPS, std, torch.ones_like(std))  # constant data: scale 1
+
+
+class _Fitted:
+    _fitted: bool = False
+
+    def _require_fit(self) -> None:
+        if not self._fitted:
+            raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() first or load_state_dict()")
+
+
+class PerTaskZScore(_Fitted):
+    """Z-score each model with the mean and std of all weights of its task.
+
+    Args:
+        unknown: What to do with a task not seen in ``fit`` (e.g. a held-out task at
+            generation time): ``"error"`` raises, ``"global"`` uses the statistics of
+            the whole zoo.
+    """
+
+    def __init__(self, *, unknown: Literal["error", "global"] = "error") -> None:
+        if unknown not in ("error", "global"):
+            raise ValueError(f"unknown must be 'error' or 'global', got {unknown!r}")
+        self.unknown = unknown
+        self.tasks: tuple[str, ...] = ()
+        self.mean = torch.zeros(0, dtype=torch.float64)
+        self.std = torch.ones(0, dtype=torch.float64)
+        self.dim: int | None = None
+
+    def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> PerTaskZScore:
+        _check_input(flat)
+        if tasks is None or len(tasks) != flat.shape[0]:
+            raise ValueError(f"PerTaskZScore needs one task name per row: {flat.shape[0]} rows, got {None if tasks is None else len(tasks)} names")
+        names = sorted(set(tasks))
+        x = flat.double()
+        means, stds = [], []
+        for name in names + ["__global__"]:
+            rows = x if name == "__global__" else x[[i for i, t in enumerate(tasks) if t == name]]
+            m = rows.mean()
+            means.append(m)
+            stds.append(_std(rows, m))
+        self.tasks = tuple(names)
+        self.mean, self.std = torch.stack(means), torch.stack(stds)  # (T+1,), last = global
+        self.dim = flat.shape[1]
+        self._fitted = True
+        return self
+
+    def _rows(self, tasks: Sequence[str] | None, batch: int) -> torch.Tensor:
+        self._require_fit()
+        if tasks is None or len(tasks) != batch:
+            raise ValueError(f"expected one task name per row ({batch}), got {None if tasks is None else len(tasks)}")
+        index = {t: i for i, t in enumerate(self.tasks)}
+        unknown = sorted({t for t in tasks if t not in index})
+        if unknown and self.unknown == "error":
+            raise KeyError(f"tasks {unknown[:5]} were not seen in fit; known: {list(self.tasks)[:10]} (use unknown='global')")
+        return torch.tensor([index.get(t, len(self.tasks)) for t in tasks])
+
+    def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        _check_input(flat, self.dim)
+        i = self._rows(tasks, flat.shape[0])
+        return ((flat.double() - self.mean[i, None]) / self.std[i, None]).to(flat.dtype)
+
+    def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        _check_input(flat, self.dim)
+        i = self._rows(tasks, flat.shape[0])
+        return (flat.double() * self.std[i, None] + self.mean[i, None]).to(flat.dtype)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._require_fit()
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.mean, self.std = state["mean"].double(), state["std"].double()
+        self._fitted = True
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "per_task", "unknown": self.unknown, "tasks": list(self.tasks), "dim": self.dim}
+
+
+class PerLayerZScore(_Fitted):
+    """Z-score each tensor of the spec with its own mean and std over the zoo.
+
+    Args:
+        spec: The architecture the vectors follow.
+        log: Glob patterns of tensors to log-transform first (they must be positive),
+            by default BatchNorm ``running_var``, whose scale spans orders of magnitude.
+    """
+
+    def __init__(self, spec: ParamSpec, *, log: Sequence[str] = ("*running_var",)) -> None:
+        self.spec = spec
+        self.log = tuple(log)
+        self._segments = spec.segment_ids()  # (D,)
+        tensors = spec.vector_tensors
+        self._log_tensor = torch.tensor([_matches(t.name, self.log) for t in tensors])  # (T,)
+        self._log_entry = self._log_tensor[self._segments]  # (D,)
+        self.mean = torch.zeros(len(tensors), dtype=torch.float64)
+        self.std = torch.ones(len(tensors), dtype=torch.float64)
+
+    def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> PerLayerZScore:
+        _check_input(flat, self.spec.numel)
+        x = self._forward_log(flat.double())
+        n_t = len(self.spec.vector_tensors)
+        count = torch.bincount(self._segments, minlength=n_t).double() * flat.shape[0]
+        mean = torch.zeros(n_t, dtype=torch.float64).index_add_(0, self._segments, x.sum(0)) / count
+        var = torch.zeros(n_t, dtype=torch.float64).index_add_(0, self._segments, (x - mean[self._segments]).pow(2).sum(0)) / count
+        std = var.sqrt()
+        self.mean, self.std = mean, torch.where(std > _EPS, std, torch.ones_like(std))
+        self._fitted = True
+        return self
+
+    def _forward_log(self, x: torch.Tensor) -> torch.Tensor:
+        if not self._log_entry.any():
+            return x
+        logged = x[:, self._log_entry]
+        if (logged <= 0).any():
+            names = [t.name for t, m in zip(self.spec.vector_tensors, self._log_tensor) if m][:5]
+            raise ValueError(f"log-normalized tensors must be positive; {names} contain values <= 0")
+        x = x.clone()
+        x[:, self._log_entry] = logged.log()
+        return x
+
+    def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        self._require_fit()
+        _check_input(flat, self.spec.numel)
+        x = self._forward_log(flat.double())
+        return ((x - self.mean[self._segments]) / self.std[self._segments]).to(flat.dtype)
+
+    def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        self._require_fit()
+        _check_input(flat, self.spec.numel)
+        x = flat.double() * self.std[self._segments] + self.mean[self._segments]
+        if self._log_entry.any():
+            x[:, self._log_entry] = x[:, self._log_entry].exp()
+        return x.to(flat.dtype)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._require_fit()
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        n_t = len(self.spec.vector_tensors)
+        if state["mean"].shape != (n_t,):
+            raise SpecMismatchError(f"statistics are for {state['mean'].shape[0]} tensors, the spec has {n_t}")
+        self.mean, self.std = state["mean"].double(), state["std"].double()
+        self._fitted = True
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "per_layer", "log": list(self.log)}
+
+
+class GlobalScale(_Fitted):
+    """Divide every weight by one scale: the zoo's root mean square."""
+
+    def __init__(self) -> None:
+        self.scale = torch.ones((), dtype=torch.float64)
+
+    def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> GlobalScale:
+        _check_input(flat)
+        self.scale = _std(flat.double(), torch.zeros((), dtype=torch.float64))
+        self._fitted = True
+        return self
+
+    def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        self._require_fit()
+        _check_input(flat)
+        return (flat.double() / self.scale).to(flat.dtype)
+
+    def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        self._require_fit()
+        _check_input(flat)
+        return (flat.double() * self.scale).to(flat.dtype)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._require_fit()
+        return {"scale": self.scale.clone()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        self.scale = state["scale"].double()
+        self._fitted = True
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "global"}
+
+
+def normalizer_from_config(
+    config: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, spec: ParamSpec | None = None
+) -> PerTaskZScore | PerLayerZScore | GlobalScale:
+    """Rebuild a fitted normalizer from its ``config()`` and ``state_dict()``."""
+    kind = config.get("type")
+    norm: PerTaskZScore | PerLayerZScore | GlobalScale
+    if kind == "per_task":
+        norm = PerTaskZScore(unknown=config["unknown"])
+        norm.tasks, norm.dim = tuple(config["tasks"]), config["dim"]
+    elif kind == "per_layer":
+        if spec is None:
+            raise ValueError("a per_layer normalizer needs the spec it was fitted on")
+        norm = PerLayerZScore(spec, log=config["log"])
+    elif kind == "global":
+        norm = GlobalScale()
+    else:
+        raise ValueError(f"normalizer type must be 'per_task', 'per_layer' or 'global', got {kind!r}")
+    norm.load_state_dict(state)
+    return norm

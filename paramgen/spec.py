@@ -1,0 +1,486 @@
+"""The architecture as data: a frozen description of a model's tensors.
+
+A :class:`ParamSpec` lists every tensor of a state dict (name, shape, dtype, kind) and says
+which of them form the weight vector that generators learn (``role="vector"``), which are
+carried along unchanged (``role="extra"``: integer and boolean buffers such as
+``num_batches_tracked``), and which are left out by a name filter (``role="frozen"``).
+Tied tensors (one tensor under several names) are stored once and restored tied.
+
+Vectorizers, tokenizers and selectors all share this record, so it is the single place
+that knows how a model maps to a flat vector.
+
+Example:
+    >>> import torch
+    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    >>> spec = ParamSpec.from_module(net)
+    >>> spec.numel  # 3*4 + 4 weights/bias, 4+4 BN affine, 4+4 BN running stats
+    32
+    >>> flat, extras = spec.flatten([net.state_dict()])
+    >>> net.load_state_dict(spec.unflatten(flat, extras=extras)[0], strict=True)
+    <All keys matched successfully>
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import nn
+
+__all__ = [
+    "Role",
+    "TensorSpec",
+    "ParamSpec",
+    "SpecMismatchError",
+    "NonFiniteWeightsError",
+]
+
+Role = Literal["vector", "extra", "frozen"]
+Kind = Literal["parameter", "buffer"]
+
+_DTYPES: dict[str, torch.dtype] = {
+    str(d).removeprefix("torch."): d
+    for d in (
+        torch.float64,
+        torch.float32,
+        torch.float16,
+        torch.bfloat16,
+        torch.int64,
+        torch.int32,
+        torch.int16,
+        torch.int8,
+        torch.uint8,
+        torch.bool,
+    )
+}
+
+
+class SpecMismatchError(ValueError):
+    """Weights, vectors or checkpoints do not match the spec they are used with."""
+
+
+class NonFiniteWeightsError(ValueError):
+    """Weights contain NaN or Inf."""
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    name = str(dtype).removeprefix("torch.")
+    if name not in _DTYPES:
+        raise TypeError(f"unsupported tensor dtype {dtype}; expected one of {sorted(_DTYPES)}")
+    return name
+
+
+@attrs.frozen
+class TensorSpec:
+    """One entry of a state dict.
+
+    Attributes:
+        name: State-dict key.
+        shape: Tensor shape.
+        dtype: Dtype name, e.g. ``"float32"``, ``"bfloat16"``, ``"int64"``.
+        kind: ``"parameter"`` or ``"buffer"``.
+        role: ``"vector"`` (part of the flat weight vector), ``"extra"`` (non-float
+            tensor carried along), or ``"frozen"`` (left out by the name filter).
+        layer: Index of the module that owns the tensor, in state-dict order.
+        offset: Start of the tensor in the flat vector (``-1`` unless ``role="vector"``).
+        tied_to: Name of the tensor this one shares storage with, or ``None``. A tied
+            entry is stored once, under the first name, and restored under both.
+        default: Value used for an extra when none is given (tuple of numbers, flattened).
+    """
+
+    name: str
+    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    dtype: str
+    kind: Kind = "parameter"
+    role: Role = "vector"
+    layer: int = 0
+    offset: int = -1
+    tied_to: str | None = None
+    default: tuple[Any, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+
+    @property
+    def numel(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return _DTYPES[self.dtype]
+
+    @property
+    def is_float(self) -> bool:
+        return self.torch_dtype.is_floating_point
+
+    @property
+    def module(self) -> str:
+        """Owning module's name (``""`` for top-level tensors)."""
+        return self.name.rpartition(".")[0]
+
+
+def _matches(name: str, patterns: Sequence[str]) -> bool:
+    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
+
+
+def _storage_key(t: torch.Tensor) -> tuple | None:
+    if t.numel() == 0 or t.device.type == "meta":
+        return None
+    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
+
+
+@attrs.frozen
+class ParamSpec:
+    """A model's tensors and how they map to a flat weight vector.
+
+    Build one with :meth:`from_module` or :meth:`from_state_dict`; it is immutable,
+    hashable and JSON-serializable (:meth:`to_dict` / :meth:`from_dict`).
+
+    Attributes:
+        tensors: Every state-dict entry, in state-dict order.
+        layers: Module names in order of first appearance; ``TensorSpec.layer`` indexes it.
+    """
+
+    tensors: tuple[TensorSpec, ...] = attrs.field(converter=tuple)
+    layers: tuple[str, ...] = attrs.field(converter=tuple)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_module(
+        cls,
+        module: nn.Module,
+        *,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+    ) -> ParamSpec:
+        """Describe ``module.state_dict()``; parameters and buffers are told apart.
+
+        Args:
+            module: Any ``nn.Module``.
+            include: Glob patterns (``fnmatch``, ``*`` crosses dots) of tensors to put
+                in the vector, e.g. ``["*lora_*"]`` or ``["layer4.*.bn*"]``. ``None``
+                selects everything.
+            exclude: Glob patterns removed from the selection.
+        """
+        params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
+        state = module.state_dict(keep_vars=True)
+        kinds = {name: ("parameter" if name in params else "buffer") for name in state}
+        return cls.from_state_dict(state, include=include, exclude=exclude, kinds=kinds)
+
+    @classmethod
+    def from_state_dict(
+        cls,
+        state_dict: Mapping[str, torch.Tensor],
+        *,
+        include: Sequence[str] | None = None,
+        exclude: Sequence[str] = (),
+        kinds: Mapping[str, Kind] | None = None,
+    ) -> ParamSpec:
+        """Describe a state dict. Tensors sharing storage are recorded as tied.
+
+        Without ``kinds``, floating tensors are called parameters and the rest buffers.
+        """
+        if not state_dict:
+            raise ValueError("expected a non-empty state dict, got an empty one")
+        include = None if include is None else list(include)
+        exclude = list(exclude)
+        seen: dict[tuple, str] = {}
+        layer_of: dict[str, int] = {}
+        entries: list[TensorSpec] = []
+        offset = 0
+        for name, t in state_dict.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"state dict entry {name!r} is a {type(t).__name__}, expected a tensor")
+            dtype = _dtype_name(t.dtype)
+            module_name = name.rpartition(".")[0]
+            layer = layer_of.setdefault(module_name, len(layer_of))
+            kind = kinds[name] if kinds is not None else ("parameter" if t.is_floating_point() else "buffer")
+            key = _storage_key(t)
+            if key is not None and key in seen:
+                target = next(e for e in entries if e.name == seen[key])
+                entries.append(attrs.evolve(target, name=name, kind=kind, layer=layer, tied_to=target.name, default=None))
+                continue
+            if key is not None:
+                seen[key] = name
+            selected = (include is None or _matches(name, include)) and not _matches(name, exclude)
+            if not selected:
+                role: Role = "frozen"
+            elif t.is_floating_point():
+                role = "vector"
+            else:
+                role = "extra"
+            default = tuple(t.detach().reshape(-1).tolist()) if role == "extra" else None
+            entries.append(
+                TensorSpec(
+                    name=name,
+                    shape=tuple(t.shape),
+                    dtype=dtype,
+                    kind=kind,
+                    role=role,
+                    layer=layer,
+                    offset=offset if role == "vector" else -1,
+                    default=default,
+                )
+            )
+            if role == "vector":
+                offset += t.numel()
+        if offset == 0:
+            raise ValueError(
+                f"no floating tensor matches include={include} exclude={exclude}; "
+                f"state dict keys start with {list(state_dict)[:5]}"
+            )
+        return cls(tensors=tuple(entries), layers=tuple(layer_of))
+
+    # ----------------------------------------------------------------- views
+    @property
+    def vector_tensors(self) -> tuple[TensorSpec, ...]:
+        """Tensors stored in the flat vector (tied copies excluded), in vector order."""
+        return tuple(t for t in self.tensors if t.role == "vector" and t.tied_to is None)
+
+    @property
+    def extra_tensors(self) -> tuple[TensorSpec, ...]:
+        return tuple(t for t in self.tensors if t.role == "extra" and t.tied_to is None)
+
+    @property
+    def numel(self) -> int:
+        """Length ``D`` of the flat weight vector."""
+        return sum(t.numel for t in self.vector_tensors)
+
+    @property
+    def vector_dtype(self) -> torch.dtype:
+        """Dtype of flat vectors: float32 holds fp32/fp16/bf16 exactly; float64 if any tensor is."""
+        if any(t.dtype == "float64" for t in self.vector_tensors):
+            return torch.float64
+        return torch.float32
+
+    def __getitem__(self, name: str) -> TensorSpec:
+        for t in self.tensors:
+            if t.name == name:
+                return t
+        raise KeyError(f"{name!r} is not in this spec; it has {len(self.tensors)} tensors, e.g. {self.names[:5]}")
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(t.name for t in self.tensors)
+
+    def segment_ids(self) -> torch.Tensor:
+        """``(D,)`` index into :attr:`vector_tensors` of each vector entry."""
+        sizes = torch.tensor([t.numel for t in self.vector_tensors])
+        return torch.repeat_interleave(torch.arange(len(sizes)), sizes)
+
+    def layer_ids(self) -> torch.Tensor:
+        """``(D,)`` layer index of each vector entry."""
+        layers = torch.tensor([t.layer for t in self.vector_tensors])
+        return layers[self.segment_ids()]
+
+    def select(self, *, include: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> ParamSpec:
+        """A spec of the same model with a narrower vector (other tensors become frozen)."""
+        entries: list[TensorSpec] = []
+        offset = 0
+        roles: dict[str, Role] = {}
+        for t in self.tensors:
+            if t.tied_to is not None:
+                entries.append(attrs.evolve(t, role=roles[t.tied_to], offset=next(e.offset for e in entries if e.name == t.tied_to)))
+                continue
+            keep = t.role != "frozen" and (include is None or _matches(t.name, include)) and not _matches(t.name, exclude)
+            role: Role = t.role if keep else "frozen"
+            roles[t.name] = role
+            entries.append(attrs.evolve(t, role=role, offset=offset if role == "vector" else -1))
+            if role == "vector":
+                offset += t.numel
+        if offset == 0:
+            raise ValueError(f"no vector tensor matches include={include} exclude={exclude}")
+        return ParamSpec(tensors=tuple(entries), layers=self.layers)
+
+    # ----------------------------------------------------------------- checks
+    @property
+    def fingerprint(self) -> str:
+        """Short hash of names, shapes, dtypes and roles: equal specs, equal fingerprints."""
+        payload = json.dumps([[t.name, list(t.shape), t.dtype, t.role, t.tied_to] for t in self.tensors])
+        return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+    def check_compatible(self, other: ParamSpec) -> None:
+        """Raise :class:`SpecMismatchError` naming the first difference from ``other``."""
+        if self.fingerprint == other.fingerprint:
+            return
+        mine, theirs = {t.name: t for t in self.tensors}, {t.name: t for t in other.tensors}
+        missing = [n for n in mine if n not in theirs]
+        extra = [n for n in theirs if n not in mine]
+        if missing or extra:
+            raise SpecMismatchError(
+                f"spec is for another architecture: missing {missing[:5]}, unexpected {extra[:5]}"
+            )
+        for name, a in mine.items():
+            b = theirs[name]
+            if (a.shape, a.dtype, a.role, a.tied_to) != (b.shape, b.dtype, b.role, b.tied_to):
+                raise SpecMismatchError(
+                    f"spec is for another architecture: {name!r} expected shape {a.shape} {a.dtype} "
+                    f"({a.role}), got shape {b.shape} {b.dtype} ({b.role})"
+                )
+        raise SpecMismatchError("spec differs in tensor order")
+
+    def _check_keys(self, state_dict: Mapping[str, torch.Tensor], *, which: int | None = None) -> None:
+        where = "" if which is None else f" (model {which})"
+        needed = {t.name for t in self.tensors if t.role != "frozen" and t.tied_to is None}
+        missing = needed.difference(state_dict)
+        known = set(self.names)
+        unexpected = [k for k in state_dict if k not in known]
+        if missing or unexpected:
+            raise SpecMismatchError(
+                f"state dict does not match the spec{where}: missing {sorted(missing)[:5]}, "
+                f"unexpected {unexpected[:5]} (is it from another architecture?)"
+            )
+
+    # ----------------------------------------------------------------- flatten
+    def flatten(
+        self, state_dicts: Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor], *, check_finite: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Turn state dicts into flat vectors.
+
+        Args:
+            state_dicts: One state dict or a sequence of them (a zoo of one architecture).
+            check_finite: Raise :class:`NonFiniteWeightsError` on NaN/Inf.
+
+        Returns:
+            ``(values, extras)``: ``values`` is ``(B, D)`` in :attr:`vector_dtype`;
+            ``extras`` maps each extra tensor's name to a ``(B, *shape)`` tensor.
+        """
+        if isinstance(state_dicts, Mapping):
+            state_dicts = [state_dicts]
+        if len(state_dicts) == 0:
+            raise ValueError("expected at least one state dict, got none")
+        for i, sd in enumerate(state_dicts):
+            self._check_keys(sd, which=i if len(state_dicts) > 1 else None)
+        stacked = {
+            t.name: torch.stack([sd[t.name].detach() for sd in state_dicts])
+            for t in self.tensors
+            if t.role in ("vector", "extra") and t.tied_to is None
+        }
+        return self.flatten_stacked(stacked, check_finite=check_finite)
+
+    def flatten_stacked(
+        self, stacked: Mapping[str, torch.Tensor], *, check_finite: bool = True
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Like :meth:`flatten` for tensors already stacked over models: ``name -> (B, *shape)``.
+
+        This is the fast path for whole zoos: one copy per tensor, no loop over models.
+        """
+        vec = self.vector_tensors
+        if vec[0].name not in stacked:
+            raise SpecMismatchError(f"stacked tensors lack {vec[0].name!r}")
+        batch = stacked[vec[0].name].shape[0]
+        dtype = self.vector_dtype
+        out = torch.empty(batch, self.numel, dtype=dtype)  # (B, D)
+        for t in vec:
+            if t.name not in stacked:
+                raise SpecMismatchError(f"missing tensor {t.name!r} (is the checkpoint from another architecture?)")
+            x = stacked[t.name]
+            if tuple(x.shape) != (batch, *t.shape):
+                raise SpecMismatchError(
+                    f"tensor {t.name!r}: expected shape {(batch, *t.shape)} (models first), got {tuple(x.shape)}"
+                )
+            if not x.is_floating_point():
+                raise SpecMismatchError(f"tensor {t.name!r}: expected a floating tensor, got {x.dtype}")
+            out[:, t.offset : t.offset + t.numel] = x.reshape(batch, t.numel)
+        if check_finite and not torch.isfinite(out).all():
+            bad = [t.name for t in vec if not torch.isfinite(out[:, t.offset : t.offset + t.numel]).all()]
+            raise NonFiniteWeightsError(f"weights contain NaN or Inf in {bad[:5]}")
+        extras = {}
+        for t in self.extra_tensors:
+            if t.name not in stacked:
+                raise SpecMismatchError(f"missing tensor {t.name!r}")
+            extras[t.name] = stacked[t.name].detach().clone()
+        return out, extras
+
+    # ----------------------------------------------------------------- unflatten
+    def unflatten_stacked(
+        self,
+        values: torch.Tensor,
+        *,
+        extras: Mapping[str, torch.Tensor] | None = None,
+        check_finite: bool = True,
+    ) -> dict[str, torch.Tensor]:
+        """Inverse of :meth:`flatten_stacked`: ``(B, D)`` to ``name -> (B, *shape)``.
+
+        Only stored tensors are returned (no tied copies, no frozen tensors).
+        """
+        if values.ndim == 1:
+            values = values.unsqueeze(0)
+        if values.ndim != 2 or values.shape[1] != self.numel:
+            raise SpecMismatchError(
+                f"expected weight vectors of shape (B, {self.numel}), got {tuple(values.shape)}"
+            )
+        if not values.is_floating_point():
+            raise TypeError(f"expected floating weight vectors, got {values.dtype}")
+        if check_finite and not torch.isfinite(values).all():
+            raise NonFiniteWeightsError("weight vectors contain NaN or Inf")
+        batch = values.shape[0]
+        out: dict[str, torch.Tensor] = {}
+        for t in self.vector_tensors:
+            x = values[:, t.offset : t.offset + t.numel].to(t.torch_dtype, copy=True)
+            out[t.name] = x.reshape(batch, *t.shape)
+        for t in self.extra_tensors:
+            if extras is not None and t.name in extras:
+                x = extras[t.name]
+                if tuple(x.shape) != (batch, *t.shape):
+                    raise SpecMismatchError(
+                        f"extra {t.name!r}: expected shape {(batch, *t.shape)}, got {tuple(x.shape)}"
+                    )
+                out[t.name] = x.to(t.torch_dtype, copy=True)
+            else:
+                default = torch.tensor(t.default, dtype=t.torch_dtype).reshape(t.shape)
+                out[t.name] = default.expand(batch, *t.shape).clone()
+        return out
+
+    def unflatten(
+        self,
+        values: torch.Tensor,
+        *,
+        extras: Mapping[str, torch.Tensor] | None = None,
+        base: Mapping[str, torch.Tensor] | None = None,
+        check_finite: bool = True,
+    ) -> list[dict[str, torch.Tensor]]:
+        """Turn ``(B, D)`` (or ``(D,)``) vectors back into state dicts, one per row.
+
+        Tied tensors come back as one tensor under all their names. Frozen tensors
+        (outside the name filter) are taken from ``base`` when it is given; otherwise
+        the state dicts hold only the selected tensors (load them with
+        ``strict=False``). Extras come from ``extras`` or, if absent, the spec's
+        recorded values.
+        """
+        stored = self.unflatten_stacked(values, extras=extras, check_finite=check_finite)
+        batch = next(iter(stored.values())).shape[0]
+        if base is not None:
+            missing = [t.name for t in self.tensors if t.role == "frozen" and t.tied_to is None and t.name not in base]
+            if missing:
+                raise SpecMismatchError(f"base state dict lacks frozen tensors {missing[:5]}")
+        rows = {name: x.unbind(0) for name, x in stored.items()}
+        result: list[dict[str, torch.Tensor]] = []
+        for b in range(batch):
+            sd: dict[str, torch.Tensor] = {}
+            for t in self.tensors:
+                source = t.tied_to or t.name
+                if source in rows:
+                    sd[t.name] = rows[source][b]
+                elif base is not None:
+                    sd[t.name] = sd[source] if t.tied_to is not None else base[t.name]
+            result.append(sd)
+        return result
+
+    # ----------------------------------------------------------------- serialization
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serializable form."""
+        return {"layers": list(self.layers), "tensors": [attrs.asdict(t) for t in self.tensors]}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ParamSpec:
+        try:
+            tensors = tuple(TensorSpec(**t) for t in data["tensors"])
+            return cls(tensors=tensors, layers=tuple(data["layers"]))
+        except (KeyError, TypeError) as e:
+            raise ValueError(f"not a serialized ParamSpec (expected keys 'layers' and 'tensors'): {e}") from e

@@ -1,0 +1,251 @@
+"""Vectorizers: lay a model's flat weight vector out as rows for a generator.
+
+Every vectorizer turns state dicts into a :class:`VectorBatch` of ``values (B, N, C)``,
+a padding ``mask``, and the position of each row (``layer``, ``chunk``), and back:
+
+- :class:`ModelVectorizer`: one row per model, zero-padded to ``length`` (the longest
+  model of a zoo, ``d_max``).
+- :class:`LayerVectorizer`: each layer (module) on its own rows; a layer's vector is
+  zero-padded to a multiple of ``chunk_size`` and split into equal chunks, or, with
+  ``chunk_size=None``, padded to the largest layer and kept whole (chunk-free).
+- :class:`ChunkVectorizer`: the whole model padded to a multiple of ``chunk_size`` and
+  split into ``ceil(D / chunk_size)`` chunks; a chunk's ``layer`` is the layer of its
+  first entry.
+
+Each layout is one precomputed index map, so packing and unpacking a whole zoo is a
+single gather, and the round trip is bit-exact.
+
+Example:
+    >>> import torch
+    >>> from paramgen.spec import ParamSpec
+    >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
+    >>> vec = ChunkVectorizer(ParamSpec.from_module(net), chunk_size=16)
+    >>> batch = vec.flatten([net.state_dict()])
+    >>> batch.values.shape  # 58 weights -> 4 chunks of 16
+    torch.Size([1, 4, 16])
+    >>> restored = vec.unflatten(batch.values, extras=batch.extras)[0]
+    >>> all(torch.equal(restored[k], v) for k, v in net.state_dict().items())
+    True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import attrs
+import torch
+
+from paramgen.spec import ParamSpec, SpecMismatchError
+
+__all__ = [
+    "VectorBatch",
+    "ModelVectorizer",
+    "LayerVectorizer",
+    "ChunkVectorizer",
+    "vectorizer_from_config",
+]
+
+StateDicts = Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor]
+
+
+@attrs.frozen(eq=False)
+class VectorBatch:
+    """Vectorized models.
+
+    Attributes:
+        values: ``(B, N, C)`` weights, zero where padded.
+        mask: ``(B, N, C)`` bool, ``True`` on real entries (an expanded view: no copy).
+        layer: ``(N,)`` layer index of each row (``-1`` for a whole-model row).
+        chunk: ``(N,)`` chunk index of each row (within its layer for layer-wise).
+        extras: Non-float tensors carried along, ``name -> (B, *shape)``.
+    """
+
+    values: torch.Tensor
+    mask: torch.Tensor
+    layer: torch.Tensor
+    chunk: torch.Tensor
+    extras: dict[str, torch.Tensor] = attrs.field(factory=dict)
+
+
+class _IndexLayout:
+    """Shared mechanics: ``src[p]`` is the flat index stored at row slot ``p`` or -1.
+
+    Subclasses only compute ``src``, ``layer`` and ``chunk`` in ``__init__``.
+    """
+
+    spec: ParamSpec
+    rows: int  # N
+    width: int  # C
+    _src: torch.Tensor  # (N*C,) long, -1 = padding
+    _inv: torch.Tensor  # (D,) long: slot of each flat index
+    layer: torch.Tensor  # (N,)
+    chunk: torch.Tensor  # (N,)
+
+    def _finish(self, src: torch.Tensor, layer: torch.Tensor, chunk: torch.Tensor, width: int) -> None:
+        self.width = width
+        self.rows = src.numel() // width
+        self._src = src
+        real = torch.nonzero(src >= 0).squeeze(1)
+        inv = torch.empty(self.spec.numel, dtype=torch.long)
+        inv[src[real]] = real
+        self._inv = inv
+        self._gather = torch.where(src >= 0, src, self.spec.numel)  # padding reads a zero column
+        self.layer = layer
+        self.chunk = chunk
+        self._mask = (src >= 0).reshape(self.rows, self.width)
+
+    @property
+    def mask(self) -> torch.Tensor:
+        """``(N, C)`` bool, ``True`` on real entries."""
+        return self._mask
+
+    def pack(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(B, D)`` flat vectors (in spec order) to ``(B, N, C)`` rows."""
+        if flat.ndim != 2 or flat.shape[1] != self.spec.numel:
+            raise SpecMismatchError(f"expected flat vectors of shape (B, {self.spec.numel}), got {tuple(flat.shape)}")
+        padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)  # (B, D+1)
+        return padded[:, self._gather].reshape(flat.shape[0], self.rows, self.width)
+
+    def unpack(self, values: torch.Tensor) -> torch.Tensor:
+        """``(B, N, C)`` rows to ``(B, D)`` flat vectors; padding is dropped."""
+        if values.ndim == 2:
+            values = values.unsqueeze(0)
+        if values.ndim != 3 or tuple(values.shape[1:]) != (self.rows, self.width):
+            raise SpecMismatchError(
+                f"expected vectorized weights of shape (B, {self.rows}, {self.width}), got {tuple(values.shape)}"
+            )
+        return values.reshape(values.shape[0], -1)[:, self._inv]
+
+    def flatten(self, state_dicts: StateDicts, *, check_finite: bool = True) -> VectorBatch:
+        """State dicts of the spec's architecture to a :class:`VectorBatch`."""
+        flat, extras = self.spec.flatten(state_dicts, check_finite=check_finite)
+        return self.from_flat(flat, extras)
+
+    def from_flat(self, flat: torch.Tensor, extras: Mapping[str, torch.Tensor] | None = None) -> VectorBatch:
+        """Wrap ``(B, D)`` flat vectors (e.g. from a zoo or a normalizer) as a batch."""
+        values = self.pack(flat)
+        return VectorBatch(
+            values=values,
+            mask=self._mask.expand(values.shape[0], -1, -1),
+            layer=self.layer,
+            chunk=self.chunk,
+            extras=dict(extras or {}),
+        )
+
+    def unflatten(
+        self,
+        values: torch.Tensor,
+        *,
+        extras: Mapping[str, torch.Tensor] | None = None,
+        base: Mapping[str, torch.Tensor] | None = None,
+        check_finite: bool = True,
+    ) -> list[dict[str, torch.Tensor]]:
+        """``(B, N, C)`` values to state dicts (see :meth:`ParamSpec.unflatten`)."""
+        return self.spec.unflatten(self.unpack(values), extras=extras, base=base, check_finite=check_finite)
+
+    def config(self) -> dict[str, Any]:
+        raise NotImplementedError  # pragma: no cover - every layout defines it
+
+
+class ModelVectorizer(_IndexLayout):
+    """One row per model, zero-padded to ``length``.
+
+    Args:
+        spec: The architecture.
+        length: Row length; at least ``spec.numel``. Use the longest model of a zoo of
+            several architectures so that all rows line up. Defaults to ``spec.numel``.
+    """
+
+    def __init__(self, spec: ParamSpec, *, length: int | None = None) -> None:
+        self.spec = spec
+        d = spec.numel
+        length = d if length is None else length
+        if length < d:
+            raise ValueError(f"length must be at least the model's {d} weights, got {length}")
+        self.length = length
+        src = torch.cat([torch.arange(d), torch.full((length - d,), -1)])
+        self._finish(src, torch.tensor([-1]), torch.tensor([0]), width=length)
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "model", "length": self.length}
+
+
+class ChunkVectorizer(_IndexLayout):
+    """The whole flat vector cut into chunks of ``chunk_size``.
+
+    Args:
+        spec: The architecture.
+        chunk_size: Entries per chunk (``K``).
+        num_chunks: Pad with empty chunks to this many rows (to line up a zoo of several
+            architectures); defaults to ``ceil(D / K)``.
+    """
+
+    def __init__(self, spec: ParamSpec, *, chunk_size: int, num_chunks: int | None = None) -> None:
+        if chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer, got {chunk_size}")
+        self.spec = spec
+        self.chunk_size = chunk_size
+        d = spec.numel
+        needed = -(-d // chunk_size)
+        num_chunks = needed if num_chunks is None else num_chunks
+        if num_chunks < needed:
+            raise ValueError(f"num_chunks must be at least {needed} for {d} weights in chunks of {chunk_size}, got {num_chunks}")
+        self.num_chunks = num_chunks
+        total = num_chunks * chunk_size
+        src = torch.cat([torch.arange(d), torch.full((total - d,), -1)])
+        first = torch.arange(0, needed * chunk_size, chunk_size)
+        layer = torch.cat([spec.layer_ids()[first], torch.full((num_chunks - needed,), -1)])
+        self._finish(src, layer, torch.arange(num_chunks), width=chunk_size)
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "chunk", "chunk_size": self.chunk_size, "num_chunks": self.num_chunks}
+
+
+class LayerVectorizer(_IndexLayout):
+    """Each layer on its own rows.
+
+    Args:
+        spec: The architecture.
+        chunk_size: Split each layer into chunks of this size (its vector zero-padded to
+            a multiple of it). ``None`` keeps each layer whole in one row, padded to the
+            largest layer.
+    """
+
+    def __init__(self, spec: ParamSpec, *, chunk_size: int | None = None) -> None:
+        if chunk_size is not None and chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        self.spec = spec
+        self.chunk_size = chunk_size
+        layer_ids = spec.layer_ids()
+        layers, counts = torch.unique(layer_ids, return_counts=True)
+        members = torch.argsort(layer_ids, stable=True).split(counts.tolist())  # flat indices per layer
+        width = chunk_size if chunk_size is not None else max(len(m) for m in members)
+        pieces, layer_of_row, chunk_of_row = [], [], []
+        for l, idx in zip(layers.tolist(), members):
+            n_rows = -(-len(idx) // width)
+            pieces.append(torch.cat([idx, torch.full((n_rows * width - len(idx),), -1)]))
+            layer_of_row.append(torch.full((n_rows,), l))
+            chunk_of_row.append(torch.arange(n_rows))
+        self._finish(torch.cat(pieces), torch.cat(layer_of_row), torch.cat(chunk_of_row), width=width)
+
+    def config(self) -> dict[str, Any]:
+        return {"type": "layer", "chunk_size": self.chunk_size}
+
+
+def vectorizer_from_config(config: Mapping[str, Any], spec: ParamSpec) -> ModelVectorizer | LayerVectorizer | ChunkVectorizer:
+    """Rebuild a vectorizer from its :meth:`config` and spec.
+
+    Example:
+        >>> import torch
+        >>> from paramgen.spec import ParamSpec
+        >>> spec = ParamSpec.from_module(torch.nn.Linear(3, 2))
+        >>> vectorizer_from_config({"type": "chunk", "chunk_size": 4}, spec).rows
+        2
+    """
+    kinds: dict[str, Any] = {"model": ModelVectorizer, "layer": LayerVectorizer, "chunk": ChunkVectorizer}
+    config = dict(config)
+    kind: Literal["model", "layer", "chunk"] | Any = config.pop("type", None)
+    if kind not in kinds:
+        raise ValueError(f"vectorizer type must be one of {sorted(kinds)}, got {kind!r}")
+    return kinds[kind](spec, **config)

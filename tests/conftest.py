@@ -1,0 +1,23 @@
+"""Shared test configuration: hypothesis profiles and fixtures."""
+
+import os
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+# Property tests build real torch modules: no per-example deadline (xarray's habit).
+settings.register_profile(
+    "default", deadline=None, max_examples=40, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.register_profile(
+    "thorough", deadline=None, max_examples=400, suppress_health_check=[HealthCheck.too_slow]
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+
+@pytest.fixture
+def tmp_out(tmp_path):
+    """A fresh output folder."""
+    return tmp_path

@@ -1,0 +1,105 @@
+"""Normalizers invert, carry their statistics, and reject bad input."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from paramgen.normalize import GlobalScale, PerLayerZScore, PerTaskZScore, normalizer_from_config
+from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
+
+NET = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3))
+SPEC = ParamSpec.from_module(NET)
+
+
+def zoo(n: int, seed: int, scale: float) -> torch.Tensor:
+    """``n`` flat vectors with per-tensor offsets/scales and positive running_var."""
+    g = torch.Generator().manual_seed(seed)
+    flat = torch.randn(n, SPEC.numel, generator=g) * scale
+    flat += torch.randn(len(SPEC.vector_tensors), generator=g)[SPEC.segment_ids()] * scale
+    var = SPEC["1.running_var"]
+    flat[:, var.offset : var.offset + var.numel] = flat[:, var.offset : var.offset + var.numel].abs() + 0.01
+    return flat
+
+
+def normalizers():
+    return st.sampled_from(["task", "layer", "global"])
+
+
+def make(kind: str):
+    return {"task": PerTaskZScore(), "layer": PerLayerZScore(SPEC), "global": GlobalScale()}[kind]
+
+
+@given(kind=normalizers(), n=st.integers(2, 9), seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e3))
+def test_inverse_undoes_transform(kind, n, seed, scale):
+    flat = zoo(n, seed, scale)
+    tasks = [f"t{i % 3}" for i in range(n)]
+    norm = make(kind).fit(flat, tasks=tasks)
+    z = norm.transform(flat, tasks=tasks)
+    assert torch.isfinite(z).all()
+    back = norm.inverse(z, tasks=tasks)
+    torch.testing.assert_close(back, flat, rtol=1e-6, atol=1e-6 * scale)
+
+
+@given(kind=normalizers(), seed=st.integers(0, 10_000))
+def test_fitted_statistics_standardize(kind, seed):
+    flat = zoo(12, seed, 4.0)
+    tasks = ["a"] * 6 + ["b"] * 6
+    z = make(kind).fit(flat, tasks=tasks).transform(flat, tasks=tasks).double()
+    if kind == "task":
+        for rows in (z[:6], z[6:]):
+            assert abs(rows.mean()) < 1e-6 and abs(rows.std(unbiased=False) - 1) < 1e-6
+    elif kind == "layer":
+        seg = SPEC.segment_ids()
+        for i in range(len(SPEC.vector_tensors)):
+            part = z[:, seg == i]
+            if part.numel() > 1:
+                assert abs(part.mean()) < 1e-6 and abs(part.std(unbiased=False) - 1) < 1e-5
+    else:
+        assert abs(z.pow(2).mean().sqrt() - 1) < 1e-6
+
+
+@pytest.mark.parametrize("kind", ["task", "layer", "global"])
+def test_statistics_survive_safetensors_and_json(kind, tmp_path):
+    flat = zoo(6, 0, 2.0)
+    tasks = ["a", "b"] * 3
+    norm = make(kind).fit(flat, tasks=tasks)
+    save_file(norm.state_dict(), tmp_path / "norm.safetensors")
+    again = normalizer_from_config(norm.config(), load_file(tmp_path / "norm.safetensors"), spec=SPEC)
+    assert torch.equal(again.transform(flat, tasks=tasks), norm.transform(flat, tasks=tasks))
+
+
+def test_per_layer_log_transform_of_running_var():
+    flat = zoo(4, 1, 1.0)
+    norm = PerLayerZScore(SPEC).fit(flat)
+    var = SPEC["1.running_var"]
+    i = [t.name for t in SPEC.vector_tensors].index("1.running_var")
+    logged = flat[:, var.offset : var.offset + var.numel].double().log()
+    assert torch.allclose(norm.mean[i], logged.mean())
+    bad = flat.clone()
+    bad[0, var.offset] = -1.0
+    with pytest.raises(ValueError, match="1.running_var"):
+        norm.transform(bad)
+
+
+def test_bad_input():
+    flat = zoo(4, 0, 1.0)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        GlobalScale().transform(flat)
+    with pytest.raises(ValueError, match="one task name per row"):
+        PerTaskZScore().fit(flat)
+    norm = PerTaskZScore().fit(flat, tasks=["a", "a", "b", "b"])
+    with pytest.raises(KeyError, match="not seen in fit"):
+        norm.transform(flat, tasks=["a", "a", "c", "b"])
+    lenient = PerTaskZScore(unknown="global").fit(flat, tasks=["a", "a", "b", "b"])
+    assert torch.isfinite(lenient.transform(flat, tasks=["c"] * 4)).all()
+    with pytest.raises(SpecMismatchError, match="length"):
+        PerLayerZScore(SPEC).fit(flat).transform(flat[:, :-1])
+    nan = flat.clone()
+    nan[1, 3] = float("nan")
+    with pytest.raises(NonFiniteWeightsError):
+        GlobalScale().fit(nan)
