@@ -1,0 +1,352 @@
+"""Classification tasks: fixed train/val/test splits and class subsets of them.
+
+A :class:`Task` is what a model zoo trains on and what a dataset-conditioned
+generator reads: three :class:`Split` s, the original class ids the labels stand
+for, and a one-line natural-language description. :meth:`Task.subset` carves a
+k-class task out of a bigger one (labels renumbered ``0..k-1``), which is how
+zoos get many related tasks out of one dataset.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from typing import Literal
+
+import attrs
+import torch
+
+__all__ = ["Split", "Task", "UnknownDatasetError", "SplitName", "Modality"]
+
+SplitName = Literal["train", "val", "test"]
+Modality = Literal["image", "signal", "text"]
+
+_SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
+_MODALITY_NDIM = {"image": 4, "signal": 3}  # (N, C, H, W) and (N, C, L)
+
+
+class UnknownDatasetError(ValueError):
+    """A dataset name, or a class id of a dataset, that does not exist.
+
+    The message lists the valid options.
+
+    Example:
+        >>> from paramgen.data import get_task, UnknownDatasetError
+        >>> try:
+        ...     get_task("cifar10")
+        ... except UnknownDatasetError as err:
+        ...     print("fashion_mnist" in str(err))
+        True
+    """
+
+
+@attrs.frozen(eq=False)
+class Split:
+    """Inputs and integer labels of one split (train, val or test).
+
+    Attributes:
+        x: Images ``(N, 1, H, W)`` float32 in ``[0, 1]``, signals ``(N, 1, L)``
+            float32, or a tuple of ``N`` strings for text.
+        y: ``(N,)`` int64 labels in ``0..num_classes-1``.
+
+    Example:
+        >>> import torch
+        >>> split = Split(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 1, 0]))
+        >>> len(split)
+        4
+    """
+
+    x: torch.Tensor | tuple[str, ...]
+    y: torch.Tensor
+
+    def __attrs_post_init__(self) -> None:
+        if not isinstance(self.y, torch.Tensor) or self.y.ndim != 1 or self.y.dtype != torch.int64:
+            got = (
+                f"{type(self.y).__name__} of shape {tuple(self.y.shape)} and dtype {self.y.dtype}"
+                if isinstance(self.y, torch.Tensor)
+                else type(self.y).__name__
+            )
+            raise TypeError(f"Split.y must be a 1-D int64 tensor, got {got}")
+        if isinstance(self.x, tuple):
+            if not all(isinstance(text, str) for text in self.x):
+                raise TypeError("Split.x as a tuple must hold only str")
+        elif not isinstance(self.x, torch.Tensor):
+            raise TypeError(f"Split.x must be a tensor or a tuple of str, got {type(self.x).__name__}")
+        if len(self.x) != len(self.y):
+            raise ValueError(f"Split.x has {len(self.x)} examples but Split.y has {len(self.y)} labels")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+    def take(self, index: torch.Tensor) -> Split:
+        """The examples at ``index`` (a 1-D int64 tensor), in that order.
+
+        Example:
+            >>> import torch
+            >>> split = Split(torch.arange(3.0).view(3, 1, 1), torch.tensor([0, 1, 2]))
+            >>> split.take(torch.tensor([2, 0])).y.tolist()
+            [2, 0]
+        """
+        if isinstance(self.x, tuple):
+            x: torch.Tensor | tuple[str, ...] = tuple(self.x[i] for i in index.tolist())
+        else:
+            x = self.x[index]
+        return Split(x, self.y[index])
+
+
+@attrs.frozen(eq=False)
+class Task:
+    """A classification task: fixed splits plus what the labels mean.
+
+    Attributes:
+        name: ``"digits"`` for a whole dataset, ``"digits/0-3-5-7-9"`` for a
+            class subset (original class ids, sorted).
+        dataset: The source dataset, one of ``paramgen.data.DATASETS``.
+        classes: Original class ids, sorted; label ``i`` stands for ``classes[i]``.
+        class_names: Human-readable name of each label.
+        subject: What is classified, e.g. ``"8x8 grayscale images of handwritten
+            digits"``; :attr:`description` is built from it.
+        train, val, test: The fixed, non-overlapping splits.
+        modality: ``"image"``, ``"signal"`` or ``"text"``.
+
+    Example:
+        >>> from paramgen.data import get_task
+        >>> task = get_task("digits/0-3-5-7-9")
+        >>> task.num_classes, task.input_shape
+        (5, (1, 8, 8))
+        >>> task.description
+        'Classify 8x8 grayscale images of handwritten digits into 5 classes: 0, 3, 5, 7, 9.'
+    """
+
+    name: str
+    dataset: str
+    classes: tuple[int, ...] = attrs.field(converter=tuple)
+    class_names: tuple[str, ...] = attrs.field(converter=tuple)
+    subject: str
+    train: Split
+    val: Split
+    test: Split
+    modality: Modality
+
+    def __attrs_post_init__(self) -> None:
+        if self.modality not in ("image", "signal", "text"):
+            raise ValueError(f"modality must be 'image', 'signal' or 'text', got {self.modality!r}")
+        if list(self.classes) != sorted(set(self.classes)):
+            raise ValueError(f"classes must be sorted and distinct, got {self.classes}")
+        if len(self.classes) < 2:
+            raise ValueError(f"a task needs at least 2 classes, got {self.classes}")
+        if len(self.class_names) != len(self.classes):
+            raise ValueError(
+                f"got {len(self.class_names)} class names for {len(self.classes)} classes"
+            )
+        for split_name in _SPLITS:
+            split: Split = getattr(self, split_name)
+            if len(split) and (split.y.min() < 0 or split.y.max() >= len(self.classes)):
+                raise ValueError(
+                    f"{split_name} labels must lie in 0..{len(self.classes) - 1}, "
+                    f"got {split.y.min().item()}..{split.y.max().item()}"
+                )
+            if self.modality == "text":
+                if not isinstance(split.x, tuple):
+                    raise TypeError(f"a text task needs {split_name}.x as a tuple of str")
+            elif not isinstance(split.x, torch.Tensor) or split.x.ndim != _MODALITY_NDIM[self.modality]:
+                raise TypeError(
+                    f"an {self.modality} task needs {split_name}.x as a "
+                    f"{_MODALITY_NDIM[self.modality]}-D tensor, got "
+                    f"{tuple(split.x.shape) if isinstance(split.x, torch.Tensor) else type(split.x).__name__}"
+                )
+
+    @property
+    def num_classes(self) -> int:
+        """Number of labels, ``len(classes)``."""
+        return len(self.classes)
+
+    @property
+    def input_shape(self) -> tuple[int, ...]:
+        """Shape of one example: ``(1, H, W)``, ``(1, L)``, or ``()`` for text."""
+        if isinstance(self.train.x, tuple):
+            return ()
+        return tuple(self.train.x.shape[1:])
+
+    @property
+    def description(self) -> str:
+        """One sentence saying what the task is, e.g. for a text conditioner."""
+        names = ", ".join(self.class_names)
+        return f"Classify {self.subject} into {self.num_classes} classes: {names}."
+
+    def split(self, name: SplitName) -> Split:
+        """The split called ``name`` (``"train"``, ``"val"`` or ``"test"``).
+
+        Example:
+            >>> from paramgen.data import get_task
+            >>> len(get_task("digits").split("val"))
+            359
+        """
+        if name not in _SPLITS:
+            raise ValueError(f"split must be one of {_SPLITS}, got {name!r}")
+        return getattr(self, name)
+
+    def subset(
+        self,
+        classes: Sequence[int],
+        *,
+        max_train_per_class: int | None = None,
+        max_eval_per_class: int | None = None,
+        seed: int = 0,
+    ) -> Task:
+        """A task on some of this task's classes, labels renumbered ``0..k-1``.
+
+        Args:
+            classes: Original class ids to keep (any order; at least two, no
+                repeats). Label ``i`` of the new task is the ``i``-th smallest.
+            max_train_per_class: Keep at most this many training examples of
+                each class (all when ``None``).
+            max_eval_per_class: The same cap for the val and test splits.
+            seed: Chooses which examples a cap keeps. The choice for a class
+                depends only on ``seed``, the split and the class, so class 3
+                keeps the same examples in ``"digits/0-3"`` and ``"digits/3-5"``.
+
+        Returns:
+            A task named ``"<dataset>/<c1>-<c2>-..."``.
+
+        Raises:
+            UnknownDatasetError: A class id this task does not have.
+            ValueError: Repeated classes, fewer than two, or a bad cap.
+
+        Example:
+            >>> from paramgen.data import load_dataset
+            >>> task = load_dataset("digits").subset([7, 1], max_train_per_class=20)
+            >>> task.name, task.class_names, len(task.train)
+            ('digits/1-7', ('1', '7'), 40)
+        """
+        kept = _check_classes(classes, valid=self.classes, dataset=self.dataset)
+        name = f"{self.dataset}/" + "-".join(str(c) for c in kept)
+        return self._restrict(
+            kept,
+            name=name,
+            max_train_per_class=max_train_per_class,
+            max_eval_per_class=max_eval_per_class,
+            seed=seed,
+        )
+
+    def _restrict(
+        self,
+        kept: tuple[int, ...],
+        *,
+        name: str,
+        max_train_per_class: int | None,
+        max_eval_per_class: int | None,
+        seed: int,
+    ) -> Task:
+        # Shared by `subset` and by `get_task` on a whole dataset, which caps
+        # examples per class but keeps the dataset's name.
+        for option, value in (
+            ("max_train_per_class", max_train_per_class),
+            ("max_eval_per_class", max_eval_per_class),
+        ):
+            if value is not None and (isinstance(value, bool) or operator.index(value) < 1):
+                raise ValueError(f"{option} must be a positive int or None, got {value!r}")
+        if isinstance(seed, bool) or operator.index(seed) < 0:
+            raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+        old_label = {c: i for i, c in enumerate(self.classes)}
+        # new label of each old label; -1 for dropped classes.
+        relabel = torch.full((self.num_classes,), -1, dtype=torch.int64)
+        for new, c in enumerate(kept):
+            relabel[old_label[c]] = new
+        splits = {}
+        for split_index, split_name in enumerate(_SPLITS):
+            cap = max_train_per_class if split_name == "train" else max_eval_per_class
+            split: Split = getattr(self, split_name)
+            chosen = []
+            for c in kept:
+                (members,) = torch.nonzero(split.y == old_label[c], as_tuple=True)
+                if cap is not None and len(members) > cap:
+                    generator = torch.Generator().manual_seed(_mix_seed(seed, split_index, c))
+                    pick = torch.randperm(len(members), generator=generator)[:cap]
+                    members = members[pick.sort().values]
+                chosen.append(members)
+            index = torch.cat(chosen).sort().values  # keep the split's own order
+            taken = split.take(index)
+            splits[split_name] = Split(taken.x, relabel[taken.y])
+        return Task(
+            name=name,
+            dataset=self.dataset,
+            classes=kept,
+            class_names=tuple(self.class_names[old_label[c]] for c in kept),
+            subject=self.subject,
+            modality=self.modality,
+            **splits,
+        )
+
+    def support_set(
+        self,
+        n_per_class: int,
+        *,
+        split: SplitName = "train",
+        generator: torch.Generator | None = None,
+    ) -> tuple[torch.Tensor | tuple[str, ...], torch.Tensor]:
+        """``n_per_class`` examples of every class, grouped by label.
+
+        Args:
+            n_per_class: Examples to draw from each class.
+            split: Which split to draw from.
+            generator: Draws the examples at random; with ``None`` the first
+                ``n_per_class`` examples of each class (in split order) are taken.
+
+        Returns:
+            ``(x, y)`` with ``num_classes * n_per_class`` examples: the first
+            ``n_per_class`` have label 0, the next label 1, and so on. ``x`` is a
+            tensor ``(num_classes * n_per_class, *input_shape)`` or a tuple of str.
+
+        Raises:
+            ValueError: A class with fewer than ``n_per_class`` examples in ``split``.
+
+        Example:
+            >>> import torch
+            >>> from paramgen.data import get_task
+            >>> x, y = get_task("digits/0-1-2").support_set(4, generator=torch.Generator().manual_seed(0))
+            >>> tuple(x.shape), y.tolist()
+            ((12, 1, 8, 8), [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2])
+        """
+        if isinstance(n_per_class, bool) or operator.index(n_per_class) < 1:
+            raise ValueError(f"n_per_class must be a positive int, got {n_per_class!r}")
+        data = self.split(split)
+        chosen = []
+        for label in range(self.num_classes):
+            (members,) = torch.nonzero(data.y == label, as_tuple=True)
+            if len(members) < n_per_class:
+                raise ValueError(
+                    f"class {self.class_names[label]!r} has {len(members)} examples in the "
+                    f"{split} split of {self.name!r}, fewer than n_per_class={n_per_class}"
+                )
+            if generator is not None:
+                members = members[torch.randperm(len(members), generator=generator)]
+            chosen.append(members[:n_per_class])
+        taken = data.take(torch.cat(chosen))
+        return taken.x, taken.y
+
+
+def _check_classes(classes: Sequence[int], *, valid: Sequence[int], dataset: str) -> tuple[int, ...]:
+    """Validate class ids against ``valid``; return them sorted."""
+    if isinstance(classes, (str, bytes)) or not isinstance(classes, Sequence):
+        raise TypeError(f"classes must be a sequence of int, got {type(classes).__name__}")
+    try:
+        ids = [operator.index(c) for c in classes]
+    except TypeError:
+        raise TypeError(f"classes must be a sequence of int, got {list(classes)!r}") from None
+    unknown = [c for c in ids if c not in valid]
+    if unknown:
+        raise UnknownDatasetError(
+            f"{dataset} has no class {unknown[0]}; valid classes are {list(valid)}"
+        )
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"classes must be distinct, got {ids}")
+    if len(ids) < 2:
+        raise ValueError(f"a task needs at least 2 classes, got {ids}")
+    return tuple(sorted(ids))
+
+
+def _mix_seed(seed: int, split_index: int, cls: int) -> int:
+    """A seed for one (seed, split, class) triple, fixed across Python runs."""
+    # Python's hash() of str is salted per process, so mix integers by hand.
+    return ((seed * 1_000_003 + split_index) * 1_000_003 + cls) % (2**63)

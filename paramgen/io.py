@@ -1,0 +1,79 @@
+"""Atomic file writes: a crash leaves the old file or the new one, never half of one.
+
+Example:
+    >>> import tempfile, pathlib
+    >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.json"
+    >>> write_json(path, {"a": 1})
+    >>> read_json(path)
+    {'a': 1}
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import save_file
+
+__all__ = ["atomic_path", "write_json", "read_json", "save_safetensors", "TMP_SUFFIX"]
+
+TMP_SUFFIX = ".tmp"
+
+
+class atomic_path:
+    """Context manager yielding a temporary path in the target's folder; renamed on success.
+
+    Example:
+        >>> import tempfile, pathlib
+        >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
+        >>> with atomic_path(target) as tmp:
+        ...     _ = tmp.write_text("done")
+        >>> target.read_text()
+        'done'
+    """
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        self.path = Path(path)
+
+    def __enter__(self) -> Path:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, name = tempfile.mkstemp(prefix=self.path.name + ".", suffix=TMP_SUFFIX, dir=self.path.parent)
+        os.close(fd)
+        self.tmp = Path(name)
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            os.replace(self.tmp, self.path)
+        else:
+            self.tmp.unlink(missing_ok=True)
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Write JSON atomically (sorted keys off: order is meaningful in manifests)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=1, allow_nan=False) + "\n")
+
+
+def read_json(path: str | os.PathLike) -> Any:
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON: {e}") from e
+
+
+def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
+    """Save tensors (contiguous, unshared) atomically as safetensors."""
+    clean = {k: v.detach().contiguous().clone() if _shares(v, tensors) else v.detach().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(clean, str(tmp), metadata=dict(metadata or {}))
+
+
+def _shares(t: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> bool:
+    ptr = t.untyped_storage().data_ptr()
+    return sum(1 for v in tensors.values() if v.untyped_storage().data_ptr() == ptr) > 1
