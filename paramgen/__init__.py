@@ -3,7 +3,7 @@
 Vectorize model zoos exactly, fit generators (latent diffusion, VQ tokens + GPT) on them,
 and sample weights conditioned on a dataset, a text, an architecture or a chunk index.
 
-Example:
+Examples:
     >>> import torch, paramgen
     >>> spec = paramgen.ParamSpec.from_module(torch.nn.Linear(3, 2))
     >>> spec.numel

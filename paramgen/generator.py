@@ -1,6 +1,6 @@
-"""The :class:`Generator`: a vectorizer, a tokenizer, a prior and a conditioner composed.
+"""The `Generator`: a vectorizer, a tokenizer, a prior and a conditioner composed.
 
-Sampling runs the pipeline backwards::
+Sampling runs the pipeline backwards:
 
     raw condition --Conditioner--> (B, Dc) --Prior.sample--> latents --Tokenizer.decode-->
     rows (B, N, C) --Vectorizer.unpack--> flat (B, D) --Normalizer.inverse--> state dicts
@@ -8,7 +8,7 @@ Sampling runs the pipeline backwards::
 Fitting (staged: tokenizer, condition alignment, prior) lands with the generators
 themselves; the contract here is what every combination of components shares.
 
-Example:
+Examples:
     >>> import torch
     >>> from paramgen.spec import ParamSpec, SpecMismatchError
     >>> from paramgen.vectorize import ModelVectorizer
@@ -146,7 +146,7 @@ class Generator:
         base: Mapping[str, torch.Tensor] | None = None,
         batch_size: int = 256,
     ) -> list[dict[str, torch.Tensor]]:
-        """Sample ``n`` state dicts per condition (see :meth:`sample_flat`).
+        """Sample ``n`` state dicts per condition (see `sample_flat`).
 
         Args:
             base: State dict supplying tensors outside the generated selection.

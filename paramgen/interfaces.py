@@ -1,15 +1,15 @@
 """The small interfaces every paramgen component implements.
 
-A generator of weights is a pipeline of swappable parts (see :class:`paramgen.Generator`):
+A generator of weights is a pipeline of swappable parts (see `paramgen.Generator`):
 
 ``state dicts --Vectorizer--> rows (B, N, C) --Tokenizer--> latents/tokens --Prior(cond)``
 
-with a :class:`Conditioner` turning raw conditions (image sets, texts, architectures,
-indices) into vectors, and a :class:`Selector` choosing which tensors of a large model to
+with a `Conditioner` turning raw conditions (image sets, texts, architectures,
+indices) into vectors, and a `Selector` choosing which tensors of a large model to
 generate. Swapping one component is how ablations are done, so each protocol has only a
 few verbs. All stochastic verbs take a ``torch.Generator``: the caller owns randomness.
 
-Example:
+Examples:
     >>> import torch
     >>> from paramgen.spec import ParamSpec
     >>> from paramgen.vectorize import ChunkVectorizer

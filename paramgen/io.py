@@ -1,6 +1,6 @@
 """Atomic file writes: a crash leaves the old file or the new one, never half of one.
 
-Example:
+Examples:
     >>> import tempfile, pathlib
     >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.json"
     >>> write_json(path, {"a": 1})
@@ -28,7 +28,7 @@ TMP_SUFFIX = ".tmp"
 class atomic_path:
     """Context manager yielding a temporary path in the target's folder; renamed on success.
 
-    Example:
+    Examples:
         >>> import tempfile, pathlib
         >>> target = pathlib.Path(tempfile.mkdtemp()) / "out.txt"
         >>> with atomic_path(target) as tmp:

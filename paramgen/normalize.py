@@ -5,15 +5,15 @@ table 4a). Three normalizers, all with ``fit`` / ``transform`` / ``inverse`` and
 that travel with the generator through ``state_dict`` (tensors, for safetensors) and
 ``config`` (JSON):
 
-- :class:`PerTaskZScore`: one mean and std per task (Cond P-Diff).
-- :class:`PerLayerZScore`: one mean and std per tensor of the spec, optionally after a
+- `PerTaskZScore`: one mean and std per task (Cond P-Diff).
+- `PerLayerZScore`: one mean and std per tensor of the spec, optionally after a
   log transform of positive tensors such as BatchNorm ``running_var``.
-- :class:`GlobalScale`: one scale for everything.
+- `GlobalScale`: one scale for everything.
 
 Statistics are computed and applied in float64, so ``inverse(transform(x))`` matches
 ``x`` to float32 rounding.
 
-Example:
+Examples:
     >>> import torch
     >>> x = torch.randn(6, 10) * 3 + 1
     >>> norm = PerTaskZScore().fit(x, tasks=["a", "a", "a", "b", "b", "b"])

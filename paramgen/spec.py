@@ -1,6 +1,6 @@
 """The architecture as data: a frozen description of a model's tensors.
 
-A :class:`ParamSpec` lists every tensor of a state dict (name, shape, dtype, kind) and says
+A `ParamSpec` lists every tensor of a state dict (name, shape, dtype, kind) and says
 which of them form the weight vector that generators learn (``role="vector"``), which are
 carried along unchanged (``role="extra"``: integer and boolean buffers such as
 ``num_batches_tracked``), and which are left out by a name filter (``role="frozen"``).
@@ -9,7 +9,7 @@ Tied tensors (one tensor under several names) are stored once and restored tied.
 Vectorizers, tokenizers and selectors all share this record, so it is the single place
 that knows how a model maps to a flat vector.
 
-Example:
+Examples:
     >>> import torch
     >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
     >>> spec = ParamSpec.from_module(net)
@@ -138,8 +138,8 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
 class ParamSpec:
     """A model's tensors and how they map to a flat weight vector.
 
-    Build one with :meth:`from_module` or :meth:`from_state_dict`; it is immutable,
-    hashable and JSON-serializable (:meth:`to_dict` / :meth:`from_dict`).
+    Build one with `from_module` or `from_state_dict`; it is immutable,
+    hashable and JSON-serializable (`to_dict` / `from_dict`).
 
     Attributes:
         tensors: Every state-dict entry, in state-dict order.
@@ -269,7 +269,7 @@ class ParamSpec:
         return tuple(t.name for t in self.tensors)
 
     def segment_ids(self) -> torch.Tensor:
-        """``(D,)`` index into :attr:`vector_tensors` of each vector entry."""
+        """``(D,)`` index into `vector_tensors` of each vector entry."""
         sizes = torch.tensor([t.numel for t in self.vector_tensors])
         return torch.repeat_interleave(torch.arange(len(sizes)), sizes)
 
@@ -290,7 +290,8 @@ class ParamSpec:
             keep = t.role != "frozen" and (include is None or _matches(t.name, include)) and not _matches(t.name, exclude)
             role: Role = t.role if keep else "frozen"
             roles[t.name] = role
-            entries.append(attrs.evolve(t, role=role, offset=offset if role == "vector" else -1))
+            default = t.default if role == "extra" else None
+            entries.append(attrs.evolve(t, role=role, offset=offset if role == "vector" else -1, default=default))
             if role == "vector":
                 offset += t.numel
         if offset == 0:
@@ -305,7 +306,7 @@ class ParamSpec:
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
     def check_compatible(self, other: ParamSpec) -> None:
-        """Raise :class:`SpecMismatchError` naming the first difference from ``other``."""
+        """Raise `SpecMismatchError` naming the first difference from ``other``."""
         if self.fingerprint == other.fingerprint:
             return
         mine, theirs = {t.name: t for t in self.tensors}, {t.name: t for t in other.tensors}
@@ -344,10 +345,10 @@ class ParamSpec:
 
         Args:
             state_dicts: One state dict or a sequence of them (a zoo of one architecture).
-            check_finite: Raise :class:`NonFiniteWeightsError` on NaN/Inf.
+            check_finite: Raise `NonFiniteWeightsError` on NaN/Inf.
 
         Returns:
-            ``(values, extras)``: ``values`` is ``(B, D)`` in :attr:`vector_dtype`;
+            ``(values, extras)``: ``values`` is ``(B, D)`` in `vector_dtype`;
             ``extras`` maps each extra tensor's name to a ``(B, *shape)`` tensor.
         """
         if isinstance(state_dicts, Mapping):
@@ -366,7 +367,7 @@ class ParamSpec:
     def flatten_stacked(
         self, stacked: Mapping[str, torch.Tensor], *, check_finite: bool = True
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Like :meth:`flatten` for tensors already stacked over models: ``name -> (B, *shape)``.
+        """Like `flatten` for tensors already stacked over models: ``name -> (B, *shape)``.
 
         This is the fast path for whole zoos: one copy per tensor, no loop over models.
         """
@@ -405,7 +406,7 @@ class ParamSpec:
         extras: Mapping[str, torch.Tensor] | None = None,
         check_finite: bool = True,
     ) -> dict[str, torch.Tensor]:
-        """Inverse of :meth:`flatten_stacked`: ``(B, D)`` to ``name -> (B, *shape)``.
+        """Inverse of `flatten_stacked`: ``(B, D)`` to ``name -> (B, *shape)``.
 
         Only stored tensors are returned (no tied copies, no frozen tensors).
         """

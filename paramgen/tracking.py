@@ -1,12 +1,12 @@
 """Experiment tracking: a small logger interface with stdout and MLflow implementations.
 
-Training loops and benchmarks take a :class:`Logger` and never talk to MLflow directly,
-so that embedding paramgen in another project costs nothing: :class:`NullLogger` is the
-default, :class:`StreamLogger` writes readable lines to a stream, and :class:`MLflowLogger`
+Training loops and benchmarks take a `Logger` and never talk to MLflow directly,
+so that embedding paramgen in another project costs nothing: `NullLogger` is the
+default, `StreamLogger` writes readable lines to a stream, and `MLflowLogger`
 records params, metrics and artifacts in a local sqlite store (no server needed) unless
 ``MLFLOW_TRACKING_URI`` says otherwise.
 
-Example:
+Examples:
     >>> import io
     >>> out = io.StringIO()
     >>> with StreamLogger(out) as log:

@@ -1,21 +1,21 @@
 """Vectorizers: lay a model's flat weight vector out as rows for a generator.
 
-Every vectorizer turns state dicts into a :class:`VectorBatch` of ``values (B, N, C)``,
+Every vectorizer turns state dicts into a `VectorBatch` of ``values (B, N, C)``,
 a padding ``mask``, and the position of each row (``layer``, ``chunk``), and back:
 
-- :class:`ModelVectorizer`: one row per model, zero-padded to ``length`` (the longest
+- `ModelVectorizer`: one row per model, zero-padded to ``length`` (the longest
   model of a zoo, ``d_max``).
-- :class:`LayerVectorizer`: each layer (module) on its own rows; a layer's vector is
+- `LayerVectorizer`: each layer (module) on its own rows; a layer's vector is
   zero-padded to a multiple of ``chunk_size`` and split into equal chunks, or, with
   ``chunk_size=None``, padded to the largest layer and kept whole (chunk-free).
-- :class:`ChunkVectorizer`: the whole model padded to a multiple of ``chunk_size`` and
+- `ChunkVectorizer`: the whole model padded to a multiple of ``chunk_size`` and
   split into ``ceil(D / chunk_size)`` chunks; a chunk's ``layer`` is the layer of its
   first entry.
 
 Each layout is one precomputed index map, so packing and unpacking a whole zoo is a
 single gather, and the round trip is bit-exact.
 
-Example:
+Examples:
     >>> import torch
     >>> from paramgen.spec import ParamSpec
     >>> net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 2))
@@ -118,7 +118,7 @@ class _IndexLayout:
         return values.reshape(values.shape[0], -1)[:, self._inv]
 
     def flatten(self, state_dicts: StateDicts, *, check_finite: bool = True) -> VectorBatch:
-        """State dicts of the spec's architecture to a :class:`VectorBatch`."""
+        """State dicts of the spec's architecture to a `VectorBatch`."""
         flat, extras = self.spec.flatten(state_dicts, check_finite=check_finite)
         return self.from_flat(flat, extras)
 
@@ -141,7 +141,7 @@ class _IndexLayout:
         base: Mapping[str, torch.Tensor] | None = None,
         check_finite: bool = True,
     ) -> list[dict[str, torch.Tensor]]:
-        """``(B, N, C)`` values to state dicts (see :meth:`ParamSpec.unflatten`)."""
+        """``(B, N, C)`` values to state dicts (see `ParamSpec.unflatten`)."""
         return self.spec.unflatten(self.unpack(values), extras=extras, base=base, check_finite=check_finite)
 
     def config(self) -> dict[str, Any]:
@@ -234,9 +234,9 @@ class LayerVectorizer(_IndexLayout):
 
 
 def vectorizer_from_config(config: Mapping[str, Any], spec: ParamSpec) -> ModelVectorizer | LayerVectorizer | ChunkVectorizer:
-    """Rebuild a vectorizer from its :meth:`config` and spec.
+    """Rebuild a vectorizer from its `config` and spec.
 
-    Example:
+    Examples:
         >>> import torch
         >>> from paramgen.spec import ParamSpec
         >>> spec = ParamSpec.from_module(torch.nn.Linear(3, 2))

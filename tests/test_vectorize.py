@@ -188,7 +188,7 @@ def test_subset_selection_by_name_patterns():
     assert [t.name for t in spec.vector_tensors] == ["1.weight", "1.bias", "1.running_mean", "1.running_var"]
     assert [t.name for t in spec.extra_tensors] == ["1.num_batches_tracked"]
     head = ParamSpec.from_module(net).select(include=["2.*"])
-    assert head.numel == 9
+    assert head.numel == 9 and head == ParamSpec.from_module(net, include=["2.*"])
     sd = {k: v.clone() for k, v in net.state_dict().items()}
     flat, extras = head.flatten({k: v for k, v in sd.items() if k.startswith("2.")})
     partial = head.unflatten(flat + 1)[0]

@@ -1,6 +1,6 @@
 """Real datasets as classification tasks, for training model zoos and conditioning generators.
 
-Example:
+Examples:
     >>> from paramgen.data import get_task, class_subset_names
     >>> names = class_subset_names("digits", 5, limit=3, seed=0)
     >>> task = get_task(names[0], max_train_per_class=20)

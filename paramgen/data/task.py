@@ -1,8 +1,8 @@
 """Classification tasks: fixed train/val/test splits and class subsets of them.
 
-A :class:`Task` is what a model zoo trains on and what a dataset-conditioned
-generator reads: three :class:`Split` s, the original class ids the labels stand
-for, and a one-line natural-language description. :meth:`Task.subset` carves a
+A `Task` is what a model zoo trains on and what a dataset-conditioned
+generator reads: three `Split` s, the original class ids the labels stand
+for, and a one-line natural-language description. `Task.subset` carves a
 k-class task out of a bigger one (labels renumbered ``0..k-1``), which is how
 zoos get many related tasks out of one dataset.
 """
@@ -30,7 +30,7 @@ class UnknownDatasetError(ValueError):
 
     The message lists the valid options.
 
-    Example:
+    Examples:
         >>> from paramgen.data import get_task, UnknownDatasetError
         >>> try:
         ...     get_task("cifar10")
@@ -49,7 +49,7 @@ class Split:
             float32, or a tuple of ``N`` strings for text.
         y: ``(N,)`` int64 labels in ``0..num_classes-1``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> split = Split(torch.zeros(4, 1, 8, 8), torch.tensor([0, 1, 1, 0]))
         >>> len(split)
@@ -81,7 +81,7 @@ class Split:
     def take(self, index: torch.Tensor) -> Split:
         """The examples at ``index`` (a 1-D int64 tensor), in that order.
 
-        Example:
+        Examples:
             >>> import torch
             >>> split = Split(torch.arange(3.0).view(3, 1, 1), torch.tensor([0, 1, 2]))
             >>> split.take(torch.tensor([2, 0])).y.tolist()
@@ -105,11 +105,11 @@ class Task:
         classes: Original class ids, sorted; label ``i`` stands for ``classes[i]``.
         class_names: Human-readable name of each label.
         subject: What is classified, e.g. ``"8x8 grayscale images of handwritten
-            digits"``; :attr:`description` is built from it.
+            digits"``; `description` is built from it.
         train, val, test: The fixed, non-overlapping splits.
         modality: ``"image"``, ``"signal"`` or ``"text"``.
 
-    Example:
+    Examples:
         >>> from paramgen.data import get_task
         >>> task = get_task("digits/0-3-5-7-9")
         >>> task.num_classes, task.input_shape
@@ -177,7 +177,7 @@ class Task:
     def split(self, name: SplitName) -> Split:
         """The split called ``name`` (``"train"``, ``"val"`` or ``"test"``).
 
-        Example:
+        Examples:
             >>> from paramgen.data import get_task
             >>> len(get_task("digits").split("val"))
             359
@@ -213,7 +213,7 @@ class Task:
             UnknownDatasetError: A class id this task does not have.
             ValueError: Repeated classes, fewer than two, or a bad cap.
 
-        Example:
+        Examples:
             >>> from paramgen.data import load_dataset
             >>> task = load_dataset("digits").subset([7, 1], max_train_per_class=20)
             >>> task.name, task.class_names, len(task.train)
@@ -301,7 +301,7 @@ class Task:
         Raises:
             ValueError: A class with fewer than ``n_per_class`` examples in ``split``.
 
-        Example:
+        Examples:
             >>> import torch
             >>> from paramgen.data import get_task
             >>> x, y = get_task("digits/0-1-2").support_set(4, generator=torch.Generator().manual_seed(0))

@@ -1,10 +1,10 @@
 """Small model definitions for building checkpoint zoos, and a name registry.
 
 A zoo records each checkpoint's architecture as ``{"name": ..., "kwargs": {...}}`` in
-JSON and rebuilds it with :func:`build_model`; every constructor accepts JSON values
+JSON and rebuilds it with `build_model`; every constructor accepts JSON values
 (lists where it documents sequences).
 
-Example:
+Examples:
     >>> import torch
     >>> net = build_model("convnet", channels=[8, 16], num_classes=10)
     >>> net(torch.zeros(2, 1, 28, 28)).shape
@@ -52,15 +52,15 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a freshly initialized model by registry name.
 
     Args:
-        name: One of :data:`MODEL_NAMES`: ``"mlp"`` (:class:`MLP`), ``"convnet"``
-            (:class:`ConvNet`), ``"conv4"`` (:class:`Conv4`), ``"resnet"`` (:class:`ResNet`)
-            or ``"mobilenet_v2"`` (:class:`MobileNetV2`).
+        name: One of `MODEL_NAMES`: ``"mlp"`` (`MLP`), ``"convnet"``
+            (`ConvNet`), ``"conv4"`` (`Conv4`), ``"resnet"`` (`ResNet`)
+            or ``"mobilenet_v2"`` (`MobileNetV2`).
         **kwargs: The constructor's keyword arguments (JSON values are fine).
 
     Returns:
         The model, initialized from torch's global generator.
 
-    Example:
+    Examples:
         >>> build_model("mlp", in_features=64, hidden=[32], num_classes=10).head.out_features
         10
     """

@@ -5,7 +5,7 @@
 count depends only on the channels. ``Conv4`` is the standard few-shot backbone
 (Vinyals et al. 2016; Snell et al. 2017): four conv3x3-BN-ReLU-maxpool blocks.
 
-Example:
+Examples:
     >>> import torch
     >>> net = ConvNet()
     >>> net(torch.zeros(2, 1, 8, 8)).shape, net(torch.zeros(2, 1, 28, 28)).shape
@@ -83,7 +83,7 @@ class ConvNet(nn.Module):
         batchnorm: Add BatchNorm after each convolution.
         dims: 2 for images ``(B, C, H, W)``, 1 for signals ``(B, C, L)``.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = ConvNet(dims=1)
         >>> net(torch.zeros(4, 1, 40)).shape
@@ -148,7 +148,7 @@ class ConvNet(nn.Module):
         return x.mean(dim=tuple(range(2, x.dim())))  # (B, C_last)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Classify a batch; see :meth:`features` for the input layout.
+        """Classify a batch; see `features` for the input layout.
 
         Returns:
             ``(B, num_classes)`` logits.
@@ -163,7 +163,7 @@ class Conv4(nn.Module):
     halvings). The flattened feature map has ``width * (H // 16) * (W // 16)`` entries:
     ``width`` for sides 16-31 (28x28 Omniglot/MNIST: 28 -> 14 -> 7 -> 3 -> 1) and
     ``25 * width`` = 1600 for 84x84 mini-ImageNet. The optional head is sized for inputs of
-    side ``image_size``; other sizes still work with :meth:`features`.
+    side ``image_size``; other sizes still work with `features`.
 
     Convolutions keep their bias, as in the reference implementation (Snell et al. 2017),
     so parameter counts match the usual ones (113,088 for RGB inputs with width 64).
@@ -175,7 +175,7 @@ class Conv4(nn.Module):
             ``forward`` returns the features.
         image_size: Input side the head is sized for.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = Conv4(num_classes=5)
         >>> net(torch.zeros(3, 1, 28, 28)).shape

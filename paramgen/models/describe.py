@@ -1,11 +1,11 @@
 """Standard text descriptions of architectures, for conditioning generators on them.
 
 IGPG conditions its prior on a language model's embedding of a textual description of
-the architecture (``resnet: layers [3, 3, 3]``). :func:`describe_architecture` derives
+the architecture (``resnet: layers [3, 3, 3]``). `describe_architecture` derives
 such a description from the module tree alone, so that it is deterministic, identical for
 identical architectures and different when depth or width differ.
 
-Example:
+Examples:
     >>> from paramgen.models import MLP
     >>> describe_architecture(MLP(64, [32, 32], 10))
     'mlp: in 64; linear 32 x2, linear 10; params 3466'
@@ -90,7 +90,7 @@ def describe_architecture(model: nn.Module, *, max_layers: int = 16) -> str:
         The description, e.g. ``'convnet: in 1; blocks [2]; conv3x3 8, conv3x3 16,
         linear 10; batchnorm; params 1442'``.
 
-    Example:
+    Examples:
         >>> from paramgen.models import ResNet
         >>> describe_architecture(ResNet(depth=20)) != describe_architecture(ResNet(depth=32))
         True

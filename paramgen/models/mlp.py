@@ -4,7 +4,7 @@ The hidden layers live in ``layers`` (``layers.0.weight``, ``layers.1.weight``, 
 optional batch norms in ``norms`` and the classifier in ``head``, so the flat parameter
 vector of a zoo checkpoint can be read back by name.
 
-Example:
+Examples:
     >>> import torch
     >>> net = MLP(64, [32, 16], 10)
     >>> net(torch.zeros(5, 1, 8, 8)).shape
@@ -36,7 +36,7 @@ class MLP(nn.Module):
         batchnorm: Add ``BatchNorm1d`` after each hidden linear layer (stored in ``norms``).
         dropout: Dropout probability after each hidden activation; 0 disables it.
 
-    Example:
+    Examples:
         >>> net = MLP(40, [16], 10, batchnorm=True)
         >>> sorted(net.state_dict())[:3]
         ['head.bias', 'head.weight', 'layers.0.bias']

