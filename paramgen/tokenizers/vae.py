@@ -1,0 +1,208 @@
+"""The D2NWG weight VAE (eq. 1): a beta-VAE over vectorized weights.
+
+Each row of a :class:`~paramgen.vectorize.VectorBatch` (a whole model, a layer or a chunk)
+is encoded on its own, with shared weights: a linear layer maps the flat row into a short
+multi-channel signal, a 1D-convolutional encoder downsamples it to a Gaussian latent of
+``latent_channels x latent_length``, and the decoder mirrors it back, ending in a linear
+layer to the row width (the latent-diffusion conv VAE without discriminator, with the
+linear maps in and out that D2NWG adds). The latents of a model's ``N`` rows are stacked
+along channels: ``(B, N * latent_channels, latent_length)``, the shape priors work on.
+
+Training options from the papers: a small KL weight (D2NWG: 1e-6), reconstruction masked
+to real entries (padding is not learned), Gaussian noise on the input and on the latent
+(Cond P-Diff: robustness of the decoder), and D2NWG's predictor-guided loss (eq. 9): a
+frozen accuracy predictor ``g`` adds ``||g(x) - g(x_hat)||^2``.
+
+Examples:
+    >>> import torch
+    >>> vae = VAETokenizer(rows=2, width=100, latent_channels=2, latent_length=8)
+    >>> x = torch.randn(3, 2, 100)
+    >>> out = vae.loss(x, generator=torch.Generator().manual_seed(0))
+    >>> tuple(out.latents.shape), out.loss.ndim
+    ((3, 4, 8), 0)
+    >>> tuple(vae.decode(vae.encode(x).latents).shape)
+    (3, 2, 100)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from paramgen.interfaces import TokenizerOutput
+
+__all__ = ["VAETokenizer"]
+
+
+def _groups(channels: int) -> int:
+    for g in (8, 4, 2, 1):
+        if channels % g == 0:
+            return g
+    return 1
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.GroupNorm(_groups(channels), channels),
+            nn.SiLU(),
+            nn.Conv1d(channels, channels, 3, padding=1),
+            nn.GroupNorm(_groups(channels), channels),
+            nn.SiLU(),
+            nn.Conv1d(channels, channels, 3, padding=1),
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.net(x)
+
+
+class VAETokenizer(nn.Module):
+    """Beta-VAE over rows of vectorized weights.
+
+    Args:
+        rows: Rows per model ``N`` (from the vectorizer).
+        width: Row width ``C``.
+        latent_channels: Latent channels per row.
+        latent_length: Latent length per row.
+        hidden_channels: Width of the convolutional trunk.
+        num_down: Stride-2 downsamplings between the linear input map and the latent.
+        kl_weight: Weight of the KL term (D2NWG: 1e-6).
+        input_noise: Std of Gaussian noise added to inputs while training.
+        latent_noise: Std of Gaussian noise added to sampled latents while training.
+        predictor_weight: Weight of the predictor-guided loss (eq. 9) when a predictor
+            is passed to :meth:`loss`.
+    """
+
+    def __init__(
+        self,
+        *,
+        rows: int,
+        width: int,
+        latent_channels: int = 4,
+        latent_length: int = 32,
+        hidden_channels: int = 64,
+        num_down: int = 2,
+        kl_weight: float = 1e-6,
+        input_noise: float = 0.0,
+        latent_noise: float = 0.0,
+        predictor_weight: float = 0.0,
+    ) -> None:
+        super().__init__()
+        if min(rows, width, latent_channels, latent_length, hidden_channels) < 1 or num_down < 0:
+            raise ValueError("rows, width, latent_channels, latent_length, hidden_channels must be positive and num_down >= 0")
+        self._config = dict(
+            rows=rows, width=width, latent_channels=latent_channels, latent_length=latent_length,
+            hidden_channels=hidden_channels, num_down=num_down, kl_weight=kl_weight,
+            input_noise=input_noise, latent_noise=latent_noise, predictor_weight=predictor_weight,
+        )
+        self.rows, self.width = rows, width
+        self.latent_channels, self.latent_length = latent_channels, latent_length
+        self.kl_weight, self.input_noise, self.latent_noise = kl_weight, input_noise, latent_noise
+        self.predictor_weight = predictor_weight
+        self.signal_length = latent_length * 2**num_down  # length after the linear input map
+        h = hidden_channels
+        self.stem_channels = max(1, h // 8)
+
+        self.linear_in = nn.Linear(width, self.stem_channels * self.signal_length)
+        enc: list[nn.Module] = [nn.Conv1d(self.stem_channels, h, 3, padding=1)]
+        for _ in range(num_down):
+            enc += [_ResBlock(h), nn.Conv1d(h, h, 4, stride=2, padding=1)]
+        enc += [_ResBlock(h), nn.GroupNorm(_groups(h), h), nn.SiLU(), nn.Conv1d(h, 2 * latent_channels, 3, padding=1)]
+        self.encoder = nn.Sequential(*enc)
+
+        dec: list[nn.Module] = [nn.Conv1d(latent_channels, h, 3, padding=1), _ResBlock(h)]
+        for _ in range(num_down):
+            dec += [nn.Upsample(scale_factor=2, mode="nearest"), nn.Conv1d(h, h, 3, padding=1), _ResBlock(h)]
+        dec += [nn.GroupNorm(_groups(h), h), nn.SiLU(), nn.Conv1d(h, self.stem_channels, 3, padding=1)]
+        self.decoder = nn.Sequential(*dec)
+        self.linear_out = nn.Linear(self.stem_channels * self.signal_length, width)
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """Shape of one model's latent: ``(rows * latent_channels, latent_length)``."""
+        return (self.rows * self.latent_channels, self.latent_length)
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> VAETokenizer:
+        return cls(**config)
+
+    # ------------------------------------------------------------------ internals
+    def _check(self, x: torch.Tensor) -> None:
+        if x.ndim != 3 or tuple(x.shape[1:]) != (self.rows, self.width):
+            raise ValueError(f"expected vectorized weights of shape (B, {self.rows}, {self.width}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("vectorized weights contain NaN or Inf")
+
+    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        b = x.shape[0]
+        h = self.linear_in(rearrange(x, "b n c -> (b n) c"))
+        h = rearrange(h, "bn (ch t) -> bn ch t", ch=self.stem_channels)  # (B*N, stem, T0)
+        mean, logvar = self.encoder(h).chunk(2, dim=1)  # (B*N, Cz, Tz) each
+        mean = rearrange(mean, "(b n) cz tz -> b (n cz) tz", b=b)
+        logvar = rearrange(logvar, "(b n) cz tz -> b (n cz) tz", b=b).clamp(-30.0, 20.0)
+        return mean, logvar
+
+    # ------------------------------------------------------------------ the verbs
+    def encode(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> TokenizerOutput:
+        """Posterior means ``(B, N * latent_channels, latent_length)`` (no sampling)."""
+        self._check(x)
+        mean, _ = self._moments(x)
+        return TokenizerOutput(latents=mean)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Latents ``(B, N * latent_channels, latent_length)`` to rows ``(B, N, C)``."""
+        if latents.ndim != 3 or tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(f"expected latents of shape (B, {self.latent_shape[0]}, {self.latent_shape[1]}), got {tuple(latents.shape)}")
+        b = latents.shape[0]
+        z = rearrange(latents, "b (n cz) tz -> (b n) cz tz", n=self.rows)
+        h = rearrange(self.decoder(z), "bn ch t -> bn (ch t)")
+        return rearrange(self.linear_out(h), "(b n) c -> b n c", b=b)
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+        predictor: nn.Module | None = None,
+    ) -> TokenizerOutput:
+        """Masked reconstruction + ``kl_weight`` x KL (+ predictor-guided term).
+
+        Args:
+            x: Rows ``(B, N, C)`` (normalized weights).
+            mask: ``(B, N, C)`` or ``(N, C)`` bool, ``True`` on real entries; padding is
+                excluded from the reconstruction loss.
+            generator: Randomness of the reparameterization and the noise.
+            predictor: Frozen accuracy predictor mapping rows ``(B, N, C)`` to ``(B,)``.
+        """
+        self._check(x)
+        noisy = x
+        if self.training and self.input_noise > 0:
+            noisy = x + self.input_noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+        mean, logvar = self._moments(noisy)
+        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        if self.training and self.latent_noise > 0:
+            z = z + self.latent_noise * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+        recon = self.decode(z)
+        err = (recon - x).pow(2)
+        if mask is not None:
+            m = mask.expand_as(x).to(err.dtype)
+            mse = (err * m).sum() / m.sum().clamp_min(1.0)
+        else:
+            mse = err.mean()
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
+        total = mse + self.kl_weight * kl
+        metrics = {"recon_mse": float(mse), "kl": float(kl)}
+        if predictor is not None and self.predictor_weight > 0:
+            guide = (predictor(recon) - predictor(x).detach()).pow(2).mean()
+            total = total + self.predictor_weight * guide
+            metrics["predictor_mse"] = float(guide)
+        return TokenizerOutput(latents=mean, loss=total, metrics=metrics)
