@@ -1,54 +1,90 @@
 """The `Generator`: a vectorizer, a tokenizer, a prior and a conditioner composed.
 
-Sampling runs the pipeline backwards:
+Fitting is staged, as in D2NWG: the normalizer and the tokenizer learn the weights, the
+latents are standardized to unit scale (generation collapses when they are not; see
+METHODS.md), an optional contrastive stage aligns the conditioner with the latents, and
+the prior learns the latents given the conditions. Sampling runs the pipeline backwards:
 
-    raw condition --Conditioner--> (B, Dc) --Prior.sample--> latents --Tokenizer.decode-->
-    rows (B, N, C) --Vectorizer.unpack--> flat (B, D) --Normalizer.inverse--> state dicts
+    raw conditions -> Conditioner -> (B, Dc) -> Prior.sample -> latents -> Tokenizer.decode
+    -> rows (B, N, C) -> Vectorizer.unpack -> Normalizer.inverse -> state dicts
 
-Fitting (staged: tokenizer, condition alignment, prior) lands with the generators
-themselves; the contract here is what every combination of components shares.
+Every component can be swapped (an identity tokenizer gives diffusion on raw weights, a
+KDE prior gives the S_KDE baseline); :meth:`Generator.save_pretrained` stores the whole
+pipeline as ``config.json`` + ``weights.safetensors`` and :meth:`Generator.from_pretrained`
+rebuilds it.
 
 Examples:
     >>> import torch
-    >>> from paramgen.spec import ParamSpec, SpecMismatchError
+    >>> from paramgen.spec import ParamSpec
     >>> from paramgen.vectorize import ModelVectorizer
-    >>> class Identity:  # a tokenizer that keeps rows as they are
-    ...     def encode(self, x, *, mask=None): ...
-    ...     def decode(self, latents): return latents
-    ...     def loss(self, x, *, mask=None): ...
-    >>> class Zeros:  # a prior that always says zero
-    ...     def loss(self, latents, cond): ...
-    ...     def sample(self, n, cond, *, generator=None): return torch.zeros(n, 1, 10)
+    >>> from paramgen.tokenizers import IdentityTokenizer
+    >>> from paramgen.priors import KDEPrior
     >>> net = torch.nn.Linear(4, 2)
-    >>> gen = Generator(vectorizer=ModelVectorizer(ParamSpec.from_module(net)), tokenizer=Identity(), prior=Zeros())
-    >>> net.load_state_dict(gen.sample(n=1)[0])
+    >>> vec = ModelVectorizer(ParamSpec.from_module(net))
+    >>> gen = Generator(vectorizer=vec, tokenizer=IdentityTokenizer(rows=1, width=10), prior=KDEPrior())
+    >>> zoo = torch.randn(32, 10)  # 32 flat checkpoints
+    >>> gen = gen.fit(zoo, progress=False)
+    >>> net.load_state_dict(gen.sample(n=1, generator=torch.Generator().manual_seed(0))[0])
     <All keys matched successfully>
 """
 
 from __future__ import annotations
 
+import importlib
 import logging
+import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 from torch import nn
 
 from paramgen.interfaces import Conditioner, Prior, Tokenizer, Vectorizer
-from paramgen.normalize import Normalizer
+from paramgen.io import read_json, save_safetensors, write_json
+from paramgen.normalize import Normalizer, normalizer_from_config
 from paramgen.spec import ParamSpec, SpecMismatchError
+from paramgen.tracking import Logger, NullLogger
+from paramgen.vectorize import vectorizer_from_config
 
-__all__ = ["Generator"]
+__all__ = ["Generator", "NotFittedError"]
 
 logger = logging.getLogger(__name__)
+
+FORMAT = "paramgen.Generator"
+FORMAT_VERSION = 1
+
+
+class NotFittedError(RuntimeError):
+    """A generator was used before :meth:`Generator.fit` or :meth:`Generator.from_pretrained`."""
 
 
 def _require(obj: Any, protocol: type, role: str) -> None:
     if not isinstance(obj, protocol):
-        verbs = [name for name in protocol.__dict__.get("__annotations__", {})] + [
-            name for name, v in vars(protocol).items() if callable(v) and not name.startswith("_")
-        ]
-        raise TypeError(f"{role} must implement the {protocol.__name__} protocol ({', '.join(sorted(set(verbs)))}), got {type(obj).__name__}")
+        verbs = sorted(n for n in vars(protocol) if not n.startswith("_")) + sorted(getattr(protocol, "__annotations__", {}))
+        raise TypeError(f"{role} must implement the {protocol.__name__} protocol ({', '.join(verbs)}), got {type(obj).__name__}")
+
+
+def _class_path(obj: Any) -> str:
+    cls = type(obj)
+    return f"{cls.__module__}:{cls.__qualname__}"
+
+
+def _import(path: str) -> Any:
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _trainable(obj: Any) -> list[nn.Parameter]:
+    return [p for p in obj.parameters() if p.requires_grad] if isinstance(obj, nn.Module) else []
+
+
+def _batches(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
 class Generator:
@@ -56,11 +92,10 @@ class Generator:
 
     Args:
         vectorizer: How weights are laid out; fixes the architecture (``vectorizer.spec``).
-        tokenizer: Rows to latents and back.
-        prior: Generative model over latents.
+        tokenizer: Rows to latents and back; has ``latent_shape``.
+        prior: Generative model over latents of ``tokenizer.latent_shape``.
         conditioner: Raw conditions to vectors; ``None`` for an unconditional generator.
-        normalizer: Fitted normalizer whose ``inverse`` maps decoded vectors back to
-            weight scale; ``None`` when weights are generated unnormalized.
+        normalizer: Normalizer fitted in :meth:`fit`; ``None`` to model raw weights.
     """
 
     def __init__(
@@ -79,82 +114,278 @@ class Generator:
             _require(conditioner, Conditioner, "conditioner")
         if normalizer is not None:
             _require(normalizer, Normalizer, "normalizer")
+        shape = getattr(tokenizer, "latent_shape", None)
+        prior_shape = getattr(prior, "shape", None)
+        if shape is not None and prior_shape is not None and tuple(prior_shape) != tuple(shape):
+            raise ValueError(f"prior shape {tuple(prior_shape)} does not match the tokenizer's latent shape {tuple(shape)}")
+        rows = getattr(tokenizer, "rows", vectorizer.rows)
+        width = getattr(tokenizer, "width", vectorizer.width)
+        if (rows, width) != (vectorizer.rows, vectorizer.width):
+            raise ValueError(f"tokenizer expects rows of ({rows}, {width}), the vectorizer makes ({vectorizer.rows}, {vectorizer.width})")
+        cond_dim = getattr(prior, "cond_dim", None)
+        if conditioner is not None and cond_dim is not None and cond_dim != conditioner.dim:
+            raise ValueError(f"prior takes conditions of dim {cond_dim}, the conditioner makes {conditioner.dim}")
+        if conditioner is None and cond_dim:
+            raise ValueError(f"prior is conditional (cond_dim={cond_dim}) but no conditioner was given")
         self.vectorizer = vectorizer
         self.tokenizer = tokenizer
         self.prior = prior
         self.conditioner = conditioner
         self.normalizer = normalizer
+        self.latent_mean = 0.0
+        self.latent_scale = 1.0
+        self.fitted = False
 
     @property
     def spec(self) -> ParamSpec:
         """The architecture this generator produces."""
         return self.vectorizer.spec
 
+    # ------------------------------------------------------------------ data plumbing
+    def _check_flat(self, flat: torch.Tensor) -> None:
+        d = self.spec.numel
+        if flat.ndim != 2 or flat.shape[1] != d:
+            raise SpecMismatchError(f"expected flat weight vectors of shape (M, {d}), got {tuple(flat.shape)}")
+
+    def _rows(self, flat: torch.Tensor, tasks: Sequence[str] | None) -> torch.Tensor:
+        flat = flat.float()
+        if self.normalizer is not None:
+            flat = self.normalizer.transform(flat, tasks=tasks)
+        return self.vectorizer.pack(flat)  # (M, N, C)
+
+    def _flat(self, rows: torch.Tensor, tasks: Sequence[str] | None) -> torch.Tensor:
+        flat = self.vectorizer.unpack(rows)
+        if self.normalizer is not None:
+            flat = self.normalizer.inverse(flat, tasks=tasks)
+        return flat
+
     def condition(self, cond: Any) -> torch.Tensor | None:
-        """Raw condition(s) to condition vectors ``(B, Dc)``; ``None`` if unconditional."""
+        """Raw conditions (a sequence, one per model) to vectors ``(B, Dc)``."""
         if self.conditioner is None:
             if cond is not None:
                 raise ValueError("this generator is unconditional; pass cond=None")
             return None
         if cond is None:
-            raise ValueError(f"this generator is conditioned by {type(self.conditioner).__name__}; pass cond")
+            raise ValueError(f"this generator is conditioned by {type(self.conditioner).__name__}; pass cond (a sequence of raw conditions)")
+        if isinstance(cond, (str, bytes)) or not isinstance(cond, Sequence):
+            raise TypeError(f"cond must be a sequence of raw conditions (one per model), got {type(cond).__name__}")
         c = self.conditioner(cond)
-        if c.ndim != 2 or c.shape[1] != self.conditioner.dim:
-            raise ValueError(f"conditioner returned shape {tuple(c.shape)}, expected (B, {self.conditioner.dim})")
+        if c.ndim != 2 or c.shape != (len(cond), self.conditioner.dim):
+            raise ValueError(f"conditioner returned shape {tuple(c.shape)}, expected ({len(cond)}, {self.conditioner.dim})")
         return c
+
+    def _encode_all(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+        if isinstance(self.tokenizer, nn.Module):
+            self.tokenizer.eval()
+        with torch.no_grad():
+            return torch.cat([self.tokenizer.encode(x[s], mask=self.vectorizer.mask).latents for s in _batches(len(x), batch_size)])
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        flat: torch.Tensor,
+        conds: Sequence[Any] | None = None,
+        *,
+        tasks: Sequence[str] | None = None,
+        tokenizer_steps: int = 2000,
+        align_steps: int = 0,
+        prior_steps: int = 5000,
+        batch_size: int = 64,
+        tokenizer_lr: float = 1e-3,
+        prior_lr: float = 1e-4,
+        weight_decay: float = 0.0,
+        predictor: nn.Module | None = None,
+        generator: torch.Generator | None = None,
+        progress: bool = True,
+        tracker: Logger | None = None,
+        log_every: int = 100,
+    ) -> Generator:
+        """Fit every stage on a zoo.
+
+        Args:
+            flat: ``(M, D)`` weight vectors in spec order (e.g. ``Zoo.flatten()[0]``).
+            conds: One raw condition per row, for the conditioner.
+            tasks: Task name per row (for a per-task normalizer and contrastive groups).
+            tokenizer_steps: Optimizer steps of the tokenizer stage (skipped if it has no
+                trainable weights).
+            align_steps: Steps of contrastive alignment of the conditioner with the
+                latents (D2NWG Alg. 2); the conditioner is frozen afterwards.
+            prior_steps: Optimizer steps of the prior (a prior with ``fit`` is fitted
+                directly). Trainable conditioner weights learn jointly with the prior.
+            batch_size: Models per step.
+            tokenizer_lr: AdamW learning rate of the tokenizer stage.
+            prior_lr: AdamW learning rate of the prior stage (D2NWG: 1e-4).
+            weight_decay: AdamW weight decay.
+            predictor: Frozen accuracy predictor for the predictor-guided VAE loss.
+            generator: All randomness of fitting (batches, noise, reparameterization).
+            progress: Show tqdm progress bars.
+            tracker: Receives losses every ``log_every`` steps.
+            log_every: Logging period in steps.
+        """
+        from tqdm.auto import tqdm
+
+        self._check_flat(flat)
+        m = flat.shape[0]
+        if self.conditioner is not None and (conds is None or len(conds) != m):
+            raise ValueError(f"expected one raw condition per weight vector ({m}), got {None if conds is None else len(conds)}")
+        if self.conditioner is None and conds is not None:
+            raise ValueError("this generator is unconditional; pass conds=None")
+        if tasks is not None and len(tasks) != m:
+            raise ValueError(f"expected one task name per weight vector ({m}), got {len(tasks)}")
+        log = tracker or NullLogger()
+        g = generator
+
+        # Stage 0: normalization statistics.
+        if self.normalizer is not None:
+            self.normalizer.fit(flat.float(), tasks=tasks)
+        x = self._rows(flat, tasks)  # (M, N, C)
+        mask = self.vectorizer.mask
+
+        # Stage 1: the tokenizer.
+        params = _trainable(self.tokenizer)
+        if params and tokenizer_steps > 0:
+            self.tokenizer.train()
+            opt = torch.optim.AdamW(params, lr=tokenizer_lr, weight_decay=weight_decay)
+            for step in tqdm(range(1, tokenizer_steps + 1), desc="tokenizer", disable=not progress):
+                idx = torch.randint(0, m, (min(batch_size, m),), generator=g)
+                out = self.tokenizer.loss(x[idx], mask=mask, generator=g, **({"predictor": predictor} if predictor is not None else {}))
+                opt.zero_grad(set_to_none=True)
+                out.loss.backward()
+                opt.step()
+                if step % log_every == 0 or step == tokenizer_steps:
+                    log.log_metrics({"tokenizer/loss": float(out.loss), **{f"tokenizer/{k}": v for k, v in out.metrics.items()}}, step=step)
+
+        # Latents at unit scale: diffusion on badly scaled latents collapses.
+        latents = self._encode_all(x, 256)
+        self.latent_mean = float(latents.mean())
+        self.latent_scale = float(latents.std()) or 1.0
+        z = (latents - self.latent_mean) / self.latent_scale  # (M, *latent_shape)
+
+        # Stage 2: contrastive alignment of the conditioner (D2NWG Alg. 2).
+        if align_steps > 0:
+            from paramgen.conditioners.imageset import align_to_latents
+
+            if conds is None:
+                raise ValueError("alignment needs conds")
+            losses = align_to_latents(self.conditioner, conds, z.flatten(1), groups=tasks, steps=align_steps, batch_size=batch_size, generator=g, progress=progress)
+            log.log_metrics({"align/loss_first": losses[0], "align/loss_last": losses[-1]}, step=align_steps)
+
+        # Stage 3: the prior.
+        cond_params = _trainable(self.conditioner) if self.conditioner is not None else []
+        fixed_c: torch.Tensor | None = None
+        if self.conditioner is not None and not cond_params:
+            with torch.no_grad():
+                fixed_c = torch.cat([self.condition(list(conds[s])) for s in _batches(m, 256)])  # type: ignore[index]
+        if hasattr(self.prior, "fit"):
+            c_all = fixed_c
+            if self.conditioner is not None and c_all is None:
+                with torch.no_grad():
+                    c_all = torch.cat([self.condition(list(conds[s])) for s in _batches(m, 256)])  # type: ignore[index]
+            self.prior.fit(z, c_all)
+        else:
+            params = _trainable(self.prior) + cond_params
+            if isinstance(self.prior, nn.Module):
+                self.prior.train()
+            if isinstance(self.conditioner, nn.Module) and cond_params:
+                self.conditioner.train()
+            opt = torch.optim.AdamW(params, lr=prior_lr, weight_decay=weight_decay)
+            for step in tqdm(range(1, prior_steps + 1), desc="prior", disable=not progress):
+                idx = torch.randint(0, m, (min(batch_size, m),), generator=g)
+                if fixed_c is not None:
+                    c = fixed_c[idx]
+                elif self.conditioner is not None:
+                    c = self.condition([conds[i] for i in idx.tolist()])  # type: ignore[index]
+                else:
+                    c = None
+                loss = self.prior.loss(z[idx], c, generator=g)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                if hasattr(self.prior, "update_ema"):
+                    self.prior.update_ema()
+                if step % log_every == 0 or step == prior_steps:
+                    log.log_metrics({"prior/loss": float(loss)}, step=step)
+        for part in (self.tokenizer, self.prior, self.conditioner):
+            if isinstance(part, nn.Module):
+                part.eval()
+        self.fitted = True
+        return self
+
+    # ------------------------------------------------------------------ sampling
+    def _require_fitted(self) -> None:
+        if not self.fitted:
+            raise NotFittedError("this generator is not fitted: call fit() or load one with Generator.from_pretrained()")
+
+    @torch.no_grad()
+    def reconstruct(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
+        """Encode and decode weight vectors ``(M, D)``: what the tokenizer alone preserves."""
+        self._require_fitted()
+        self._check_flat(flat)
+        x = self._rows(flat, tasks)
+        latents = self._encode_all(x, batch_size)
+        rows = torch.cat([self.tokenizer.decode(latents[s]) for s in _batches(len(latents), batch_size)])
+        return self._flat(rows, tasks)
 
     @torch.no_grad()
     def sample_flat(
         self,
-        cond: Any = None,
+        cond: Sequence[Any] | None = None,
         n: int = 1,
         *,
         generator: torch.Generator | None = None,
         tasks: Sequence[str] | None = None,
         batch_size: int = 256,
+        **sample_kwargs: Any,
     ) -> torch.Tensor:
         """Sample ``n`` weight vectors per condition: ``(B * n, D)`` in weight scale.
 
-        ``tasks`` names the task of each condition for a per-task normalizer.
+        Args:
+            cond: A sequence of raw conditions (``None`` for an unconditional generator).
+            n: Samples per condition.
+            generator: Randomness of sampling; a seeded one gives identical samples.
+            tasks: Task name per condition, for a per-task normalizer.
+            batch_size: Models decoded at once.
+            **sample_kwargs: Passed to ``prior.sample`` (e.g. ``sampler="ddim"``, ``steps=50``).
         """
+        self._require_fitted()
         if n < 1:
             raise ValueError(f"n must be a positive integer, got {n}")
         c = self.condition(cond)
         b = 1 if c is None else c.shape[0]
+        if tasks is not None and len(tasks) != b:
+            raise ValueError(f"expected one task name per condition ({b}), got {len(tasks)}")
         if c is not None:
             c = c.repeat_interleave(n, dim=0)  # (B*n, Dc)
         total = b * n
-        out = []
-        for start in range(0, total, batch_size):
-            stop = min(start + batch_size, total)
-            latents = self.prior.sample(stop - start, None if c is None else c[start:stop], generator=generator)
-            rows = self.tokenizer.decode(latents)  # (b, N, C)
-            out.append(self.vectorizer.unpack(rows))
-        flat = torch.cat(out)
-        if self.normalizer is not None:
-            row_tasks = None if tasks is None else [t for t in tasks for _ in range(n)]
-            flat = self.normalizer.inverse(flat, tasks=row_tasks)
-        return flat
+        rows = []
+        for s in _batches(total, batch_size):
+            z = self.prior.sample(s.stop - s.start, None if c is None else c[s], generator=generator, **sample_kwargs)
+            if not torch.isfinite(z).all():
+                raise FloatingPointError("the prior produced NaN or Inf latents")
+            rows.append(self.tokenizer.decode(z * self.latent_scale + self.latent_mean))
+        row_tasks = None if tasks is None else [t for t in tasks for _ in range(n)]
+        return self._flat(torch.cat(rows), row_tasks)
 
     def sample(
         self,
-        cond: Any = None,
+        cond: Sequence[Any] | None = None,
         n: int = 1,
         *,
         generator: torch.Generator | None = None,
         tasks: Sequence[str] | None = None,
         base: Mapping[str, torch.Tensor] | None = None,
         batch_size: int = 256,
+        **sample_kwargs: Any,
     ) -> list[dict[str, torch.Tensor]]:
-        """Sample ``n`` state dicts per condition (see `sample_flat`).
+        """Sample ``n`` state dicts per condition (see :meth:`sample_flat`).
 
         Args:
             base: State dict supplying tensors outside the generated selection.
         """
-        flat = self.sample_flat(cond, n, generator=generator, tasks=tasks, batch_size=batch_size)
+        flat = self.sample_flat(cond, n, generator=generator, tasks=tasks, batch_size=batch_size, **sample_kwargs)
         return self.spec.unflatten(flat, base=base)
 
-    def sample_into(self, model: nn.Module, cond: Any = None, *, generator: torch.Generator | None = None, **kwargs: Any) -> nn.Module:
+    def sample_into(self, model: nn.Module, cond: Sequence[Any] | None = None, *, generator: torch.Generator | None = None, **kwargs: Any) -> nn.Module:
         """Sample one set of weights and load it into ``model`` (which must match the spec)."""
         mine = {t.name: (t.shape, t.dtype) for t in self.spec.tensors}
         theirs = {t.name: (t.shape, t.dtype) for t in ParamSpec.from_module(model).tensors}
@@ -164,3 +395,71 @@ class Generator:
         sd = self.sample(cond, 1, generator=generator, base=model.state_dict(), **kwargs)[0]
         model.load_state_dict(sd, strict=True)
         return model
+
+    # ------------------------------------------------------------------ persistence
+    def _components(self) -> dict[str, Any]:
+        parts = {"tokenizer": self.tokenizer, "prior": self.prior, "conditioner": self.conditioner, "normalizer": self.normalizer}
+        return {k: v for k, v in parts.items() if v is not None}
+
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``weights.safetensors`` (each atomically; config last)."""
+        self._require_fitted()
+        path = Path(path)
+        config: dict[str, Any] = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "spec": self.spec.to_dict(),
+            "spec_id": self.spec.fingerprint,
+            "vectorizer": self.vectorizer.config(),  # type: ignore[attr-defined]
+            "latent_mean": self.latent_mean,
+            "latent_scale": self.latent_scale,
+            "components": {},
+        }
+        tensors: dict[str, torch.Tensor] = {}
+        for role, part in self._components().items():
+            config["components"][role] = {"class": _class_path(part), "config": part.config()}
+            for key, value in part.state_dict().items():
+                tensors[f"{role}.{key}"] = value
+        save_safetensors(path / "weights.safetensors", tensors, metadata={"format": FORMAT})
+        write_json(path / "config.json", config)
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, spec: ParamSpec | None = None) -> Generator:
+        """Rebuild a generator saved by :meth:`save_pretrained`.
+
+        Args:
+            path: The folder.
+            spec: If given, the architecture the caller expects; a generator saved for
+                another architecture raises :class:`~paramgen.spec.SpecMismatchError`.
+        """
+        path = Path(path)
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} holds no saved generator (no config.json)")
+        config = read_json(path / "config.json")
+        if config.get("format") != FORMAT:
+            raise ValueError(f"{path}/config.json is not a paramgen generator (format {config.get('format')!r})")
+        saved_spec = ParamSpec.from_dict(config["spec"])
+        if spec is not None:
+            try:
+                spec.check_compatible(saved_spec)
+            except SpecMismatchError as e:
+                raise SpecMismatchError(f"the generator in {path} was saved for another architecture: {e}") from e
+        state = load_file(str(path / "weights.safetensors"))
+        parts: dict[str, Any] = {}
+        for role, entry in config["components"].items():
+            sub = {k.removeprefix(f"{role}."): v for k, v in state.items() if k.startswith(f"{role}.")}
+            if role == "normalizer":
+                parts[role] = normalizer_from_config(entry["config"], sub, spec=saved_spec)
+                continue
+            part = _import(entry["class"]).from_config(entry["config"])
+            if isinstance(part, nn.Module):
+                part.load_state_dict(sub, strict=True)
+                part.eval()
+            else:
+                part.load_state_dict(sub)
+            parts[role] = part
+        gen = cls(vectorizer=vectorizer_from_config(config["vectorizer"], saved_spec), **parts)
+        gen.latent_mean, gen.latent_scale = config["latent_mean"], config["latent_scale"]
+        gen.fitted = True
+        return gen

@@ -113,9 +113,13 @@ class Conditioner(Protocol):
 
 @runtime_checkable
 class Prior(Protocol):
-    """A generative model over latents (or tokens), given condition vectors."""
+    """A generative model over latents (or tokens), given condition vectors.
 
-    def loss(self, latents: torch.Tensor, cond: torch.Tensor | None) -> torch.Tensor: ...
+    A prior without gradient training (e.g. the KDE baseline) also has
+    ``fit(latents, cond)``, which :meth:`paramgen.Generator.fit` calls instead.
+    """
+
+    def loss(self, latents: torch.Tensor, cond: torch.Tensor | None, *, generator: torch.Generator | None = None) -> torch.Tensor: ...
 
     def sample(self, n: int, cond: torch.Tensor | None, *, generator: torch.Generator | None = None) -> torch.Tensor: ...
 

@@ -16,6 +16,12 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+# The suite's models are tiny: one intra-op thread is fastest, and two threads on two
+# shared cores slow small ops down by orders of magnitude.
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
+
 
 @pytest.fixture
 def tmp_out(tmp_path):

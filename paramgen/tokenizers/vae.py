@@ -200,9 +200,9 @@ class VAETokenizer(nn.Module):
             mse = err.mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         total = mse + self.kl_weight * kl
-        metrics = {"recon_mse": float(mse), "kl": float(kl)}
+        metrics = {"recon_mse": mse.item(), "kl": kl.item()}
         if predictor is not None and self.predictor_weight > 0:
             guide = (predictor(recon) - predictor(x).detach()).pow(2).mean()
             total = total + self.predictor_weight * guide
-            metrics["predictor_mse"] = float(guide)
+            metrics["predictor_mse"] = guide.item()
         return TokenizerOutput(latents=mean, loss=total, metrics=metrics)

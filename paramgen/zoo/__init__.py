@@ -9,7 +9,7 @@ Examples:
     2
 """
 
-from paramgen.zoo.build import PRESETS, RunConfig, build_zoo, preset, run_one
+from paramgen.zoo.build import PRESETS, RunConfig, build_zoo, load_run_task, preset, run_one
 from paramgen.zoo.store import Checkpoint, WeightDataset, Zoo
 from paramgen.zoo.train import Snapshot, TrainConfig, evaluate, train_classifier
 
@@ -17,6 +17,7 @@ __all__ = [
     "PRESETS",
     "RunConfig",
     "build_zoo",
+    "load_run_task",
     "preset",
     "run_one",
     "Checkpoint",

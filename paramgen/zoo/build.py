@@ -37,7 +37,7 @@ from paramgen.tracking import Logger, NullLogger
 from paramgen.zoo.store import Zoo
 from paramgen.zoo.train import TrainConfig, train_classifier
 
-__all__ = ["RunConfig", "build_zoo", "run_one", "preset", "PRESETS"]
+__all__ = ["RunConfig", "build_zoo", "run_one", "load_run_task", "preset", "PRESETS"]
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,9 @@ class RunConfig:
         return f"{self.task.replace('/', '_')}__{self.arch}__s{self.seed}__{digest}"
 
 
-def _load_task(cfg: RunConfig, datasets: dict[str, Task], data_root: str | None) -> Task:
+def load_run_task(cfg: RunConfig, datasets: dict[str, Task] | None = None, data_root: str | None = None) -> Task:
+    """The task of a run with its caps; ``datasets`` caches loaded datasets between calls."""
+    datasets = {} if datasets is None else datasets
     dataset, _, classes = cfg.task.partition("/")
     root = data_root if dataset == "fashion_mnist" else None
     caps = {"max_train_per_class": cfg.max_train_per_class, "max_eval_per_class": cfg.max_eval_per_class}
@@ -107,7 +109,7 @@ def run_one(cfg: RunConfig, *, datasets: dict[str, Task] | None = None, data_roo
 
     ``datasets`` is a cache of loaded datasets the caller may keep between calls.
     """
-    task = _load_task(cfg, {} if datasets is None else datasets, data_root)
+    task = load_run_task(cfg, datasets, data_root)
     model = build_model(cfg.arch, num_classes=task.num_classes, **cfg.arch_kwargs)
     snapshots = train_classifier(model, task, cfg.train, seed=cfg.seed, keep_epochs=cfg.keep_epochs)
     spec = ParamSpec.from_module(model)

@@ -23,7 +23,7 @@ from torch import nn
 
 from paramgen.data import Split, Task
 
-__all__ = ["TrainConfig", "Snapshot", "train_classifier", "evaluate"]
+__all__ = ["TrainConfig", "Snapshot", "train_classifier", "evaluate", "predict_many"]
 
 
 @attrs.frozen
@@ -124,3 +124,38 @@ def train_classifier(
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 snapshots.append(Snapshot(epoch=epoch, state_dict=state, metrics=metrics))
     return snapshots
+
+
+@torch.no_grad()
+def predict_many(
+    model: nn.Module,
+    state_dicts: dict[str, torch.Tensor],
+    split: Split,
+    *,
+    batch_size: int = 2048,
+) -> torch.Tensor:
+    """Predictions of many weight sets of one architecture at once: ``(G, T)`` labels.
+
+    Args:
+        model: A module of the architecture (its own weights are not used).
+        state_dicts: Stacked tensors ``name -> (G, *shape)`` (e.g. ``ParamSpec.unflatten_stacked``).
+        split: Inputs to predict (tensor inputs).
+
+    The models run in eval mode through ``torch.func.vmap`` over ``functional_call``:
+    one pass per batch of inputs instead of one per model.
+    """
+    from torch.func import functional_call, vmap
+
+    if isinstance(split.x, tuple):
+        raise TypeError("predict_many() takes tensor inputs")
+    was_training = model.training
+    model.eval()
+    names = [n for n, t in state_dicts.items() if t.is_floating_point()]
+    stacked = {n: state_dicts[n] for n in names}
+
+    def run(params: dict[str, torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, params, (x,), strict=False).argmax(-1)
+
+    preds = [vmap(run, in_dims=(0, None))(stacked, split.x[i : i + batch_size]) for i in range(0, len(split), batch_size)]
+    model.train(was_training)
+    return torch.cat(preds, dim=1)  # (G, T)

@@ -1,0 +1,276 @@
+"""``python -m benchmarks.modelzoo``: D2NWG table 4 / IGPG table 1 scaled to this CPU.
+
+Question: does one dataset-conditioned generator, fitted on a zoo of small CNNs trained on
+many tasks, produce weights for a *seen* task that work at once and fine-tune faster than
+random init, and are they more than copies of its training checkpoints?
+
+Setting: the ``cnn-fashion-digits`` zoo (five-class subsets of digits and Fashion-MNIST,
+one ConvNet architecture, 2 seeds x last 5 epochs per task; ``--quick``: a small zoo of the
+same kind). One generator for all tasks: per-tensor z-scoring, the D2NWG weight VAE, a
+latent DDPM conditioned on the task's dataset through the image-set encoder (a Set
+Transformer over frozen MobileNetV2 features of 5 training images per class). Nothing is
+selected: every reported generated model is a plain sample.
+
+Rows (test accuracy unless named otherwise):
+- ``zoo``: the task's training checkpoints (the reference).
+- ``generated``: samples conditioned on the task; ``reconstruction``: the VAE alone.
+- ``generated DDIM-50``: the same prior sampled with 50 DDIM steps (vs 1000 DDPM steps),
+  with the wall-time ratio.
+- ``kde latent``: S_KDE, a kernel density in the same latent space (same tokenizer).
+- ``noise 0.06`` / ``noise 0.12`` / ``noise matched``: a training checkpoint plus Gaussian
+  noise (std relative to each tensor's scale; ``matched``: as far from the training set as
+  the generated models), ``mean of 16`` (or of all the task's checkpoints when fewer),
+  ``gaussian``: per-element Gaussian fitted to the task's checkpoints.
+- ``random init``.
+- ``novelty_l2``: distance to the nearest training checkpoint (whole zoo);
+  ``wrong_iou``: the largest overlap of wrong predictions with a checkpoint of the task.
+- fine-tuning curves (``epoch`` 0/1/5/25) of generated, random init, KDE and baselines.
+- the task-by-condition accuracy matrix: weights generated for condition c, tested on t.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from benchmarks.common import Results, parallel_map, parser
+from paramgen import Generator, ModelVectorizer, PerLayerZScore
+from paramgen.conditioners import ImageSetConditioner, mobilenet_features, set_features
+from paramgen.data import Task
+from paramgen.models import build_model
+from paramgen.novelty import (
+    checkpoint_mean,
+    elementwise_gaussian,
+    matched_sigma,
+    nearest_l2,
+    noisy_checkpoints,
+    tensor_scale,
+    wrong_prediction_iou,
+)
+from paramgen.priors import DiffusionPrior, KDEPrior
+from paramgen.tokenizers import VAETokenizer
+from paramgen.zoo import RunConfig, TrainConfig, Zoo, build_zoo, load_run_task, preset, train_classifier
+from paramgen.zoo.build import _subset_runs
+from paramgen.zoo.train import predict_many
+
+__all__ = ["main", "SIZES"]
+
+logger = logging.getLogger(__name__)
+
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": dict(
+        zoo="modelzoo-quick",
+        tasks_per_dataset=3,
+        seeds=(0, 1),
+        zoo_epochs=8,
+        keep_epochs=(6, 7, 8),
+        fashion_train_per_class=300,
+        shots=5,
+        vae_steps=800,
+        align_steps=0,
+        prior_steps=1500,
+        samples=6,
+        finetune_tasks=2,
+        finetune_epochs=(1, 5),
+        finetune_train_per_class=100,
+        matrix_tasks=6,
+        ddim_samples=6,
+    ),
+    "default": dict(
+        zoo="cnn-fashion-digits",
+        shots=5,
+        vae_steps=4000,
+        align_steps=0,
+        prior_steps=8000,
+        samples=10,
+        finetune_tasks=8,
+        finetune_epochs=(1, 5, 25),
+        finetune_train_per_class=None,
+        matrix_tasks=16,
+        ddim_samples=10,
+    ),
+}
+
+
+def plan(size: dict[str, Any]) -> list[RunConfig]:
+    """The zoo of this size: the ``cnn-fashion-digits`` preset or a small one like it."""
+    if size["zoo"] == "cnn-fashion-digits":
+        return preset("cnn-fashion-digits")
+    train = TrainConfig(epochs=size["zoo_epochs"], lr=5e-3, batch_size=64)
+    common: dict[str, Any] = dict(k=5, arch="convnet", arch_kwargs={"channels": [8, 16]}, seeds=size["seeds"], train=train, keep_epochs=size["keep_epochs"])
+    n = size["tasks_per_dataset"]
+    return _subset_runs("digits", n, max_train_per_class=None, max_eval_per_class=None, **common) + _subset_runs(
+        "fashion_mnist", n, max_train_per_class=size["fashion_train_per_class"], max_eval_per_class=None, **common
+    )
+
+
+# ----------------------------------------------------------------------------- helpers
+def accuracies(zoo: Zoo, flat: torch.Tensor, task: Task) -> tuple[torch.Tensor, torch.Tensor]:
+    """Test accuracy ``(G,)`` and predictions ``(G, T)`` of weight vectors ``(G, D)``."""
+    spec = zoo.spec()
+    model = zoo.model(0)
+    stacked = spec.unflatten_stacked(flat.float())
+    preds = predict_many(model, stacked, task.test)
+    return (preds == task.test.y).float().mean(1), preds
+
+
+def _finetune_job(job: dict[str, Any]) -> list[float]:
+    """Worker: fine-tune one model; test accuracy at epoch 0 and at each requested epoch."""
+    from paramgen.zoo import evaluate
+
+    run = job["run"]
+    if job["train_per_class"] is not None:  # fine-tune on fewer examples (same test split)
+        run = attrs.evolve(run, max_train_per_class=job["train_per_class"])
+    task = load_run_task(run)
+    model = build_model(job["run"].arch, num_classes=task.num_classes, **job["run"].arch_kwargs)
+    init = job["state_dict"] is None
+    if not init:
+        model.load_state_dict(job["state_dict"], strict=True)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(job["seed"])
+            for m in model.modules():
+                if hasattr(m, "reset_parameters"):
+                    m.reset_parameters()
+    accs = [evaluate(model, task.test)[0]]
+    epochs = job["epochs"]
+    config = TrainConfig(epochs=max(epochs), lr=job["lr"], batch_size=64)
+    snaps = train_classifier(model, task, config, seed=job["seed"], keep_epochs=epochs, init=False)
+    return accs + [s.metrics["test_acc"] for s in snaps]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser("modelzoo", __doc__.split("\n\n")[0]).parse_args(argv)
+    size_name = "quick" if args.quick else "default"
+    size = SIZES[size_name]
+    torch.set_num_threads(args.threads)
+    out = Path(args.out or f"runs/modelzoo-{size_name}")
+    torch.manual_seed(args.seed)  # this script owns its process; library calls take generators
+    g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
+
+    # 1. The zoo (cached beside the outputs; building resumes).
+    runs = plan(size)
+    start = time.perf_counter()
+    zoo = build_zoo(out.parent / "zoos" / size["zoo"], runs, workers=2, progress=False)
+    zoo_s = time.perf_counter() - start
+    spec = zoo.spec()
+    flat, _ = zoo.flatten()
+    tasks_of = [c.task for c in zoo]
+    run_of = {r.task: r for r in runs if r.seed == runs[0].seed}
+    datasets: dict[str, Task] = {}
+    tasks = {name: load_run_task(run_of[name], datasets) for name in zoo.tasks}
+
+    # 2. Conditions: 5 training images per class -> frozen MobileNetV2 features (K, S, F).
+    extractor = mobilenet_features()
+    feats = {}
+    for name, task in tasks.items():
+        x, y = task.support_set(size["shots"], split="train", generator=g(1))
+        images = x.reshape(task.num_classes, size["shots"], *x.shape[1:])  # grouped by class
+        feats[name] = set_features(extractor, images)
+    conds = [feats[t] for t in tasks_of]
+
+    # 3. The generator.
+    vec = ModelVectorizer(spec)
+    tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=32, hidden_channels=64, kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
+    cond = ImageSetConditioner(feature_dim=extractor.feature_dim, dim=64)
+    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
+    gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
+    start = time.perf_counter()
+    gen.fit(flat, conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"], batch_size=64, tokenizer_lr=1e-3, prior_lr=1e-3, generator=g(2), progress=False)
+    fit_s = time.perf_counter() - start
+    kde = Generator(vectorizer=vec, tokenizer=tok, prior=KDEPrior(), conditioner=cond, normalizer=gen.normalizer)
+    kde.fit(flat, conds, tasks=tasks_of, tokenizer_steps=0, generator=g(3), progress=False)
+    kde.latent_mean, kde.latent_scale = gen.latent_mean, gen.latent_scale
+
+    res = Results("modelzoo", config={"size": size_name, "seed": args.seed, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
+    res.add("zoo", "all", "build_s", zoo_s)
+    res.add("generator", "all", "fit_s", fit_s)
+    scale = tensor_scale(spec, flat)
+    n = size["samples"]
+    k_mean = min(16, min(tasks_of.count(t) for t in tasks))  # "mean of 16", or of all a task has
+    mean_name = f"mean of {k_mean}"
+    samples: dict[tuple[str, str], torch.Tensor] = {}
+    per_method: dict[str, list[float]] = {}
+    ratio: list[float] = []
+    for ti, (name, task) in enumerate(tasks.items()):
+        own = flat[[i for i, t in enumerate(tasks_of) if t == name]]
+        methods: dict[str, torch.Tensor] = {}
+        t0 = time.perf_counter()
+        methods["generated"] = gen.sample_flat([feats[name]], n, generator=g(100 + ti))
+        ddpm_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        methods["generated DDIM-50"] = gen.sample_flat([feats[name]], n, generator=g(200 + ti), sampler="ddim", steps=50)
+        ratio.append(ddpm_s / (time.perf_counter() - t0))
+        methods["reconstruction"] = gen.reconstruct(own)
+        methods["kde latent"] = kde.sample_flat([feats[name]], n, generator=g(300 + ti))
+        gen_dist = float(nearest_l2(methods["generated"], flat)[0].median())
+        sigma = matched_sigma(own, gen_dist, scale=scale, generator=g(400 + ti))
+        methods["noise 0.06"] = noisy_checkpoints(own, n, sigma=0.06, scale=scale, generator=g(500 + ti))[0]
+        methods["noise 0.12"] = noisy_checkpoints(own, n, sigma=0.12, scale=scale, generator=g(600 + ti))[0]
+        methods["noise matched"] = noisy_checkpoints(own, n, sigma=sigma, scale=scale, generator=g(700 + ti))[0]
+        methods[mean_name] = checkpoint_mean(own, n, k=k_mean, generator=g(800 + ti))
+        methods["gaussian"] = elementwise_gaussian(own, n, generator=g(900 + ti))
+        zoo_acc, zoo_preds = accuracies(zoo, own, task)
+        res.add("zoo", name, "test_acc", zoo_acc.tolist())
+        per_method.setdefault("zoo", []).append(float(zoo_acc.mean()))
+        for method, w in methods.items():
+            acc, preds = accuracies(zoo, w, task)
+            dist = nearest_l2(w, flat)[0]
+            iou = wrong_prediction_iou(preds, zoo_preds, task.test.y)
+            res.add(method, name, "test_acc", acc.tolist(), epoch=0)
+            res.add(method, name, "novelty_l2", dist.tolist())
+            res.add(method, name, "wrong_iou", iou.tolist())
+            per_method.setdefault(method, []).append(float(acc.mean()))
+            samples[(method, name)] = w
+        if size_name == "quick" and ti == 0:
+            logger.info("first task done")
+    for method, accs in per_method.items():
+        res.add(method, "mean over tasks", "test_acc", accs)
+    rel = [a / z for a, z in zip(per_method["generated"], per_method["zoo"])]
+    res.add("generated", "mean over tasks", "acc_over_zoo", rel)
+    res.add("generated", "min over tasks", "acc_over_zoo", min(rel))
+    res.add("generated DDIM-50", "mean over tasks", "ddpm_time_over_ddim", ratio)
+
+    # 4. Task-by-condition matrix: weights for condition c tested on task t.
+    names = list(tasks)[: size["matrix_tasks"]]
+    matrix = torch.zeros(len(names), len(names))
+    for ci, c in enumerate(names):
+        w = gen.sample_flat([feats[c]], 3, generator=g(1000 + ci))
+        for ti, t in enumerate(names):
+            matrix[ti, ci] = accuracies(zoo, w, tasks[t])[0].mean()
+    diag = matrix.diag()
+    off = (matrix.sum(1) - diag) / (len(names) - 1)
+    dominant = [float(matrix[i, i] >= matrix[i].max()) for i in range(len(names))]
+    res.add("generated", "condition matrix", "diag_acc", diag.tolist())
+    res.add("generated", "condition matrix", "offdiag_acc", off.tolist())
+    res.add("generated", "condition matrix", "diag_is_row_max", dominant)
+
+    # 5. Fine-tuning curves on a few tasks, one model per method (random init included).
+    ft_methods = ["generated", "kde latent", "noise matched", "noise 0.12", "gaussian", mean_name, "random init"]
+    jobs = []
+    for name in list(tasks)[: size["finetune_tasks"]]:
+        for method in ft_methods:
+            sd = None if method == "random init" else spec.unflatten(samples[(method, name)][:1].float())[0]
+            jobs.append({"run": run_of[name], "state_dict": sd, "epochs": list(size["finetune_epochs"]), "lr": 1e-3, "seed": args.seed, "train_per_class": size["finetune_train_per_class"], "method": method, "task": name})
+    curves = parallel_map(_finetune_job, jobs, workers=2)
+    for epoch_i, epoch in enumerate((0, *size["finetune_epochs"])):
+        for method in ft_methods:
+            vals = [c[epoch_i] for j, c in zip(jobs, curves) if j["method"] == method]
+            res.add(method, "finetune", "test_acc", vals, epoch=epoch)
+
+    path = res.write(out, mlflow=not args.no_mlflow)
+    print(res.table())
+    print(f"condition matrix (rows: test task, cols: condition):\n{matrix.numpy().round(3)}")
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raise SystemExit(main())

@@ -1,0 +1,63 @@
+"""Conditioners: raw conditions (keys, image sets, texts) -> vectors ``(B, dim)``.
+
+Every conditioner is an ``nn.Module`` with ``dim``, ``forward(raw) -> (B, dim)``,
+``config()`` (JSON-serializable constructor arguments) and ``from_config(config)``, so a
+generator saves it as config + safetensors and rebuilds it.
+
+- `IndexConditioner`, `OneHotConditioner`: one vector per dataset, (dataset,
+  architecture) pair or chunk index.
+- `ImageSetConditioner`: D2NWG's dataset encoder over image features grouped by class,
+  pre-trained with `align_to_latents`; feature extractors live in
+  `paramgen.conditioners.features`.
+- `TextConditioner`: a frozen MiniLM embedding of a task description
+  (`describe_condition` writes Cond P-Diff's description + examples).
+
+Examples:
+    >>> import torch
+    >>> from paramgen.interfaces import Conditioner
+    >>> cond = IndexConditioner(["mnist", "fashion_mnist"], dim=8)
+    >>> isinstance(cond, Conditioner), cond(["mnist"]).shape
+    (True, torch.Size([1, 8]))
+"""
+
+from paramgen.conditioners.features import (
+    CLIPVisionFeatures,
+    ModuleFeatures,
+    mobilenet_features,
+    open_clip_features,
+)
+from paramgen.conditioners.imageset import (
+    ISAB,
+    MAB,
+    PMA,
+    SAB,
+    ImageSetConditioner,
+    LatentProjection,
+    SetTransformer,
+    align_to_latents,
+    retrieval_accuracy,
+    set_features,
+)
+from paramgen.conditioners.index import IndexConditioner, OneHotConditioner
+from paramgen.conditioners.text import TextConditioner, describe_condition
+
+__all__ = [
+    "IndexConditioner",
+    "OneHotConditioner",
+    "ImageSetConditioner",
+    "SetTransformer",
+    "MAB",
+    "SAB",
+    "ISAB",
+    "PMA",
+    "LatentProjection",
+    "align_to_latents",
+    "retrieval_accuracy",
+    "set_features",
+    "ModuleFeatures",
+    "CLIPVisionFeatures",
+    "open_clip_features",
+    "mobilenet_features",
+    "TextConditioner",
+    "describe_condition",
+]

@@ -1,0 +1,22 @@
+"""Generative priors over latents ``(B, C, T)``: latent diffusion and a KDE baseline.
+
+- `DiffusionPrior`: D2NWG's latent DDPM, a `UNet1D` denoiser composed with a
+  `LinearSchedule`; DDPM or DDIM sampling, EMA weights, classifier-free guidance.
+- `KDEPrior`: Schürholt et al.'s S_KDE baseline, a Gaussian KDE per condition.
+
+Both implement `paramgen.interfaces.Prior` and save as ``config()`` (JSON) plus
+``state_dict()`` (safetensors).
+
+Examples:
+    >>> import torch
+    >>> from paramgen.interfaces import Prior
+    >>> isinstance(KDEPrior(), Prior), isinstance(DiffusionPrior(shape=(1, 4), timesteps=10, base_channels=8), Prior)
+    (True, True)
+"""
+
+from paramgen.priors.ddpm import DiffusionPrior
+from paramgen.priors.kde import KDEPrior
+from paramgen.priors.schedule import LinearSchedule, ddim_sample, ddpm_sample
+from paramgen.priors.unet1d import UNet1D
+
+__all__ = ["DiffusionPrior", "KDEPrior", "LinearSchedule", "UNet1D", "ddim_sample", "ddpm_sample"]

@@ -1,0 +1,329 @@
+"""Latent diffusion prior (D2NWG sec. 3.4, eqs. 3-6): a 1D UNet plus a linear noise schedule.
+
+`DiffusionPrior` composes a `UNet1D` denoiser with a `LinearSchedule` (lucidrains'
+``GaussianDiffusion1D(model, ...)`` pattern) and implements the `Prior` protocol:
+``loss`` is the epsilon-prediction MSE (eq. 5) at uniformly drawn steps, ``sample`` runs the
+reverse process (DDPM ancestral steps, eq. 6, or DDIM) with the EMA weights.
+
+Classifier-free guidance (Ho & Salimans 2022) is optional: train with
+``cond_dropout > 0`` so that a learned null condition stands in for a fraction of the rows,
+then sample with ``guidance_scale = w``: ``eps = eps_u + w (eps_c - eps_u)``.
+
+Examples:
+    >>> import torch
+    >>> prior = DiffusionPrior(shape=(2, 8), cond_dim=3, timesteps=20, base_channels=8, channel_mults=(1, 2))
+    >>> g = torch.Generator().manual_seed(0)
+    >>> loss = prior.loss(torch.randn(4, 2, 8), torch.randn(4, 3), generator=g)
+    >>> loss.backward(); prior.update_ema()
+    >>> prior.sample(5, torch.randn(5, 3), generator=g).shape
+    torch.Size([5, 2, 8])
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from paramgen.priors.schedule import LinearSchedule, _rand, _randint, _randn, ddim_sample, ddpm_sample
+from paramgen.priors.unet1d import UNet1D
+from paramgen.spec import NonFiniteWeightsError
+
+__all__ = ["DiffusionPrior"]
+
+Sampler = Literal["ddpm", "ddim"]
+
+
+def _positive_int(name: str, value: Any, low: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    return value
+
+
+@contextmanager
+def _eval_mode(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in eval mode (no dropout) and restore its previous mode."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield
+    finally:
+        module.train(was_training)
+
+
+class DiffusionPrior(nn.Module):
+    """Epsilon-predicting latent DDPM over ``(B, C, T)`` latents, optionally conditioned.
+
+    The UNet sees the condition twice (see `UNet1D`): concatenated as ``cond_channels``
+    extra input channels, as in the paper, and added to the time embedding.
+
+    EMA: ``ema`` is a copy of the UNet (and of the null condition) that the trainer updates
+    with `update_ema` after each optimizer step; sampling uses it. The decay is warmed up as
+    ``min(ema_decay, (1 + k) / (10 + k))`` after ``k`` updates (TensorFlow's
+    ``ExponentialMovingAverage``), so a short run is not dominated by the initial weights.
+    ``ema_decay = 0`` samples with the live weights.
+
+    Train with an optimizer over ``prior.parameters()`` (the UNet and the null condition;
+    the EMA copy has ``requires_grad=False``).
+
+    Randomness: the steps, the noise, the condition dropout and UNet dropout in `loss`,
+    and all of `sample`, draw from the ``generator`` argument only.
+
+    Args:
+        shape: Latent shape ``(C, T)`` (from the tokenizer); ``T`` need not be a power of 2.
+        cond_dim: Size of condition vectors; 0 for an unconditional prior.
+        timesteps: Diffusion steps ``T`` (D2NWG: about 1000).
+        beta_start: First beta (``None``: ``1e-4`` scaled by ``1000 / timesteps``, see
+            `LinearSchedule`; equal to ``1e-4`` at the default 1000 steps).
+        beta_end: Last beta (``None``: ``2e-2`` scaled likewise).
+        base_channels: UNet width at the first level.
+        channel_mults: UNet width multipliers per level.
+        cond_channels: Channels of the concatenated condition map.
+        dropout: Dropout inside the UNet's residual blocks.
+        ema_decay: EMA decay in ``[0, 1)``.
+        cond_dropout: Probability of replacing a condition row by the learned null
+            condition while training (classifier-free guidance); 0 disables it.
+        guidance_scale: Default guidance weight ``w`` at sampling; 1 means no guidance.
+        sampler: Default sampler, ``"ddpm"`` (all ``T`` ancestral steps) or ``"ddim"``.
+        ddim_steps: Default number of DDIM steps.
+
+    Examples:
+        >>> import torch
+        >>> prior = DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8, channel_mults=(1,))
+        >>> x = prior.sample(2, None, generator=torch.Generator().manual_seed(0), sampler="ddim", steps=5)
+        >>> x.shape
+        torch.Size([2, 1, 5])
+        >>> DiffusionPrior.from_config(prior.config()).config() == prior.config()
+        True
+    """
+
+    def __init__(
+        self,
+        *,
+        shape: Sequence[int],
+        cond_dim: int = 0,
+        timesteps: int = 1000,
+        beta_start: float | None = None,
+        beta_end: float | None = None,
+        base_channels: int = 64,
+        channel_mults: Sequence[int] = (1, 2, 2),
+        cond_channels: int = 1,
+        dropout: float = 0.0,
+        ema_decay: float = 0.999,
+        cond_dropout: float = 0.0,
+        guidance_scale: float = 1.0,
+        sampler: Sampler = "ddpm",
+        ddim_steps: int = 50,
+    ) -> None:
+        super().__init__()
+        shape = tuple(shape)
+        if len(shape) != 2:
+            raise ValueError(f"shape must be (C, T), got {shape!r}")
+        channels, length = (_positive_int(f"shape[{i}]", v) for i, v in enumerate(shape))
+        _positive_int("cond_dim", cond_dim, 0)
+        if not 0.0 <= ema_decay < 1.0:
+            raise ValueError(f"ema_decay must lie in [0, 1), got {ema_decay}")
+        if not 0.0 <= cond_dropout < 1.0:
+            raise ValueError(f"cond_dropout must lie in [0, 1), got {cond_dropout}")
+        if cond_dropout > 0 and cond_dim == 0:
+            raise ValueError("cond_dropout > 0 needs a conditional prior (cond_dim > 0)")
+        if guidance_scale != 1.0 and cond_dropout == 0:
+            raise ValueError(f"guidance_scale={guidance_scale} needs a null condition: train with cond_dropout > 0")
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        self.schedule = LinearSchedule(timesteps=timesteps, beta_start=beta_start, beta_end=beta_end)
+        _positive_int("ddim_steps", ddim_steps)
+        if sampler == "ddim" and ddim_steps > timesteps:
+            raise ValueError(f"ddim_steps must be <= timesteps ({timesteps}), got {ddim_steps}")
+        self._config: dict[str, Any] = dict(
+            shape=[channels, length], cond_dim=cond_dim, timesteps=timesteps, beta_start=beta_start, beta_end=beta_end,
+            base_channels=base_channels, channel_mults=list(channel_mults), cond_channels=cond_channels, dropout=dropout,
+            ema_decay=ema_decay, cond_dropout=cond_dropout, guidance_scale=guidance_scale, sampler=sampler,
+            ddim_steps=ddim_steps,
+        )  # fmt: skip
+        json.dumps(self._config)  # fails here, not at save time, on a non-JSON value
+        self.shape = (channels, length)
+        self.cond_dim = cond_dim
+        self.ema_decay = ema_decay
+        self.cond_dropout = cond_dropout
+        self.guidance_scale = guidance_scale
+        self.sampler = sampler
+        self.ddim_steps = ddim_steps
+
+        self.unet = UNet1D(
+            in_channels=channels, cond_dim=cond_dim, base_channels=base_channels, channel_mults=channel_mults,
+            cond_channels=cond_channels, length=length, dropout=dropout,
+        )  # fmt: skip
+        # The null condition of classifier-free guidance, learned with the UNet.
+        self.null_cond = nn.Parameter(torch.zeros(cond_dim)) if cond_dropout > 0 else None
+        self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
+        self.register_buffer("ema_null_cond", None if self.null_cond is None else self.null_cond.detach().clone())
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+
+    # --- config ----------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """JSON-serializable constructor keyword arguments.
+
+        Examples:
+            >>> DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8).config()["shape"]
+            [1, 5]
+        """
+        return copy.deepcopy(self._config)
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> DiffusionPrior:
+        """Rebuild an (untrained) prior from `config`; then ``load_state_dict``.
+
+        Examples:
+            >>> prior = DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8)
+            >>> DiffusionPrior.from_config(prior.config()).shape
+            (1, 5)
+        """
+        return cls(**dict(config))
+
+    def train(self, mode: bool = True) -> DiffusionPrior:
+        """Set training mode; the EMA copy always stays in eval mode."""
+        super().train(mode)
+        self.ema.eval()
+        return self
+
+    # --- checks ------------------------------------------------------------------------
+    def _check_cond(self, cond: torch.Tensor | None, rows: int) -> torch.Tensor | None:
+        if self.cond_dim == 0:
+            if cond is not None:
+                raise ValueError(f"this prior is unconditional (cond_dim=0); pass cond=None, got a tensor of shape {tuple(cond.shape)}")
+            return None
+        if cond is None:
+            raise ValueError(f"this prior is conditional: expected cond of shape ({rows}, {self.cond_dim}), got None")
+        if not isinstance(cond, torch.Tensor) or cond.shape != (rows, self.cond_dim):
+            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ValueError(f"expected cond of shape ({rows}, {self.cond_dim}), got {got}")
+        if not cond.is_floating_point():
+            raise TypeError(f"expected floating condition vectors, got {cond.dtype}")
+        if not torch.isfinite(cond).all():
+            raise ValueError("condition vectors contain NaN or Inf")
+        return cond
+
+    def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
+        p = next(self.unet.parameters())
+        return p.device, p.dtype
+
+    # --- Prior protocol ----------------------------------------------------------------
+    def loss(self, latents: torch.Tensor, cond: torch.Tensor | None = None, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Epsilon-prediction MSE (eq. 5) at uniformly drawn steps.
+
+        Args:
+            latents: ``(B, C, T)`` clean latents.
+            cond: ``(B, cond_dim)`` condition vectors, ``None`` for an unconditional prior.
+            generator: Randomness for steps, noise, condition dropout and UNet dropout.
+
+        Returns:
+            Scalar loss.
+
+        Examples:
+            >>> import torch
+            >>> prior = DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8, channel_mults=(1,))
+            >>> prior.loss(torch.randn(3, 1, 5)).ndim
+            0
+        """
+        if not isinstance(latents, torch.Tensor) or latents.ndim != 3 or tuple(latents.shape[1:]) != self.shape:
+            got = tuple(latents.shape) if isinstance(latents, torch.Tensor) else type(latents).__name__
+            raise ValueError(f"expected latents of shape (B, {self.shape[0]}, {self.shape[1]}), got {got}")
+        if not latents.is_floating_point():
+            raise TypeError(f"expected floating latents, got {latents.dtype}")
+        if not torch.isfinite(latents).all():
+            raise NonFiniteWeightsError("latents contain NaN or Inf")
+        batch = latents.shape[0]
+        cond = self._check_cond(cond, batch)
+        device = latents.device
+        t = _randint(self.schedule.timesteps, (batch,), generator=generator, device=device)  # (B,)
+        noise = _randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)  # (B, C, T)
+        x_t = self.schedule.q_sample(latents, t, noise)
+        if cond is not None and self.null_cond is not None and self.training:
+            drop = _rand((batch,), generator=generator, device=device) < self.cond_dropout  # (B,)
+            cond = torch.where(drop[:, None], self.null_cond.to(cond.dtype).expand(batch, -1), cond)
+        return F.mse_loss(self.unet(x_t, t, cond, generator=generator), noise)
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        """Move the EMA weights towards the live weights; call after each optimizer step.
+
+        Examples:
+            >>> prior = DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8)
+            >>> prior.update_ema(); int(prior.ema_updates)
+            1
+        """
+        decay = min(self.ema_decay, (1.0 + float(self.ema_updates)) / (10.0 + float(self.ema_updates)))
+        for ema_p, p in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
+            ema_p.lerp_(p.detach(), 1.0 - decay)
+        for ema_b, b in zip(self.ema.buffers(), self.unet.buffers(), strict=True):
+            ema_b.copy_(b)
+        if self.null_cond is not None:
+            self.ema_null_cond.lerp_(self.null_cond.detach(), 1.0 - decay)
+        self.ema_updates += 1
+
+    @torch.no_grad()
+    def sample(
+        self,
+        n: int,
+        cond: torch.Tensor | None = None,
+        *,
+        generator: torch.Generator | None = None,
+        sampler: Sampler | None = None,
+        steps: int | None = None,
+        guidance_scale: float | None = None,
+    ) -> torch.Tensor:
+        """Draw ``n`` latents with the EMA weights.
+
+        Args:
+            n: Number of samples.
+            cond: ``(n, cond_dim)`` condition vectors, ``None`` for an unconditional prior.
+            generator: The only source of randomness.
+            sampler: ``"ddpm"`` or ``"ddim"`` (``None``: the constructor's).
+            steps: DDIM steps (``None``: ``ddim_steps``); ignored by DDPM.
+            guidance_scale: Guidance weight ``w`` (``None``: the constructor's); needs a
+                null condition trained with ``cond_dropout > 0`` unless it is 1.
+
+        Returns:
+            ``(n, C, T)`` latents.
+
+        Examples:
+            >>> import torch
+            >>> prior = DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8, channel_mults=(1,))
+            >>> prior.sample(2, generator=torch.Generator().manual_seed(0)).shape
+            torch.Size([2, 1, 5])
+        """
+        _positive_int("n", n)
+        cond = self._check_cond(cond, n)
+        sampler = self.sampler if sampler is None else sampler
+        if sampler not in ("ddpm", "ddim"):
+            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        w = self.guidance_scale if guidance_scale is None else float(guidance_scale)
+        if w != 1.0 and self.null_cond is None:
+            raise ValueError(f"guidance_scale={w} needs a null condition trained with cond_dropout > 0 (this prior has cond_dropout={self.cond_dropout})")
+        net, null = (self.unet, self.null_cond) if self.ema_decay == 0 else (self.ema, self.ema_null_cond)
+        device, dtype = self._device_dtype()
+        if cond is not None:
+            cond = cond.to(device=device, dtype=dtype)
+
+        def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if w == 1.0:
+                return net(x, t, cond)
+            both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null.to(dtype).expand(n, -1)]))  # (2n, C, T)
+            eps_c, eps_u = both.chunk(2)
+            return eps_u + w * (eps_c - eps_u)
+
+        shape = (n, *self.shape)
+        with _eval_mode(net):  # dropout off; the EMA copy is always in eval mode
+            if sampler == "ddpm":
+                return ddpm_sample(eps_fn, shape, self.schedule, generator=generator, device=device, dtype=dtype)
+            return ddim_sample(
+                eps_fn, shape, self.schedule, steps=self.ddim_steps if steps is None else steps,
+                generator=generator, device=device, dtype=dtype,
+            )  # fmt: skip
