@@ -98,11 +98,17 @@ class Results:
         self.rows.append(row)
         return row
 
-    def table(self) -> str:
-        lines = [f"{'method':<28} {'task':<24} {'metric':<14} {'value':>9} {'95% CI':>21} {'n':>5}"]
+    def table(self, *, skip_tasks: Sequence[str] = ()) -> str:
+        """The rows as text; rows of ``skip_tasks`` (e.g. per-task detail) stay in the JSON only."""
+        base = {"method", "task", "metric", "value", "ci_low", "ci_high", "n"}
+        lines = [f"{'method':<22} {'task':<22} {'metric':<20} {'value':>9} {'95% CI':>21} {'n':>5}  extra"]
+        skip = set(skip_tasks)
         for r in self.rows:
+            if r["task"] in skip:
+                continue
             ci = f"[{r['ci_low']:.4f}, {r['ci_high']:.4f}]"
-            lines.append(f"{r['method']:<28} {r['task']:<24} {r['metric']:<14} {r['value']:>9.4f} {ci:>21} {r['n']:>5}")
+            extra = " ".join(f"{k}={v}" for k, v in r.items() if k not in base)
+            lines.append(f"{r['method']:<22} {r['task']:<22} {r['metric']:<20} {r['value']:>9.4f} {ci:>21} {r['n']:>5}  {extra}")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:

@@ -253,7 +253,7 @@ class Generator:
                 out.loss.backward()
                 opt.step()
                 if step % log_every == 0 or step == tokenizer_steps:
-                    log.log_metrics({"tokenizer/loss": float(out.loss), **{f"tokenizer/{k}": v for k, v in out.metrics.items()}}, step=step)
+                    log.log_metrics({"tokenizer/loss": out.loss.item(), **{f"tokenizer/{k}": v for k, v in out.metrics.items()}}, step=step)
 
         # Latents at unit scale: diffusion on badly scaled latents collapses.
         latents = self._encode_all(x, 256)
@@ -304,7 +304,7 @@ class Generator:
                 if hasattr(self.prior, "update_ema"):
                     self.prior.update_ema()
                 if step % log_every == 0 or step == prior_steps:
-                    log.log_metrics({"prior/loss": float(loss)}, step=step)
+                    log.log_metrics({"prior/loss": loss.item()}, step=step)
         for part in (self.tokenizer, self.prior, self.conditioner):
             if isinstance(part, nn.Module):
                 part.eval()

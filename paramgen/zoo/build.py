@@ -167,7 +167,7 @@ def build_zoo(
     tracker: Logger | None = None,
     data_root: str | None = None,
 ) -> Zoo:
-    """Train every run of ``runs`` missing from ``root`` and return the zoo.
+    """Train every run of ``runs`` missing from ``root`` and return the zoo of ``runs``.
 
     Args:
         root: Zoo folder (created if needed). Runs already there are skipped.
@@ -224,7 +224,8 @@ def build_zoo(
                     raise
     finally:
         bar.close()
-    return Zoo.open(root)
+    planned = set(ids)
+    return Zoo.open(root).filter(where=lambda c: c.run_id in planned)  # other runs in the folder stay out
 
 
 # ----------------------------------------------------------------------------- presets

@@ -13,7 +13,7 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
@@ -78,13 +78,15 @@ def train_classifier(
     seed: int,
     keep_epochs: Sequence[int],
     init: bool = True,
+    eval_splits: Mapping[str, Split] | None = None,
 ) -> list[Snapshot]:
     """Train ``model`` on ``task.train``; return snapshots after the ``keep_epochs``.
 
     Randomness (initialization when ``init``, batch order) comes from ``seed`` alone:
     the global RNG is forked, so the caller's random state is left untouched.
 
-    Metrics of each snapshot: ``{train,val,test}_{acc,loss}`` on the full splits.
+    Metrics of each snapshot: ``{train,val,test}_{acc,loss}`` on the full splits, or
+    ``{name}_{acc,loss}`` on the splits of ``eval_splits`` when it is given.
     """
     keep = sorted(set(keep_epochs))
     if not keep or keep[0] < 1 or keep[-1] > config.epochs:
@@ -118,9 +120,10 @@ def train_classifier(
                 opt.step()
             if epoch in keep:
                 metrics: dict[str, float] = {}
-                for split in ("train", "val", "test"):
-                    acc, split_loss = evaluate(model, task.split(split))
-                    metrics[f"{split}_acc"], metrics[f"{split}_loss"] = acc, split_loss
+                splits = eval_splits if eval_splits is not None else {s: task.split(s) for s in ("train", "val", "test")}
+                for split_name, split in splits.items():
+                    acc, split_loss = evaluate(model, split)
+                    metrics[f"{split_name}_acc"], metrics[f"{split_name}_loss"] = acc, split_loss
                 state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 snapshots.append(Snapshot(epoch=epoch, state_dict=state, metrics=metrics))
     return snapshots
