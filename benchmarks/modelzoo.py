@@ -156,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     size_name = "quick" if args.quick else "default"
     size = SIZES[size_name]
     torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)  # module initializations; a script owns its process's RNG
     out = Path(args.out or f"runs/modelzoo-{size_name}")
     g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
     timer = time.perf_counter

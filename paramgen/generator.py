@@ -364,7 +364,13 @@ class Generator:
                 raise FloatingPointError("the prior produced NaN or Inf latents")
             rows.append(self.tokenizer.decode(z * self.latent_scale + self.latent_mean))
         row_tasks = None if tasks is None else [t for t in tasks for _ in range(n)]
-        return self._flat(torch.cat(rows), row_tasks)
+        flat = self._flat(torch.cat(rows), row_tasks)
+        if not torch.isfinite(flat).all():
+            raise FloatingPointError(
+                "generated weights contain NaN or Inf after de-normalization (e.g. exp of a huge "
+                "log-normalized running_var): the prior is likely undertrained"
+            )
+        return flat
 
     def sample(
         self,

@@ -1,0 +1,176 @@
+"""Generator contract: every combination of components fits, samples reproducibly,
+saves and reloads bit-identically, and rejects bad input clearly."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from paramgen import Generator, ModelVectorizer, ChunkVectorizer, ParamSpec, PerLayerZScore, PerTaskZScore
+from paramgen.conditioners import ImageSetConditioner, IndexConditioner
+from paramgen.generator import NotFittedError
+from paramgen.priors import DiffusionPrior, KDEPrior
+from paramgen.spec import SpecMismatchError
+from paramgen.tokenizers import IdentityTokenizer, VAETokenizer
+
+NET = nn.Sequential(nn.Linear(6, 5), nn.BatchNorm1d(5), nn.ReLU(), nn.Linear(5, 3))
+SPEC = ParamSpec.from_module(NET)
+TASKS = ["a", "b", "c"]
+
+
+def zoo_vectors(per_task: int = 8) -> tuple[torch.Tensor, list[str]]:
+    """Three well-separated clusters of weight vectors, one per task."""
+    g = torch.Generator().manual_seed(0)
+    centers = torch.randn(3, SPEC.numel, generator=g) * 2
+    flat = torch.cat([c + 0.05 * torch.randn(per_task, SPEC.numel, generator=g) for c in centers])
+    var = SPEC["1.running_var"]
+    flat[:, var.offset : var.offset + var.numel] = flat[:, var.offset : var.offset + var.numel].abs() + 0.1
+    return flat, [t for t in TASKS for _ in range(per_task)]
+
+
+def build(kind: str, vectorizer=None) -> Generator:
+    vec = vectorizer or ModelVectorizer(SPEC)
+    if kind == "vae+ddpm":
+        tok = VAETokenizer(rows=vec.rows, width=vec.width, latent_channels=2, latent_length=8, hidden_channels=16, num_down=1)
+        cond = IndexConditioner(TASKS, dim=8)
+        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=8, timesteps=50, base_channels=16, channel_mults=(1, 2), ema_decay=0.9)
+        return Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(SPEC))
+    if kind == "vae+kde":
+        tok = VAETokenizer(rows=vec.rows, width=vec.width, latent_channels=2, latent_length=8, hidden_channels=16, num_down=1)
+        return Generator(vectorizer=vec, tokenizer=tok, prior=KDEPrior(), conditioner=IndexConditioner(TASKS, dim=8), normalizer=PerTaskZScore())
+    if kind == "raw ddpm":
+        tok = IdentityTokenizer(rows=vec.rows, width=vec.width)
+        prior = DiffusionPrior(shape=tok.latent_shape, timesteps=50, base_channels=16, channel_mults=(1,), ema_decay=0.0)
+        # No log transform: a barely trained prior may ask exp() for huge values.
+        return Generator(vectorizer=vec, tokenizer=tok, prior=prior, normalizer=PerLayerZScore(SPEC, log=()))
+    raise ValueError(kind)
+
+
+def fit(gen: Generator, steps: int = 30) -> Generator:
+    flat, tasks = zoo_vectors()
+    conds = tasks if gen.conditioner is not None else None
+    return gen.fit(flat, conds, tasks=tasks, tokenizer_steps=steps, prior_steps=steps, batch_size=16, prior_lr=1e-3, generator=torch.Generator().manual_seed(1), progress=False)
+
+
+def cond_for(gen: Generator):
+    return ["b", "c"] if gen.conditioner is not None else None
+
+
+@pytest.fixture(scope="module", params=["vae+ddpm", "vae+kde", "raw ddpm"])
+def fitted(request):
+    return fit(build(request.param))
+
+
+def test_sample_shapes_and_strict_loading(fitted):
+    cond = cond_for(fitted)
+    tasks = cond if isinstance(fitted.normalizer, PerTaskZScore) else None
+    sds = fitted.sample(cond, 3, generator=torch.Generator().manual_seed(0), tasks=tasks)
+    assert len(sds) == (6 if cond else 3)
+    for sd in sds:
+        NET.load_state_dict(sd, strict=True)
+    flat = fitted.sample_flat(cond, 2, generator=torch.Generator().manual_seed(0), tasks=tasks)
+    assert flat.shape == ((4 if cond else 2), SPEC.numel) and torch.isfinite(flat).all()
+
+
+def test_seeded_sampling_is_reproducible(fitted):
+    cond = cond_for(fitted)
+    tasks = cond if isinstance(fitted.normalizer, PerTaskZScore) else None
+    a = fitted.sample_flat(cond, 2, generator=torch.Generator().manual_seed(7), tasks=tasks)
+    b = fitted.sample_flat(cond, 2, generator=torch.Generator().manual_seed(7), tasks=tasks)
+    c = fitted.sample_flat(cond, 2, generator=torch.Generator().manual_seed(8), tasks=tasks)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_save_and_reload_sample_bit_identical_weights(fitted, tmp_path):
+    fitted.save_pretrained(tmp_path / "gen")
+    again = Generator.from_pretrained(tmp_path / "gen", spec=SPEC)
+    cond = cond_for(fitted)
+    tasks = cond if isinstance(fitted.normalizer, PerTaskZScore) else None
+    a = fitted.sample_flat(cond, 2, generator=torch.Generator().manual_seed(3), tasks=tasks)
+    b = again.sample_flat(cond, 2, generator=torch.Generator().manual_seed(3), tasks=tasks)
+    assert torch.equal(a, b)
+    assert sorted(p.name for p in (tmp_path / "gen").iterdir()) == ["config.json", "weights.safetensors"]
+
+
+def test_conditioning_selects_the_task():
+    """A conditional generator puts samples near the cluster of the task asked for."""
+    gen = fit(build("vae+ddpm"), steps=300)
+    flat, tasks = zoo_vectors()
+    centers = torch.stack([flat[[i for i, t in enumerate(tasks) if t == name]].mean(0) for name in TASKS])
+    samples = gen.sample_flat(TASKS, 4, generator=torch.Generator().manual_seed(0))
+    nearest = torch.cdist(samples, centers).argmin(1)
+    assert nearest.tolist() == [0] * 4 + [1] * 4 + [2] * 4
+
+
+def test_reconstruct_and_chunked_vectorizer():
+    gen = fit(build("vae+ddpm", ChunkVectorizer(SPEC, chunk_size=16)), steps=20)
+    flat, tasks = zoo_vectors()
+    assert gen.reconstruct(flat).shape == flat.shape
+
+
+# ----------------------------------------------------------------------------- errors
+def test_sampling_before_fitting_is_refused(tmp_path):
+    gen = build("vae+ddpm")
+    with pytest.raises(NotFittedError, match="not fitted"):
+        gen.sample(["a"])
+    with pytest.raises(NotFittedError):
+        gen.save_pretrained(tmp_path)
+
+
+def test_wrong_condition_kind_or_size_is_refused(fitted):
+    if fitted.conditioner is None:
+        with pytest.raises(ValueError, match="unconditional"):
+            fitted.sample(["a"])
+        return
+    with pytest.raises(KeyError, match="zzz"):
+        fitted.sample(["zzz"])
+    with pytest.raises(TypeError, match="sequence of raw conditions"):
+        fitted.sample("a")  # a bare string, not a sequence of conditions
+    with pytest.raises(ValueError, match="pass cond"):
+        fitted.sample(None)
+
+
+def test_image_set_condition_of_wrong_feature_size_is_refused():
+    vec = ModelVectorizer(SPEC)
+    tok = IdentityTokenizer(rows=1, width=SPEC.numel)
+    cond = ImageSetConditioner(feature_dim=12, dim=8)
+    gen = Generator(vectorizer=vec, tokenizer=tok, prior=KDEPrior(), conditioner=cond)
+    flat, tasks = zoo_vectors(4)
+    sets = {t: torch.randn(3, 2, 12) for t in TASKS}
+    gen.fit(flat, [sets[t] for t in tasks], tokenizer_steps=0, progress=False)
+    with pytest.raises(ValueError, match="12"):
+        gen.sample([torch.randn(3, 2, 7)])
+
+
+def test_components_that_do_not_fit_together_are_refused():
+    vec = ModelVectorizer(SPEC)
+    tok = VAETokenizer(rows=1, width=SPEC.numel, latent_channels=2, latent_length=8)
+    with pytest.raises(ValueError, match="latent shape"):
+        Generator(vectorizer=vec, tokenizer=tok, prior=DiffusionPrior(shape=(2, 9), timesteps=10))
+    with pytest.raises(ValueError, match="conditioner"):
+        Generator(vectorizer=vec, tokenizer=tok, prior=DiffusionPrior(shape=(2, 8), cond_dim=4, timesteps=10))
+    with pytest.raises(ValueError, match="rows"):
+        Generator(vectorizer=ChunkVectorizer(SPEC, chunk_size=8), tokenizer=tok, prior=DiffusionPrior(shape=(2, 8), timesteps=10))
+    with pytest.raises(TypeError, match="Prior protocol"):
+        Generator(vectorizer=vec, tokenizer=tok, prior=object())
+    gen = build("raw ddpm")
+    flat, _ = zoo_vectors()
+    with pytest.raises(SpecMismatchError, match=r"\(M, %d\)" % SPEC.numel):
+        gen.fit(flat[:, :-1], progress=False)
+    with pytest.raises(ValueError, match="unconditional"):
+        gen.fit(flat, ["a"] * len(flat), progress=False)
+
+
+def test_generator_saved_for_another_architecture_is_refused(tmp_path):
+    fit(build("raw ddpm"), steps=5).save_pretrained(tmp_path / "g")
+    other = ParamSpec.from_module(nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 3)))
+    with pytest.raises(SpecMismatchError, match="saved for another architecture"):
+        Generator.from_pretrained(tmp_path / "g", spec=other)
+    gen = Generator.from_pretrained(tmp_path / "g")
+    with pytest.raises(SpecMismatchError, match="architecture"):
+        gen.sample_into(nn.Sequential(nn.Linear(6, 4), nn.Linear(4, 3)))
+    model = gen.sample_into(NET, generator=torch.Generator().manual_seed(0))
+    assert model is NET
+    with pytest.raises(FileNotFoundError, match="no saved generator"):
+        Generator.from_pretrained(tmp_path / "nothing")
