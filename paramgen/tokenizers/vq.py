@@ -1,0 +1,351 @@
+"""IGPG's Gumbel-softmax VQ-VAE over weight chunks (eqs. 1-2).
+
+Each row of a :class:`~paramgen.vectorize.VectorBatch` (a chunk of ``C`` weights) is
+encoded on its own, with shared weights, into ``l = tokens_per_chunk`` discrete tokens
+from a codebook of ``codebook_size`` vectors of dimension ``code_dim``:
+
+``chunk (C) --MLP--> z_e (l, code_dim) --Gumbel-softmax over codes--> z_q (l, code_dim)
+--MLP--> chunk (C)``
+
+The logits of token ``t`` over code ``j`` are ``pi_j = -||z_e,t - e_j||^2`` (the encoder
+output's squared distance to each code), so the noise-free hard choice is the nearest
+code, as in a plain VQ-VAE, and a re-seeded code (below) is picked at once by the
+encoder outputs it was copied from. Training draws ``y = softmax((pi + g) / tau)`` with
+Gumbel noise ``g`` (eq. 1) and decodes ``z_q = y @ codebook``; with ``hard=True`` the
+forward pass uses the one-hot ``argmax y`` with the soft ``y``'s gradient (straight
+through). In eval mode there is no noise and the choice is hard: latents are exactly
+``codebook[indices]``.
+
+The loss is eq. 2: reconstruction MSE on real entries only (padding is masked out) +
+``commitment_weight * ||z_e - sg[z_q]||^2`` + ``codebook_weight * ||sg[z_e] - z_q||^2``.
+``z_e`` is the encoder's continuous projection (the point the logits are distances from).
+In the codebook term the code weights ``y`` are also stopped, so that term moves only
+the codebook and the commitment term moves only the encoder.
+
+The temperature ``tau`` is annealed with the number of training ``loss`` calls (a
+buffer, saved with the weights) from ``temperature`` towards ``min_temperature``
+exponentially over ``anneal_steps``, once or cyclically (IGPG: 1 to 1e-4, cyclical).
+
+Dead codes: the codebook of a VQ-VAE dies quietly (a few codes win every token). An EMA
+of each code's share of the tokens is kept (a buffer); on every training ``loss`` call,
+codes whose share is below ``dead_code_threshold`` are re-seeded with encoder outputs
+``z_e`` of randomly drawn tokens of the batch (drawn with the call's ``generator``), and
+their share is reset to the uniform ``1 / codebook_size`` so they get time to be used.
+``metrics["dead_codes_reset"]`` counts them.
+
+Examples:
+    >>> import torch
+    >>> vq = GumbelVQTokenizer(rows=3, width=16, codebook_size=32, tokens_per_chunk=2, code_dim=4, hidden=32)
+    >>> x = torch.randn(5, 3, 16)
+    >>> out = vq.loss(x, generator=torch.Generator().manual_seed(0))
+    >>> out.loss.ndim, sorted(out.metrics)[:3]
+    (0, ['codebook', 'codebook_usage', 'commitment'])
+    >>> enc = vq.eval().encode(x)
+    >>> tuple(enc.latents.shape), tuple(enc.indices.shape), vq.latent_shape
+    ((5, 6, 4), (5, 6), (6, 4))
+    >>> torch.equal(vq.decode(enc.latents), vq.decode_indices(enc.indices))
+    True
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import nn
+
+from paramgen.interfaces import TokenizerOutput
+
+__all__ = ["GumbelVQTokenizer"]
+
+
+def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Linear(d_in, hidden),
+        nn.LayerNorm(hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, hidden),
+        nn.LayerNorm(hidden),
+        nn.SiLU(),
+        nn.Linear(hidden, d_out),
+    )
+
+
+class GumbelVQTokenizer(nn.Module):
+    """Gumbel-softmax VQ-VAE mapping each chunk to ``tokens_per_chunk`` codebook tokens.
+
+    Args:
+        rows: Chunks per model ``N`` (from the vectorizer).
+        width: Chunk width ``C``.
+        codebook_size: Number of codes ``m``.
+        tokens_per_chunk: Tokens per chunk ``l``.
+        code_dim: Dimension of a code vector.
+        hidden: Width of the encoder and decoder MLPs.
+        commitment_weight: Weight of ``||z_e - sg[z_q]||^2`` (IGPG's gamma).
+        codebook_weight: Weight of ``||sg[z_e] - z_q||^2`` (IGPG's beta).
+        temperature: Gumbel-softmax temperature at the start of each annealing cycle.
+        min_temperature: Temperature reached after ``anneal_steps`` training steps.
+        anneal: ``"exponential"`` decays once and stays at ``min_temperature``;
+            ``"cyclical"`` restarts the decay every ``anneal_steps``.
+        anneal_steps: Length of one decay, in training ``loss`` calls.
+        dead_code_threshold: Codes whose EMA share of the tokens falls below this are
+            re-seeded; ``0`` disables re-seeding. Must be below the uniform share
+            ``1 / codebook_size``, else a perfectly balanced codebook would be reset.
+        usage_decay: Decay of the code-usage EMA per training step.
+        hard: Use the straight-through hard one-hot in training too (eval is always hard).
+    """
+
+    def __init__(
+        self,
+        *,
+        rows: int,
+        width: int,
+        codebook_size: int = 512,
+        tokens_per_chunk: int = 4,
+        code_dim: int = 32,
+        hidden: int = 256,
+        commitment_weight: float = 0.25,
+        codebook_weight: float = 1.0,
+        temperature: float = 1.0,
+        min_temperature: float = 1e-4,
+        anneal: Literal["exponential", "cyclical"] = "cyclical",
+        anneal_steps: int = 1000,
+        dead_code_threshold: float = 1e-3,
+        usage_decay: float = 0.99,
+        hard: bool = False,
+    ) -> None:
+        super().__init__()
+        if min(rows, width, codebook_size, tokens_per_chunk, code_dim, hidden, anneal_steps) < 1:
+            raise ValueError(
+                "rows, width, codebook_size, tokens_per_chunk, code_dim, hidden and anneal_steps must be positive, got "
+                f"{(rows, width, codebook_size, tokens_per_chunk, code_dim, hidden, anneal_steps)}"
+            )
+        if codebook_size < 2:
+            raise ValueError(f"codebook_size must be at least 2, got {codebook_size}")
+        if not 0 < min_temperature <= temperature:
+            raise ValueError(f"expected 0 < min_temperature <= temperature, got {min_temperature} and {temperature}")
+        if anneal not in ("exponential", "cyclical"):
+            raise ValueError(f"anneal must be 'exponential' or 'cyclical', got {anneal!r}")
+        if not 0 <= dead_code_threshold < 1 / codebook_size:
+            raise ValueError(
+                f"dead_code_threshold must be in [0, 1 / codebook_size = {1 / codebook_size:.3g}), got {dead_code_threshold}"
+            )
+        if not 0 <= usage_decay < 1:
+            raise ValueError(f"usage_decay must be in [0, 1), got {usage_decay}")
+        if commitment_weight < 0 or codebook_weight < 0:
+            raise ValueError(f"loss weights must be non-negative, got {commitment_weight} and {codebook_weight}")
+        self._config = dict(
+            rows=rows, width=width, codebook_size=codebook_size, tokens_per_chunk=tokens_per_chunk,
+            code_dim=code_dim, hidden=hidden, commitment_weight=commitment_weight,
+            codebook_weight=codebook_weight, temperature=temperature, min_temperature=min_temperature,
+            anneal=anneal, anneal_steps=anneal_steps, dead_code_threshold=dead_code_threshold,
+            usage_decay=usage_decay, hard=hard,
+        )
+        self.rows, self.width = rows, width
+        self.codebook_size, self.tokens_per_chunk, self.code_dim = codebook_size, tokens_per_chunk, code_dim
+        self.commitment_weight, self.codebook_weight = commitment_weight, codebook_weight
+        self.temperature, self.min_temperature = temperature, min_temperature
+        self.anneal, self.anneal_steps = anneal, anneal_steps
+        self.dead_code_threshold, self.usage_decay, self.hard = dead_code_threshold, usage_decay, hard
+
+        self.encoder = _mlp(width, hidden, tokens_per_chunk * code_dim)
+        self.decoder = _mlp(tokens_per_chunk * code_dim, hidden, width)
+        self.embed = nn.Parameter(torch.randn(codebook_size, code_dim))  # (m, D), normalized when used
+        # Logits are scaled cosines; the scale is learned (CLIP's logit scale, capped at 100).
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        # Saved with the weights: the annealing position and the usage EMA.
+        self.register_buffer("step", torch.zeros((), dtype=torch.long))
+        self.register_buffer("code_usage", torch.full((codebook_size,), 1.0 / codebook_size))
+
+    @property
+    def latent_shape(self) -> tuple[int, int]:
+        """Shape of one model's quantized latent: ``(rows * tokens_per_chunk, code_dim)``."""
+        return (self.rows * self.tokens_per_chunk, self.code_dim)
+
+    @property
+    def tokens_shape(self) -> tuple[int]:
+        """Shape of one model's token sequence: ``(rows * tokens_per_chunk,)``."""
+        return (self.rows * self.tokens_per_chunk,)
+
+    def config(self) -> dict[str, Any]:
+        """The constructor's keyword arguments (JSON-serializable)."""
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> GumbelVQTokenizer:
+        """Rebuild an (untrained) tokenizer from :meth:`config`; load weights separately."""
+        return cls(**config)
+
+    def temperature_at(self, step: int) -> float:
+        """The Gumbel-softmax temperature after ``step`` training steps."""
+        if step < 0:
+            raise ValueError(f"step must be non-negative, got {step}")
+        pos = step % self.anneal_steps if self.anneal == "cyclical" else min(step, self.anneal_steps)
+        return self.temperature * (self.min_temperature / self.temperature) ** (pos / self.anneal_steps)
+
+    # ------------------------------------------------------------------ internals
+    def _check(self, x: torch.Tensor, mask: torch.Tensor | None) -> None:
+        if x.ndim != 3 or tuple(x.shape[1:]) != (self.rows, self.width):
+            raise ValueError(f"expected vectorized weights of shape (B, {self.rows}, {self.width}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("vectorized weights contain NaN or Inf")
+        if mask is not None:
+            if mask.dtype != torch.bool:
+                raise ValueError(f"expected a bool mask, got dtype {mask.dtype}")
+            if tuple(mask.shape) not in ((self.rows, self.width), tuple(x.shape)):
+                raise ValueError(
+                    f"expected a mask of shape ({self.rows}, {self.width}) or {tuple(x.shape)}, got {tuple(mask.shape)}"
+                )
+
+    def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        z_e = rearrange(self.encoder(x), "b n (l d) -> b n l d", l=self.tokens_per_chunk)  # (B, N, l, D)
+        return F.normalize(z_e, dim=-1)
+
+    @property
+    def codebook(self) -> torch.Tensor:
+        """The codes ``(codebook_size, code_dim)``, unit-norm: quantized latents are its rows."""
+        return F.normalize(self.embed, dim=-1)
+
+    def _logits(self, z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
+        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
+        return scale * z_e @ codebook.T  # (B, N, l, m)
+
+    def _decode_quantized(self, z_q: torch.Tensor) -> torch.Tensor:
+        return self.decoder(rearrange(z_q, "b n l d -> b n (l d)"))  # (B, N, C)
+
+    # ------------------------------------------------------------------ the verbs
+    def encode(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> TokenizerOutput:
+        """Hard, noise-free tokens of rows ``(B, N, C)``.
+
+        Returns:
+            ``latents`` ``(B, N * l, code_dim)``, equal to ``codebook[indices]``, and
+            ``indices`` ``(B, N * l)`` (the nearest code of each encoder output).
+        """
+        self._check(x, mask)
+        codebook = self.codebook  # (m, D)
+        idx = self._logits(self._encode(x), codebook).argmax(-1)  # (B, N, l)
+        idx = rearrange(idx, "b n l -> b (n l)")
+        return TokenizerOutput(latents=F.embedding(idx, codebook), indices=idx)
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Quantized latents ``(B, N * l, code_dim)`` to rows ``(B, N, C)``."""
+        if latents.ndim != 3 or tuple(latents.shape[1:]) != self.latent_shape:
+            raise ValueError(
+                f"expected latents of shape (B, {self.latent_shape[0]}, {self.latent_shape[1]}), got {tuple(latents.shape)}"
+            )
+        return self._decode_quantized(rearrange(latents, "b (n l) d -> b n l d", l=self.tokens_per_chunk))
+
+    def decode_indices(self, indices: torch.Tensor) -> torch.Tensor:
+        """Token indices ``(B, N * l)`` to rows ``(B, N, C)`` (codebook lookup, then decode)."""
+        if indices.ndim != 2 or tuple(indices.shape[1:]) != self.tokens_shape:
+            raise ValueError(f"expected indices of shape (B, {self.tokens_shape[0]}), got {tuple(indices.shape)}")
+        if indices.dtype.is_floating_point or indices.dtype.is_complex or indices.dtype == torch.bool:
+            raise ValueError(f"expected integer indices, got dtype {indices.dtype}")
+        if indices.numel() and (int(indices.min()) < 0 or int(indices.max()) >= self.codebook_size):
+            raise ValueError(
+                f"expected indices in [0, {self.codebook_size}), got values in [{int(indices.min())}, {int(indices.max())}]"
+            )
+        return self.decode(F.embedding(indices.long(), self.codebook))
+
+    def loss(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> TokenizerOutput:
+        """Eq. 2: masked reconstruction + commitment + codebook terms.
+
+        In training mode, this call samples Gumbel noise, re-seeds dead codes, updates
+        the usage EMA and advances the temperature schedule by one step; in eval mode
+        it is deterministic and changes nothing.
+
+        Args:
+            x: Rows ``(B, N, C)`` (normalized weights).
+            mask: ``(B, N, C)`` or ``(N, C)`` bool, ``True`` on real entries; padding is
+                excluded from the reconstruction loss.
+            generator: Randomness of the Gumbel noise and of dead-code re-seeding.
+
+        Returns:
+            ``latents`` ``(B, N * l, code_dim)`` as fed to the decoder, ``indices``
+            ``(B, N * l)`` (the sampled codes), the scalar ``loss`` and ``metrics``.
+        """
+        self._check(x, mask)
+        training = self.training
+        tau = self.temperature_at(int(self.step)) if training else self.min_temperature
+        z_e = self._encode(x)  # (B, N, l, D)
+        flat_e = z_e.detach().reshape(-1, self.code_dim)  # (T, D), T = B*N*l tokens
+        reset = 0
+        if training and self.dead_code_threshold > 0:
+            reset = self._reseed(flat_e, generator)
+
+        codebook = self.codebook  # (m, D), after re-seeding
+        logits = self._logits(z_e, codebook)  # (B, N, l, m)
+        if training:
+            dev = generator.device if generator is not None else logits.device
+            u = torch.rand(logits.shape, generator=generator, device=dev, dtype=logits.dtype).to(logits.device)
+            tiny = torch.finfo(logits.dtype).tiny
+            gumbel = -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
+            y = torch.softmax((logits + gumbel) / tau, dim=-1)  # (B, N, l, m)
+            idx = y.argmax(-1)  # (B, N, l)
+            if self.hard:
+                y = F.one_hot(idx, self.codebook_size).to(y.dtype) - y.detach() + y
+            z_q = y @ codebook  # (B, N, l, D)
+            z_q_sg_y = y.detach() @ codebook
+        else:
+            idx = logits.argmax(-1)
+            z_q = z_q_sg_y = F.embedding(idx, codebook)
+
+        recon = self._decode_quantized(z_q)  # (B, N, C)
+        err = (recon - x).pow(2)
+        if mask is not None:
+            m = mask.expand_as(x).to(err.dtype)
+            mse = (err * m).sum() / m.sum().clamp_min(1.0)
+        else:
+            mse = err.mean()
+        commitment = (z_e - z_q.detach()).pow(2).mean()
+        codebook_loss = (z_e.detach() - z_q_sg_y).pow(2).mean()
+        total = mse + self.commitment_weight * commitment + self.codebook_weight * codebook_loss
+
+        with torch.no_grad():
+            counts = torch.bincount(idx.reshape(-1), minlength=self.codebook_size).to(self.code_usage.dtype)
+            probs = counts / counts.sum()
+            if training:
+                self.code_usage.mul_(self.usage_decay).add_((1 - self.usage_decay) * probs)
+                self.step += 1
+            entropy = -(probs * probs.clamp_min(1e-12).log()).sum()
+        metrics = {
+            "recon_mse": mse.item(),
+            "commitment": commitment.item(),
+            "codebook": codebook_loss.item(),
+            "temperature": tau,
+            "perplexity": math.exp(entropy.item()),
+            "codebook_usage": (counts > 0).float().mean().item(),
+            "dead_codes_reset": float(reset),
+        }
+        return TokenizerOutput(
+            latents=rearrange(z_q, "b n l d -> b (n l) d"),
+            indices=rearrange(idx, "b n l -> b (n l)"),
+            loss=total,
+            metrics=metrics,
+        )
+
+    @torch.no_grad()
+    def _reseed(self, flat_e: torch.Tensor, generator: torch.Generator | None) -> int:
+        """Copy random encoder outputs ``(T, D)`` into codes whose usage EMA is too low."""
+        dead = torch.nonzero(self.code_usage < self.dead_code_threshold).flatten()
+        n = dead.numel()
+        if n == 0:
+            return 0
+        t = flat_e.shape[0]
+        dev = generator.device if generator is not None else flat_e.device
+        if t >= n:  # distinct tokens, so revived codes do not duplicate each other
+            pick = torch.randperm(t, generator=generator, device=dev)[:n]
+        else:
+            pick = torch.randint(0, t, (n,), generator=generator, device=dev)
+        self.embed[dead] = flat_e[pick.to(flat_e.device)].to(self.embed.dtype)
+        self.code_usage[dead] = 1.0 / self.codebook_size
+        return n
