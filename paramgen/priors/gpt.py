@@ -199,6 +199,14 @@ class GPTPrior(nn.Module):
         temperature: Default sampling temperature.
         top_k: Default top-k filter at sampling (``None``: the whole vocabulary).
 
+    Attributes:
+        shape: ``(length,)``, checked by `paramgen.Generator` against the tokenizer.
+        cond_dim: Size of condition vectors (0: unconditional).
+        context: Effective window length, ``min(context, length)``.
+        keep: Prompt tokens carried into the next window, ``context // 2``.
+        prefix_len: Prefix positions (``cond_tokens``, or 1 for BOS).
+        window_starts: Start of each window of the grid.
+
     Examples:
         >>> import torch
         >>> prior = GPTPrior(vocab_size=8, length=12, context=4, d_model=16, layers=1, heads=2)
@@ -251,7 +259,7 @@ class GPTPrior(nn.Module):
         self.length = length
         self.cond_dim = cond_dim
         self.context = length if context is None else min(context, length)
-        self.keep = 0
+        self.keep = self.context // 2
         self.prefix_len = cond_tokens if cond_dim > 0 else 1
         self.dropout = float(dropout)
         self.temperature = float(temperature)

@@ -255,6 +255,17 @@ def test_generate_continues_a_prompt_longer_than_a_window(counter):
     assert torch.equal(out, (torch.tensor([[3], [9]]) + torch.arange(24)) % 12)
 
 
+def test_window_embedding_tells_the_prefix_where_the_window_lies():
+    # context=1: every token is predicted from BOS plus its window's embedding alone.
+    torch.manual_seed(2)  # parameter init only
+    sequence = torch.tensor([3, 1, 4, 1, 5, 2])
+    prior = GPTPrior(vocab_size=6, length=6, context=1, **TINY)
+    assert prior.window_starts == (0, 1, 2, 3, 4, 5)
+    _train(prior, lambda g: (sequence.expand(16, -1), None), steps=150, lr=1e-2)
+    samples = prior.sample(32, None, generator=_gen(0))
+    assert (samples == sequence).all(dim=1).float().mean() >= 0.9
+
+
 def test_conditional_prior_learns_one_pattern_per_condition():
     torch.manual_seed(1)  # parameter init only
     patterns = torch.randint(0, 8, (2, 10), generator=_gen(5))  # (2, L)
