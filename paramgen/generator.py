@@ -114,10 +114,19 @@ class Generator:
             _require(conditioner, Conditioner, "conditioner")
         if normalizer is not None:
             _require(normalizer, Normalizer, "normalizer")
-        shape = getattr(tokenizer, "latent_shape", None)
+        # A prior over tokens (it has a vocabulary) pairs with a discrete tokenizer.
+        self.discrete = hasattr(prior, "vocab_size")
+        if self.discrete:
+            if not hasattr(tokenizer, "decode_indices"):
+                raise TypeError(f"a token prior ({type(prior).__name__}) needs a discrete tokenizer with decode_indices, got {type(tokenizer).__name__}")
+            if prior.vocab_size != tokenizer.codebook_size:
+                raise ValueError(f"prior vocabulary {prior.vocab_size} does not match the codebook size {tokenizer.codebook_size}")
+            shape = getattr(tokenizer, "tokens_shape", None)
+        else:
+            shape = getattr(tokenizer, "latent_shape", None)
         prior_shape = getattr(prior, "shape", None)
         if shape is not None and prior_shape is not None and tuple(prior_shape) != tuple(shape):
-            raise ValueError(f"prior shape {tuple(prior_shape)} does not match the tokenizer's latent shape {tuple(shape)}")
+            raise ValueError(f"prior shape {tuple(prior_shape)} does not match the tokenizer's {'token' if self.discrete else 'latent'} shape {tuple(shape)}")
         rows = getattr(tokenizer, "rows", vectorizer.rows)
         width = getattr(tokenizer, "width", vectorizer.width)
         if (rows, width) != (vectorizer.rows, vectorizer.width):
@@ -174,11 +183,13 @@ class Generator:
             raise ValueError(f"conditioner returned shape {tuple(c.shape)}, expected ({len(cond)}, {self.conditioner.dim})")
         return c
 
-    def _encode_all(self, x: torch.Tensor, batch_size: int) -> torch.Tensor:
+    def _encode_all(self, x: torch.Tensor, batch_size: int, *, indices: bool = False) -> torch.Tensor:
+        """Latents (or, with ``indices``, token ids) of all rows, in eval mode."""
         if isinstance(self.tokenizer, nn.Module):
             self.tokenizer.eval()
         with torch.no_grad():
-            return torch.cat([self.tokenizer.encode(x[s], mask=self.vectorizer.mask).latents for s in _batches(len(x), batch_size)])
+            outs = [self.tokenizer.encode(x[s], mask=self.vectorizer.mask) for s in _batches(len(x), batch_size)]
+        return torch.cat([o.indices if indices else o.latents for o in outs])  # type: ignore[misc]
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -255,11 +266,14 @@ class Generator:
                 if step % log_every == 0 or step == tokenizer_steps:
                     log.log_metrics({"tokenizer/loss": out.loss.item(), **{f"tokenizer/{k}": v for k, v in out.metrics.items()}}, step=step)
 
-        # Latents at unit scale: diffusion on badly scaled latents collapses.
-        latents = self._encode_all(x, 256)
-        self.latent_mean = float(latents.mean())
-        self.latent_scale = float(latents.std()) or 1.0
-        z = (latents - self.latent_mean) / self.latent_scale  # (M, *latent_shape)
+        if self.discrete:
+            z = self._encode_all(x, 256, indices=True).reshape(m, -1)  # (M, L) token ids
+        else:
+            # Latents at unit scale: diffusion on badly scaled latents collapses.
+            latents = self._encode_all(x, 256)
+            self.latent_mean = float(latents.mean())
+            self.latent_scale = float(latents.std()) or 1.0
+            z = (latents - self.latent_mean) / self.latent_scale  # (M, *latent_shape)
 
         # Stage 2: contrastive alignment of the conditioner (D2NWG Alg. 2).
         if align_steps > 0:
@@ -267,7 +281,8 @@ class Generator:
 
             if conds is None:
                 raise ValueError("alignment needs conds")
-            losses = align_to_latents(self.conditioner, conds, z.flatten(1), groups=tasks, steps=align_steps, batch_size=batch_size, generator=g, progress=progress)
+            target = self._encode_all(x, 256).flatten(1) if self.discrete else z.flatten(1)
+            losses = align_to_latents(self.conditioner, conds, target, groups=tasks, steps=align_steps, batch_size=batch_size, generator=g, progress=progress)
             log.log_metrics({"align/loss_first": losses[0], "align/loss_last": losses[-1]}, step=align_steps)
 
         # Stage 3: the prior.
@@ -360,6 +375,9 @@ class Generator:
         rows = []
         for s in _batches(total, batch_size):
             z = self.prior.sample(s.stop - s.start, None if c is None else c[s], generator=generator, **sample_kwargs)
+            if self.discrete:
+                rows.append(self.tokenizer.decode_indices(z))  # type: ignore[attr-defined]
+                continue
             if not torch.isfinite(z).all():
                 raise FloatingPointError("the prior produced NaN or Inf latents")
             rows.append(self.tokenizer.decode(z * self.latent_scale + self.latent_mean))
