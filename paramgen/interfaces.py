@@ -46,8 +46,9 @@ class TokenizerOutput:
     """What a tokenizer's ``encode`` / ``loss`` returns.
 
     Attributes:
-        latents: ``(B, N, L)`` continuous latents (for VQ: the quantized latents).
-        indices: ``(B, N, l)`` codebook indices for discrete tokenizers, else ``None``.
+        latents: ``(B, *latent_shape)`` continuous latents (for VQ: the quantized latents).
+        indices: ``(B, N * l)`` codebook indices (``l`` tokens per row) for discrete
+            tokenizers, else ``None``.
         loss: Scalar training loss (``None`` from ``encode``).
         metrics: Named scalars to log (reconstruction error, KL, codebook usage, ...).
     """

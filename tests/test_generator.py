@@ -174,3 +174,24 @@ def test_generator_saved_for_another_architecture_is_refused(tmp_path):
     assert model is NET
     with pytest.raises(FileNotFoundError, match="no saved generator"):
         Generator.from_pretrained(tmp_path / "nothing")
+
+
+def test_vq_gpt_generator_swaps_in_by_components_only(tmp_path):
+    """The IGPG pipeline is the same Generator with other components: VQ tokens + GPT prior."""
+    from paramgen.priors import GPTPrior
+    from paramgen.tokenizers import GumbelVQTokenizer
+
+    vec = ChunkVectorizer(SPEC, chunk_size=16)
+    tok = GumbelVQTokenizer(rows=vec.rows, width=vec.width, codebook_size=32, tokens_per_chunk=2, code_dim=8, hidden=32, dead_code_threshold=1e-3)
+    prior = GPTPrior(vocab_size=32, length=tok.tokens_shape[0], cond_dim=8, context=8, d_model=32, layers=1, heads=2)
+    gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=IndexConditioner(TASKS, dim=8), normalizer=PerLayerZScore(SPEC))
+    fit(gen, steps=20)
+    a = gen.sample_flat(["a", "c"], 2, generator=torch.Generator().manual_seed(0))
+    assert a.shape == (4, SPEC.numel) and torch.isfinite(a).all()
+    gen.save_pretrained(tmp_path / "igpg")
+    b = Generator.from_pretrained(tmp_path / "igpg", spec=SPEC).sample_flat(["a", "c"], 2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a, b)
+    with pytest.raises(ValueError, match="vocabulary"):
+        Generator(vectorizer=vec, tokenizer=tok, prior=GPTPrior(vocab_size=16, length=tok.tokens_shape[0]))
+    with pytest.raises(TypeError, match="discrete tokenizer"):
+        Generator(vectorizer=vec, tokenizer=IdentityTokenizer(rows=vec.rows, width=vec.width), prior=prior)

@@ -15,8 +15,9 @@ Examples:
 """
 
 from paramgen.priors.ddpm import DiffusionPrior
+from paramgen.priors.gpt import GPTPrior
 from paramgen.priors.kde import KDEPrior
 from paramgen.priors.schedule import LinearSchedule, ddim_sample, ddpm_sample
 from paramgen.priors.unet1d import UNet1D
 
-__all__ = ["DiffusionPrior", "KDEPrior", "LinearSchedule", "UNet1D", "ddim_sample", "ddpm_sample"]
+__all__ = ["DiffusionPrior", "GPTPrior", "KDEPrior", "LinearSchedule", "UNet1D", "ddim_sample", "ddpm_sample"]

@@ -8,5 +8,6 @@ Examples:
 
 from paramgen.tokenizers.identity import IdentityTokenizer
 from paramgen.tokenizers.vae import VAETokenizer
+from paramgen.tokenizers.vq import GumbelVQTokenizer
 
-__all__ = ["IdentityTokenizer", "VAETokenizer"]
+__all__ = ["GumbelVQTokenizer", "IdentityTokenizer", "VAETokenizer"]

@@ -7,20 +7,23 @@ from a codebook of ``codebook_size`` vectors of dimension ``code_dim``:
 ``chunk (C) --MLP--> z_e (l, code_dim) --Gumbel-softmax over codes--> z_q (l, code_dim)
 --MLP--> chunk (C)``
 
-The logits of token ``t`` over code ``j`` are ``pi_j = -||z_e,t - e_j||^2`` (the encoder
-output's squared distance to each code), so the noise-free hard choice is the nearest
-code, as in a plain VQ-VAE, and a re-seeded code (below) is picked at once by the
-encoder outputs it was copied from. Training draws ``y = softmax((pi + g) / tau)`` with
-Gumbel noise ``g`` (eq. 1) and decodes ``z_q = y @ codebook``; with ``hard=True`` the
-forward pass uses the one-hot ``argmax y`` with the soft ``y``'s gradient (straight
-through). In eval mode there is no noise and the choice is hard: latents are exactly
-``codebook[indices]``.
+The encoder output ``z_e`` of each token is rescaled to norm ``sqrt(code_dim)`` (unit
+RMS), and its logit for code ``j`` is ``pi_j = -||z_e - e_j||^2``: the noise-free hard
+choice is the nearest code, as in a plain VQ-VAE, and a re-seeded code (below) is picked
+at once by the encoder output it was copied from. The fixed norm matters: Gumbel noise
+has unit scale, so encoder outputs free to shrink (which the commitment term encourages
+once few codes are in use) make the token choice random, at any temperature. Training
+draws ``y = softmax((pi + g) / tau)`` with Gumbel noise ``g`` (eq. 1) and decodes
+``z_q = y @ codebook``; with ``hard=True`` the forward pass uses the one-hot
+``argmax y`` with the soft ``y``'s gradient (straight through). In eval mode there is no
+noise and the choice is hard: latents are exactly ``codebook[indices]``.
 
 The loss is eq. 2: reconstruction MSE on real entries only (padding is masked out) +
-``commitment_weight * ||z_e - sg[z_q]||^2`` + ``codebook_weight * ||sg[z_e] - z_q||^2``.
-``z_e`` is the encoder's continuous projection (the point the logits are distances from).
-In the codebook term the code weights ``y`` are also stopped, so that term moves only
-the codebook and the commitment term moves only the encoder.
+``commitment_weight * ||z_e - sg[z_q]||^2`` + ``codebook_weight * ||sg[z_e] - z_q||^2``
+(means over tokens and code dimensions), where ``z_e`` is the normalized encoder output
+above (the continuous point before quantization, not the soft expected code). In the
+codebook term the code weights ``y`` are stopped too, so that term moves only the
+codebook and the commitment term moves only the encoder.
 
 The temperature ``tau`` is annealed with the number of training ``loss`` calls (a
 buffer, saved with the weights) from ``temperature`` towards ``min_temperature``
@@ -31,7 +34,10 @@ of each code's share of the tokens is kept (a buffer); on every training ``loss`
 codes whose share is below ``dead_code_threshold`` are re-seeded with encoder outputs
 ``z_e`` of randomly drawn tokens of the batch (drawn with the call's ``generator``), and
 their share is reset to the uniform ``1 / codebook_size`` so they get time to be used.
-``metrics["dead_codes_reset"]`` counts them.
+``metrics["dead_codes_reset"]`` counts them. Re-seeding revives a partly dead codebook;
+it cannot undo a total collapse that lasted long enough for the encoder to map every
+chunk near the one live code (copies of those outputs are all alike): keep the usage
+EMA short enough (``usage_decay``) to act before that.
 
 Examples:
     >>> import torch
@@ -153,9 +159,7 @@ class GumbelVQTokenizer(nn.Module):
 
         self.encoder = _mlp(width, hidden, tokens_per_chunk * code_dim)
         self.decoder = _mlp(tokens_per_chunk * code_dim, hidden, width)
-        self.embed = nn.Parameter(torch.randn(codebook_size, code_dim))  # (m, D), normalized when used
-        # Logits are scaled cosines; the scale is learned (CLIP's logit scale, capped at 100).
-        self.logit_scale = nn.Parameter(torch.tensor(math.log(10.0)))
+        self.codebook = nn.Parameter(torch.randn(codebook_size, code_dim))  # (m, D), unit RMS like z_e
         # Saved with the weights: the annealing position and the usage EMA.
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
         self.register_buffer("code_usage", torch.full((codebook_size,), 1.0 / codebook_size))
@@ -202,16 +206,14 @@ class GumbelVQTokenizer(nn.Module):
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
         z_e = rearrange(self.encoder(x), "b n (l d) -> b n l d", l=self.tokens_per_chunk)  # (B, N, l, D)
-        return F.normalize(z_e, dim=-1)
+        # Norm sqrt(D) (unit RMS): distances, hence logits, cannot shrink below the Gumbel
+        # noise, which would make the token choice random (a collapse seen without it).
+        return F.normalize(z_e, dim=-1) * math.sqrt(self.code_dim)
 
-    @property
-    def codebook(self) -> torch.Tensor:
-        """The codes ``(codebook_size, code_dim)``, unit-norm: quantized latents are its rows."""
-        return F.normalize(self.embed, dim=-1)
-
-    def _logits(self, z_e: torch.Tensor, codebook: torch.Tensor) -> torch.Tensor:
-        scale = self.logit_scale.clamp(max=math.log(100.0)).exp()
-        return scale * z_e @ codebook.T  # (B, N, l, m)
+    def _logits(self, z_e: torch.Tensor) -> torch.Tensor:
+        # -||z - e_j||^2 = 2 z.e_j - ||e_j||^2 - ||z||^2; the last term is constant (D).
+        cb = self.codebook  # (m, D)
+        return 2 * z_e @ cb.T - cb.pow(2).sum(-1) - self.code_dim  # (B, N, l, m)
 
     def _decode_quantized(self, z_q: torch.Tensor) -> torch.Tensor:
         return self.decoder(rearrange(z_q, "b n l d -> b n (l d)"))  # (B, N, C)
@@ -225,10 +227,9 @@ class GumbelVQTokenizer(nn.Module):
             ``indices`` ``(B, N * l)`` (the nearest code of each encoder output).
         """
         self._check(x, mask)
-        codebook = self.codebook  # (m, D)
-        idx = self._logits(self._encode(x), codebook).argmax(-1)  # (B, N, l)
+        idx = self._logits(self._encode(x)).argmax(-1)  # (B, N, l)
         idx = rearrange(idx, "b n l -> b (n l)")
-        return TokenizerOutput(latents=F.embedding(idx, codebook), indices=idx)
+        return TokenizerOutput(latents=F.embedding(idx, self.codebook), indices=idx)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Quantized latents ``(B, N * l, code_dim)`` to rows ``(B, N, C)``."""
@@ -283,7 +284,7 @@ class GumbelVQTokenizer(nn.Module):
             reset = self._reseed(flat_e, generator)
 
         codebook = self.codebook  # (m, D), after re-seeding
-        logits = self._logits(z_e, codebook)  # (B, N, l, m)
+        logits = self._logits(z_e)  # (B, N, l, m)
         if training:
             dev = generator.device if generator is not None else logits.device
             u = torch.rand(logits.shape, generator=generator, device=dev, dtype=logits.dtype).to(logits.device)
@@ -346,6 +347,6 @@ class GumbelVQTokenizer(nn.Module):
             pick = torch.randperm(t, generator=generator, device=dev)[:n]
         else:
             pick = torch.randint(0, t, (n,), generator=generator, device=dev)
-        self.embed[dead] = flat_e[pick.to(flat_e.device)].to(self.embed.dtype)
+        self.codebook[dead] = flat_e[pick.to(flat_e.device)].to(self.codebook.dtype)
         self.code_usage[dead] = 1.0 / self.codebook_size
         return n
