@@ -82,11 +82,11 @@ def environment() -> dict[str, Any]:
 class Results:
     """Rows of one harness run, written as ``results.json``, a table, and MLflow."""
 
-    def __init__(self, harness: str, *, config: Mapping[str, Any]) -> None:
+    def __init__(self, harness: str, *, config: Mapping[str, Any], start: float | None = None) -> None:
         self.harness = harness
         self.config = dict(config)
         self.rows: list[dict[str, Any]] = []
-        self.start = time.perf_counter()
+        self.start = time.perf_counter() if start is None else start  # wall_s counts from here
 
     def add(self, method: str, task: str, metric: str, values: float | Sequence[float], **extra: Any) -> dict[str, Any]:
         """Add a row: ``values`` are per-seed/episode/sample numbers (or one number)."""

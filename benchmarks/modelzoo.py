@@ -160,6 +160,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"runs/modelzoo-{size_name}")
     g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
     timer = time.perf_counter
+    started = time.perf_counter()  # wall_s of results.json covers the whole run
 
     # 1. The zoo (cached beside the outputs; building resumes).
     runs = plan(size)
@@ -207,7 +208,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ddim_s = timer() - start
     kde_samples = kde.sample_flat(every, n, generator=g(6)).view(len(names), n, -1)
 
-    res = Results("modelzoo", config={"size": size_name, "seed": args.seed, "zoo_checkpoints": len(zoo), "zoo_tasks": len(names), **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
+    res = Results("modelzoo", start=started, config={"size": size_name, "seed": args.seed, "zoo_checkpoints": len(zoo), "zoo_tasks": len(names), **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
     res.add("zoo", "all", "build_s", zoo_s)
     res.add("generator", "all", "fit_s", fit_s)
     res.add("generated", "all", "sample_s_per_model", ddpm_s / generated[:, :, 0].numel())

@@ -109,6 +109,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)  # module initializations; a script owns its process's RNG
     out = Path(args.out or f"runs/unconditional-{size_name}")
     g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731
+    started = time.perf_counter()  # wall_s of results.json covers the whole run
 
     task = get_task("fashion_mnist", max_train_per_class=size["train_per_class"], max_eval_per_class=size["eval_per_class"], seed=args.seed)
     with torch.random.fork_rng(devices=[]):
@@ -124,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     originals = collect(tail, spec, h_train, task.train.y, steps=size["collect_steps"], seed=args.seed)
     collect_s = time.perf_counter() - start
 
-    res = Results("unconditional", config={"size": size_name, "seed": args.seed, "selected": SELECTED, "numel": spec.numel, **size})
+    res = Results("unconditional", start=started, config={"size": size_name, "seed": args.seed, "selected": SELECTED, "numel": spec.numel, **size})
     res.add("original", "fashion_mnist", "train_s", base_s + collect_s)
     orig_preds = predictions(tail, spec, originals, h_test)
     summary_rows(res, "original", (orig_preds == task.test.y).float().mean(1))
