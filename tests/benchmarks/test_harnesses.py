@@ -36,7 +36,7 @@ def test_modelzoo_harness(tmp_path, monkeypatch):
                 vae_channels=8, align_steps=10, prior_steps=10, samples=2, eval_per_class=10, finetune_tasks=2,
                 finetune_epochs=(1,), finetune_train_per_class=10, matrix_tasks=2)
     data = run(modelzoo, tmp_path, monkeypatch, tiny)
-    assert {"zoo", "generated", "generated DDIM-50", "reconstruction", "kde latent", "noise 0.06", "noise 0.12",
+    assert {"zoo", "generated", "generated DDIM-50", "generated best-of-n (val)", "reconstruction", "kde latent", "noise 0.06", "noise 0.12",
             "noise matched", "mean of 4", "gaussian", "random init"} <= methods(data)
     finetuned = [r for r in data["rows"] if r["task"] == "fine-tuned"]
     assert {r["epoch"] for r in finetuned} == {0, 1} and all(r["n"] == 2 for r in finetuned)
