@@ -56,7 +56,7 @@ from paramgen.novelty import (
 from paramgen.priors import DiffusionPrior, KDEPrior
 from paramgen.tokenizers import VAETokenizer
 from paramgen.zoo import RunConfig, TrainConfig, Zoo, build_zoo, load_run_task, preset, train_classifier
-from paramgen.zoo.build import _subset_runs
+from paramgen.zoo.build import subset_runs
 from paramgen.zoo.train import predict_many
 
 __all__ = ["main", "SIZES"]
@@ -107,7 +107,7 @@ def plan(size: dict[str, Any]) -> list[RunConfig]:
     train = TrainConfig(epochs=size["zoo_epochs"], lr=5e-3, batch_size=64)
     common: dict[str, Any] = dict(k=5, arch="convnet", arch_kwargs={"channels": [8, 16]}, seeds=size["seeds"], train=train, keep_epochs=size["keep_epochs"])
     n = size["tasks_per_dataset"]
-    return _subset_runs("digits", n, max_train_per_class=None, max_eval_per_class=None, **common) + _subset_runs(
+    return subset_runs("digits", n, max_train_per_class=None, max_eval_per_class=None, **common) + subset_runs(
         "fashion_mnist", n, max_train_per_class=size["fashion_train_per_class"], max_eval_per_class=None, **common
     )
 

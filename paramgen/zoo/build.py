@@ -37,7 +37,7 @@ from paramgen.tracking import Logger, NullLogger
 from paramgen.zoo.store import Zoo
 from paramgen.zoo.train import TrainConfig, train_classifier
 
-__all__ = ["RunConfig", "build_zoo", "run_one", "load_run_task", "preset", "PRESETS"]
+__all__ = ["RunConfig", "build_zoo", "run_one", "load_run_task", "subset_runs", "preset", "PRESETS"]
 
 logger = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def build_zoo(
 
 
 # ----------------------------------------------------------------------------- presets
-def _subset_runs(
+def subset_runs(
     dataset: str,
     n_tasks: int,
     *,
@@ -243,6 +243,7 @@ def _subset_runs(
     max_eval_per_class: int | None,
     task_seed: int = 0,
 ) -> list[RunConfig]:
+    """Runs for ``n_tasks`` ``k``-class subsets of ``dataset`` (chosen with ``task_seed``), one per seed."""
     return [
         RunConfig(
             task=name,
@@ -265,7 +266,7 @@ def _cnn_fashion_digits() -> list[RunConfig]:
     common: dict[str, Any] = dict(
         k=5, arch="convnet", arch_kwargs={"channels": [8, 16]}, seeds=(0, 1), train=train, keep_epochs=range(8, 13)
     )
-    return _subset_runs("digits", 32, max_train_per_class=None, max_eval_per_class=None, **common) + _subset_runs(
+    return subset_runs("digits", 32, max_train_per_class=None, max_eval_per_class=None, **common) + subset_runs(
         "fashion_mnist", 32, max_train_per_class=1000, max_eval_per_class=None, **common
     )
 
@@ -273,7 +274,7 @@ def _cnn_fashion_digits() -> list[RunConfig]:
 def _mlp_mnist1d() -> list[RunConfig]:
     """50 five-class MNIST-1D tasks, an MLP, 2 seeds, last 5 of 20 epochs: 500 checkpoints."""
     train = TrainConfig(epochs=20, lr=3e-3, batch_size=64)
-    return _subset_runs(
+    return subset_runs(
         "mnist1d", 50, k=5, arch="mlp", arch_kwargs={"in_features": 40, "hidden": [32, 32]}, seeds=(0, 1),
         train=train, keep_epochs=range(16, 21), max_train_per_class=None, max_eval_per_class=None,
     )
@@ -282,7 +283,7 @@ def _mlp_mnist1d() -> list[RunConfig]:
 def _tiny() -> list[RunConfig]:
     """4 digits tasks, 1 seed, epochs 2-3 of 3: 8 checkpoints in seconds (tests, demo)."""
     train = TrainConfig(epochs=3, lr=1e-2, batch_size=32)
-    return _subset_runs(
+    return subset_runs(
         "digits", 4, k=5, arch="convnet", arch_kwargs={"channels": [8, 16]}, seeds=(0,), train=train,
         keep_epochs=(2, 3), max_train_per_class=60, max_eval_per_class=None,
     )
