@@ -20,6 +20,7 @@ Examples:
     (True, torch.Size([1, 8]))
 """
 
+from paramgen.conditioners.architecture import ArchitectureConditioner, ConcatConditioner, architecture_text
 from paramgen.conditioners.features import (
     CLIPVisionFeatures,
     ModuleFeatures,
@@ -42,6 +43,9 @@ from paramgen.conditioners.index import IndexConditioner, OneHotConditioner
 from paramgen.conditioners.text import TextConditioner, describe_condition
 
 __all__ = [
+    "ArchitectureConditioner",
+    "ConcatConditioner",
+    "architecture_text",
     "IndexConditioner",
     "OneHotConditioner",
     "ImageSetConditioner",
