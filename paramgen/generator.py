@@ -9,8 +9,8 @@ the prior learns the latents given the conditions. Sampling runs the pipeline ba
     -> rows (B, N, C) -> Vectorizer.unpack -> Normalizer.inverse -> state dicts
 
 Every component can be swapped (an identity tokenizer gives diffusion on raw weights, a
-KDE prior gives the S_KDE baseline); :meth:`Generator.save_pretrained` stores the whole
-pipeline as ``config.json`` + ``weights.safetensors`` and :meth:`Generator.from_pretrained`
+KDE prior gives the S_KDE baseline); `Generator.save_pretrained` stores the whole
+pipeline as ``config.json`` + ``weights.safetensors`` and `Generator.from_pretrained`
 rebuilds it.
 
 Examples:
@@ -57,7 +57,7 @@ FORMAT_VERSION = 1
 
 
 class NotFittedError(RuntimeError):
-    """A generator was used before :meth:`Generator.fit` or :meth:`Generator.from_pretrained`."""
+    """A generator was used before `Generator.fit` or `Generator.from_pretrained`."""
 
 
 def _require(obj: Any, protocol: type, role: str) -> None:
@@ -95,7 +95,7 @@ class Generator:
         tokenizer: Rows to latents and back; has ``latent_shape``.
         prior: Generative model over latents of ``tokenizer.latent_shape``.
         conditioner: Raw conditions to vectors; ``None`` for an unconditional generator.
-        normalizer: Normalizer fitted in :meth:`fit`; ``None`` to model raw weights.
+        normalizer: Normalizer fitted in `fit`; ``None`` to model raw weights.
     """
 
     def __init__(
@@ -401,7 +401,7 @@ class Generator:
         batch_size: int = 256,
         **sample_kwargs: Any,
     ) -> list[dict[str, torch.Tensor]]:
-        """Sample ``n`` state dicts per condition (see :meth:`sample_flat`).
+        """Sample ``n`` state dicts per condition (see `sample_flat`).
 
         Args:
             base: State dict supplying tensors outside the generated selection.
@@ -450,12 +450,12 @@ class Generator:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, spec: ParamSpec | None = None) -> Generator:
-        """Rebuild a generator saved by :meth:`save_pretrained`.
+        """Rebuild a generator saved by `save_pretrained`.
 
         Args:
             path: The folder.
             spec: If given, the architecture the caller expects; a generator saved for
-                another architecture raises :class:`~paramgen.spec.SpecMismatchError`.
+                another architecture raises `paramgen.spec.SpecMismatchError`.
         """
         path = Path(path)
         if not (path / "config.json").exists():

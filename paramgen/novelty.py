@@ -5,16 +5,16 @@ keep only where it beats simple ways of producing weights near the training chec
 at matched novelty. This module gives both sides.
 
 Metrics:
-- :func:`nearest_l2`: distance from each generated model to its nearest training checkpoint.
-- :func:`wrong_prediction_iou`: the largest overlap (IoU) of a model's wrong predictions
+- `nearest_l2`: distance from each generated model to its nearest training checkpoint.
+- `wrong_prediction_iou`: the largest overlap (IoU) of a model's wrong predictions
   with any training checkpoint's (1.0 = it errs exactly like some checkpoint).
 
 Baselines (all on flat weight vectors ``(M, D)``, sampled with a ``torch.Generator``):
-- :func:`noisy_checkpoints`: a random training checkpoint plus Gaussian noise whose std is
-  ``sigma`` times each tensor's scale (:func:`tensor_scale`); sigma 0.06 / 0.12 in the paper.
-- :func:`checkpoint_mean`: the average of ``k`` random checkpoints (k = 16).
-- :func:`elementwise_gaussian`: independent Gaussians with the zoo's per-entry mean and std.
-- :func:`matched_sigma`: the noise level at which noisy checkpoints sit as far from the
+- `noisy_checkpoints`: a random training checkpoint plus Gaussian noise whose std is
+  ``sigma`` times each tensor's scale (`tensor_scale`); sigma 0.06 / 0.12 in the paper.
+- `checkpoint_mean`: the average of ``k`` random checkpoints (k = 16).
+- `elementwise_gaussian`: independent Gaussians with the zoo's per-entry mean and std.
+- `matched_sigma`: the noise level at which noisy checkpoints sit as far from the
   training set as the generated models do.
 
 Examples:

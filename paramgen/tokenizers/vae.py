@@ -1,6 +1,6 @@
 """The D2NWG weight VAE (eq. 1): a beta-VAE over vectorized weights.
 
-Each row of a :class:`~paramgen.vectorize.VectorBatch` (a whole model, a layer or a chunk)
+Each row of a `paramgen.vectorize.VectorBatch` (a whole model, a layer or a chunk)
 is encoded on its own, with shared weights: a linear layer maps the flat row into a short
 multi-channel signal, a 1D-convolutional encoder downsamples it to a Gaussian latent of
 ``latent_channels x latent_length``, and the decoder mirrors it back, ending in a linear
@@ -75,7 +75,7 @@ class VAETokenizer(nn.Module):
         input_noise: Std of Gaussian noise added to inputs while training.
         latent_noise: Std of Gaussian noise added to sampled latents while training.
         predictor_weight: Weight of the predictor-guided loss (eq. 9) when a predictor
-            is passed to :meth:`loss`.
+            is passed to `loss`.
     """
 
     def __init__(

@@ -1,6 +1,6 @@
 """IGPG's Gumbel-softmax VQ-VAE over weight chunks (eqs. 1-2).
 
-Each row of a :class:`~paramgen.vectorize.VectorBatch` (a chunk of ``C`` weights) is
+Each row of a `paramgen.vectorize.VectorBatch` (a chunk of ``C`` weights) is
 encoded on its own, with shared weights, into ``l = tokens_per_chunk`` discrete tokens
 from a codebook of ``codebook_size`` vectors of dimension ``code_dim``:
 
@@ -180,7 +180,7 @@ class GumbelVQTokenizer(nn.Module):
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> GumbelVQTokenizer:
-        """Rebuild an (untrained) tokenizer from :meth:`config`; load weights separately."""
+        """Rebuild an (untrained) tokenizer from `config`; load weights separately."""
         return cls(**config)
 
     def temperature_at(self, step: int) -> float:
