@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paramgen.priors._checks import check_cond
 from paramgen.priors.schedule import LinearSchedule, _rand, _randint, _randn, ddim_sample, ddpm_sample
 from paramgen.priors.unet1d import UNet1D
 from paramgen.spec import NonFiniteWeightsError
@@ -195,20 +196,7 @@ class DiffusionPrior(nn.Module):
 
     # --- checks ------------------------------------------------------------------------
     def _check_cond(self, cond: torch.Tensor | None, rows: int) -> torch.Tensor | None:
-        if self.cond_dim == 0:
-            if cond is not None:
-                raise ValueError(f"this prior is unconditional (cond_dim=0); pass cond=None, got a tensor of shape {tuple(cond.shape)}")
-            return None
-        if cond is None:
-            raise ValueError(f"this prior is conditional: expected cond of shape ({rows}, {self.cond_dim}), got None")
-        if not isinstance(cond, torch.Tensor) or cond.shape != (rows, self.cond_dim):
-            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-            raise ValueError(f"expected cond of shape ({rows}, {self.cond_dim}), got {got}")
-        if not cond.is_floating_point():
-            raise TypeError(f"expected floating condition vectors, got {cond.dtype}")
-        if not torch.isfinite(cond).all():
-            raise ValueError("condition vectors contain NaN or Inf")
-        return cond
+        return check_cond(cond, rows, self.cond_dim)
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         p = next(self.unet.parameters())

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from paramgen.priors._checks import check_cond
 __all__ = ["GPTPrior"]
 
 
@@ -312,21 +313,8 @@ class GPTPrior(nn.Module):
 
     # --- checks ------------------------------------------------------------------------
     def _check_cond(self, cond: torch.Tensor | None, rows: int) -> torch.Tensor | None:
-        if self.cond_dim == 0:
-            if cond is not None:
-                got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-                raise ValueError(f"this prior is unconditional (cond_dim=0); pass cond=None, got {got}")
-            return None
-        if cond is None:
-            raise ValueError(f"this prior is conditional: expected cond of shape ({rows}, {self.cond_dim}), got None")
-        if not isinstance(cond, torch.Tensor) or tuple(cond.shape) != (rows, self.cond_dim):
-            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
-            raise ValueError(f"expected cond of shape ({rows}, {self.cond_dim}), got {got}")
-        if not cond.is_floating_point():
-            raise TypeError(f"expected floating condition vectors, got {cond.dtype}")
-        if not torch.isfinite(cond).all():
-            raise ValueError("condition vectors contain NaN or Inf")
-        return cond.to(device=self.head.weight.device, dtype=self.head.weight.dtype)
+        cond = check_cond(cond, rows, self.cond_dim)
+        return None if cond is None else cond.to(device=self.head.weight.device, dtype=self.head.weight.dtype)
 
     def _check_tokens(self, tokens: Any, name: str, *, length: int | None, rows: int | None = None) -> torch.Tensor:
         want = f"({'B' if rows is None else rows}, {'T' if length is None else length})"

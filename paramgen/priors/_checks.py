@@ -1,0 +1,26 @@
+"""Input checks shared by the priors."""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["check_cond"]
+
+
+def check_cond(cond: torch.Tensor | None, rows: int, cond_dim: int) -> torch.Tensor | None:
+    """Validate condition vectors ``(rows, cond_dim)`` (``None`` for an unconditional prior)."""
+    if cond_dim == 0:
+        if cond is not None:
+            got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+            raise ValueError(f"this prior is unconditional (cond_dim=0); pass cond=None, got {got}")
+        return None
+    if cond is None:
+        raise ValueError(f"this prior is conditional: expected cond of shape ({rows}, {cond_dim}), got None")
+    if not isinstance(cond, torch.Tensor) or tuple(cond.shape) != (rows, cond_dim):
+        got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
+        raise ValueError(f"expected cond of shape ({rows}, {cond_dim}), got {got}")
+    if not cond.is_floating_point():
+        raise TypeError(f"expected floating condition vectors, got {cond.dtype}")
+    if not torch.isfinite(cond).all():
+        raise ValueError("condition vectors contain NaN or Inf")
+    return cond
