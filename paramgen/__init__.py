@@ -24,7 +24,7 @@ from paramgen.interfaces import (
 )
 from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError, TensorSpec
-from paramgen.vectorize import ChunkVectorizer, LayerVectorizer, ModelVectorizer, VectorBatch
+from paramgen.vectorize import ChunkVectorizer, FamilyVectorizer, LayerVectorizer, ModelVectorizer, VectorBatch
 
 __all__ = [
     "Generator",
@@ -46,6 +46,7 @@ __all__ = [
     "ModelVectorizer",
     "LayerVectorizer",
     "ChunkVectorizer",
+    "FamilyVectorizer",
     "VectorBatch",
 ]
 

@@ -13,6 +13,12 @@ KDE prior gives the S_KDE baseline); `Generator.save_pretrained` stores the whol
 pipeline as ``config.json`` + ``weights.safetensors`` and `Generator.from_pretrained`
 rebuilds it.
 
+One generator can serve a whole family of architectures (IGPG): give it a
+`paramgen.vectorize.FamilyVectorizer` and an ``archs`` key per model to `fit`,
+`sample` and `reconstruct`; the architecture also belongs in the condition (e.g. a
+`paramgen.conditioners.ArchitectureConditioner` joined to the data condition), since the
+prior must know which network it is writing.
+
 Examples:
     >>> import torch
     >>> from paramgen.spec import ParamSpec
@@ -43,10 +49,10 @@ from torch import nn
 
 from paramgen.interfaces import Conditioner, Prior, Tokenizer, Vectorizer
 from paramgen.io import read_json, save_safetensors, write_json
-from paramgen.normalize import Normalizer, normalizer_from_config
+from paramgen.normalize import GlobalScale, Normalizer, normalizer_from_config
 from paramgen.spec import ParamSpec, SpecMismatchError
 from paramgen.tracking import Logger, NullLogger
-from paramgen.vectorize import vectorizer_from_config
+from paramgen.vectorize import FamilyVectorizer, vectorizer_from_config
 
 __all__ = ["Generator", "NotFittedError"]
 
@@ -91,23 +97,32 @@ class Generator:
     """Composes components into a weight generator.
 
     Args:
-        vectorizer: How weights are laid out; fixes the architecture (``vectorizer.spec``).
+        vectorizer: How weights are laid out; fixes the architecture (``vectorizer.spec``),
+            or, a `FamilyVectorizer`, the architectures of a family (``vectorizer.specs``).
         tokenizer: Rows to latents and back; has ``latent_shape``.
         prior: Generative model over latents of ``tokenizer.latent_shape``.
         conditioner: Raw conditions to vectors; ``None`` for an unconditional generator.
-        normalizer: Normalizer fitted in `fit`; ``None`` to model raw weights.
+        normalizer: Normalizer fitted in `fit`; ``None`` to model raw weights. A family
+            takes only `GlobalScale` (statistics that do not depend on the architecture,
+            so that unseen members can be de-normalized too).
     """
 
     def __init__(
         self,
         *,
-        vectorizer: Vectorizer,
+        vectorizer: Vectorizer | FamilyVectorizer,
         tokenizer: Tokenizer,
         prior: Prior,
         conditioner: Conditioner | None = None,
         normalizer: Normalizer | None = None,
     ) -> None:
-        _require(vectorizer, Vectorizer, "vectorizer")
+        self.family = isinstance(vectorizer, FamilyVectorizer)
+        if not self.family:
+            _require(vectorizer, Vectorizer, "vectorizer")
+        elif normalizer is not None and not isinstance(normalizer, GlobalScale):
+            raise TypeError(
+                f"a FamilyVectorizer generator takes normalizer=None or GlobalScale (architecture-independent statistics), got {type(normalizer).__name__}"
+            )
         _require(tokenizer, Tokenizer, "tokenizer")
         _require(prior, Prior, "prior")
         if conditioner is not None:
@@ -147,8 +162,15 @@ class Generator:
 
     @property
     def spec(self) -> ParamSpec:
-        """The architecture this generator produces."""
-        return self.vectorizer.spec
+        """The architecture this generator produces (see `specs` for a family)."""
+        if self.family:
+            raise AttributeError("this generator serves a family of architectures: use generator.specs[arch]")
+        return self.vectorizer.spec  # type: ignore[union-attr]
+
+    @property
+    def specs(self) -> dict[str, ParamSpec]:
+        """Architecture key -> spec (one entry, ``"model"``, for a single architecture)."""
+        return self.vectorizer.specs if self.family else {"model": self.vectorizer.spec}  # type: ignore[union-attr]
 
     # ------------------------------------------------------------------ data plumbing
     def _check_flat(self, flat: torch.Tensor) -> None:
@@ -156,17 +178,56 @@ class Generator:
         if flat.ndim != 2 or flat.shape[1] != d:
             raise SpecMismatchError(f"expected flat weight vectors of shape (M, {d}), got {tuple(flat.shape)}")
 
-    def _rows(self, flat: torch.Tensor, tasks: Sequence[str] | None) -> torch.Tensor:
-        flat = flat.float()
-        if self.normalizer is not None:
-            flat = self.normalizer.transform(flat, tasks=tasks)
-        return self.vectorizer.pack(flat)  # (M, N, C)
+    def _check_archs(self, archs: Sequence[str] | None, m: int) -> list[str] | None:
+        if not self.family:
+            if archs is not None:
+                raise ValueError("archs= is for a generator over a FamilyVectorizer; this one has a single architecture")
+            return None
+        if archs is None or isinstance(archs, str) or len(archs) != m:
+            raise ValueError(f"a family generator needs one architecture key per model ({m}), got {archs if archs is None or isinstance(archs, str) else len(archs)}")
+        for a in set(archs):
+            self.vectorizer.member(a)  # type: ignore[union-attr]  # KeyError naming the known keys
+        return list(archs)
 
-    def _flat(self, rows: torch.Tensor, tasks: Sequence[str] | None) -> torch.Tensor:
-        flat = self.vectorizer.unpack(rows)
-        if self.normalizer is not None:
-            flat = self.normalizer.inverse(flat, tasks=tasks)
-        return flat
+    def _rows(self, flat: torch.Tensor | Sequence[torch.Tensor], tasks: Sequence[str] | None, archs: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalized rows ``(M, N, C)`` and their mask (``(N, C)``, or ``(M, N, C)`` for a family)."""
+        if archs is None:
+            self._check_flat(flat)  # type: ignore[arg-type]
+            x = flat.float()  # type: ignore[union-attr]
+            if self.normalizer is not None:
+                x = self.normalizer.transform(x, tasks=tasks)
+            return self.vectorizer.pack(x), self.vectorizer.mask  # type: ignore[call-arg, union-attr]
+        fam: FamilyVectorizer = self.vectorizer  # type: ignore[assignment]
+        x = torch.zeros(len(archs), fam.rows, fam.width)
+        mask = torch.zeros(len(archs), fam.rows, fam.width, dtype=torch.bool)
+        for a in dict.fromkeys(archs):
+            idx = [i for i, b in enumerate(archs) if b == a]
+            d = fam.specs[a].numel
+            if any(flat[i].numel() != d for i in idx):
+                bad = next(i for i in idx if flat[i].numel() != d)
+                raise SpecMismatchError(f"model {bad} is labelled {a!r} ({d} weights) but has {flat[bad].numel()} values")
+            fa = torch.stack([flat[i].reshape(-1).float() for i in idx])
+            if self.normalizer is not None:
+                fa = self.normalizer.transform(fa)
+            x[idx] = fam.pack(fa, a)
+            mask[idx] = fam.mask_of(a)
+        return x, mask
+
+    def _flat(self, rows: torch.Tensor, tasks: Sequence[str] | None, archs: list[str] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        if archs is None:
+            flat = self.vectorizer.unpack(rows)  # type: ignore[call-arg]
+            if self.normalizer is not None:
+                flat = self.normalizer.inverse(flat, tasks=tasks)
+            return flat
+        out: list[torch.Tensor] = [None] * len(archs)  # type: ignore[list-item]
+        for a in dict.fromkeys(archs):
+            idx = [i for i, b in enumerate(archs) if b == a]
+            fa = self.vectorizer.unpack(rows[idx], a)  # type: ignore[call-arg]
+            if self.normalizer is not None:
+                fa = self.normalizer.inverse(fa)
+            for j, i in enumerate(idx):
+                out[i] = fa[j]
+        return out
 
     def condition(self, cond: Any) -> torch.Tensor | None:
         """Raw conditions (a sequence, one per model) to vectors ``(B, Dc)``."""
@@ -183,21 +244,22 @@ class Generator:
             raise ValueError(f"conditioner returned shape {tuple(c.shape)}, expected ({len(cond)}, {self.conditioner.dim})")
         return c
 
-    def _encode_all(self, x: torch.Tensor, batch_size: int, *, indices: bool = False) -> torch.Tensor:
+    def _encode_all(self, x: torch.Tensor, mask: torch.Tensor, batch_size: int, *, indices: bool = False) -> torch.Tensor:
         """Latents (or, with ``indices``, token ids) of all rows, in eval mode."""
         if isinstance(self.tokenizer, nn.Module):
             self.tokenizer.eval()
         with torch.no_grad():
-            outs = [self.tokenizer.encode(x[s], mask=self.vectorizer.mask) for s in _batches(len(x), batch_size)]
+            outs = [self.tokenizer.encode(x[s], mask=mask[s] if mask.ndim == 3 else mask) for s in _batches(len(x), batch_size)]
         return torch.cat([o.indices if indices else o.latents for o in outs])  # type: ignore[misc]
 
     # ------------------------------------------------------------------ fitting
     def fit(
         self,
-        flat: torch.Tensor,
+        flat: torch.Tensor | Sequence[torch.Tensor],
         conds: Sequence[Any] | None = None,
         *,
         tasks: Sequence[str] | None = None,
+        archs: Sequence[str] | None = None,
         tokenizer_steps: int = 2000,
         align_steps: int = 0,
         prior_steps: int = 5000,
@@ -214,9 +276,11 @@ class Generator:
         """Fit every stage on a zoo.
 
         Args:
-            flat: ``(M, D)`` weight vectors in spec order (e.g. ``Zoo.flatten()[0]``).
+            flat: ``(M, D)`` weight vectors in spec order (e.g. ``Zoo.flatten()[0]``); for a
+                family, a sequence of ``M`` flat vectors of their own architectures.
             conds: One raw condition per row, for the conditioner.
             tasks: Task name per row (for a per-task normalizer and contrastive groups).
+            archs: For a family: the architecture key of each row.
             tokenizer_steps: Optimizer steps of the tokenizer stage (skipped if it has no
                 trainable weights).
             align_steps: Steps of contrastive alignment of the conditioner with the
@@ -235,8 +299,10 @@ class Generator:
         """
         from tqdm.auto import tqdm
 
-        self._check_flat(flat)
-        m = flat.shape[0]
+        m = len(flat)
+        arch_list = self._check_archs(archs, m)
+        if arch_list is None:
+            self._check_flat(flat)  # type: ignore[arg-type]
         if self.conditioner is not None and (conds is None or len(conds) != m):
             raise ValueError(f"expected one raw condition per weight vector ({m}), got {None if conds is None else len(conds)}")
         if self.conditioner is None and conds is not None:
@@ -248,9 +314,9 @@ class Generator:
 
         # Stage 0: normalization statistics.
         if self.normalizer is not None:
-            self.normalizer.fit(flat.float(), tasks=tasks)
-        x = self._rows(flat, tasks)  # (M, N, C)
-        mask = self.vectorizer.mask
+            whole = flat.float() if arch_list is None else torch.cat([f.reshape(-1).float() for f in flat])[None]  # type: ignore[union-attr]
+            self.normalizer.fit(whole, tasks=tasks if arch_list is None else None)
+        x, mask = self._rows(flat, tasks, arch_list)  # (M, N, C); mask (N, C) or (M, N, C)
 
         # Stage 1: the tokenizer.
         params = _trainable(self.tokenizer)
@@ -259,7 +325,7 @@ class Generator:
             opt = torch.optim.AdamW(params, lr=tokenizer_lr, weight_decay=weight_decay)
             for step in tqdm(range(1, tokenizer_steps + 1), desc="tokenizer", disable=not progress):
                 idx = torch.randint(0, m, (min(batch_size, m),), generator=g)
-                out = self.tokenizer.loss(x[idx], mask=mask, generator=g, **({"predictor": predictor} if predictor is not None else {}))
+                out = self.tokenizer.loss(x[idx], mask=mask[idx] if mask.ndim == 3 else mask, generator=g, **({"predictor": predictor} if predictor is not None else {}))
                 opt.zero_grad(set_to_none=True)
                 out.loss.backward()
                 opt.step()
@@ -267,10 +333,10 @@ class Generator:
                     log.log_metrics({"tokenizer/loss": out.loss.item(), **{f"tokenizer/{k}": v for k, v in out.metrics.items()}}, step=step)
 
         if self.discrete:
-            z = self._encode_all(x, 256, indices=True).reshape(m, -1)  # (M, L) token ids
+            z = self._encode_all(x, mask, 256, indices=True).reshape(m, -1)  # (M, L) token ids
         else:
             # Latents at unit scale: diffusion on badly scaled latents collapses.
-            latents = self._encode_all(x, 256)
+            latents = self._encode_all(x, mask, 256)
             self.latent_mean = float(latents.mean())
             self.latent_scale = float(latents.std()) or 1.0
             z = (latents - self.latent_mean) / self.latent_scale  # (M, *latent_shape)
@@ -281,7 +347,7 @@ class Generator:
 
             if conds is None:
                 raise ValueError("alignment needs conds")
-            target = self._encode_all(x, 256).flatten(1) if self.discrete else z.flatten(1)
+            target = self._encode_all(x, mask, 256).flatten(1) if self.discrete else z.flatten(1)
             losses = align_to_latents(self.conditioner, conds, target, groups=tasks, steps=align_steps, batch_size=batch_size, generator=g, progress=progress)
             log.log_metrics({"align/loss_first": losses[0], "align/loss_last": losses[-1]}, step=align_steps)
 
@@ -332,14 +398,28 @@ class Generator:
             raise NotFittedError("this generator is not fitted: call fit() or load one with Generator.from_pretrained()")
 
     @torch.no_grad()
-    def reconstruct(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, batch_size: int = 256) -> torch.Tensor:
-        """Encode and decode weight vectors ``(M, D)``: what the tokenizer alone preserves."""
+    def reconstruct(
+        self,
+        flat: torch.Tensor | Sequence[torch.Tensor],
+        *,
+        tasks: Sequence[str] | None = None,
+        archs: Sequence[str] | None = None,
+        batch_size: int = 256,
+    ) -> torch.Tensor | list[torch.Tensor]:
+        """Encode and decode weight vectors ``(M, D)``: what the tokenizer alone preserves.
+
+        For a family, ``flat`` is a sequence of vectors with their ``archs``, and so is the result.
+        """
         self._require_fitted()
-        self._check_flat(flat)
-        x = self._rows(flat, tasks)
-        latents = self._encode_all(x, batch_size)
-        rows = torch.cat([self.tokenizer.decode(latents[s]) for s in _batches(len(latents), batch_size)])
-        return self._flat(rows, tasks)
+        arch_list = self._check_archs(archs, len(flat))
+        x, mask = self._rows(flat, tasks, arch_list)
+        if self.discrete:
+            ids = self._encode_all(x, mask, batch_size, indices=True)
+            rows = torch.cat([self.tokenizer.decode_indices(ids[s]) for s in _batches(len(ids), batch_size)])  # type: ignore[attr-defined]
+        else:
+            latents = self._encode_all(x, mask, batch_size)
+            rows = torch.cat([self.tokenizer.decode(latents[s]) for s in _batches(len(latents), batch_size)])
+        return self._flat(rows, tasks, arch_list)
 
     @torch.no_grad()
     def sample_flat(
@@ -349,16 +429,21 @@ class Generator:
         *,
         generator: torch.Generator | None = None,
         tasks: Sequence[str] | None = None,
+        archs: Sequence[str] | None = None,
         batch_size: int = 256,
         **sample_kwargs: Any,
-    ) -> torch.Tensor:
+    ) -> torch.Tensor | list[torch.Tensor]:
         """Sample ``n`` weight vectors per condition: ``(B * n, D)`` in weight scale.
+
+        For a family, ``archs`` gives the architecture of each condition and the result
+        is a list of ``B * n`` flat vectors, each of its architecture.
 
         Args:
             cond: A sequence of raw conditions (``None`` for an unconditional generator).
             n: Samples per condition.
             generator: Randomness of sampling; a seeded one gives identical samples.
             tasks: Task name per condition, for a per-task normalizer.
+            archs: For a family: the architecture key of each condition.
             batch_size: Models decoded at once.
             **sample_kwargs: Passed to ``prior.sample`` (e.g. ``sampler="ddim"``, ``steps=50``).
         """
@@ -369,6 +454,7 @@ class Generator:
         b = 1 if c is None else c.shape[0]
         if tasks is not None and len(tasks) != b:
             raise ValueError(f"expected one task name per condition ({b}), got {len(tasks)}")
+        arch_list = self._check_archs(archs, b)
         if c is not None:
             c = c.repeat_interleave(n, dim=0)  # (B*n, Dc)
         total = b * n
@@ -382,8 +468,9 @@ class Generator:
                 raise FloatingPointError("the prior produced NaN or Inf latents")
             rows.append(self.tokenizer.decode(z * self.latent_scale + self.latent_mean))
         row_tasks = None if tasks is None else [t for t in tasks for _ in range(n)]
-        flat = self._flat(torch.cat(rows), row_tasks)
-        if not torch.isfinite(flat).all():
+        row_archs = None if arch_list is None else [a for a in arch_list for _ in range(n)]
+        flat = self._flat(torch.cat(rows), row_tasks, row_archs)
+        if not all(torch.isfinite(f).all() for f in flat):
             raise FloatingPointError(
                 "generated weights contain NaN or Inf after de-normalization (e.g. exp of a huge "
                 "log-normalized running_var): the prior is likely undertrained"
@@ -397,6 +484,7 @@ class Generator:
         *,
         generator: torch.Generator | None = None,
         tasks: Sequence[str] | None = None,
+        archs: Sequence[str] | None = None,
         base: Mapping[str, torch.Tensor] | None = None,
         batch_size: int = 256,
         **sample_kwargs: Any,
@@ -406,12 +494,23 @@ class Generator:
         Args:
             base: State dict supplying tensors outside the generated selection.
         """
-        flat = self.sample_flat(cond, n, generator=generator, tasks=tasks, batch_size=batch_size, **sample_kwargs)
-        return self.spec.unflatten(flat, base=base)
+        flat = self.sample_flat(cond, n, generator=generator, tasks=tasks, archs=archs, batch_size=batch_size, **sample_kwargs)
+        if not self.family:
+            return self.spec.unflatten(flat, base=base)  # type: ignore[arg-type]
+        row_archs = [a for a in archs for _ in range(n)]  # type: ignore[union-attr]
+        return [self.specs[a].unflatten(f[None], base=base)[0] for a, f in zip(row_archs, flat)]
 
-    def sample_into(self, model: nn.Module, cond: Sequence[Any] | None = None, *, generator: torch.Generator | None = None, **kwargs: Any) -> nn.Module:
-        """Sample one set of weights and load it into ``model`` (which must match the spec)."""
-        mine = {t.name: (t.shape, t.dtype) for t in self.spec.tensors}
+    def sample_into(
+        self, model: nn.Module, cond: Sequence[Any] | None = None, *, generator: torch.Generator | None = None, arch: str | None = None, **kwargs: Any
+    ) -> nn.Module:
+        """Sample one set of weights and load it into ``model`` (which must match the spec,
+        or, for a family, the spec of ``arch``)."""
+        if self.family and arch is None:
+            raise ValueError(f"this generator serves a family: pass arch= (one of {sorted(self.specs)})")
+        spec = self.specs[arch] if self.family else self.spec  # type: ignore[index]
+        if self.family:
+            kwargs["archs"] = [arch]
+        mine = {t.name: (t.shape, t.dtype) for t in spec.tensors}
         theirs = {t.name: (t.shape, t.dtype) for t in ParamSpec.from_module(model).tensors}
         if mine != theirs:
             diff = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
@@ -432,9 +531,9 @@ class Generator:
         config: dict[str, Any] = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
-            "spec": self.spec.to_dict(),
-            "spec_id": self.spec.fingerprint,
-            "vectorizer": self.vectorizer.config(),  # type: ignore[attr-defined]
+            "spec": None if self.family else self.spec.to_dict(),
+            "spec_id": None if self.family else self.spec.fingerprint,
+            "vectorizer": self.vectorizer.config(),  # type: ignore[union-attr]
             "latent_mean": self.latent_mean,
             "latent_scale": self.latent_scale,
             "components": {},
@@ -463,10 +562,15 @@ class Generator:
         config = read_json(path / "config.json")
         if config.get("format") != FORMAT:
             raise ValueError(f"{path}/config.json is not a paramgen generator (format {config.get('format')!r})")
-        saved_spec = ParamSpec.from_dict(config["spec"])
-        if spec is not None:
+        family = config["vectorizer"].get("type") == "family"
+        vectorizer = FamilyVectorizer.from_config(config["vectorizer"]) if family else None
+        saved_spec = None if family else ParamSpec.from_dict(config["spec"])
+        if spec is not None and family:
+            if not any(spec.fingerprint == s.fingerprint for s in vectorizer.specs.values()):  # type: ignore[union-attr]
+                raise SpecMismatchError(f"the family generator in {path} has no member of the expected architecture (it has {sorted(vectorizer.specs)})")  # type: ignore[union-attr]
+        elif spec is not None:
             try:
-                spec.check_compatible(saved_spec)
+                spec.check_compatible(saved_spec)  # type: ignore[arg-type]
             except SpecMismatchError as e:
                 raise SpecMismatchError(f"the generator in {path} was saved for another architecture: {e}") from e
         state = load_file(str(path / "weights.safetensors"))
@@ -483,7 +587,7 @@ class Generator:
             else:
                 part.load_state_dict(sub)
             parts[role] = part
-        gen = cls(vectorizer=vectorizer_from_config(config["vectorizer"], saved_spec), **parts)
+        gen = cls(vectorizer=vectorizer or vectorizer_from_config(config["vectorizer"], saved_spec), **parts)  # type: ignore[arg-type]
         gen.latent_mean, gen.latent_scale = config["latent_mean"], config["latent_scale"]
         gen.fitted = True
         return gen

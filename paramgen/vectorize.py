@@ -11,6 +11,8 @@ a padding ``mask``, and the position of each row (``layer``, ``chunk``), and bac
 - `ChunkVectorizer`: the whole model padded to a multiple of ``chunk_size`` and
   split into ``ceil(D / chunk_size)`` chunks; a chunk's ``layer`` is the layer of its
   first entry.
+- `FamilyVectorizer`: several architectures, each with its own layout, padded with
+  empty rows to one shape ``(N, C)`` so that one generator serves them all (IGPG).
 
 Each layout is one precomputed index map, so packing and unpacking a whole zoo is a
 single gather, and the round trip is bit-exact.
@@ -43,6 +45,7 @@ __all__ = [
     "ModelVectorizer",
     "LayerVectorizer",
     "ChunkVectorizer",
+    "FamilyVectorizer",
     "vectorizer_from_config",
 ]
 
@@ -249,3 +252,97 @@ def vectorizer_from_config(config: Mapping[str, Any], spec: ParamSpec) -> ModelV
     if kind not in kinds:
         raise ValueError(f"vectorizer type must be one of {sorted(kinds)}, got {kind!r}")
     return kinds[kind](spec, **config)
+
+
+class FamilyVectorizer:
+    """Several architectures in rows of one shape: one generator for a model family (IGPG).
+
+    Each member keeps its own layout (all of one ``width``); members with fewer rows are
+    padded with empty rows (mask ``False``) to the family's ``rows``. A member needs no
+    training data: listing an architecture here is what lets a fitted generator write
+    weights for it (an unseen depth or width).
+
+    Args:
+        members: Architecture key -> vectorizer of that architecture.
+        rows: Rows of every layout; at least the largest member's (default: that).
+
+    Examples:
+        >>> import torch
+        >>> from paramgen.spec import ParamSpec
+        >>> small, big = torch.nn.Linear(3, 2), torch.nn.Linear(6, 4)
+        >>> fam = FamilyVectorizer.chunked({"small": ParamSpec.from_module(small), "big": ParamSpec.from_module(big)}, chunk_size=4)
+        >>> fam.rows, fam.width  # big: 28 weights -> 7 chunks; small: 8 -> 2 chunks + 5 empty rows
+        (7, 4)
+        >>> rows = fam.pack(fam.specs["small"].flatten([small.state_dict()])[0], "small")
+        >>> rows.shape, int(fam.mask_of("small").sum())
+        (torch.Size([1, 7, 4]), 8)
+        >>> torch.equal(fam.unpack(rows, "small"), fam.specs["small"].flatten([small.state_dict()])[0])
+        True
+    """
+
+    def __init__(self, members: Mapping[str, _IndexLayout], *, rows: int | None = None) -> None:
+        if not members:
+            raise ValueError("a FamilyVectorizer needs at least one member architecture")
+        widths = {k: v.width for k, v in members.items()}
+        if len(set(widths.values())) != 1:
+            raise ValueError(f"every member must lay weights out in rows of one width, got {widths}")
+        need = max(v.rows for v in members.values())
+        rows = need if rows is None else rows
+        if rows < need:
+            raise ValueError(f"rows must be at least the largest member's {need}, got {rows}")
+        self.members = dict(members)
+        self.rows = rows
+        self.width = next(iter(widths.values()))
+
+    @classmethod
+    def chunked(cls, specs: Mapping[str, ParamSpec], *, chunk_size: int, layerwise: bool = False) -> FamilyVectorizer:
+        """Every member cut into chunks of ``chunk_size`` (whole model, or layer by layer)."""
+        if layerwise:
+            return cls({k: LayerVectorizer(s, chunk_size=chunk_size) for k, s in specs.items()})
+        return cls({k: ChunkVectorizer(s, chunk_size=chunk_size) for k, s in specs.items()})
+
+    @property
+    def keys(self) -> list[str]:
+        """The member architectures, in order."""
+        return list(self.members)
+
+    @property
+    def specs(self) -> dict[str, ParamSpec]:
+        """Architecture key -> spec."""
+        return {k: v.spec for k, v in self.members.items()}
+
+    def member(self, arch: str) -> _IndexLayout:
+        """The layout of one architecture; unknown keys raise a `KeyError` naming the known ones."""
+        if arch not in self.members:
+            raise KeyError(f"unknown architecture {arch!r}; this family has {sorted(self.members)}")
+        return self.members[arch]
+
+    def mask_of(self, arch: str) -> torch.Tensor:
+        """``(N, C)`` bool mask of one architecture, ``False`` on padding and empty rows."""
+        m = self.member(arch)
+        return torch.cat([m.mask, m.mask.new_zeros(self.rows - m.rows, self.width)])
+
+    def pack(self, flat: torch.Tensor, arch: str) -> torch.Tensor:
+        """``(B, D_arch)`` flat vectors of one architecture to ``(B, N, C)`` rows."""
+        m = self.member(arch)
+        values = m.pack(flat)
+        return torch.cat([values, values.new_zeros(values.shape[0], self.rows - m.rows, self.width)], dim=1)
+
+    def unpack(self, values: torch.Tensor, arch: str) -> torch.Tensor:
+        """``(B, N, C)`` rows to ``(B, D_arch)`` flat vectors of one architecture."""
+        m = self.member(arch)
+        if values.ndim != 3 or tuple(values.shape[1:]) != (self.rows, self.width):
+            raise SpecMismatchError(f"expected vectorized weights of shape (B, {self.rows}, {self.width}), got {tuple(values.shape)}")
+        return m.unpack(values[:, : m.rows])
+
+    def config(self) -> dict[str, Any]:
+        return {
+            "type": "family",
+            "rows": self.rows,
+            "members": {k: {"spec": v.spec.to_dict(), "vectorizer": v.config()} for k, v in self.members.items()},
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> FamilyVectorizer:
+        members = {k: vectorizer_from_config(e["vectorizer"], ParamSpec.from_dict(e["spec"])) for k, e in config["members"].items()}
+        return cls(members, rows=config["rows"])  # type: ignore[arg-type]

@@ -195,3 +195,73 @@ def test_vq_gpt_generator_swaps_in_by_components_only(tmp_path):
         Generator(vectorizer=vec, tokenizer=tok, prior=GPTPrior(vocab_size=16, length=tok.tokens_shape[0]))
     with pytest.raises(TypeError, match="discrete tokenizer"):
         Generator(vectorizer=vec, tokenizer=IdentityTokenizer(rows=vec.rows, width=vec.width), prior=prior)
+
+
+# ---------------------------------------------------------------------- families (IGPG)
+SMALL = nn.Sequential(nn.Linear(6, 3))
+BIG = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+UNSEEN = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
+
+
+def family_generator(kind: str):
+    from paramgen import FamilyVectorizer
+    from paramgen.normalize import GlobalScale
+    from paramgen.priors import GPTPrior
+    from paramgen.tokenizers import GumbelVQTokenizer
+
+    specs = {k: ParamSpec.from_module(m) for k, m in (("small", SMALL), ("big", BIG), ("unseen", UNSEEN))}
+    fam = FamilyVectorizer.chunked(specs, chunk_size=8)
+    cond = IndexConditioner(["small", "big", "unseen"], dim=8)
+    if kind == "vq+gpt":
+        tok = GumbelVQTokenizer(rows=fam.rows, width=fam.width, codebook_size=32, tokens_per_chunk=2, code_dim=8, hidden=32)
+        prior = GPTPrior(vocab_size=32, length=tok.tokens_shape[0], cond_dim=8, context=8, d_model=32, layers=1, heads=2)
+    else:
+        tok = VAETokenizer(rows=fam.rows, width=fam.width, latent_channels=1, latent_length=4, hidden_channels=8, num_down=1)
+        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=8, timesteps=20, base_channels=8, channel_mults=(1,), ema_decay=0.0)
+    return Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=cond, normalizer=GlobalScale()), specs
+
+
+@pytest.mark.parametrize("kind", ["vq+gpt", "vae+ddpm"])
+def test_family_generator_serves_seen_and_unseen_architectures(kind, tmp_path):
+    """One generator over a FamilyVectorizer writes weights for every member, seen in fit or not."""
+    gen, specs = family_generator(kind)
+    g = torch.Generator().manual_seed(0)
+    flat = [torch.randn(specs["small"].numel, generator=g) for _ in range(6)] + [torch.randn(specs["big"].numel, generator=g) for _ in range(6)]
+    archs = ["small"] * 6 + ["big"] * 6
+    gen.fit(flat, archs, archs=archs, tokenizer_steps=10, prior_steps=10, batch_size=8, generator=torch.Generator().manual_seed(1), progress=False)
+
+    rec = gen.reconstruct(flat[:2] + flat[-1:], archs=["small", "small", "big"])
+    assert [r.shape[0] for r in rec] == [specs["small"].numel] * 2 + [specs["big"].numel]
+    out = gen.sample(["small", "unseen"], 2, archs=["small", "unseen"], generator=torch.Generator().manual_seed(0))
+    assert len(out) == 4
+    SMALL.load_state_dict(out[0])
+    UNSEEN.load_state_dict(out[3])
+    gen.sample_into(BIG, ["big"], arch="big", generator=torch.Generator().manual_seed(0))
+
+    gen.save_pretrained(tmp_path / "fam")
+    again = Generator.from_pretrained(tmp_path / "fam", spec=specs["unseen"])
+    a = gen.sample_flat(["big"], 2, archs=["big"], generator=torch.Generator().manual_seed(3))
+    b = again.sample_flat(["big"], 2, archs=["big"], generator=torch.Generator().manual_seed(3))
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+    with pytest.raises(ValueError, match="one architecture key per model"):
+        gen.sample_flat(["big"], 1)
+    with pytest.raises(KeyError, match="unknown architecture 'huge'"):
+        gen.sample_flat(["big"], 1, archs=["huge"])
+    with pytest.raises(SpecMismatchError, match="labelled 'small'"):
+        gen.reconstruct([flat[-1]], archs=["small"])
+    with pytest.raises(SpecMismatchError, match="no member"):
+        Generator.from_pretrained(tmp_path / "fam", spec=SPEC)
+    with pytest.raises(AttributeError, match="specs"):
+        gen.spec
+
+
+def test_family_rejects_architecture_specific_normalizer():
+    from paramgen import FamilyVectorizer
+
+    fam = FamilyVectorizer.chunked({"small": ParamSpec.from_module(SMALL)}, chunk_size=8)
+    tok = IdentityTokenizer(rows=fam.rows, width=fam.width)
+    with pytest.raises(TypeError, match="GlobalScale"):
+        Generator(vectorizer=fam, tokenizer=tok, prior=KDEPrior(), normalizer=PerTaskZScore())
+    with pytest.raises(ValueError, match="single architecture"):
+        fit(build("vae+kde")).sample_flat(["a"], 1, archs=["a"])

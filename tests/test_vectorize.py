@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from torch import nn
 
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
-from paramgen.vectorize import ChunkVectorizer, LayerVectorizer, ModelVectorizer, vectorizer_from_config
+from paramgen.vectorize import ChunkVectorizer, FamilyVectorizer, LayerVectorizer, ModelVectorizer, vectorizer_from_config
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16, torch.float64]
 
@@ -244,3 +244,29 @@ def test_non_finite_weights_are_rejected(bad):
         spec.flatten(net.state_dict())
     with pytest.raises(NonFiniteWeightsError):
         spec.unflatten(torch.full((1, spec.numel), bad))
+
+
+@given(widths=st.lists(st.integers(1, 12), min_size=1, max_size=4), chunk=st.integers(1, 9), layerwise=st.booleans())
+def test_family_round_trip_and_padding(widths, chunk, layerwise):
+    """Every member of a family packs into the common (N, C) and unpacks bit-exactly; empty rows are masked."""
+    nets = {f"w{i}-{w}": nn.Sequential(nn.Linear(3, w), nn.ReLU(), nn.Linear(w, 2)) for i, w in enumerate(widths)}
+    fam = FamilyVectorizer.chunked({k: ParamSpec.from_module(m) for k, m in nets.items()}, chunk_size=chunk, layerwise=layerwise)
+    for key, net in nets.items():
+        flat = fam.specs[key].flatten([net.state_dict()])[0]
+        rows = fam.pack(flat, key)
+        assert rows.shape == (1, fam.rows, fam.width)
+        assert int(fam.mask_of(key).sum()) == flat.shape[1]
+        assert (rows[0][~fam.mask_of(key)] == 0).all()
+        assert torch.equal(fam.unpack(rows, key).view(torch.uint8), flat.view(torch.uint8))
+    again = FamilyVectorizer.from_config(fam.config())
+    assert again.rows == fam.rows and again.keys == fam.keys
+
+
+def test_family_rejects_bad_members():
+    a = ParamSpec.from_module(nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="one width"):
+        FamilyVectorizer({"a": ChunkVectorizer(a, chunk_size=4), "b": ChunkVectorizer(a, chunk_size=5)})
+    with pytest.raises(ValueError, match="at least the largest"):
+        FamilyVectorizer({"a": ChunkVectorizer(a, chunk_size=4)}, rows=1)
+    with pytest.raises(ValueError, match="at least one member"):
+        FamilyVectorizer({})
