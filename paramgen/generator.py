@@ -208,7 +208,7 @@ class Generator:
                 raise SpecMismatchError(f"model {bad} is labelled {a!r} ({d} weights) but has {flat[bad].numel()} values")
             fa = torch.stack([flat[i].reshape(-1).float() for i in idx])
             if self.normalizer is not None:
-                fa = self.normalizer.transform(fa)
+                fa = self.normalizer.transform(fa, spec=fam.specs[a])  # type: ignore[call-arg]
             x[idx] = fam.pack(fa, a)
             mask[idx] = fam.mask_of(a)
         return x, mask
@@ -224,7 +224,7 @@ class Generator:
             idx = [i for i, b in enumerate(archs) if b == a]
             fa = self.vectorizer.unpack(rows[idx], a)  # type: ignore[call-arg]
             if self.normalizer is not None:
-                fa = self.normalizer.inverse(fa)
+                fa = self.normalizer.inverse(fa, spec=self.vectorizer.specs[a])  # type: ignore[call-arg, union-attr]
             for j, i in enumerate(idx):
                 out[i] = fa[j]
         return out
@@ -313,9 +313,11 @@ class Generator:
         g = generator
 
         # Stage 0: normalization statistics.
-        if self.normalizer is not None:
-            whole = flat.float() if arch_list is None else torch.cat([f.reshape(-1).float() for f in flat])[None]  # type: ignore[union-attr]
-            self.normalizer.fit(whole, tasks=tasks if arch_list is None else None)
+        if self.normalizer is not None and arch_list is None:
+            self.normalizer.fit(flat.float(), tasks=tasks)  # type: ignore[union-attr]
+        elif self.normalizer is not None:
+            groups = [(torch.stack([flat[i].reshape(-1).float() for i, b in enumerate(arch_list) if b == a]), self.vectorizer.specs[a]) for a in dict.fromkeys(arch_list)]  # type: ignore[union-attr]
+            self.normalizer.fit_groups(groups)  # type: ignore[attr-defined]
         x, mask = self._rows(flat, tasks, arch_list)  # (M, N, C); mask (N, C) or (M, N, C)
 
         # Stage 1: the tokenizer.

@@ -223,37 +223,103 @@ class PerLayerZScore(_Fitted):
 
 
 class GlobalScale(_Fitted):
-    """Divide every weight by one scale: the zoo's root mean square."""
+    """Divide every weight by one scale: the zoo's root mean square.
 
-    def __init__(self) -> None:
+    Its statistics do not depend on the architecture, so one `GlobalScale` serves a
+    family of architectures (`paramgen.vectorize.FamilyVectorizer`), unseen members
+    included. With ``log`` patterns, the matching tensors (by default none; BatchNorm
+    ``running_var`` is the usual choice) are log-transformed and z-scored with one mean
+    and std of their own instead; `fit`, `transform` and `inverse` then need the
+    ``spec`` the vectors follow, and a generated variance can never be negative.
+
+    Args:
+        log: Glob patterns of positive tensors to model in log space.
+
+    Examples:
+        >>> import torch
+        >>> from paramgen.spec import ParamSpec
+        >>> spec = ParamSpec.from_module(torch.nn.BatchNorm1d(3))
+        >>> flat = spec.flatten([torch.nn.BatchNorm1d(3).state_dict()])[0]
+        >>> norm = GlobalScale(log=("*running_var",)).fit(flat, spec=spec)
+        >>> torch.allclose(norm.inverse(norm.transform(flat, spec=spec), spec=spec), flat)
+        True
+    """
+
+    def __init__(self, *, log: Sequence[str] = ()) -> None:
+        self.log = tuple(log)
         self.scale = torch.ones((), dtype=torch.float64)
+        self.log_mean = torch.zeros((), dtype=torch.float64)
+        self.log_std = torch.ones((), dtype=torch.float64)
 
-    def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> GlobalScale:
-        _check_input(flat)
-        self.scale = _std(flat.double(), torch.zeros((), dtype=torch.float64))
+    def _log_entries(self, spec: ParamSpec | None, dim: int) -> torch.Tensor | None:
+        if not self.log:
+            return None
+        if spec is None:
+            raise ValueError(f"GlobalScale(log={list(self.log)}) needs the spec of the vectors (spec=...)")
+        if spec.numel != dim:
+            raise SpecMismatchError(f"vectors of {dim} values do not follow a spec of {spec.numel}")
+        flags = torch.tensor([_matches(t.name, self.log) for t in spec.vector_tensors])
+        return flags[spec.segment_ids()]
+
+    def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> GlobalScale:
+        return self.fit_groups([(flat, spec)])
+
+    def fit_groups(self, groups: Sequence[tuple[torch.Tensor, ParamSpec | None]]) -> GlobalScale:
+        """Fit on vectors of several architectures at once: ``[(flat (M_a, D_a), spec_a), ...]``."""
+        plain, logged = [], []
+        for flat, spec in groups:
+            _check_input(flat)
+            x = flat.double()
+            entries = self._log_entries(spec, flat.shape[1])
+            if entries is None:
+                plain.append(x.reshape(-1))
+                continue
+            if (x[:, entries] <= 0).any():
+                raise ValueError(f"log-normalized tensors ({list(self.log)}) must be positive; found values <= 0")
+            plain.append(x[:, ~entries].reshape(-1))
+            logged.append(x[:, entries].log().reshape(-1))
+        self.scale = _std(torch.cat(plain)[None], torch.zeros((), dtype=torch.float64))
+        if logged:
+            lx = torch.cat(logged)
+            self.log_mean = lx.mean()
+            std = lx.std(correction=0) if lx.numel() > 1 else torch.ones((), dtype=torch.float64)
+            self.log_std = std if std > _EPS else torch.ones((), dtype=torch.float64)
         self._fitted = True
         return self
 
-    def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+    def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat)
-        return (flat.double() / self.scale).to(flat.dtype)
+        x = flat.double() / self.scale
+        entries = self._log_entries(spec, flat.shape[1])
+        if entries is not None and entries.any():
+            raw = flat.double()[:, entries]
+            if (raw <= 0).any():
+                raise ValueError(f"log-normalized tensors ({list(self.log)}) must be positive; found values <= 0")
+            x[:, entries] = (raw.log() - self.log_mean) / self.log_std
+        return x.to(flat.dtype)
 
-    def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+    def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat)
-        return (flat.double() * self.scale).to(flat.dtype)
+        x = flat.double() * self.scale
+        entries = self._log_entries(spec, flat.shape[1])
+        if entries is not None and entries.any():
+            x[:, entries] = (flat.double()[:, entries] * self.log_std + self.log_mean).exp()
+        return x.to(flat.dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._require_fit()
-        return {"scale": self.scale.clone()}
+        return {"scale": self.scale.clone(), "log_mean": self.log_mean.clone(), "log_std": self.log_std.clone()}
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         self.scale = state["scale"].double()
+        self.log_mean = state.get("log_mean", torch.zeros((), dtype=torch.float64)).double()
+        self.log_std = state.get("log_std", torch.ones((), dtype=torch.float64)).double()
         self._fitted = True
 
     def config(self) -> dict[str, Any]:
-        return {"type": "global"}
+        return {"type": "global", "log": list(self.log)}
 
 
 def normalizer_from_config(
@@ -270,7 +336,7 @@ def normalizer_from_config(
             raise ValueError("a per_layer normalizer needs the spec it was fitted on")
         norm = PerLayerZScore(spec, log=config["log"])
     elif kind == "global":
-        norm = GlobalScale()
+        norm = GlobalScale(log=config.get("log", ()))
     else:
         raise ValueError(f"normalizer type must be 'per_task', 'per_layer' or 'global', got {kind!r}")
     norm.load_state_dict(state)

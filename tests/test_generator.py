@@ -199,7 +199,7 @@ def test_vq_gpt_generator_swaps_in_by_components_only(tmp_path):
 
 # ---------------------------------------------------------------------- families (IGPG)
 SMALL = nn.Sequential(nn.Linear(6, 3))
-BIG = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.Linear(8, 3))
+BIG = nn.Sequential(nn.Linear(6, 8), nn.BatchNorm1d(8), nn.ReLU(), nn.Linear(8, 3))
 UNSEEN = nn.Sequential(nn.Linear(6, 5), nn.ReLU(), nn.Linear(5, 3))
 
 
@@ -218,7 +218,16 @@ def family_generator(kind: str):
     else:
         tok = VAETokenizer(rows=fam.rows, width=fam.width, latent_channels=1, latent_length=4, hidden_channels=8, num_down=1)
         prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=8, timesteps=20, base_channels=8, channel_mults=(1,), ema_decay=0.0)
-    return Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=cond, normalizer=GlobalScale()), specs
+    return Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=cond, normalizer=GlobalScale(log=("*running_var",))), specs
+
+
+def family_zoo(spec: ParamSpec, m: int, g: torch.Generator) -> list[torch.Tensor]:
+    """Random vectors of one member; BatchNorm variances positive."""
+    flat = torch.randn(m, spec.numel, generator=g)
+    for t in spec.vector_tensors:
+        if t.name.endswith("running_var"):
+            flat[:, t.offset : t.offset + t.numel] = flat[:, t.offset : t.offset + t.numel].abs() + 0.1
+    return list(flat)
 
 
 @pytest.mark.parametrize("kind", ["vq+gpt", "vae+ddpm"])
@@ -226,14 +235,14 @@ def test_family_generator_serves_seen_and_unseen_architectures(kind, tmp_path):
     """One generator over a FamilyVectorizer writes weights for every member, seen in fit or not."""
     gen, specs = family_generator(kind)
     g = torch.Generator().manual_seed(0)
-    flat = [torch.randn(specs["small"].numel, generator=g) for _ in range(6)] + [torch.randn(specs["big"].numel, generator=g) for _ in range(6)]
+    flat = family_zoo(specs["small"], 6, g) + family_zoo(specs["big"], 6, g)
     archs = ["small"] * 6 + ["big"] * 6
     gen.fit(flat, archs, archs=archs, tokenizer_steps=10, prior_steps=10, batch_size=8, generator=torch.Generator().manual_seed(1), progress=False)
 
     rec = gen.reconstruct(flat[:2] + flat[-1:], archs=["small", "small", "big"])
     assert [r.shape[0] for r in rec] == [specs["small"].numel] * 2 + [specs["big"].numel]
-    out = gen.sample(["small", "unseen"], 2, archs=["small", "unseen"], generator=torch.Generator().manual_seed(0))
-    assert len(out) == 4
+    out = gen.sample(["small", "unseen", "big"], 2, archs=["small", "unseen", "big"], generator=torch.Generator().manual_seed(0))
+    assert len(out) == 6 and all((sd["1.running_var"] > 0).all() for sd in out[4:])  # variances generated in log space
     SMALL.load_state_dict(out[0])
     UNSEEN.load_state_dict(out[3])
     gen.sample_into(BIG, ["big"], arch="big", generator=torch.Generator().manual_seed(0))

@@ -103,3 +103,34 @@ def test_bad_input():
     nan[1, 3] = float("nan")
     with pytest.raises(NonFiniteWeightsError):
         GlobalScale().fit(nan)
+
+
+def test_global_scale_with_log_variances_serves_several_architectures():
+    from torch import nn
+
+    from paramgen.normalize import GlobalScale
+    from paramgen.spec import ParamSpec
+
+    nets = [nn.Sequential(nn.Linear(3, w), nn.BatchNorm1d(w)) for w in (2, 5)]
+    specs = [ParamSpec.from_module(n) for n in nets]
+    g = torch.Generator().manual_seed(0)
+    groups = []
+    for spec in specs:
+        flat = torch.randn(4, spec.numel, generator=g)
+        t = spec["1.running_var"]
+        flat[:, t.offset : t.offset + t.numel] = flat[:, t.offset : t.offset + t.numel].exp() * 10
+        groups.append((flat, spec))
+    norm = GlobalScale(log=("*running_var",)).fit_groups(groups)
+    for flat, spec in groups:
+        z = norm.transform(flat, spec=spec)
+        assert torch.allclose(norm.inverse(z, spec=spec), flat, rtol=1e-5)
+        t = spec["1.running_var"]
+        logged = z[:, t.offset : t.offset + t.numel]
+        assert logged.abs().max() < 5  # z-scored in log space, not divided by the weights' scale
+    with pytest.raises(ValueError, match="needs the spec"):
+        norm.transform(groups[0][0])
+    bad = groups[0][0].clone()
+    t = specs[0]["1.running_var"]
+    bad[0, t.offset] = -1.0
+    with pytest.raises(ValueError, match="must be positive"):
+        norm.transform(bad, spec=specs[0])
