@@ -301,6 +301,12 @@ class FamilyVectorizer:
             return cls({k: LayerVectorizer(s, chunk_size=chunk_size) for k, s in specs.items()})
         return cls({k: ChunkVectorizer(s, chunk_size=chunk_size) for k, s in specs.items()})
 
+    @classmethod
+    def modelwise(cls, specs: Mapping[str, ParamSpec]) -> FamilyVectorizer:
+        """Every member as one row, zero-padded to the largest member (IGPG's model-wise encoding)."""
+        length = max(s.numel for s in specs.values())
+        return cls({k: ModelVectorizer(s, length=length) for k, s in specs.items()})
+
     @property
     def keys(self) -> list[str]:
         """The member architectures, in order."""

@@ -14,10 +14,10 @@ SCHEMA = {"harness", "config", "environment", "wall_s", "peak_rss_mb", "rows"}
 ROW = {"method", "task", "metric", "value", "ci_low", "ci_high", "n"}
 
 
-def run(module, tmp_path, monkeypatch, tiny: dict) -> dict:
+def run(module, tmp_path, monkeypatch, tiny: dict, extra: list[str] = ()) -> dict:
     monkeypatch.setitem(module.SIZES, "quick", {**module.SIZES["quick"], **tiny})
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    assert module.main(["--quick", "--out", str(tmp_path / "out"), "--seed", "1"]) == 0
+    assert module.main(["--quick", "--out", str(tmp_path / "out"), "--seed", "1", *extra]) == 0
     data = json.loads((tmp_path / "out" / "results.json").read_text())
     assert set(data) == SCHEMA and data["harness"] == module.__name__.rsplit(".", 1)[1]
     assert all(ROW <= set(r) for r in data["rows"])
