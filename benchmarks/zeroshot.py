@@ -74,7 +74,7 @@ from paramgen.priors import DiffusionPrior
 from paramgen.spec import ParamSpec
 from paramgen.tokenizers import VAETokenizer
 
-__all__ = ["main", "SIZES", "conditions_of", "generate_heads"]
+__all__ = ["main", "SIZES", "conditions_of", "make_conditions", "generate_heads", "row_generator"]
 
 logger = logging.getLogger(__name__)
 
@@ -178,6 +178,11 @@ def conditions_of(x_train: torch.Tensor, y_train: torch.Tensor, k: int, shots: i
     return torch.stack(groups)
 
 
+def make_conditions(feats: dict, tasks: Sequence[tuple[str, tuple[int, ...]]], shots: int, seed: int) -> dict[tuple[str, tuple[int, ...]], torch.Tensor]:
+    """Every task's conditioning set, drawn from its *training* split only (one seeded stream per task)."""
+    return {task: conditions_of(*task_data(feats, *task, "train"), len(task[1]), shots, torch.Generator().manual_seed(seed * 1000 + 100_000 + i)) for i, task in enumerate(tasks)}
+
+
 # ----------------------------------------------------------------------------- generator
 def row_generator(feature_dim: int, size: dict[str, Any]) -> Generator:
     """D2NWG's pipeline for one head row ``[W[k], b[k]]``: z-scoring, weight VAE, image-set encoder, latent DDPM."""
@@ -233,10 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 3. Zoo heads and every task's conditioning set (train split only).
     start = time.perf_counter()
-    conds: dict[tuple[str, tuple[int, ...]], torch.Tensor] = {}
-    for ti, task in enumerate(t for name in groups for t in groups[name]):
-        x, y = task_data(feats, *task, "train")
-        conds[task] = conditions_of(x, y, K, size["shots"], g(100_000 + ti))
+    conds = make_conditions(feats, [t for name in groups for t in groups[name]], size["shots"], args.seed)
     zoo_heads = torch.stack([torch.cat([w, b[:, None]], 1) for w, b in (train_linear_head(*task_data(feats, *t, "train"), K) for t in groups["zoo"])])  # (Z, K, F + 1)
     zoo_s = time.perf_counter() - start
     zoo_means = torch.stack([class_means(conds[t]) for t in groups["zoo"]])  # (Z, K, F)

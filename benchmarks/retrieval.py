@@ -1,0 +1,224 @@
+"""``python -m benchmarks.retrieval``: D2NWG table 3 (model retrieval) scaled to this CPU.
+
+Question: for each of many tasks, can one generator conditioned on the task's data hand
+back a model as good as the one trained on it, in a fraction of the training time?
+
+Zoos (full small models, every weight generated):
+- images: the ``cnn-fashion-digits`` zoo (64 five-class tasks of digits and Fashion-MNIST,
+  a 1.4k-parameter ConvNet, 2 seeds x last 5 epochs; shared with ``benchmarks.modelzoo``);
+- signals: five-class MNIST-1D tasks, an MLP (40-32-32-5), last 5 epochs.
+The two modalities have different architectures and inputs, so there is one generator per
+modality (same recipe). The tweet corpus (text) is covered by ``benchmarks.lora``.
+
+Generator (per modality): per-tensor z-scoring, D2NWG's weight VAE, the image-set encoder
+(a Set Transformer of Set Transformers over 5 training examples per class; images through
+frozen MobileNetV2 ImageNet features, MNIST-1D signals as their 40 raw values) aligned
+contrastively with the latents (D2NWG Alg. 2), a latent DDPM sampled with 50 DDIM steps.
+
+Rows, per task and as the mean over tasks (test accuracy):
+- ``original``: the task's trained checkpoints (the models being retrieved);
+- ``generated``: every sample conditioned on the task; ``generated best-of-n (val)``: the
+  sample with the best validation accuracy (D2NWG's sample selection, no test data);
+- ``random init``: chance (1/5);
+- ``generated / original``: the ratio per task;
+- time: ``train_s`` (one training run of the task's recipe, measured here on one thread,
+  for ``timed_tasks`` tasks per dataset), ``generate_s`` (conditioning features + one
+  sample, per model), and their ratio.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from benchmarks.common import Results, parser
+from benchmarks.modelzoo import accuracies, capped
+from benchmarks.modelzoo import plan as image_plan
+from paramgen import Generator, ModelVectorizer, PerLayerZScore
+from paramgen.conditioners import ImageSetConditioner, mobilenet_features, set_features
+from paramgen.models import build_model
+from paramgen.priors import DiffusionPrior
+from paramgen.tokenizers import VAETokenizer
+from paramgen.zoo import RunConfig, TrainConfig, build_zoo, load_run_task
+from paramgen.zoo.build import subset_runs
+from paramgen.zoo.train import train_classifier
+
+__all__ = ["main", "SIZES", "signal_plan", "task_condition"]
+
+logger = logging.getLogger(__name__)
+
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": dict(
+        image=dict(zoo="modelzoo-quick", tasks_per_dataset=2, seeds=(0, 1), zoo_epochs=8, keep_epochs=(6, 7, 8), fashion_train_per_class=200),
+        signal=dict(zoo="retrieval-mnist1d-quick", tasks=4, seeds=(0,), epochs=8, keep=4),
+        shots=5,
+        vae_steps=300,
+        vae_channels=32,
+        align_steps=150,
+        prior_steps=600,
+        samples=4,
+        eval_per_class=100,
+        timed_tasks=1,
+    ),
+    "default": dict(
+        image=dict(zoo="cnn-fashion-digits"),
+        signal=dict(zoo="retrieval-mnist1d", tasks=24, seeds=(0,), epochs=15, keep=5),
+        shots=5,
+        vae_steps=2500,
+        vae_channels=64,
+        align_steps=600,
+        prior_steps=3500,
+        samples=8,
+        eval_per_class=200,
+        timed_tasks=2,
+    ),
+}
+
+
+def signal_plan(size: dict[str, Any]) -> list[RunConfig]:
+    """Five-class MNIST-1D tasks, an MLP, the last ``keep`` epochs of each run."""
+    train = TrainConfig(epochs=size["epochs"], lr=3e-3, batch_size=64)
+    keep = range(size["epochs"] - size["keep"] + 1, size["epochs"] + 1)
+    return subset_runs("mnist1d", size["tasks"], k=5, arch="mlp", arch_kwargs={"in_features": 40, "hidden": [32, 32]}, seeds=size["seeds"], train=train, keep_epochs=keep, max_train_per_class=None, max_eval_per_class=None)
+
+
+def task_condition(task: Any, extractor: Any, shots: int, generator: torch.Generator) -> torch.Tensor:
+    """``(K, shots, F)``: features of ``shots`` training examples per class, nothing else of the task."""
+    x, _ = task.support_set(shots, split="train", generator=generator)
+    x = x.reshape(task.num_classes, shots, *x.shape[1:])
+    if extractor is None:  # signals: their raw values
+        return x.reshape(task.num_classes, shots, -1).float()
+    return set_features(extractor, x)
+
+
+def _train_time(run: RunConfig, datasets: dict) -> float:
+    """Seconds of one training run of ``run``'s recipe (from scratch, on this thread)."""
+    task = load_run_task(run, datasets)
+    model = build_model(run.arch, num_classes=task.num_classes, **run.arch_kwargs)
+    start = time.perf_counter()
+    train_classifier(model, task, run.train, seed=run.seed + 100, keep_epochs=(run.train.epochs,), eval_splits={})
+    return time.perf_counter() - start
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser("retrieval", __doc__.split("\n\n")[0]).parse_args(argv)
+    size_name = "quick" if args.quick else "default"
+    size = SIZES[size_name]
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    out = Path(args.out or f"runs/retrieval-{size_name}")
+    g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
+    started = time.perf_counter()
+    res = Results("retrieval", start=started, config={"size": size_name, "seed": args.seed, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items() if not isinstance(v, dict)}, "image_zoo": size["image"]["zoo"], "signal_zoo": size["signal"]["zoo"]})
+    per_task: list[dict[str, Any]] = []
+    extractor = mobilenet_features(resize=64)
+
+    for mi, (modality, runs) in enumerate((("image", image_plan(size["image"])), ("signal", signal_plan(size["signal"])))):
+        start = time.perf_counter()
+        zoo = build_zoo(out.parent / "zoos" / size[modality]["zoo"], runs, workers=2, progress=False)
+        res.add(f"zoo ({modality})", "all", "build_s", time.perf_counter() - start, checkpoints=len(zoo))
+        spec = zoo.spec()
+        flat, _ = zoo.flatten()
+        tasks_of = [c.task for c in zoo]
+        run_of = {r.task: r for r in runs if r.seed == runs[0].seed}
+        datasets: dict = {}
+        tasks = {name: load_run_task(run_of[name], datasets) for name in zoo.tasks}
+        names = list(tasks)
+        ext = extractor if modality == "image" else None
+        feats = {name: task_condition(task, ext, size["shots"], g(100 * mi + 1)) for name, task in tasks.items()}
+
+        vec = ModelVectorizer(spec)
+        tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=32, hidden_channels=size["vae_channels"], kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
+        cond = ImageSetConditioner(feature_dim=feats[names[0]].shape[-1], dim=64)
+        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
+        gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
+        start = time.perf_counter()
+        gen.fit(flat, [feats[t] for t in tasks_of], tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)
+        res.add(f"generator ({modality})", "all", "fit_s", time.perf_counter() - start, parameters=spec.numel)
+
+        # Training time replaced: a few tasks per dataset retrained from scratch, timed.
+        train_s: dict[str, list[float]] = {}
+        for ds in sorted({n.split("/")[0] for n in names}):
+            for name in [n for n in names if n.startswith(ds + "/")][: size["timed_tasks"]]:
+                train_s.setdefault(ds, []).append(_train_time(run_of[name], datasets))
+            res.add("training", ds, "train_s", train_s[ds])
+
+        n = size["samples"]
+        for ti, name in enumerate(names):
+            task = tasks[name]
+            test, val = capped(task.test, size["eval_per_class"]), capped(task.val, size["eval_per_class"])
+            # Generation time: the condition's features from the raw examples, then sampling.
+            start = time.perf_counter()
+            c = task_condition(task, ext, size["shots"], g(100 * mi + 3))
+            sample = gen.sample_flat([c], n, generator=g(10_000 * (mi + 1) + ti), sampler="ddim", steps=50)  # (n, D)
+            gen_s = (time.perf_counter() - start) / n
+            acc = accuracies(zoo, sample, test)[0]
+            best = int(accuracies(zoo, sample, val)[0].argmax())  # selection on the validation split
+            own = flat[[i for i, t in enumerate(tasks_of) if t == name]]
+            orig = accuracies(zoo, own, test)[0]
+            ds = name.split("/")[0]
+            row = {"modality": modality, "task": name, "original": float(orig.mean()), "generated": float(acc.mean()), "best": float(acc[best]), "generate_s": gen_s, "train_s": sum(train_s[ds]) / len(train_s[ds])}
+            per_task.append(row)
+            res.add("original", name, "test_acc", orig.tolist(), modality=modality)
+            res.add("generated", name, "test_acc", acc.tolist(), modality=modality)
+            res.add("generated best-of-n (val)", name, "test_acc", row["best"], modality=modality)
+            res.add("generated", name, "generate_s", gen_s, modality=modality)
+            logger.info("%s %s: original %.3f generated %.3f best %.3f", modality, name, row["original"], row["generated"], row["best"])
+
+        mine = [r for r in per_task if r["modality"] == modality]
+        group = f"mean over tasks ({modality})"
+        for key, method in (("original", "original"), ("generated", "generated"), ("best", "generated best-of-n (val)")):
+            res.add(method, group, "test_acc", [r[key] for r in mine])
+        res.add("random init", group, "test_acc", 1.0 / tasks[names[0]].num_classes, note="chance")
+        res.add("generated", group, "acc_over_original", [r["generated"] / r["original"] for r in mine])
+        res.add("generated best-of-n (val)", group, "acc_over_original", [r["best"] / r["original"] for r in mine])
+        res.add("generated", group, "tasks >= 0.9 original", [float(r["generated"] >= 0.9 * r["original"]) for r in mine])
+        res.add("generated", group, "generate_s", [r["generate_s"] for r in mine])
+        res.add("generated", group, "train_s_over_generate_s", [r["train_s"] / r["generate_s"] for r in mine])
+
+    artifact = plot(per_task, out)
+    path = res.write(out, mlflow=not args.no_mlflow, artifacts=[artifact])
+    print(res.table(skip_tasks=[r["task"] for r in per_task]))
+    print(f"{'task':<28} {'original':>9} {'generated':>10} {'best(val)':>10} {'train_s':>8} {'gen_s':>7}")
+    for r in per_task:
+        print(f"{r['task']:<28} {r['original']:>9.3f} {r['generated']:>10.3f} {r['best']:>10.3f} {r['train_s']:>8.1f} {r['generate_s']:>7.3f}")
+    print(f"results: {path}")
+    return 0
+
+
+def plot(per_task: list[dict[str, Any]], out: Path) -> Path:
+    """``retrieval.png``: generated vs original accuracy, one point per task."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5, 5))
+    for modality, marker in (("image", "o"), ("signal", "s")):
+        for ds in sorted({r["task"].split("/")[0] for r in per_task if r["modality"] == modality}):
+            rows = [r for r in per_task if r["task"].startswith(ds + "/")]
+            ax.scatter([r["original"] for r in rows], [r["generated"] for r in rows], marker=marker, s=18, label=ds)
+    lo = min(0.2, *(r["generated"] for r in per_task))
+    ax.plot([lo, 1], [lo, 1], "k:", lw=0.8)
+    ax.axhline(0.2, color="grey", lw=0.8, ls="--")
+    ax.set_xlabel("original (trained) test accuracy")
+    ax.set_ylabel("generated test accuracy (mean of samples)")
+    ax.set_title("retrieval: generated vs original, per task")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / "retrieval.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    raise SystemExit(main())
