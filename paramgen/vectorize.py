@@ -37,6 +37,7 @@ from typing import Any, Literal
 
 import attrs
 import torch
+import torch.nn.functional as F
 
 from paramgen.spec import ParamSpec, SpecMismatchError
 
@@ -257,14 +258,15 @@ def vectorizer_from_config(config: Mapping[str, Any], spec: ParamSpec) -> ModelV
 class FamilyVectorizer:
     """Several architectures in rows of one shape: one generator for a model family (IGPG).
 
-    Each member keeps its own layout (all of one ``width``); members with fewer rows are
-    padded with empty rows (mask ``False``) to the family's ``rows``. A member needs no
+    Each member keeps its own layout; members with fewer rows or narrower rows are padded
+    with empty entries (mask ``False``) to the family's ``rows`` and ``width``. A member needs no
     training data: listing an architecture here is what lets a fitted generator write
     weights for it (an unseen depth or width).
 
     Args:
         members: Architecture key -> vectorizer of that architecture.
         rows: Rows of every layout; at least the largest member's (default: that).
+        width: Row width; at least the widest member's (default: that).
 
     Examples:
         >>> import torch
@@ -280,19 +282,20 @@ class FamilyVectorizer:
         True
     """
 
-    def __init__(self, members: Mapping[str, _IndexLayout], *, rows: int | None = None) -> None:
+    def __init__(self, members: Mapping[str, _IndexLayout], *, rows: int | None = None, width: int | None = None) -> None:
         if not members:
             raise ValueError("a FamilyVectorizer needs at least one member architecture")
-        widths = {k: v.width for k, v in members.items()}
-        if len(set(widths.values())) != 1:
-            raise ValueError(f"every member must lay weights out in rows of one width, got {widths}")
-        need = max(v.rows for v in members.values())
-        rows = need if rows is None else rows
-        if rows < need:
-            raise ValueError(f"rows must be at least the largest member's {need}, got {rows}")
+        need_rows = max(v.rows for v in members.values())
+        need_width = max(v.width for v in members.values())
+        rows = need_rows if rows is None else rows
+        width = need_width if width is None else width
+        if rows < need_rows:
+            raise ValueError(f"rows must be at least the largest member's {need_rows}, got {rows}")
+        if width < need_width:
+            raise ValueError(f"width must be at least the widest member's {need_width}, got {width}")
         self.members = dict(members)
         self.rows = rows
-        self.width = next(iter(widths.values()))
+        self.width = width
 
     @classmethod
     def chunked(cls, specs: Mapping[str, ParamSpec], *, chunk_size: int, layerwise: bool = False) -> FamilyVectorizer:
@@ -300,6 +303,11 @@ class FamilyVectorizer:
         if layerwise:
             return cls({k: LayerVectorizer(s, chunk_size=chunk_size) for k, s in specs.items()})
         return cls({k: ChunkVectorizer(s, chunk_size=chunk_size) for k, s in specs.items()})
+
+    @classmethod
+    def layerwise(cls, specs: Mapping[str, ParamSpec]) -> FamilyVectorizer:
+        """Every layer whole in its own row (chunk-free), padded to the widest layer of the family."""
+        return cls({k: LayerVectorizer(s) for k, s in specs.items()})
 
     @classmethod
     def modelwise(cls, specs: Mapping[str, ParamSpec]) -> FamilyVectorizer:
@@ -326,29 +334,29 @@ class FamilyVectorizer:
     def mask_of(self, arch: str) -> torch.Tensor:
         """``(N, C)`` bool mask of one architecture, ``False`` on padding and empty rows."""
         m = self.member(arch)
-        return torch.cat([m.mask, m.mask.new_zeros(self.rows - m.rows, self.width)])
+        return F.pad(m.mask, (0, self.width - m.width, 0, self.rows - m.rows))
 
     def pack(self, flat: torch.Tensor, arch: str) -> torch.Tensor:
         """``(B, D_arch)`` flat vectors of one architecture to ``(B, N, C)`` rows."""
         m = self.member(arch)
-        values = m.pack(flat)
-        return torch.cat([values, values.new_zeros(values.shape[0], self.rows - m.rows, self.width)], dim=1)
+        return F.pad(m.pack(flat), (0, self.width - m.width, 0, self.rows - m.rows))
 
     def unpack(self, values: torch.Tensor, arch: str) -> torch.Tensor:
         """``(B, N, C)`` rows to ``(B, D_arch)`` flat vectors of one architecture."""
         m = self.member(arch)
         if values.ndim != 3 or tuple(values.shape[1:]) != (self.rows, self.width):
             raise SpecMismatchError(f"expected vectorized weights of shape (B, {self.rows}, {self.width}), got {tuple(values.shape)}")
-        return m.unpack(values[:, : m.rows])
+        return m.unpack(values[:, : m.rows, : m.width])
 
     def config(self) -> dict[str, Any]:
         return {
             "type": "family",
             "rows": self.rows,
+            "width": self.width,
             "members": {k: {"spec": v.spec.to_dict(), "vectorizer": v.config()} for k, v in self.members.items()},
         }
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FamilyVectorizer:
         members = {k: vectorizer_from_config(e["vectorizer"], ParamSpec.from_dict(e["spec"])) for k, e in config["members"].items()}
-        return cls(members, rows=config["rows"])  # type: ignore[arg-type]
+        return cls(members, rows=config["rows"], width=config.get("width"))  # type: ignore[arg-type]

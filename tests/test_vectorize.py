@@ -246,11 +246,17 @@ def test_non_finite_weights_are_rejected(bad):
         spec.unflatten(torch.full((1, spec.numel), bad))
 
 
-@given(widths=st.lists(st.integers(1, 12), min_size=1, max_size=4), chunk=st.integers(1, 9), layerwise=st.booleans())
-def test_family_round_trip_and_padding(widths, chunk, layerwise):
-    """Every member of a family packs into the common (N, C) and unpacks bit-exactly; empty rows are masked."""
+@given(widths=st.lists(st.integers(1, 12), min_size=1, max_size=4), chunk=st.integers(1, 9), layout=st.sampled_from(["chunk", "layer-chunk", "layer", "model"]))
+def test_family_round_trip_and_padding(widths, chunk, layout):
+    """Every member of a family packs into the common (N, C) and unpacks bit-exactly; empty entries are masked."""
     nets = {f"w{i}-{w}": nn.Sequential(nn.Linear(3, w), nn.ReLU(), nn.Linear(w, 2)) for i, w in enumerate(widths)}
-    fam = FamilyVectorizer.chunked({k: ParamSpec.from_module(m) for k, m in nets.items()}, chunk_size=chunk, layerwise=layerwise)
+    specs = {k: ParamSpec.from_module(m) for k, m in nets.items()}
+    if layout == "layer":
+        fam = FamilyVectorizer.layerwise(specs)
+    elif layout == "model":
+        fam = FamilyVectorizer.modelwise(specs)
+    else:
+        fam = FamilyVectorizer.chunked(specs, chunk_size=chunk, layerwise=layout == "layer-chunk")
     for key, net in nets.items():
         flat = fam.specs[key].flatten([net.state_dict()])[0]
         rows = fam.pack(flat, key)
@@ -264,8 +270,8 @@ def test_family_round_trip_and_padding(widths, chunk, layerwise):
 
 def test_family_rejects_bad_members():
     a = ParamSpec.from_module(nn.Linear(3, 2))
-    with pytest.raises(ValueError, match="one width"):
-        FamilyVectorizer({"a": ChunkVectorizer(a, chunk_size=4), "b": ChunkVectorizer(a, chunk_size=5)})
+    with pytest.raises(ValueError, match="at least the widest"):
+        FamilyVectorizer({"a": ChunkVectorizer(a, chunk_size=4), "b": ChunkVectorizer(a, chunk_size=5)}, width=4)
     with pytest.raises(ValueError, match="at least the largest"):
         FamilyVectorizer({"a": ChunkVectorizer(a, chunk_size=4)}, rows=1)
     with pytest.raises(ValueError, match="at least one member"):
