@@ -184,3 +184,15 @@ def test_conditioner_passes_vectors_through():
     assert torch.allclose(mixed[1], a) and torch.allclose(mixed[0], 0.5 * (a + b))
     with pytest.raises(ValueError, match=r"shape \(384,\)"):
         cond([torch.zeros(3)])
+
+
+def test_text_generator_saves_and_reloads(fitted, tasks, tmp_path):
+    from paramgen import Generator
+
+    _, gen = fitted
+    gen.save_pretrained(tmp_path / "gen")
+    back = Generator.from_pretrained(tmp_path / "gen", spec=LoRASetup().spec())
+    task = tasks["sentiment"]
+    a = generate_adapters(gen, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
+    b = generate_adapters(back, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
