@@ -22,7 +22,11 @@ base, 8 validation and 12 novel classes (a rotated copy stays in its source's sp
    concatenated in class order; D2NWG's ``T o T`` encoder is invariant to the class
    order, so a head generated from it could not know which row is which class). With
    ``align_steps > 0`` the encoder is first aligned contrastively with the latents
-   (D2NWG Alg. 2) and frozen; with 0 it learns jointly with the prior.
+   (D2NWG Alg. 2) and frozen; with 0 it learns jointly with the prior. With
+   ``residual`` the generator makes the difference between the zoo head and the
+   support set's nearest-centroid head (times one least-squares scale fitted on the
+   zoo), and that head is added back after sampling. Both choices were made on
+   validation classes (docs/fewshot.md).
 4. Episodes: ``episodes`` novel 5-way episodes for 1 and 5 shots with 15 queries per
    class. For each, ``samples`` heads are generated (DDIM, 50 steps) from the support
    features only; the one with the best *support* accuracy (ties: lowest support
@@ -90,6 +94,7 @@ SIZES: dict[str, dict[str, Any]] = {
         vae_steps=300,
         vae_channels=32,
         align_steps=0,
+        residual=True,
         prior_steps=800,
         samples=5,
         episodes=100,
@@ -106,10 +111,11 @@ SIZES: dict[str, dict[str, Any]] = {
         zoo_draws=4,
         head_per_class=120,
         head_steps=300,
-        vae_steps=3000,
+        vae_steps=1500,
         vae_channels=64,
         align_steps=0,
-        prior_steps=6000,
+        residual=True,
+        prior_steps=3000,
         samples=10,
         episodes=600,
         val_episodes=200,
@@ -226,12 +232,18 @@ def generate_heads(gen: Generator, support: torch.Tensor, n: int, *, generator: 
         batch_size: Heads decoded at once.
 
     Returns:
-        ``w (E, n, K, F)``, ``b (E, n, K)``.
+        ``w (E, n, K, F)``, ``b (E, n, K)``; for a residual generator (``residual_scale``
+        set by `fit_generator`) the support's scaled nearest-centroid head is added.
     """
     e, k, _, f = support.shape
     flat = gen.sample_flat(list(support), n, generator=generator, batch_size=batch_size, sampler="ddim", steps=50)  # (E * n, D)
     heads = gen.spec.unflatten_stacked(flat)
-    return heads["weight"].view(e, n, k, f), heads["bias"].view(e, n, k)
+    w, b = heads["weight"].view(e, n, k, f), heads["bias"].view(e, n, k)
+    scale = getattr(gen, "residual_scale", 0.0)
+    if scale:  # a residual generator: add the support set's scaled nearest-centroid head back
+        nc_w, nc_b = nearest_centroid(support)
+        w, b = w + scale * nc_w[:, None], b + scale * nc_b[:, None]
+    return w, b
 
 
 def select_by_support(w: torch.Tensor, b: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -371,16 +383,25 @@ def fit_generator(zoo: dict[str, Any], feature_dim: int, size: dict[str, Any], *
     """The head generator: z-scoring, weight VAE, latent DDPM conditioned on ordered support sets."""
     spec = head_spec(feature_dim)
     rows = torch.tensor(zoo["task_of_row"])
-    flat, _ = spec.flatten_stacked({"weight": zoo["w"][rows], "bias": zoo["b"][rows]})  # (M, D)
+    w, b = zoo["w"][rows], zoo["b"][rows]  # (M, K, F), (M, K)
+    scale = 0.0
+    if size.get("residual", False):
+        # Generate the head's difference from the (scaled) nearest-centroid head of the row's support set.
+        nc_w, nc_b = (torch.cat(t) for t in zip(*(nearest_centroid(c[None]) for c in zoo["conds"])))
+        scale = float((w * nc_w).sum() / nc_w.pow(2).sum())  # least-squares scale over the zoo
+        w, b = w - scale * nc_w, b - scale * nc_b
+    flat, _ = spec.flatten_stacked({"weight": w, "bias": b})  # (M, D)
     tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=16, hidden_channels=size["vae_channels"], kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-    cond = OrderedSetConditioner(feature_dim=feature_dim, num_classes=WAY, per_class=16, hidden=128)
-    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
+    cond = OrderedSetConditioner(feature_dim=feature_dim, num_classes=WAY, per_class=size.get("cond_per_class", 16), hidden=128)
+    dropout, guidance = size.get("cond_dropout", 0.0), size.get("guidance", 1.0)
+    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995, cond_dropout=dropout, guidance_scale=guidance)
     gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
     tasks = [f"task{i}" for i in zoo["task_of_row"]]
     gen.fit(
         flat, zoo["conds"], tasks=tasks, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
         batch_size=64, prior_lr=1e-3, generator=torch.Generator().manual_seed(seed), progress=progress,
     )  # fmt: skip
+    gen.residual_scale = scale  # type: ignore[attr-defined]  # 0: the generator makes whole heads
     return gen
 
 
@@ -415,6 +436,7 @@ def evaluate(
     info: dict[str, Any] = {"sample_s_per_head": (time.perf_counter() - start) / (e * n), "chosen_index": g["index"]}
     out["generated (1 sample)"] = g["sample_acc"]
     out[f"generated (best of {n} by support)"] = g["acc"]
+    out[f"generated (mean of {n})"] = head_accuracy(g["all_w"].mean(1), g["all_b"].mean(1), q, qy)  # no selection: the samples' average head
     for steps in grid(hp["gen_ft_steps"]):
         if steps:
             out[f"generated + fine-tune {steps} steps"] = head_accuracy(*fit_heads(sup_x, sup_y, steps=steps, lr=0.01, init=(g["w"], g["b"])), q, qy)
@@ -526,6 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             f"fine-tuned from zero {hp['ft_steps']} steps": "fine-tuned from zero",
             "generated (1 sample)": "generated (1 sample)",
             f"generated (best of {size['samples']} by support)": f"generated (best of {size['samples']} by support)",
+            f"generated (mean of {size['samples']})": f"generated (mean of {size['samples']})",
             f"generated + fine-tune {hp['gen_ft_steps']} steps": "generated best + fine-tune",
             "generated (other episode's support)": "generated (other episode's support)",
         }
@@ -536,7 +559,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         res.add("generated", task, "sample_s_per_head", info["sample_s_per_head"])
     res.config["chosen_on_validation"] = {str(k): v for k, v in chosen.items()}
 
-    methods = ["nearest centroid", "logistic regression", "fine-tuned from zero", "generated (1 sample)", f"generated (best of {size['samples']} by support)", "generated best + fine-tune"]
+    n = size["samples"]
+    methods = ["nearest centroid", "logistic regression", "fine-tuned from zero", "generated (1 sample)", f"generated (best of {n} by support)", f"generated (mean of {n})", "generated best + fine-tune"]
     png = plot(res.rows, out / "fewshot.png", methods)
     path = res.write(out, mlflow=not args.no_mlflow, artifacts=[png])
     print(res.table(skip_tasks=[f"val 5-way {s}-shot" for s in SHOTS]))

@@ -1,0 +1,36 @@
+"""benchmarks.fewshot runs end to end at a tiny size, writes the schema, and is seeded."""
+
+from __future__ import annotations
+
+import json
+
+from tests.benchmarks.test_harnesses import methods, run
+
+TINY = dict(per_class=40, backbone_epochs=1, zoo_tasks=30, zoo_draws=2, head_per_class=20, head_steps=10, vae_steps=5,
+            vae_channels=8, prior_steps=5, samples=3, episodes=6, val_episodes=5, ft_steps=(5, 10), gen_ft_steps=(5,), lr_c=(1.0,))  # fmt: skip
+
+
+def test_fewshot_harness_same_seed_same_table(tmp_path, monkeypatch):
+    from benchmarks import fewshot
+
+    a = run(fewshot, tmp_path / "a", monkeypatch, TINY)
+    assert {"nearest centroid", "logistic regression", "fine-tuned from zero", "generated (1 sample)", "generated (best of 3 by support)",
+            "generated best + fine-tune", "generated (other episode's support)"} <= methods(a)  # fmt: skip
+    novel = [r for r in a["rows"] if r["task"] == "novel 5-way 1-shot" and r["metric"] == "acc"]
+    assert novel and all(r["n"] == 6 and 0.0 <= r["value"] <= 1.0 for r in novel)
+    assert {r["task"] for r in a["rows"]} >= {"novel 5-way 5-shot", "val 5-way 5-shot"}
+    assert (tmp_path / "a" / "out" / "fewshot.png").stat().st_size > 0
+    b = run(fewshot, tmp_path / "b", monkeypatch, TINY)
+    values = lambda d: [(r["method"], r["task"], r["metric"], r["value"]) for r in d["rows"] if not (r["metric"].endswith("_s") or "_s_" in r["metric"])]  # noqa: E731  (timings differ)
+    assert values(a) == values(b)
+    assert json.dumps(a["config"]["chosen_on_validation"]) == json.dumps(b["config"]["chosen_on_validation"])
+
+
+def test_fewshot_help(capsys):
+    import pytest
+
+    from benchmarks import fewshot
+
+    with pytest.raises(SystemExit):
+        fewshot.main(["--help"])
+    assert "--quick" in capsys.readouterr().out
