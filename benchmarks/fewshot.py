@@ -308,11 +308,35 @@ def generated_method(
 
 
 # ----------------------------------------------------------------------------- backbone and zoo
-def train_backbone(pool: ClassPool, size: dict[str, Any], *, seed: int, progress: bool) -> tuple[Conv4, float]:
-    """A Conv4 classifier of the base classes (10 % of their images held out); returns it and its held-out accuracy."""
+def split_base(pool: ClassPool, holdout: int) -> tuple[list[int], list[int]]:
+    """Base classes for the backbone and for the zoo.
+
+    ``holdout = 0``: both use every base class. Otherwise the first ``holdout`` base
+    *source* classes of each dataset (with their rotated copies) are kept out of the
+    backbone's training and only the zoo uses them, so the zoo's heads, like the novel
+    episodes' heads, are fitted on features of classes the backbone never learned.
+    """
+    base = list(pool.splits["base"])
+    if holdout == 0:
+        return base, base
+    sources: dict[str, list[str]] = {}
+    for c in base:
+        name = pool.names[c].split("@")[0]
+        sources.setdefault(name.split("/")[0], [])
+        if name not in sources[name.split("/")[0]]:
+            sources[name.split("/")[0]].append(name)
+    held = {name for names in sources.values() for name in names[:holdout]}
+    if any(len(names) <= holdout for names in sources.values()):
+        raise ValueError(f"zoo_holdout={holdout} leaves no base source class for the backbone")
+    zoo = [c for c in base if pool.names[c].split("@")[0] in held]
+    return [c for c in base if c not in zoo], zoo
+
+
+def train_backbone(pool: ClassPool, size: dict[str, Any], *, seed: int, progress: bool, classes: Sequence[int] | None = None) -> tuple[Conv4, float]:
+    """A Conv4 classifier of the base classes (or ``classes``; 10 % of their images held out); returns it and its held-out accuracy."""
     from tqdm.auto import tqdm
 
-    base = pool.splits["base"]
+    base = pool.splits["base"] if classes is None else classes
     x = torch.cat([pool.images[c] for c in base])
     y = torch.cat([torch.full((len(pool.images[c]),), i, dtype=torch.long) for i, c in enumerate(base)])
     g = torch.Generator().manual_seed(seed)
@@ -339,11 +363,11 @@ def train_backbone(pool: ClassPool, size: dict[str, Any], *, seed: int, progress
 
 
 @torch.no_grad()
-def class_features(model: Conv4, pool: ClassPool) -> list[torch.Tensor]:
-    """Frozen features of every class, centred by the base-class mean and L2-normalized."""
+def class_features(model: Conv4, pool: ClassPool, classes: Sequence[int] | None = None) -> list[torch.Tensor]:
+    """Frozen features of every class, centred by the mean over the base classes (or ``classes``) and L2-normalized."""
     model.eval()
     raw = [torch.cat([model.features(x[i : i + 1000]) for i in range(0, len(x), 1000)]) for x in pool.images]
-    mean = torch.cat([raw[c] for c in pool.splits["base"]]).mean(0)
+    mean = torch.cat([raw[c] for c in (pool.splits["base"] if classes is None else classes)]).mean(0)
     return [F.normalize(r - mean, dim=1) for r in raw]
 
 
@@ -484,12 +508,16 @@ def plot(res_rows: list[dict[str, Any]], path: Path, methods: list[str]) -> Path
 def main(argv: Sequence[str] | None = None) -> int:
     p = parser("fewshot", __doc__.split("\n\n")[0])
     p.add_argument("--progress", action="store_true", help="show progress bars")
+    p.add_argument(
+        "--zoo-holdout", type=int, default=0, metavar="N",
+        help="keep the first N base source classes of each dataset (and their rotations) out of the backbone; the zoo is fitted on them only (default 0: backbone and zoo use every base class)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     size_name = "quick" if args.quick else "default"
-    size = SIZES[size_name]
+    size = {**SIZES[size_name], "zoo_holdout": args.zoo_holdout}
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)  # module initializations; a script owns its process's RNG
-    out = Path(args.out or f"runs/fewshot-{size_name}")
+    out = Path(args.out or f"runs/fewshot-{size_name}" + (f"-holdout{args.zoo_holdout}" if args.zoo_holdout else ""))
     out.mkdir(parents=True, exist_ok=True)
     timer = time.perf_counter
     started = timer()
@@ -497,10 +525,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pool = fewshot_pool(per_class=size["per_class"])
     start = timer()
-    backbone, backbone_acc = train_backbone(pool, size, seed=seed + 1, progress=args.progress)
+    backbone_classes, zoo_classes = split_base(pool, size.get("zoo_holdout", 0))
+    backbone, backbone_acc = train_backbone(pool, size, seed=seed + 1, progress=args.progress, classes=backbone_classes)
     backbone_s = timer() - start
-    feats = class_features(backbone, pool)
-    base = [feats[c] for c in pool.splits["base"]]
+    feats = class_features(backbone, pool, backbone_classes)
+    base = [feats[c] for c in zoo_classes]
     logger.info("backbone: held-out base accuracy %.3f (%.0f s)", backbone_acc, backbone_s)
 
     start = timer()
@@ -512,6 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger.info("zoo %d heads (held-out acc %.3f, %.0f s); generator fitted in %.0f s", len(zoo["w"]), float(zoo["heldout_acc"].mean()), zoo_s, fit_s)
 
     config = {"size": size_name, "seed": args.seed, "way": WAY, "query": QUERY, "shots": list(SHOTS), "classes": {k: [pool.names[c] for c in v] for k, v in pool.splits.items()},
+              "backbone_classes": [pool.names[c] for c in backbone_classes], "zoo_classes": [pool.names[c] for c in zoo_classes],
               **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}}  # fmt: skip
     res = Results("fewshot", start=started, config=config)
     res.add("backbone", "base classes (held-out)", "acc", backbone_acc)
