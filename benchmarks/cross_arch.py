@@ -140,7 +140,7 @@ def capped(split: Split, per_class: int) -> Split:
 def components(kind: str, fam: FamilyVectorizer, cond_dim: int, size: dict[str, Any]) -> tuple[Any, Any]:
     """Tokenizer and prior of one generator kind; the rest of the harness is shared."""
     if kind == "vq-gpt":
-        tok = GumbelVQTokenizer(rows=fam.rows, width=fam.width, codebook_size=size["codebook_size"], tokens_per_chunk=size["tokens_per_chunk"], code_dim=32, hidden=size.get("hidden", 256), anneal="exponential", anneal_steps=max(1, size["tokenizer_steps"] // 2))
+        tok = GumbelVQTokenizer(rows=fam.rows, width=fam.width, codebook_size=size["codebook_size"], tokens_per_chunk=size["tokens_per_chunk"], code_dim=size.get("code_dim", 32), hidden=size.get("hidden", 256), anneal="exponential", anneal_steps=max(1, size["tokenizer_steps"] // 2), hard=size.get("hard", False))
         prior = GPTPrior(vocab_size=size["codebook_size"], length=tok.tokens_shape[0], cond_dim=cond_dim, context=size["context"], d_model=size["d_model"], layers=size["layers"], heads=4)
         return tok, prior
     if kind == "vae-ddpm":
@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     fam = FamilyVectorizer.modelwise(spec_of) if args.layout == "model" else FamilyVectorizer.chunked(spec_of, chunk_size=size["chunk_size"], layerwise=True)
     conditioner = ConcatConditioner(TextConditioner(), ArchitectureConditioner())
     tok, prior = components(args.components, fam, conditioner.dim, size)
-    gen = Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=GlobalScale(log=("*running_var",)))
+    gen = Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=GlobalScale(log=("*running_var",), fan_in=size.get("fan_in", True)))
     start = timer()
     gen.fit(flats, conds, archs=archs, tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"], batch_size=32, tokenizer_lr=size["tokenizer_lr"], prior_lr=1e-3, generator=g(1), progress=False)
     fit_s = timer() - start

@@ -24,6 +24,8 @@ Examples:
 
 from __future__ import annotations
 
+import math
+
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -231,9 +233,14 @@ class GlobalScale(_Fitted):
     ``running_var`` is the usual choice) are log-transformed and z-scored with one mean
     and std of their own instead; `fit`, `transform` and `inverse` then need the
     ``spec`` the vectors follow, and a generated variance can never be negative.
+    With ``fan_in=True`` every weight matrix or kernel (a tensor of two or more
+    dimensions) is first multiplied by ``sqrt(fan_in)``, the inverse of its
+    initialization scale, so that wide and narrow layers share one scale: a per-layer
+    normalization that needs no per-layer statistics (and also needs the ``spec``).
 
     Args:
         log: Glob patterns of positive tensors to model in log space.
+        fan_in: Measure weight tensors in units of ``1 / sqrt(fan_in)``.
 
     Examples:
         >>> import torch
@@ -245,21 +252,34 @@ class GlobalScale(_Fitted):
         True
     """
 
-    def __init__(self, *, log: Sequence[str] = ()) -> None:
+    def __init__(self, *, log: Sequence[str] = (), fan_in: bool = False) -> None:
         self.log = tuple(log)
+        self.fan_in = fan_in
         self.scale = torch.ones((), dtype=torch.float64)
         self.log_mean = torch.zeros((), dtype=torch.float64)
         self.log_std = torch.ones((), dtype=torch.float64)
 
+    def _check_spec(self, spec: ParamSpec | None, dim: int) -> ParamSpec:
+        if spec is None:
+            raise ValueError(f"GlobalScale(log={list(self.log)}, fan_in={self.fan_in}) needs the spec of the vectors (spec=...)")
+        if spec.numel != dim:
+            raise SpecMismatchError(f"vectors of {dim} values do not follow a spec of {spec.numel}")
+        return spec
+
     def _log_entries(self, spec: ParamSpec | None, dim: int) -> torch.Tensor | None:
         if not self.log:
             return None
-        if spec is None:
-            raise ValueError(f"GlobalScale(log={list(self.log)}) needs the spec of the vectors (spec=...)")
-        if spec.numel != dim:
-            raise SpecMismatchError(f"vectors of {dim} values do not follow a spec of {spec.numel}")
+        spec = self._check_spec(spec, dim)
         flags = torch.tensor([_matches(t.name, self.log) for t in spec.vector_tensors])
         return flags[spec.segment_ids()]
+
+    def _gain(self, spec: ParamSpec | None, dim: int) -> torch.Tensor | float:
+        """``(D,)`` multipliers: ``sqrt(fan_in)`` on weight tensors of 2+ dims, 1 elsewhere."""
+        if not self.fan_in:
+            return 1.0
+        spec = self._check_spec(spec, dim)
+        gains = torch.tensor([math.sqrt(t.numel / t.shape[0]) if len(t.shape) >= 2 and t.numel else 1.0 for t in spec.vector_tensors], dtype=torch.float64)
+        return gains[spec.segment_ids()]
 
     def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> GlobalScale:
         return self.fit_groups([(flat, spec)])
@@ -271,12 +291,13 @@ class GlobalScale(_Fitted):
             _check_input(flat)
             x = flat.double()
             entries = self._log_entries(spec, flat.shape[1])
+            x_plain = x * self._gain(spec, flat.shape[1])
             if entries is None:
-                plain.append(x.reshape(-1))
+                plain.append(x_plain.reshape(-1))
                 continue
             if (x[:, entries] <= 0).any():
                 raise ValueError(f"log-normalized tensors ({list(self.log)}) must be positive; found values <= 0")
-            plain.append(x[:, ~entries].reshape(-1))
+            plain.append(x_plain[:, ~entries].reshape(-1))
             logged.append(x[:, entries].log().reshape(-1))
         self.scale = _std(torch.cat(plain)[None], torch.zeros((), dtype=torch.float64))
         if logged:
@@ -290,7 +311,7 @@ class GlobalScale(_Fitted):
     def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat)
-        x = flat.double() / self.scale
+        x = flat.double() * self._gain(spec, flat.shape[1]) / self.scale
         entries = self._log_entries(spec, flat.shape[1])
         if entries is not None and entries.any():
             raw = flat.double()[:, entries]
@@ -302,7 +323,7 @@ class GlobalScale(_Fitted):
     def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat)
-        x = flat.double() * self.scale
+        x = flat.double() * self.scale / self._gain(spec, flat.shape[1])
         entries = self._log_entries(spec, flat.shape[1])
         if entries is not None and entries.any():
             x[:, entries] = (flat.double()[:, entries] * self.log_std + self.log_mean).exp()
@@ -319,7 +340,7 @@ class GlobalScale(_Fitted):
         self._fitted = True
 
     def config(self) -> dict[str, Any]:
-        return {"type": "global", "log": list(self.log)}
+        return {"type": "global", "log": list(self.log), "fan_in": self.fan_in}
 
 
 def normalizer_from_config(
@@ -336,7 +357,7 @@ def normalizer_from_config(
             raise ValueError("a per_layer normalizer needs the spec it was fitted on")
         norm = PerLayerZScore(spec, log=config["log"])
     elif kind == "global":
-        norm = GlobalScale(log=config.get("log", ()))
+        norm = GlobalScale(log=config.get("log", ()), fan_in=config.get("fan_in", False))
     else:
         raise ValueError(f"normalizer type must be 'per_task', 'per_layer' or 'global', got {kind!r}")
     norm.load_state_dict(state)

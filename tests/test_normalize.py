@@ -121,7 +121,9 @@ def test_global_scale_with_log_variances_serves_several_architectures():
         flat[:, t.offset : t.offset + t.numel] = flat[:, t.offset : t.offset + t.numel].exp() * 10
         groups.append((flat, spec))
     norm = GlobalScale(log=("*running_var",)).fit_groups(groups)
+    fan = GlobalScale(log=("*running_var",), fan_in=True).fit_groups(groups)
     for flat, spec in groups:
+        assert torch.allclose(fan.inverse(fan.transform(flat, spec=spec), spec=spec), flat, rtol=1e-5)
         z = norm.transform(flat, spec=spec)
         assert torch.allclose(norm.inverse(z, spec=spec), flat, rtol=1e-5)
         t = spec["1.running_var"]
