@@ -100,7 +100,7 @@ SIZES: dict[str, dict[str, Any]] = {
         episodes=100,
         val_episodes=50,
         ft_steps=(10, 30, 100),
-        gen_ft_steps=(5, 20),
+        gen_ft_steps=(20, 50, 100),
         lr_c=(0.1, 1.0, 10.0),
     ),
     "default": dict(
@@ -120,7 +120,7 @@ SIZES: dict[str, dict[str, Any]] = {
         episodes=600,
         val_episodes=200,
         ft_steps=(10, 30, 100, 300),
-        gen_ft_steps=(5, 20, 50),
+        gen_ft_steps=(20, 50, 100, 200),
         lr_c=(0.1, 1.0, 10.0, 100.0),
     ),
 }

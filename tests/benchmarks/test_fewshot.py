@@ -34,3 +34,21 @@ def test_fewshot_help(capsys):
     with pytest.raises(SystemExit):
         fewshot.main(["--help"])
     assert "--quick" in capsys.readouterr().out
+
+
+def test_split_base_keeps_zoo_classes_out_of_the_backbone():
+    import pytest
+    import torch
+
+    from benchmarks.fewshot import split_base
+    from paramgen.data.episodes import ClassPool
+
+    names = [f"{d}/{c}@{r}" for d in ("fashion_mnist", "digits") for c in "abcde" for r in (0, 90)]
+    pool = ClassPool(images=tuple(torch.zeros(1, 1, 28, 28) for _ in names), names=tuple(names), splits={"base": tuple(range(len(names))), "val": (), "novel": ()})
+    assert split_base(pool, 0) == (list(range(20)), list(range(20)))
+    backbone, zoo = split_base(pool, 2)
+    assert sorted(backbone + zoo) == list(range(20)) and not set(backbone) & set(zoo)
+    # Rotated copies follow their source class; each dataset gives 2 of its 5 sources.
+    assert {names[c] for c in zoo} == {f"{d}/{c}@{r}" for d in ("fashion_mnist", "digits") for c in "ab" for r in (0, 90)}
+    with pytest.raises(ValueError, match="no base source class"):
+        split_base(pool, 5)
