@@ -9,6 +9,8 @@ generator saves it as config + safetensors and rebuilds it.
 - `ImageSetConditioner`: D2NWG's dataset encoder over image features grouped by class,
   pre-trained with `align_to_latents`; feature extractors live in
   `paramgen.conditioners.features`.
+- `OrderedSetConditioner`: image features of classes in a fixed order, for generating
+  heads whose output rows must follow the condition's classes.
 - `TextConditioner`: a frozen MiniLM embedding of a task description
   (`describe_condition` writes Cond P-Diff's description + examples).
 
@@ -40,6 +42,7 @@ from paramgen.conditioners.imageset import (
     set_features,
 )
 from paramgen.conditioners.index import IndexConditioner, OneHotConditioner
+from paramgen.conditioners.ordered import OrderedSetConditioner
 from paramgen.conditioners.text import TextConditioner, describe_condition
 
 __all__ = [
@@ -49,6 +52,7 @@ __all__ = [
     "IndexConditioner",
     "OneHotConditioner",
     "ImageSetConditioner",
+    "OrderedSetConditioner",
     "SetTransformer",
     "MAB",
     "SAB",

@@ -16,14 +16,19 @@ from paramgen.data.sources import (
     load_dataset,
 )
 from paramgen.data.task import Split, Task, UnknownDatasetError
+from paramgen.data.episodes import ClassPool, Episodes, fewshot_pool, sample_episodes
 
 __all__ = [
+    "ClassPool",
     "DATASETS",
+    "Episodes",
     "DatasetNotInstalledError",
     "Split",
     "Task",
     "UnknownDatasetError",
     "class_subset_names",
+    "fewshot_pool",
+    "sample_episodes",
     "get_task",
     "load_dataset",
 ]
