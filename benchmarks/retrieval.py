@@ -14,6 +14,8 @@ Generator (per modality): per-tensor z-scoring, D2NWG's weight VAE, the image-se
 (a Set Transformer of Set Transformers over 5 training examples per class; images through
 frozen MobileNetV2 ImageNet features, MNIST-1D signals as their 40 raw values) aligned
 contrastively with the latents (D2NWG Alg. 2), a latent DDPM sampled with 50 DDIM steps.
+Each task is seen through ``draws`` different random sets of training examples (cycled
+over its checkpoints); the generated models are conditioned on yet another draw.
 
 Rows, per task and as the mean over tasks (test accuracy):
 - ``original``: the task's trained checkpoints (the models being retrieved);
@@ -58,6 +60,7 @@ SIZES: dict[str, dict[str, Any]] = {
         image=dict(zoo="modelzoo-quick", tasks_per_dataset=2, seeds=(0, 1), zoo_epochs=8, keep_epochs=(6, 7, 8), fashion_train_per_class=200),
         signal=dict(zoo="retrieval-mnist1d-quick", tasks=4, seeds=(0,), epochs=8, keep=4),
         shots=5,
+        draws=3,
         vae_steps=300,
         vae_channels=32,
         align_steps=150,
@@ -70,10 +73,11 @@ SIZES: dict[str, dict[str, Any]] = {
         image=dict(zoo="cnn-fashion-digits"),
         signal=dict(zoo="retrieval-mnist1d", tasks=24, seeds=(0,), epochs=15, keep=5),
         shots=5,
+        draws=5,
         vae_steps=2000,
         vae_channels=64,
-        align_steps=500,
-        prior_steps=4000,
+        align_steps=800,
+        prior_steps=6000,
         samples=8,
         eval_per_class=200,
         timed_tasks=2,
@@ -131,15 +135,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         tasks = {name: load_run_task(run_of[name], datasets) for name in zoo.tasks}
         names = list(tasks)
         ext = extractor if modality == "image" else None
-        feats = {name: task_condition(task, ext, size["shots"], g(100 * mi + 1)) for name, task in tasks.items()}
+        # Conditions of the zoo: `draws` different random sets of training examples per task,
+        # cycled over its checkpoints, so the encoder learns the task, not one image set.
+        draws = {name: [task_condition(task, ext, size["shots"], g(100_000 * (mi + 1) + 100 * ti + r)) for r in range(size["draws"])] for ti, (name, task) in enumerate(tasks.items())}
+        seen: dict[str, int] = {}
+        row_conds = []
+        for t in tasks_of:
+            row_conds.append(draws[t][seen.get(t, 0) % size["draws"]])
+            seen[t] = seen.get(t, 0) + 1
 
         vec = ModelVectorizer(spec)
         tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=32, hidden_channels=size["vae_channels"], kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-        cond = ImageSetConditioner(feature_dim=feats[names[0]].shape[-1], dim=64)
+        cond = ImageSetConditioner(feature_dim=row_conds[0].shape[-1], dim=64)
         prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
         gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
         start = time.perf_counter()
-        gen.fit(flat, [feats[t] for t in tasks_of], tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)
+        gen.fit(flat, row_conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)
         res.add(f"generator ({modality})", "all", "fit_s", time.perf_counter() - start, parameters=spec.numel)
 
         # Training time replaced: a few tasks per dataset retrained from scratch, timed.
@@ -153,9 +164,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         for ti, name in enumerate(names):
             task = tasks[name]
             test, val = capped(task.test, size["eval_per_class"]), capped(task.val, size["eval_per_class"])
-            # Generation time: the condition's features from the raw examples, then sampling.
+            # Generation time: the condition's features from raw examples (a fresh draw, not
+            # one the generator was fitted with), then sampling.
             start = time.perf_counter()
-            c = task_condition(task, ext, size["shots"], g(100 * mi + 3))
+            c = task_condition(task, ext, size["shots"], g(100_000 * (mi + 1) + 100 * ti + 99))
             sample = gen.sample_flat([c], n, generator=g(10_000 * (mi + 1) + ti), sampler="ddim", steps=50)  # (n, D)
             gen_s = (time.perf_counter() - start) / n
             acc = accuracies(zoo, sample, test)[0]
