@@ -2,9 +2,12 @@
 
 A head for a ``K``-class task on ``F`` frozen features is ``W (K, F)``, ``b (K,)``. Its
 row ``k`` (``[W[k], b[k]]``, ``F + 1`` numbers) scores class ``k``. Generating a head row
-by row, each row conditioned on the task's image set with *its* class flagged
-(`flag_class`), makes the head's class order follow the condition's class order by
+by row, each row conditioned on the images of *its* class in the context of the task
+(`class_condition`), makes the head's class order follow the condition's class order by
 construction, which a permutation-invariant dataset encoder alone cannot do.
+`flag_class` (the whole set with the target class marked by an extra channel) is the
+alternative that did not work in `benchmarks.zeroshot`: the aligned set encoder did not
+tell the flagged classes apart.
 
 Examples:
     >>> import torch
