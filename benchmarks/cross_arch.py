@@ -18,8 +18,9 @@ components instead (``--components vae-ddpm``): only the components are swapped.
 
 Rows (test accuracy; ``epoch`` 0 = as generated, 1 = after one epoch of fine-tuning):
 - ``original``: the zoo's checkpoints of this architecture and task.
-- ``generated``: plain samples (no selection); ``generated best-of-n (val)``: the best
-  of the n samples by *validation* accuracy; ``reconstruction``: tokenizer alone (seen
+- ``generated``: plain samples (no per-model selection; the GPT's sampling temperature
+  is chosen once, among ``temperatures``, by mean *validation* accuracy of the seen
+  members); ``generated best-of-n (val)``: the best of the n samples by *validation* accuracy; ``reconstruction``: tokenizer alone (seen
   members only).
 - ``random init``; ``other dataset``: this architecture's checkpoint trained on a task of
   the other dataset (labels are five classes either way), used as the initialization.
@@ -84,6 +85,7 @@ SIZES: dict[str, dict[str, Any]] = {
         d_model=96,
         layers=2,
         samples=4,
+        temperatures=(1.0, 0.7),
         eval_per_class=100,
         finetune_train_per_class=100,
     ),
@@ -100,11 +102,12 @@ SIZES: dict[str, dict[str, Any]] = {
         hidden=512,
         tokenizer_steps=4000,
         tokenizer_lr=3e-4,
-        prior_steps=3000,
+        prior_steps=5000,
         context=64,
         d_model=128,
         layers=3,
         samples=6,
+        temperatures=(1.0, 0.8, 0.6),
         eval_per_class=200,
         finetune_train_per_class=200,
     ),
@@ -225,11 +228,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         template = zoo.model(next(c for c in zoo if key_of[c.spec_id] == key))
         return (predict_many(template, spec_of[key].unflatten_stacked(flat.float()), split) == split.y).float().mean(1)
 
-    # 3. Generate for every (architecture, task); compare with the originals.
     n = size["samples"]
     pairs = [(k, t) for k in keys for t in names]
+    conds_of = [(task_desc[t], desc[k]) for k, t in pairs]
+    archs_of = [k for k, _ in pairs]
+
+    # 3a. The GPT's sampling temperature, chosen on the *validation* splits of seen members.
+    options: dict[str, Any] = {}
+    if args.components == "vq-gpt" and len(size["temperatures"]) > 1:
+        val_acc = {}
+        seen_idx = [i for i, (k, _) in enumerate(pairs) if k in seen]
+        for temp in size["temperatures"]:
+            draws = gen.sample_flat([conds_of[i] for i in seen_idx], n, archs=[archs_of[i] for i in seen_idx], generator=g(3), temperature=temp)
+            accs = [float(accuracy(pairs[i][0], torch.stack(draws[j * n : (j + 1) * n]), vals[pairs[i][1]]).mean()) for j, i in enumerate(seen_idx)]
+            val_acc[temp] = sum(accs) / len(accs)
+            res.add("generated", "validation", "val_acc", accs, temperature=temp)
+        options["temperature"] = max(val_acc, key=val_acc.get)
+        logger.info("sampling temperature %s (validation accuracy %s)", options["temperature"], val_acc)
+        res.config["temperature"] = options["temperature"]
+
+    # 3b. Generate for every (architecture, task); compare with the originals on test.
     start = timer()
-    samples = gen.sample_flat([(task_desc[t], desc[k]) for k, t in pairs], n, archs=[k for k, _ in pairs], generator=g(2))
+    samples = gen.sample_flat(conds_of, n, archs=archs_of, generator=g(2), **options)
     sample_s = timer() - start
     res.add("generated", "all", "sample_s_per_model", sample_s / len(samples))
     per: dict[tuple[str, str], list[float]] = {}
