@@ -10,7 +10,7 @@ named after the harness.
 
 Examples:
     >>> res = Results("demo", config={"seed": 0})
-    >>> res.add("random init", "digits", "acc", [0.1, 0.12, 0.09])
+    >>> _ = res.add("random init", "digits", "acc", [0.1, 0.12, 0.09])
     >>> res.rows[0]["n"], round(res.rows[0]["value"], 3)
     (3, 0.103)
 """
@@ -29,7 +29,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parser", "mean_ci", "Results", "environment", "parallel_map"]
+__all__ = ["parser", "mean_ci", "Results", "environment", "parallel_map", "first_per_class", "capped"]
 
 
 def parser(harness: str, description: str) -> argparse.ArgumentParser:
@@ -148,6 +148,24 @@ class Results:
                 for a in artifacts:
                     log.log_artifact(a)
         return path
+
+
+def first_per_class(y: Any, per_class: int) -> Any:
+    """Sorted indices of the first ``per_class`` examples of each label in ``y`` (a fixed subset).
+
+    Examples:
+        >>> import torch
+        >>> first_per_class(torch.tensor([0, 1, 0, 0, 1]), 2).tolist()
+        [0, 1, 2, 4]
+    """
+    import torch
+
+    return torch.cat([torch.nonzero(y == c).squeeze(1)[:per_class] for c in y.unique()]).sort().values
+
+
+def capped(split: Any, per_class: int) -> Any:
+    """A `paramgen.data.Split` cut to its first ``per_class`` examples of each class."""
+    return split.take(first_per_class(split.y, per_class))
 
 
 def parallel_map(fn: Any, items: Sequence[Any], *, workers: int = 2) -> list[Any]:

@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 import torch
 
-from benchmarks.common import Results, parallel_map, parser
+from benchmarks.common import Results, capped, parallel_map, parser
 from paramgen import FamilyVectorizer, Generator
 from paramgen.conditioners import ArchitectureConditioner, ConcatConditioner, TextConditioner
 from paramgen.data import Split, Task
@@ -135,11 +135,6 @@ def arch_key(arch: str, kwargs: dict[str, Any]) -> str:
     raise KeyError(f"{arch} {kwargs} is not in the benchmark's family")
 
 
-def capped(split: Split, per_class: int) -> Split:
-    keep = torch.cat([torch.nonzero(split.y == c).squeeze(1)[:per_class] for c in split.y.unique()])
-    return split.take(keep.sort().values)
-
-
 def components(kind: str, fam: FamilyVectorizer, cond_dim: int, size: dict[str, Any]) -> tuple[Any, Any]:
     """Tokenizer and prior of one generator kind; the rest of the harness is shared."""
     if kind == "vq-gpt":
@@ -157,14 +152,11 @@ def _finetune_job(job: dict[str, Any]) -> list[float]:
     """Worker: test accuracy of one initialization at epoch 0 and after one epoch."""
     from paramgen.zoo import evaluate
 
-    torch.set_num_threads(1)
     task, test = job["task"], job["test"]
+    torch.manual_seed(job["seed"])  # the initialization of "random init"; overwritten otherwise
     model = build_model(job["arch"], num_classes=task.num_classes, **job["kwargs"])
     if job["state_dict"] is not None:
         model.load_state_dict(job["state_dict"], strict=True)
-    else:  # a seeded fresh initialization
-        torch.manual_seed(job["seed"])
-        model = build_model(job["arch"], num_classes=task.num_classes, **job["kwargs"])
     acc0 = evaluate(model, test)[0]
     # The zoo's own training settings, for one epoch.
     snaps = train_classifier(model, task, TrainConfig(epochs=1, lr=5e-3, batch_size=64), seed=job["seed"], keep_epochs=[1], init=False, eval_splits={"test": test})
@@ -192,7 +184,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     zoo = build_zoo(out.parent / "zoos" / f"cross_arch-{size_name}", runs, workers=2, progress=False)
     zoo_s = timer() - start
     key_of = {c.spec_id: arch_key(c.arch, dict(c.arch_kwargs)) for c in zoo}
-    keys = [k for k in size["archs"]]
+    keys = list(size["archs"])
     spec_of = {key_of[sid]: zoo.specs[sid] for sid in zoo.spec_ids}
     seen = [k for k in keys if FAMILY[k][2]]
     unseen = [k for k in keys if not FAMILY[k][2]]
@@ -206,8 +198,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     vals = {n: capped(t.val, size["eval_per_class"]) for n, t in tasks.items()}
 
     # 2. One generator for the whole family, fitted on the seen members only.
+    flat_of = {c.id: zoo.specs[c.spec_id].flatten([zoo.state_dict(c)])[0][0] for c in zoo}  # each checkpoint read once
     train_cps = [c for c in zoo if key_of[c.spec_id] in seen]
-    flats = [zoo.spec(c.spec_id).flatten([zoo.state_dict(c)])[0][0] for c in train_cps]
+    flats = [flat_of[c.id] for c in train_cps]
     archs = [key_of[c.spec_id] for c in train_cps]
     conds = [(c.task_description, c.arch_description) for c in train_cps]
     # Model-wise: tokens_per_chunk tokens per model; layer-wise: per chunk of chunk_size.
@@ -224,9 +217,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.add("zoo", "all", "build_s", zoo_s)
     res.add("generator", "all", "fit_s", fit_s)
 
+    templates = {k: zoo.model(next(c for c in zoo if key_of[c.spec_id] == k)) for k in keys}
+
     def accuracy(key: str, flat: torch.Tensor, split: Split) -> torch.Tensor:
-        template = zoo.model(next(c for c in zoo if key_of[c.spec_id] == key))
-        return (predict_many(template, spec_of[key].unflatten_stacked(flat.float()), split) == split.y).float().mean(1)
+        return (predict_many(templates[key], spec_of[key].unflatten_stacked(flat.float()), split) == split.y).float().mean(1)
 
     n = size["samples"]
     pairs = [(k, t) for k in keys for t in names]
@@ -257,7 +251,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for i, (k, t) in enumerate(pairs):
         group = "seen" if k in seen else "unseen"
         own = [c for c in zoo if key_of[c.spec_id] == k and c.task == t]
-        own_flat = torch.stack([spec_of[k].flatten([zoo.state_dict(c)])[0][0] for c in own])
+        own_flat = torch.stack([flat_of[c.id] for c in own])
         gen_flat = torch.stack(samples[i * n : (i + 1) * n])
         methods = {"original": own_flat, "generated": gen_flat}
         best = accuracy(k, gen_flat, vals[t]).argmax()

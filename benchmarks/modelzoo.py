@@ -39,7 +39,7 @@ from typing import Any
 import attrs
 import torch
 
-from benchmarks.common import Results, parallel_map, parser
+from benchmarks.common import Results, capped, parallel_map, parser
 from paramgen import Generator, ModelVectorizer, PerLayerZScore
 from paramgen.conditioners import ImageSetConditioner, mobilenet_features, set_features
 from paramgen.data import Split, Task
@@ -117,12 +117,6 @@ def accuracies(zoo: Zoo, flat: torch.Tensor, split: Split) -> tuple[torch.Tensor
     """Accuracy ``(G,)`` and predictions ``(G, T)`` of weight vectors ``(G, D)`` on ``split``."""
     preds = predict_many(zoo.model(0), zoo.spec().unflatten_stacked(flat.float()), split)
     return (preds == split.y).float().mean(1), preds
-
-
-def capped(split: Split, per_class: int) -> Split:
-    """The first ``per_class`` examples of each class (a fixed evaluation subset)."""
-    keep = torch.cat([torch.nonzero(split.y == c).squeeze(1)[:per_class] for c in split.y.unique()])
-    return split.take(keep.sort().values)
 
 
 def _finetune_job(job: dict[str, Any]) -> list[float]:

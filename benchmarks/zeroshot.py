@@ -64,7 +64,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from benchmarks.common import Results, parser
+from benchmarks.common import Results, first_per_class, parser
 from paramgen import Generator, ModelVectorizer, PerLayerZScore
 from paramgen.conditioners import ImageSetConditioner, mobilenet_features
 from paramgen.data import load_dataset
@@ -122,7 +122,7 @@ UNSEEN_DATASET = "digits"
 def _capped(x: torch.Tensor, y: torch.Tensor, per_class: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     if per_class is None:
         return x, y
-    keep = torch.cat([torch.nonzero(y == c).squeeze(1)[:per_class] for c in y.unique()]).sort().values
+    keep = first_per_class(y, per_class)
     return x[keep], y[keep]
 
 

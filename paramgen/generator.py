@@ -89,6 +89,14 @@ def _trainable(obj: Any) -> list[nn.Parameter]:
     return [p for p in obj.parameters() if p.requires_grad] if isinstance(obj, nn.Module) else []
 
 
+def _by_arch(archs: Sequence[str]) -> dict[str, list[int]]:
+    """Row indices of each architecture, in order of first appearance."""
+    rows: dict[str, list[int]] = {}
+    for i, a in enumerate(archs):
+        rows.setdefault(a, []).append(i)
+    return rows
+
+
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -200,15 +208,15 @@ class Generator:
         fam: FamilyVectorizer = self.vectorizer  # type: ignore[assignment]
         x = torch.zeros(len(archs), fam.rows, fam.width)
         mask = torch.zeros(len(archs), fam.rows, fam.width, dtype=torch.bool)
-        for a in dict.fromkeys(archs):
-            idx = [i for i, b in enumerate(archs) if b == a]
-            d = fam.specs[a].numel
-            if any(flat[i].numel() != d for i in idx):
-                bad = next(i for i in idx if flat[i].numel() != d)
+        for a, idx in _by_arch(archs).items():
+            spec = fam.member(a).spec
+            d = spec.numel
+            bad = next((i for i in idx if flat[i].numel() != d), None)
+            if bad is not None:
                 raise SpecMismatchError(f"model {bad} is labelled {a!r} ({d} weights) but has {flat[bad].numel()} values")
             fa = torch.stack([flat[i].reshape(-1).float() for i in idx])
             if self.normalizer is not None:
-                fa = self.normalizer.transform(fa, spec=fam.specs[a])  # type: ignore[call-arg]
+                fa = self.normalizer.transform(fa, spec=spec)  # type: ignore[call-arg]
             x[idx] = fam.pack(fa, a)
             mask[idx] = fam.mask_of(a)
         return x, mask
@@ -220,8 +228,7 @@ class Generator:
                 flat = self.normalizer.inverse(flat, tasks=tasks)
             return flat
         out: list[torch.Tensor] = [None] * len(archs)  # type: ignore[list-item]
-        for a in dict.fromkeys(archs):
-            idx = [i for i, b in enumerate(archs) if b == a]
+        for a, idx in _by_arch(archs).items():
             fa = self.vectorizer.unpack(rows[idx], a)  # type: ignore[call-arg]
             if self.normalizer is not None:
                 fa = self.normalizer.inverse(fa, spec=self.vectorizer.specs[a])  # type: ignore[call-arg, union-attr]
@@ -316,7 +323,7 @@ class Generator:
         if self.normalizer is not None and arch_list is None:
             self.normalizer.fit(flat.float(), tasks=tasks)  # type: ignore[union-attr]
         elif self.normalizer is not None:
-            groups = [(torch.stack([flat[i].reshape(-1).float() for i, b in enumerate(arch_list) if b == a]), self.vectorizer.specs[a]) for a in dict.fromkeys(arch_list)]  # type: ignore[union-attr]
+            groups = [(torch.stack([flat[i].reshape(-1).float() for i in idx]), self.vectorizer.specs[a]) for a, idx in _by_arch(arch_list).items()]  # type: ignore[union-attr]
             self.normalizer.fit_groups(groups)  # type: ignore[attr-defined]
         x, mask = self._rows(flat, tasks, arch_list)  # (M, N, C); mask (N, C) or (M, N, C)
 
