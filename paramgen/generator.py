@@ -11,7 +11,12 @@ the prior learns the latents given the conditions. Sampling runs the pipeline ba
 Every component can be swapped (an identity tokenizer gives diffusion on raw weights, a
 KDE prior gives the S_KDE baseline); `Generator.save_pretrained` stores the whole
 pipeline as ``config.json`` + ``weights.safetensors`` and `Generator.from_pretrained`
-rebuilds it.
+rebuilds it from registered components only (`paramgen.registry`): loading never imports
+a class that a file names.
+
+The generator holds no training loop: `paramgen.training.fit` fits it (`Generator.fit`
+is a shortcut). Devices work the PyTorch way: `Generator.to` moves every component, and
+each component makes its tensors on the device of its inputs or parameters.
 
 One generator can serve a whole family of architectures (IGPG): give it a
 `paramgen.vectorize.FamilyVectorizer` and an ``archs`` key per model to `fit`,
@@ -36,22 +41,23 @@ Examples:
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import attrs
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from paramgen.interfaces import Conditioner, Prior, Tokenizer, Vectorizer
+from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer
 from paramgen.io import read_json, save_safetensors, write_json
 from paramgen.normalize import GlobalScale, Normalizer, normalizer_from_config
+from paramgen.registry import UnregisteredComponentError, registry
 from paramgen.spec import ParamSpec, SpecMismatchError
-from paramgen.tracking import Logger, NullLogger
+from paramgen.tracking import Logger
 from paramgen.vectorize import FamilyVectorizer, vectorizer_from_config
 
 __all__ = ["Generator", "NotFittedError"]
@@ -59,7 +65,10 @@ __all__ = ["Generator", "NotFittedError"]
 logger = logging.getLogger(__name__)
 
 FORMAT = "paramgen.Generator"
-FORMAT_VERSION = 1
+# 2: components saved by registered name and latent statistics as one record.
+# 1: components saved as "module:qualname" (loaded when the path is a registered class).
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
 
 
 class NotFittedError(RuntimeError):
@@ -70,23 +79,6 @@ def _require(obj: Any, protocol: type, role: str) -> None:
     if not isinstance(obj, protocol):
         verbs = sorted(n for n in vars(protocol) if not n.startswith("_")) + sorted(getattr(protocol, "__annotations__", {}))
         raise TypeError(f"{role} must implement the {protocol.__name__} protocol ({', '.join(verbs)}), got {type(obj).__name__}")
-
-
-def _class_path(obj: Any) -> str:
-    cls = type(obj)
-    return f"{cls.__module__}:{cls.__qualname__}"
-
-
-def _import(path: str) -> Any:
-    module, _, qualname = path.partition(":")
-    obj: Any = importlib.import_module(module)
-    for part in qualname.split("."):
-        obj = getattr(obj, part)
-    return obj
-
-
-def _trainable(obj: Any) -> list[nn.Parameter]:
-    return [p for p in obj.parameters() if p.requires_grad] if isinstance(obj, nn.Module) else []
 
 
 def _by_arch(archs: Sequence[str]) -> dict[str, list[int]]:
@@ -164,9 +156,53 @@ class Generator:
         self.prior = prior
         self.conditioner = conditioner
         self.normalizer = normalizer
-        self.latent_mean = 0.0
-        self.latent_scale = 1.0
+        self.latent_stats = LatentStats()
         self.fitted = False
+
+    # ------------------------------------------------------------------ devices
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Generator:
+        """Move every component to ``device``; cast the networks' floating weights to ``dtype``.
+
+        Normalizer statistics stay in float64 (they are applied in float64).
+
+        Examples:
+            >>> import torch
+            >>> from paramgen.spec import ParamSpec
+            >>> from paramgen.vectorize import ModelVectorizer
+            >>> from paramgen.tokenizers import IdentityTokenizer
+            >>> from paramgen.priors import KDEPrior
+            >>> gen = Generator(vectorizer=ModelVectorizer(ParamSpec.from_module(torch.nn.Linear(2, 1))),
+            ...                 tokenizer=IdentityTokenizer(rows=1, width=3), prior=KDEPrior())
+            >>> gen.to("cpu").device
+            device(type='cpu')
+        """
+        for part in (self.vectorizer, *self._components().values()):
+            if isinstance(part, nn.Module):
+                part.to(device=device, dtype=dtype)
+            elif callable(getattr(part, "to", None)):
+                part.to(device)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the first weight of the prior, tokenizer or conditioner (CPU if none)."""
+        for part in (self.prior, self.tokenizer, self.conditioner):
+            if isinstance(part, nn.Module):
+                for t in (*part.parameters(), *part.buffers()):
+                    if t.device.type != "meta":
+                        return t.device
+            device = getattr(part, "device", None)
+            if isinstance(device, torch.device):
+                return device
+        return torch.device("cpu")
+
+    @property
+    def latent_mean(self) -> float:
+        return self.latent_stats.mean
+
+    @property
+    def latent_scale(self) -> float:
+        return self.latent_stats.scale
 
     @property
     def spec(self) -> ParamSpec:
@@ -255,8 +291,13 @@ class Generator:
         """Latents (or, with ``indices``, token ids) of all rows, in eval mode."""
         if isinstance(self.tokenizer, nn.Module):
             self.tokenizer.eval()
+        device = self.device
+        shared = mask.to(device) if mask.ndim == 2 else None
         with torch.no_grad():
-            outs = [self.tokenizer.encode(x[s], mask=mask[s] if mask.ndim == 3 else mask) for s in _batches(len(x), batch_size)]
+            outs = [
+                self.tokenizer.encode(x[s].to(device), mask=shared if shared is not None else mask[s].to(device))
+                for s in _batches(len(x), batch_size)
+            ]
         return torch.cat([o.indices if indices else o.latents for o in outs])  # type: ignore[misc]
 
     # ------------------------------------------------------------------ fitting
@@ -279,8 +320,13 @@ class Generator:
         progress: bool = True,
         tracker: Logger | None = None,
         log_every: int = 100,
+        **config: Any,
     ) -> Generator:
-        """Fit every stage on a zoo.
+        """Fit every stage on a zoo: a shortcut for `paramgen.training.fit`.
+
+        The keywords (and any other `paramgen.training.FitConfig` field in ``config``)
+        make the `FitConfig`; ``generator`` seeds it (``FitConfig.seed`` is drawn from it,
+        or from torch's global generator when it is ``None``).
 
         Args:
             flat: ``(M, D)`` weight vectors in spec order (e.g. ``Zoo.flatten()[0]``); for a
@@ -288,118 +334,19 @@ class Generator:
             conds: One raw condition per row, for the conditioner.
             tasks: Task name per row (for a per-task normalizer and contrastive groups).
             archs: For a family: the architecture key of each row.
-            tokenizer_steps: Optimizer steps of the tokenizer stage (skipped if it has no
-                trainable weights).
-            align_steps: Steps of contrastive alignment of the conditioner with the
-                latents (D2NWG Alg. 2); the conditioner is frozen afterwards.
-            prior_steps: Optimizer steps of the prior (a prior with ``fit`` is fitted
-                directly). Trainable conditioner weights learn jointly with the prior.
-            batch_size: Models per step.
-            tokenizer_lr: AdamW learning rate of the tokenizer stage.
-            prior_lr: AdamW learning rate of the prior stage (D2NWG: 1e-4).
-            weight_decay: AdamW weight decay.
             predictor: Frozen accuracy predictor for the predictor-guided VAE loss.
-            generator: All randomness of fitting (batches, noise, reparameterization).
-            progress: Show tqdm progress bars.
+            generator: Seeds all randomness of fitting.
             tracker: Receives losses every ``log_every`` steps.
-            log_every: Logging period in steps.
         """
-        from tqdm.auto import tqdm
+        from paramgen.training import FitConfig, fit
 
-        m = len(flat)
-        arch_list = self._check_archs(archs, m)
-        if arch_list is None:
-            self._check_flat(flat)  # type: ignore[arg-type]
-        if self.conditioner is not None and (conds is None or len(conds) != m):
-            raise ValueError(f"expected one raw condition per weight vector ({m}), got {None if conds is None else len(conds)}")
-        if self.conditioner is None and conds is not None:
-            raise ValueError("this generator is unconditional; pass conds=None")
-        if tasks is not None and len(tasks) != m:
-            raise ValueError(f"expected one task name per weight vector ({m}), got {len(tasks)}")
-        log = tracker or NullLogger()
-        g = generator
-
-        # Stage 0: normalization statistics.
-        if self.normalizer is not None and arch_list is None:
-            self.normalizer.fit(flat.float(), tasks=tasks)  # type: ignore[union-attr]
-        elif self.normalizer is not None:
-            groups = [(torch.stack([flat[i].reshape(-1).float() for i in idx]), self.vectorizer.specs[a]) for a, idx in _by_arch(arch_list).items()]  # type: ignore[union-attr]
-            self.normalizer.fit_groups(groups)  # type: ignore[attr-defined]
-        x, mask = self._rows(flat, tasks, arch_list)  # (M, N, C); mask (N, C) or (M, N, C)
-
-        # Stage 1: the tokenizer.
-        params = _trainable(self.tokenizer)
-        if params and tokenizer_steps > 0:
-            self.tokenizer.train()
-            opt = torch.optim.AdamW(params, lr=tokenizer_lr, weight_decay=weight_decay)
-            for step in tqdm(range(1, tokenizer_steps + 1), desc="tokenizer", disable=not progress):
-                idx = torch.randint(0, m, (min(batch_size, m),), generator=g)
-                out = self.tokenizer.loss(x[idx], mask=mask[idx] if mask.ndim == 3 else mask, generator=g, **({"predictor": predictor} if predictor is not None else {}))
-                opt.zero_grad(set_to_none=True)
-                out.loss.backward()
-                opt.step()
-                if step % log_every == 0 or step == tokenizer_steps:
-                    log.log_metrics({"tokenizer/loss": out.loss.item(), **{f"tokenizer/{k}": v for k, v in out.metrics.items()}}, step=step)
-
-        if self.discrete:
-            z = self._encode_all(x, mask, 256, indices=True).reshape(m, -1)  # (M, L) token ids
-        else:
-            # Latents at unit scale: diffusion on badly scaled latents collapses.
-            latents = self._encode_all(x, mask, 256)
-            self.latent_mean = float(latents.mean())
-            self.latent_scale = float(latents.std()) or 1.0
-            z = (latents - self.latent_mean) / self.latent_scale  # (M, *latent_shape)
-
-        # Stage 2: contrastive alignment of the conditioner (D2NWG Alg. 2).
-        if align_steps > 0:
-            from paramgen.conditioners.imageset import align_to_latents
-
-            if conds is None:
-                raise ValueError("alignment needs conds")
-            target = self._encode_all(x, mask, 256).flatten(1) if self.discrete else z.flatten(1)
-            losses = align_to_latents(self.conditioner, conds, target, groups=tasks, steps=align_steps, batch_size=batch_size, generator=g, progress=progress)
-            log.log_metrics({"align/loss_first": losses[0], "align/loss_last": losses[-1]}, step=align_steps)
-
-        # Stage 3: the prior.
-        cond_params = _trainable(self.conditioner) if self.conditioner is not None else []
-        fixed_c: torch.Tensor | None = None
-        if self.conditioner is not None and not cond_params:
-            with torch.no_grad():
-                fixed_c = torch.cat([self.condition(list(conds[s])) for s in _batches(m, 256)])  # type: ignore[index]
-        if hasattr(self.prior, "fit"):
-            c_all = fixed_c
-            if self.conditioner is not None and c_all is None:
-                with torch.no_grad():
-                    c_all = torch.cat([self.condition(list(conds[s])) for s in _batches(m, 256)])  # type: ignore[index]
-            self.prior.fit(z, c_all)
-        else:
-            params = _trainable(self.prior) + cond_params
-            if isinstance(self.prior, nn.Module):
-                self.prior.train()
-            if isinstance(self.conditioner, nn.Module) and cond_params:
-                self.conditioner.train()
-            opt = torch.optim.AdamW(params, lr=prior_lr, weight_decay=weight_decay)
-            for step in tqdm(range(1, prior_steps + 1), desc="prior", disable=not progress):
-                idx = torch.randint(0, m, (min(batch_size, m),), generator=g)
-                if fixed_c is not None:
-                    c = fixed_c[idx]
-                elif self.conditioner is not None:
-                    c = self.condition([conds[i] for i in idx.tolist()])  # type: ignore[index]
-                else:
-                    c = None
-                loss = self.prior.loss(z[idx], c, generator=g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                if hasattr(self.prior, "update_ema"):
-                    self.prior.update_ema()
-                if step % log_every == 0 or step == prior_steps:
-                    log.log_metrics({"prior/loss": loss.item()}, step=step)
-        for part in (self.tokenizer, self.prior, self.conditioner):
-            if isinstance(part, nn.Module):
-                part.eval()
-        self.fitted = True
-        return self
+        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+        cfg = FitConfig(
+            tokenizer_steps=tokenizer_steps, align_steps=align_steps, prior_steps=prior_steps, batch_size=batch_size,
+            tokenizer_lr=tokenizer_lr, prior_lr=prior_lr, weight_decay=weight_decay, seed=seed, progress=progress,
+            log_every=log_every, **config,
+        )
+        return fit(self, flat, conds, config=cfg, tasks=tasks, archs=archs, predictor=predictor, tracker=tracker)
 
     # ------------------------------------------------------------------ sampling
     def _require_fitted(self) -> None:
@@ -460,6 +407,8 @@ class Generator:
         if n < 1:
             raise ValueError(f"n must be a positive integer, got {n}")
         c = self.condition(cond)
+        if c is not None:
+            c = c.to(self.device)
         b = 1 if c is None else c.shape[0]
         if tasks is not None and len(tasks) != b:
             raise ValueError(f"expected one task name per condition ({b}), got {len(tasks)}")
@@ -475,7 +424,7 @@ class Generator:
                 continue
             if not torch.isfinite(z).all():
                 raise FloatingPointError("the prior produced NaN or Inf latents")
-            rows.append(self.tokenizer.decode(z * self.latent_scale + self.latent_mean))
+            rows.append(self.tokenizer.decode(self.latent_stats.restore(z)))
         row_tasks = None if tasks is None else [t for t in tasks for _ in range(n)]
         row_archs = None if arch_list is None else [a for a in arch_list for _ in range(n)]
         flat = self._flat(torch.cat(rows), row_tasks, row_archs)
@@ -543,34 +492,51 @@ class Generator:
             "spec": None if self.family else self.spec.to_dict(),
             "spec_id": None if self.family else self.spec.fingerprint,
             "vectorizer": self.vectorizer.config(),  # type: ignore[union-attr]
-            "latent_mean": self.latent_mean,
-            "latent_scale": self.latent_scale,
+            "latent_stats": attrs.asdict(self.latent_stats),
             "components": {},
         }
         tensors: dict[str, torch.Tensor] = {}
         for role, part in self._components().items():
-            config["components"][role] = {"class": _class_path(part), "config": part.config()}
+            entry: dict[str, Any] = {"config": part.config()}
+            if role != "normalizer":  # normalizers are rebuilt from their own "type" entry
+                entry = {"name": registry.name_of(part), **entry}
+            config["components"][role] = entry
             for key, value in part.state_dict().items():
-                tensors[f"{role}.{key}"] = value
+                tensors[f"{role}.{key}"] = value.detach().cpu()
         save_safetensors(path / "weights.safetensors", tensors, metadata={"format": FORMAT})
         write_json(path / "config.json", config)
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, spec: ParamSpec | None = None) -> Generator:
-        """Rebuild a generator saved by `save_pretrained`.
+    def from_pretrained(
+        cls, path: str | os.PathLike, *, spec: ParamSpec | None = None, device: torch.device | str | None = None
+    ) -> Generator:
+        """Rebuild a generator saved by `save_pretrained`, from registered components only.
 
         Args:
             path: The folder.
             spec: If given, the architecture the caller expects; a generator saved for
                 another architecture raises `paramgen.spec.SpecMismatchError`.
+            device: Where to put it (default: the CPU, wherever it was saved).
+
+        Raises:
+            paramgen.registry.UnregisteredComponentError: the config names a component that
+                is not registered (nothing named by the file is imported).
+            ValueError: not a paramgen generator, an unknown format version, or a
+                malformed entry.
         """
         path = Path(path)
         if not (path / "config.json").exists():
             raise FileNotFoundError(f"{path} holds no saved generator (no config.json)")
         config = read_json(path / "config.json")
-        if config.get("format") != FORMAT:
-            raise ValueError(f"{path}/config.json is not a paramgen generator (format {config.get('format')!r})")
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise ValueError(f"{path}/config.json is not a paramgen generator (format {config.get('format') if isinstance(config, dict) else None!r})")
+        version = config.get("version")
+        if isinstance(version, bool) or version not in _READABLE_VERSIONS:
+            raise ValueError(f"{path}/config.json has format version {version!r}; this paramgen reads versions {_READABLE_VERSIONS}")
+        missing = [k for k in ("vectorizer", "components", "spec") if k not in config]
+        if missing:
+            raise ValueError(f"{path}/config.json lacks {', '.join(missing)}")
         family = config["vectorizer"].get("type") == "family"
         vectorizer = FamilyVectorizer.from_config(config["vectorizer"]) if family else None
         saved_spec = None if family else ParamSpec.from_dict(config["spec"])
@@ -582,6 +548,25 @@ class Generator:
                 spec.check_compatible(saved_spec)  # type: ignore[arg-type]
             except SpecMismatchError as e:
                 raise SpecMismatchError(f"the generator in {path} was saved for another architecture: {e}") from e
+        # Resolve every component name before reading any weights or building anything.
+        names: dict[str, str] = {}
+        for role, entry in config["components"].items():
+            if role == "normalizer":
+                continue
+            if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+                raise ValueError(f"{path}/config.json: the {role} entry must be an object with a 'config' object")
+            try:
+                names[role] = entry["name"] if version >= 2 else registry.name_for_path(entry["class"])
+            except KeyError as e:
+                raise ValueError(f"{path}/config.json: the {role} entry names no component ({'name' if version >= 2 else 'class'} missing)") from e
+            except UnregisteredComponentError as e:
+                raise UnregisteredComponentError(f"{path}/config.json, {role}: {e}") from None
+            registry.get(names[role])  # raises for an unregistered name
+        stats = config.get("latent_stats") if version >= 2 else {"mean": config.get("latent_mean"), "scale": config.get("latent_scale")}
+        try:
+            latent_stats = LatentStats(**stats)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}/config.json: invalid latent statistics {stats!r} ({e})") from e
         state = load_file(str(path / "weights.safetensors"))
         parts: dict[str, Any] = {}
         for role, entry in config["components"].items():
@@ -589,7 +574,7 @@ class Generator:
             if role == "normalizer":
                 parts[role] = normalizer_from_config(entry["config"], sub, spec=saved_spec)
                 continue
-            part = _import(entry["class"]).from_config(entry["config"])
+            part = registry.build(names[role], entry["config"])
             if isinstance(part, nn.Module):
                 part.load_state_dict(sub, strict=True)
                 part.eval()
@@ -597,6 +582,8 @@ class Generator:
                 part.load_state_dict(sub)
             parts[role] = part
         gen = cls(vectorizer=vectorizer or vectorizer_from_config(config["vectorizer"], saved_spec), **parts)  # type: ignore[arg-type]
-        gen.latent_mean, gen.latent_scale = config["latent_mean"], config["latent_scale"]
+        gen.latent_stats = latent_stats
         gen.fitted = True
+        if device is not None:
+            gen.to(device)
         return gen

@@ -20,6 +20,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -31,6 +32,7 @@ from paramgen.spec import ParamSpec
 from paramgen.vectorize import VectorBatch
 
 __all__ = [
+    "LatentStats",
     "TokenizerOutput",
     "Vectorizer",
     "Tokenizer",
@@ -50,13 +52,49 @@ class TokenizerOutput:
         indices: ``(B, N * l)`` codebook indices (``l`` tokens per row) for discrete
             tokenizers, else ``None``.
         loss: Scalar training loss (``None`` from ``encode``).
-        metrics: Named scalars to log (reconstruction error, KL, codebook usage, ...).
+        metrics: Named scalars to log (reconstruction error, KL, codebook usage, ...):
+            detached 0-dim tensors on the model's device, or Python floats. They are not
+            read back every step (a device-to-host sync); call ``float(v)`` when logging.
     """
 
     latents: torch.Tensor
     indices: torch.Tensor | None = None
     loss: torch.Tensor | None = None
-    metrics: dict[str, float] = attrs.field(factory=dict)
+    metrics: dict[str, torch.Tensor | float] = attrs.field(factory=dict)
+
+
+@attrs.frozen
+class LatentStats:
+    """The standardization of latents before the prior: ``z = (latent - mean) / scale``.
+
+    Fitted on the zoo's latents (diffusion on badly scaled latents collapses; see
+    METHODS.md) and saved with the generator.
+
+    Examples:
+        >>> import torch
+        >>> stats = LatentStats(mean=1.0, scale=2.0)
+        >>> stats.standardize(torch.tensor([3.0])), stats.restore(torch.tensor([1.0]))
+        (tensor([1.]), tensor([3.]))
+        >>> LatentStats(mean=0.0, scale=0.0)
+        Traceback (most recent call last):
+        ...
+        ValueError: LatentStats.scale must be a finite number > 0, got 0.0
+    """
+
+    mean: float = attrs.field(default=0.0, converter=float)
+    scale: float = attrs.field(default=1.0, converter=float)
+
+    def __attrs_post_init__(self) -> None:
+        if not math.isfinite(self.mean):
+            raise ValueError(f"LatentStats.mean must be finite, got {self.mean}")
+        if not math.isfinite(self.scale) or self.scale <= 0:
+            raise ValueError(f"LatentStats.scale must be a finite number > 0, got {self.scale}")
+
+    def standardize(self, latents: torch.Tensor) -> torch.Tensor:
+        return (latents - self.mean) / self.scale
+
+    def restore(self, z: torch.Tensor) -> torch.Tensor:
+        return z * self.scale + self.mean
 
 
 @runtime_checkable

@@ -92,14 +92,18 @@ class ConcatConditioner(nn.Module):
         return torch.cat([part([row[j] for row in raw]) for j, part in enumerate(self.parts)], dim=1)  # (B, dim)
 
     def config(self) -> dict[str, Any]:
-        return {"parts": [{"class": f"{type(p).__module__}:{type(p).__qualname__}", "config": p.config()} for p in self.parts]}
+        from paramgen.registry import registry
+
+        return {"parts": [{"name": registry.name_of(p), "config": p.config()} for p in self.parts]}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ConcatConditioner:
-        import importlib
+        # Parts are built by registered name only (older configs gave a class path, which
+        # is matched against the registry as a string, never imported).
+        from paramgen.registry import registry
 
         parts = []
         for entry in config["parts"]:
-            module, _, name = entry["class"].partition(":")
-            parts.append(getattr(importlib.import_module(module), name).from_config(entry["config"]))
+            name = entry["name"] if "name" in entry else registry.name_for_path(entry["class"])
+            parts.append(registry.build(name, entry["config"]))
         return cls(*parts)
