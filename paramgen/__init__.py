@@ -16,18 +16,24 @@ from paramgen.generator import Generator
 from paramgen.interfaces import (
     Conditioner,
     DiscreteTokenizer,
+    LatentStats,
     Prior,
     Selector,
     Tokenizer,
     TokenizerOutput,
     Vectorizer,
 )
+from paramgen.registry import register
+from paramgen.training import FitConfig
 from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError, TensorSpec
 from paramgen.vectorize import ChunkVectorizer, FamilyVectorizer, LayerVectorizer, ModelVectorizer, VectorBatch
 
 __all__ = [
     "Generator",
+    "FitConfig",
+    "LatentStats",
+    "register",
     "Conditioner",
     "DiscreteTokenizer",
     "Prior",

@@ -557,11 +557,14 @@ class Generator:
                 raise ValueError(f"{path}/config.json: the {role} entry must be an object with a 'config' object")
             try:
                 names[role] = entry["name"] if version >= 2 else registry.name_for_path(entry["class"])
+            except UnregisteredComponentError as e:  # before KeyError, its base class
+                raise UnregisteredComponentError(f"{path}/config.json, {role}: {e}") from None
             except KeyError as e:
                 raise ValueError(f"{path}/config.json: the {role} entry names no component ({'name' if version >= 2 else 'class'} missing)") from e
+            try:
+                registry.get(names[role])
             except UnregisteredComponentError as e:
                 raise UnregisteredComponentError(f"{path}/config.json, {role}: {e}") from None
-            registry.get(names[role])  # raises for an unregistered name
         stats = config.get("latent_stats") if version >= 2 else {"mean": config.get("latent_mean"), "scale": config.get("latent_scale")}
         try:
             latent_stats = LatentStats(**stats)

@@ -64,8 +64,8 @@ def train_linear_head(
     if num_classes < 2 or int(y.min()) < 0 or int(y.max()) >= num_classes:
         raise ValueError(f"train_linear_head: expected labels in 0..{num_classes - 1} with num_classes >= 2, got {y.unique().tolist()}")
     x = x.float()
-    w = torch.zeros(num_classes, x.shape[1], requires_grad=True)
-    b = torch.zeros(num_classes, requires_grad=True)
+    w = torch.zeros(num_classes, x.shape[1], device=x.device, requires_grad=True)
+    b = torch.zeros(num_classes, device=x.device, requires_grad=True)
     opt = torch.optim.LBFGS([w, b], lr=1.0, max_iter=steps, history_size=20, line_search_fn="strong_wolfe")
 
     def closure() -> torch.Tensor:
@@ -84,7 +84,7 @@ def head_accuracy(w: torch.Tensor, b: torch.Tensor, x: torch.Tensor, y: torch.Te
     if w.dim() != 3 or b.shape != w.shape[:2] or x.shape[-1] != w.shape[-1]:
         raise ValueError(f"head_accuracy: expected W (H, K, F), b (H, K), x (N, F), got {tuple(w.shape)}, {tuple(b.shape)}, {tuple(x.shape)}")
     logits = torch.einsum("nf,hkf->hnk", x.float(), w.float()) + b.float()[:, None, :]  # (H, N, K)
-    return (logits.argmax(-1) == y[None]).float().mean(1)
+    return (logits.argmax(-1) == y.to(logits.device)[None]).float().mean(1)
 
 
 def flag_class(feats: torch.Tensor, k: int) -> torch.Tensor:
@@ -95,7 +95,7 @@ def flag_class(feats: torch.Tensor, k: int) -> torch.Tensor:
     """
     if feats.dim() != 3 or not 0 <= k < feats.shape[0]:
         raise ValueError(f"flag_class: expected features (K, S, F) and 0 <= k < K, got {tuple(feats.shape)} and k={k}")
-    flag = torch.zeros(*feats.shape[:2], 1, dtype=feats.dtype)
+    flag = feats.new_zeros(*feats.shape[:2], 1)
     flag[k] = 1.0
     return torch.cat([feats, flag], dim=-1)
 
@@ -142,9 +142,9 @@ def match_classes(a: torch.Tensor, b: torch.Tensor) -> tuple[float, list[int]]:
     if a.dim() != 2 or a.shape != b.shape:
         raise ValueError(f"match_classes: expected two (K, F) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     sim = F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T  # (K, K)
-    rows, cols = linear_sum_assignment(-sim.numpy())
+    rows, cols = linear_sum_assignment(-sim.cpu().numpy())
     perm = [int(c) for _, c in sorted(zip(rows.tolist(), cols.tolist()))]
-    return round(float(sim[torch.arange(len(perm)), perm].mean()), 12), perm
+    return round(float(sim[torch.arange(len(perm), device=sim.device), torch.tensor(perm, device=sim.device)].mean()), 12), perm
 
 
 def prototype_head(feats: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

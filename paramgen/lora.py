@@ -277,7 +277,8 @@ def text_tasks(
 
     Args:
         names: Task names (keys of `TASK_DESCRIPTIONS`); all when ``None``.
-        train_per_label, eval_per_label: Pool sizes per sentiment.
+        train_per_label: Training pool size per sentiment.
+        eval_per_label: Validation and test pool size per sentiment.
         seed: Which tweets the pools keep.
         root: Passed to ``load_dataset``.
     """
@@ -760,8 +761,9 @@ def build_generator(
         condition: ``"text"`` (a MiniLM embedding of the description plus examples, or of
             the description alone: the raw conditions decide) or ``"onehot"`` (needs ``keys``).
         keys: Task names of a one-hot conditioner.
-        tokenizer, normalizer: Reuse a fitted tokenizer and normalizer (condition ablations
-            share them; fit with ``tokenizer_steps=0``).
+        tokenizer: Reuse a fitted tokenizer (condition ablations share it; fit with
+            ``tokenizer_steps=0``).
+        normalizer: Reuse a fitted normalizer, likewise.
     """
     from paramgen import Generator, PerTaskZScore
     from paramgen.conditioners import OneHotConditioner

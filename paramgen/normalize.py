@@ -13,6 +13,11 @@ that travel with the generator through ``state_dict`` (tensors, for safetensors)
 Statistics are computed and applied in float64, so ``inverse(transform(x))`` matches
 ``x`` to float32 rounding.
 
+Devices: statistics are fitted on the device of the data, and ``transform`` / ``inverse``
+return tensors on the device of their input, moving the statistics (and index tensors)
+there when they live elsewhere. ``to(device)`` moves them once, so that no copy is made per
+call; statistics stay float64 whatever ``dtype`` is passed.
+
 Examples:
     >>> import torch
     >>> x = torch.randn(6, 10) * 3 + 1
@@ -77,8 +82,24 @@ def _std(x: torch.Tensor, mean: torch.Tensor) -> torch.Tensor:
     return torch.where(std > _EPS, std, torch.ones_like(std))  # constant data: scale 1
 
 
+def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return t if t.device == device else t.to(device)
+
+
 class _Fitted:
     _fitted: bool = False
+    _stats: tuple[str, ...] = ()  # tensor attributes that `to` moves
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Any:
+        """Move the statistics to ``device``; returns ``self``.
+
+        ``dtype`` is accepted for symmetry with ``nn.Module.to`` and ignored: statistics
+        stay float64, and outputs take the dtype of the input.
+        """
+        if device is not None:
+            for name in self._stats:
+                setattr(self, name, getattr(self, name).to(device))
+        return self
 
     def _require_fit(self) -> None:
         if not self._fitted:
@@ -93,6 +114,8 @@ class PerTaskZScore(_Fitted):
             generation time): ``"error"`` raises, ``"global"`` uses the statistics of
             the whole zoo.
     """
+
+    _stats = ("mean", "std")
 
     def __init__(self, *, unknown: Literal["error", "global"] = "error") -> None:
         if unknown not in ("error", "global"):
@@ -111,7 +134,7 @@ class PerTaskZScore(_Fitted):
         x = flat.double()
         means, stds = [], []
         for name in names + ["__global__"]:
-            rows = x if name == "__global__" else x[[i for i, t in enumerate(tasks) if t == name]]
+            rows = x if name == "__global__" else x[torch.tensor([i for i, t in enumerate(tasks) if t == name], device=x.device)]
             m = rows.mean()
             means.append(m)
             stds.append(_std(rows, m))
@@ -121,7 +144,7 @@ class PerTaskZScore(_Fitted):
         self._fitted = True
         return self
 
-    def _rows(self, tasks: Sequence[str] | None, batch: int) -> torch.Tensor:
+    def _rows(self, tasks: Sequence[str] | None, batch: int, device: torch.device) -> torch.Tensor:
         self._require_fit()
         if tasks is None or len(tasks) != batch:
             raise ValueError(f"expected one task name per row ({batch}), got {None if tasks is None else len(tasks)}")
@@ -129,17 +152,19 @@ class PerTaskZScore(_Fitted):
         unknown = sorted({t for t in tasks if t not in index})
         if unknown and self.unknown == "error":
             raise KeyError(f"tasks {unknown[:5]} were not seen in fit; known: {list(self.tasks)[:10]} (use unknown='global')")
-        return torch.tensor([index.get(t, len(self.tasks)) for t in tasks])
+        return torch.tensor([index.get(t, len(self.tasks)) for t in tasks], device=device)
 
     def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
         _check_input(flat, self.dim)
-        i = self._rows(tasks, flat.shape[0])
-        return ((flat.double() - self.mean[i, None]) / self.std[i, None]).to(flat.dtype)
+        i = self._rows(tasks, flat.shape[0], flat.device)
+        mean, std = _on(self.mean, flat.device), _on(self.std, flat.device)
+        return ((flat.double() - mean[i, None]) / std[i, None]).to(flat.dtype)
 
     def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
         _check_input(flat, self.dim)
-        i = self._rows(tasks, flat.shape[0])
-        return (flat.double() * self.std[i, None] + self.mean[i, None]).to(flat.dtype)
+        i = self._rows(tasks, flat.shape[0], flat.device)
+        mean, std = _on(self.mean, flat.device), _on(self.std, flat.device)
+        return (flat.double() * std[i, None] + mean[i, None]).to(flat.dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         self._require_fit()
@@ -162,6 +187,8 @@ class PerLayerZScore(_Fitted):
             by default BatchNorm ``running_var``, whose scale spans orders of magnitude.
     """
 
+    _stats = ("mean", "std", "_segments", "_log_entry")
+
     def __init__(self, spec: ParamSpec, *, log: Sequence[str] = ("*running_var",)) -> None:
         self.spec = spec
         self.log = tuple(log)
@@ -169,6 +196,7 @@ class PerLayerZScore(_Fitted):
         tensors = spec.vector_tensors
         self._log_tensor = torch.tensor([_matches(t.name, self.log) for t in tensors])  # (T,)
         self._log_entry = self._log_tensor[self._segments]  # (D,)
+        self._has_log = bool(self._log_tensor.any())  # a Python bool: no device sync per call
         self.mean = torch.zeros(len(tensors), dtype=torch.float64)
         self.std = torch.ones(len(tensors), dtype=torch.float64)
 
@@ -176,37 +204,42 @@ class PerLayerZScore(_Fitted):
         _check_input(flat, self.spec.numel)
         x = self._forward_log(flat.double())
         n_t = len(self.spec.vector_tensors)
-        count = torch.bincount(self._segments, minlength=n_t).double() * flat.shape[0]
-        mean = torch.zeros(n_t, dtype=torch.float64).index_add_(0, self._segments, x.sum(0)) / count
-        var = torch.zeros(n_t, dtype=torch.float64).index_add_(0, self._segments, (x - mean[self._segments]).pow(2).sum(0)) / count
+        seg = _on(self._segments, x.device)
+        count = torch.bincount(seg, minlength=n_t).double() * flat.shape[0]
+        mean = x.new_zeros(n_t).index_add_(0, seg, x.sum(0)) / count
+        var = x.new_zeros(n_t).index_add_(0, seg, (x - mean[seg]).pow(2).sum(0)) / count
         std = var.sqrt()
         self.mean, self.std = mean, torch.where(std > _EPS, std, torch.ones_like(std))
         self._fitted = True
         return self
 
     def _forward_log(self, x: torch.Tensor) -> torch.Tensor:
-        if not self._log_entry.any():
+        if not self._has_log:
             return x
-        logged = x[:, self._log_entry]
+        entry = _on(self._log_entry, x.device)
+        logged = x[:, entry]
         if (logged <= 0).any():
             names = [t.name for t, m in zip(self.spec.vector_tensors, self._log_tensor) if m][:5]
             raise ValueError(f"log-normalized tensors must be positive; {names} contain values <= 0")
         x = x.clone()
-        x[:, self._log_entry] = logged.log()
+        x[:, entry] = logged.log()
         return x
 
     def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat, self.spec.numel)
         x = self._forward_log(flat.double())
-        return ((x - self.mean[self._segments]) / self.std[self._segments]).to(flat.dtype)
+        seg = _on(self._segments, x.device)
+        return ((x - _on(self.mean, x.device)[seg]) / _on(self.std, x.device)[seg]).to(flat.dtype)
 
     def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat, self.spec.numel)
-        x = flat.double() * self.std[self._segments] + self.mean[self._segments]
-        if self._log_entry.any():
-            x[:, self._log_entry] = x[:, self._log_entry].exp()
+        seg = _on(self._segments, flat.device)
+        x = flat.double() * _on(self.std, flat.device)[seg] + _on(self.mean, flat.device)[seg]
+        if self._has_log:
+            entry = _on(self._log_entry, flat.device)
+            x[:, entry] = x[:, entry].exp()
         return x.to(flat.dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
@@ -252,6 +285,8 @@ class GlobalScale(_Fitted):
         True
     """
 
+    _stats = ("scale", "log_mean", "log_std")
+
     def __init__(self, *, log: Sequence[str] = (), fan_in: bool = False) -> None:
         self.log = tuple(log)
         self.fan_in = fan_in
@@ -266,20 +301,20 @@ class GlobalScale(_Fitted):
             raise SpecMismatchError(f"vectors of {dim} values do not follow a spec of {spec.numel}")
         return spec
 
-    def _log_entries(self, spec: ParamSpec | None, dim: int) -> torch.Tensor | None:
+    def _log_entries(self, spec: ParamSpec | None, dim: int, device: torch.device) -> torch.Tensor | None:
         if not self.log:
             return None
         spec = self._check_spec(spec, dim)
         flags = torch.tensor([_matches(t.name, self.log) for t in spec.vector_tensors])
-        return flags[spec.segment_ids()]
+        return flags[spec.segment_ids()].to(device)  # (D,), built from the spec on the CPU
 
-    def _gain(self, spec: ParamSpec | None, dim: int) -> torch.Tensor | float:
+    def _gain(self, spec: ParamSpec | None, dim: int, device: torch.device) -> torch.Tensor | float:
         """``(D,)`` multipliers: ``sqrt(fan_in)`` on weight tensors of 2+ dims, 1 elsewhere."""
         if not self.fan_in:
             return 1.0
         spec = self._check_spec(spec, dim)
         gains = torch.tensor([math.sqrt(t.numel / t.shape[0]) if len(t.shape) >= 2 and t.numel else 1.0 for t in spec.vector_tensors], dtype=torch.float64)
-        return gains[spec.segment_ids()]
+        return gains[spec.segment_ids()].to(device)  # (D,)
 
     def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> GlobalScale:
         return self.fit_groups([(flat, spec)])
@@ -290,8 +325,8 @@ class GlobalScale(_Fitted):
         for flat, spec in groups:
             _check_input(flat)
             x = flat.double()
-            entries = self._log_entries(spec, flat.shape[1])
-            x_plain = x * self._gain(spec, flat.shape[1])
+            entries = self._log_entries(spec, flat.shape[1], x.device)
+            x_plain = x * self._gain(spec, flat.shape[1], x.device)
             if entries is None:
                 plain.append(x_plain.reshape(-1))
                 continue
@@ -299,34 +334,37 @@ class GlobalScale(_Fitted):
                 raise ValueError(f"log-normalized tensors ({list(self.log)}) must be positive; found values <= 0")
             plain.append(x_plain[:, ~entries].reshape(-1))
             logged.append(x[:, entries].log().reshape(-1))
-        self.scale = _std(torch.cat(plain)[None], torch.zeros((), dtype=torch.float64))
+        every = torch.cat(plain)[None]
+        self.scale = _std(every, every.new_zeros(()))
         if logged:
             lx = torch.cat(logged)
             self.log_mean = lx.mean()
-            std = lx.std(correction=0) if lx.numel() > 1 else torch.ones((), dtype=torch.float64)
-            self.log_std = std if std > _EPS else torch.ones((), dtype=torch.float64)
+            std = lx.std(correction=0) if lx.numel() > 1 else lx.new_ones(())
+            self.log_std = std if std > _EPS else lx.new_ones(())
         self._fitted = True
         return self
 
     def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat)
-        x = flat.double() * self._gain(spec, flat.shape[1]) / self.scale
-        entries = self._log_entries(spec, flat.shape[1])
+        dev = flat.device
+        x = flat.double() * self._gain(spec, flat.shape[1], dev) / _on(self.scale, dev)
+        entries = self._log_entries(spec, flat.shape[1], dev)
         if entries is not None and entries.any():
             raw = flat.double()[:, entries]
             if (raw <= 0).any():
                 raise ValueError(f"log-normalized tensors ({list(self.log)}) must be positive; found values <= 0")
-            x[:, entries] = (raw.log() - self.log_mean) / self.log_std
+            x[:, entries] = (raw.log() - _on(self.log_mean, dev)) / _on(self.log_std, dev)
         return x.to(flat.dtype)
 
     def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None, spec: ParamSpec | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat)
-        x = flat.double() * self.scale / self._gain(spec, flat.shape[1])
-        entries = self._log_entries(spec, flat.shape[1])
+        dev = flat.device
+        x = flat.double() * _on(self.scale, dev) / self._gain(spec, flat.shape[1], dev)
+        entries = self._log_entries(spec, flat.shape[1], dev)
         if entries is not None and entries.any():
-            x[:, entries] = (flat.double()[:, entries] * self.log_std + self.log_mean).exp()
+            x[:, entries] = (flat.double()[:, entries] * _on(self.log_std, dev) + _on(self.log_mean, dev)).exp()
         return x.to(flat.dtype)
 
     def state_dict(self) -> dict[str, torch.Tensor]:

@@ -23,6 +23,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from paramgen._random import randint
+
 __all__ = ["AccuracyPredictor", "fit_predictor"]
 
 
@@ -72,6 +74,8 @@ def fit_predictor(
 ) -> list[float]:
     """Regress ``accuracy (M,)`` on ``rows (M, N, C)`` with MSE; then freeze the predictor.
 
+    The predictor's device is used; ``rows`` and ``accuracy`` are moved there.
+
     Returns:
         The loss of every step.
     """
@@ -79,15 +83,17 @@ def fit_predictor(
         raise ValueError(f"expected one accuracy per model: rows {tuple(rows.shape)}, accuracy {tuple(accuracy.shape)}")
     if not ((accuracy >= 0) & (accuracy <= 1)).all():
         raise ValueError("accuracies must lie in [0, 1]")
+    device = next(predictor.parameters()).device
+    rows, accuracy = rows.to(device), accuracy.to(device)
     predictor.train()
     opt = torch.optim.AdamW(predictor.parameters(), lr=lr)
     losses = []
     for _ in range(steps):
-        idx = torch.randint(0, rows.shape[0], (min(batch_size, rows.shape[0]),), generator=generator)
+        idx = randint(rows.shape[0], (min(batch_size, rows.shape[0]),), generator=generator, device=device)
         loss = (predictor(rows[idx]) - accuracy[idx]).pow(2).mean()
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        losses.append(loss.item())
+        losses.append(loss.detach())  # one device-to-host copy at the end, not one per step
     predictor.eval().requires_grad_(False)
-    return losses
+    return torch.stack(losses).tolist() if losses else []

@@ -58,6 +58,7 @@ import logging
 import math
 import os
 import shutil
+import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -223,7 +224,13 @@ class _Run:
                 from accelerate import Accelerator
             except ImportError as e:  # pragma: no cover - accelerate is a dependency
                 raise ImportError("data-parallel fitting needs accelerate: pip install accelerate") from e
-            accelerator = Accelerator()
+            # Without a GPU, accelerate joins a gloo process group only when told cpu=True.
+            accelerator = Accelerator(cpu=not torch.cuda.is_available())
+            if accelerator.num_processes != int(os.environ["WORLD_SIZE"]):
+                raise RuntimeError(
+                    f"the launcher started {os.environ['WORLD_SIZE']} processes but accelerate joined "
+                    f"{accelerator.num_processes}; pass an accelerate.Accelerator configured for them"
+                )
         self.accelerator = accelerator
         if accelerator is not None:
             self.world, self.rank = accelerator.num_processes, accelerator.process_index
@@ -437,7 +444,9 @@ def _train(
         else:
             opt.step()
         opt.zero_grad(set_to_none=True)
-        sched.step()
+        with warnings.catch_warnings():  # the fp16 scaler skips the steps whose gradients overflowed
+            warnings.filterwarnings("ignore", message="Detected call of `lr_scheduler.step()`")
+            sched.step()
         if update_ema is not None:
             update_ema()
         elif ema is not None:
@@ -486,6 +495,13 @@ class _Saved:
                 state = self._sub(f"generator.{role}.")
                 device = generator.device
                 part.load_state_dict({k: v.to(device) for k, v in state.items()}, strict=True)
+        # Which weights were frozen (e.g. a conditioner after alignment) is no part of a
+        # state dict, but decides what the next stage trains.
+        for role, names in self.meta.get("frozen", {}).items():
+            part = generator._components().get(role)
+            if isinstance(part, nn.Module):
+                for name, p in part.named_parameters():
+                    p.requires_grad_(name not in names)
         stats = self.meta.get("latent_stats")
         if stats is not None:
             generator.latent_stats = LatentStats(**stats)
@@ -564,6 +580,11 @@ def _write_checkpoint(run: _Run, generator: Generator, fingerprint: dict[str, An
         "step": step,
         "done": loop is None,
         "fit": fingerprint,
+        "frozen": {
+            role: [n for n, p in part.named_parameters() if not p.requires_grad]
+            for role, part in generator._components().items()
+            if isinstance(part, nn.Module)
+        },
         "latent_stats": None if generator.latent_stats is None else attrs.asdict(generator.latent_stats),
         "loop": None,
     }

@@ -17,6 +17,11 @@ a padding ``mask``, and the position of each row (``layer``, ``chunk``), and bac
 Each layout is one precomputed index map, so packing and unpacking a whole zoo is a
 single gather, and the round trip is bit-exact.
 
+Devices: the index maps are built on the CPU; ``pack`` / ``unpack`` / ``from_flat`` use
+copies on the device of their input, made once per device and cached, so a vectorizer
+serves tensors on any device. ``to(device)`` warms that cache and moves `mask`,
+``layer`` and ``chunk`` (which have no input to follow) to ``device``.
+
 Examples:
     >>> import torch
     >>> from paramgen.spec import ParamSpec
@@ -98,18 +103,46 @@ class _IndexLayout:
         self.layer = layer
         self.chunk = chunk
         self._mask = (src >= 0).reshape(self.rows, self.width)
+        self._device = torch.device("cpu")
+        self._maps: dict[torch.device, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    def _on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(gather, inv, mask)`` on ``device``, copied there once."""
+        maps = self._maps.get(device)
+        if maps is None:
+            maps = self._maps[device] = (self._gather.to(device), self._inv.to(device), self._mask.to(device))
+        return maps
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Any:
+        """Keep `mask`, ``layer`` and ``chunk`` on ``device``; returns ``self``.
+
+        ``dtype`` is ignored: a layout holds only indices and masks, and values keep their
+        own dtype. ``pack`` / ``unpack`` follow their input's device either way.
+
+        Examples:
+            >>> import torch
+            >>> from paramgen.spec import ParamSpec
+            >>> vec = ChunkVectorizer(ParamSpec.from_module(torch.nn.Linear(3, 2)), chunk_size=4).to("cpu")
+            >>> vec.mask.device.type
+            'cpu'
+        """
+        if device is not None:
+            self._device = torch.empty(0, device=device).device  # "cuda" -> "cuda:0", as tensors report it
+            self.layer, self.chunk = self.layer.to(self._device), self.chunk.to(self._device)
+            self._on(self._device)
+        return self
 
     @property
     def mask(self) -> torch.Tensor:
-        """``(N, C)`` bool, ``True`` on real entries."""
-        return self._mask
+        """``(N, C)`` bool, ``True`` on real entries (on the device given to `to`)."""
+        return self._on(self._device)[2]
 
     def pack(self, flat: torch.Tensor) -> torch.Tensor:
         """``(B, D)`` flat vectors (in spec order) to ``(B, N, C)`` rows."""
         if flat.ndim != 2 or flat.shape[1] != self.spec.numel:
             raise SpecMismatchError(f"expected flat vectors of shape (B, {self.spec.numel}), got {tuple(flat.shape)}")
         padded = torch.cat([flat, flat.new_zeros(flat.shape[0], 1)], dim=1)  # (B, D+1)
-        return padded[:, self._gather].reshape(flat.shape[0], self.rows, self.width)
+        return padded[:, self._on(flat.device)[0]].reshape(flat.shape[0], self.rows, self.width)
 
     def unpack(self, values: torch.Tensor) -> torch.Tensor:
         """``(B, N, C)`` rows to ``(B, D)`` flat vectors; padding is dropped."""
@@ -119,7 +152,7 @@ class _IndexLayout:
             raise SpecMismatchError(
                 f"expected vectorized weights of shape (B, {self.rows}, {self.width}), got {tuple(values.shape)}"
             )
-        return values.reshape(values.shape[0], -1)[:, self._inv]
+        return values.reshape(values.shape[0], -1)[:, self._on(values.device)[1]]
 
     def flatten(self, state_dicts: StateDicts, *, check_finite: bool = True) -> VectorBatch:
         """State dicts of the spec's architecture to a `VectorBatch`."""
@@ -131,7 +164,7 @@ class _IndexLayout:
         values = self.pack(flat)
         return VectorBatch(
             values=values,
-            mask=self._mask.expand(values.shape[0], -1, -1),
+            mask=self._on(values.device)[2].expand(values.shape[0], -1, -1),
             layer=self.layer,
             chunk=self.chunk,
             extras=dict(extras or {}),
@@ -330,6 +363,12 @@ class FamilyVectorizer:
         if arch not in self.members:
             raise KeyError(f"unknown architecture {arch!r}; this family has {sorted(self.members)}")
         return self.members[arch]
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> FamilyVectorizer:
+        """Move every member's layout (see `ChunkVectorizer.to`); returns ``self``."""
+        for m in self.members.values():
+            m.to(device, dtype)
+        return self
 
     def mask_of(self, arch: str) -> torch.Tensor:
         """``(N, C)`` bool mask of one architecture, ``False`` on padding and empty rows."""

@@ -6,9 +6,11 @@ generator saves it as config + safetensors and rebuilds it.
 
 - `IndexConditioner`, `OneHotConditioner`: one vector per dataset, (dataset,
   architecture) pair or chunk index.
-- `ImageSetConditioner`: D2NWG's dataset encoder over image features grouped by class,
-  pre-trained with `align_to_latents`; feature extractors live in
-  `paramgen.conditioners.features`.
+- `ImageSetConditioner`: D2NWG's dataset encoder over image features grouped by class;
+  feature extractors live in `paramgen.conditioners.features`.
+- `align_to_latents` (`paramgen.conditioners.align`): D2NWG's contrastive pre-training
+  of any conditioner against weight latents, with `LatentProjection` and
+  `retrieval_accuracy`.
 - `OrderedSetConditioner`: image features of classes in a fixed order, for generating
   heads whose output rows must follow the condition's classes.
 - `TextConditioner`: a frozen MiniLM embedding of a task description
@@ -22,6 +24,7 @@ Examples:
     (True, torch.Size([1, 8]))
 """
 
+from paramgen.conditioners.align import LatentProjection, align_to_latents, retrieval_accuracy
 from paramgen.conditioners.architecture import ArchitectureConditioner, ConcatConditioner, architecture_text
 from paramgen.conditioners.features import (
     CLIPVisionFeatures,
@@ -35,10 +38,7 @@ from paramgen.conditioners.imageset import (
     PMA,
     SAB,
     ImageSetConditioner,
-    LatentProjection,
     SetTransformer,
-    align_to_latents,
-    retrieval_accuracy,
     set_features,
 )
 from paramgen.conditioners.index import IndexConditioner, OneHotConditioner

@@ -134,7 +134,15 @@ class ModuleFeatures(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Features ``(N, feature_dim)`` of a batch ``(N, *image_shape)``."""
+        """Features ``(N, feature_dim)`` of a batch ``(N, *image_shape)``, on this module's device.
+
+        The images are moved to the device of the module's weights (or buffers) first.
+        """
+        anchor = next(self.parameters(), None)
+        if anchor is None:
+            anchor = next(self.buffers(), None)
+        if anchor is not None:
+            x = x.to(anchor.device)
         out = self.module(self.preprocess(x))
         if out.dim() != 2 or out.shape != (x.shape[0], self.feature_dim):
             raise ValueError(

@@ -32,7 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from paramgen.priors._checks import check_cond
-from paramgen.priors.schedule import LinearSchedule, _rand, _randint, _randn, ddim_sample, ddpm_sample
+from paramgen._random import rand, randint, randn
+from paramgen.priors.schedule import LinearSchedule, ddim_sample, ddpm_sample
 from paramgen.priors.unet1d import UNet1D
 from paramgen.spec import NonFiniteWeightsError
 
@@ -230,11 +231,11 @@ class DiffusionPrior(nn.Module):
         batch = latents.shape[0]
         cond = self._check_cond(cond, batch)
         device = latents.device
-        t = _randint(self.schedule.timesteps, (batch,), generator=generator, device=device)  # (B,)
-        noise = _randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)  # (B, C, T)
+        t = randint(self.schedule.timesteps, (batch,), generator=generator, device=device)  # (B,)
+        noise = randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)  # (B, C, T)
         x_t = self.schedule.q_sample(latents, t, noise)
         if cond is not None and self.null_cond is not None and self.training:
-            drop = _rand((batch,), generator=generator, device=device) < self.cond_dropout  # (B,)
+            drop = rand((batch,), generator=generator, device=device) < self.cond_dropout  # (B,)
             cond = torch.where(drop[:, None], self.null_cond.to(cond.dtype).expand(batch, -1), cond)
         return F.mse_loss(self.unet(x_t, t, cond, generator=generator), noise)
 

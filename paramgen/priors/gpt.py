@@ -34,7 +34,9 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from paramgen._random import rand, randint
 from paramgen.priors._checks import check_cond
+
 __all__ = ["GPTPrior"]
 
 
@@ -62,7 +64,10 @@ def _own_generator(generator: torch.Generator | None, device: torch.device) -> t
     """``generator``, or a fresh non-deterministically seeded one: the global RNG is never read."""
     if generator is not None:
         return generator
-    g = torch.Generator(device=device)
+    try:
+        g = torch.Generator(device=device)
+    except RuntimeError:  # a device without generators of its own (e.g. meta): draw on the CPU
+        g = torch.Generator()
     g.seed()
     return g
 
@@ -72,7 +77,7 @@ def _dropout(h: torch.Tensor, p: float, training: bool, generator: torch.Generat
     if not training or p == 0.0:
         return h
     g = _own_generator(generator, h.device)
-    keep = torch.rand(h.shape, generator=g, device=g.device).to(h.device) >= p
+    keep = rand(h.shape, generator=g, device=h.device) >= p
     return h * keep.to(h.dtype) / (1.0 - p)
 
 
@@ -426,7 +431,7 @@ class GPTPrior(nn.Module):
             window = torch.zeros(b, dtype=torch.long, device=device)  # (B,)
             targets = tokens  # (B, L)
         else:
-            window = torch.randint(0, len(self.window_starts), (b,), generator=g, device=g.device).to(device)  # (B,)
+            window = randint(len(self.window_starts), (b,), generator=g, device=device)  # (B,)
             starts = torch.tensor(self.window_starts, device=device)[window]  # (B,)
             targets = tokens.gather(1, starts[:, None] + torch.arange(self.context, device=device))  # (B, context)
         logits = self(targets[:, :-1], cond, window=window, generator=g)  # (B, context, V)

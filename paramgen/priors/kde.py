@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import torch
 
-from paramgen.priors.schedule import _rand, _randn
+from paramgen._random import rand, randn
 from paramgen.spec import NonFiniteWeightsError
 
 __all__ = ["KDEPrior"]
@@ -99,6 +99,7 @@ class KDEPrior:
             raise ValueError(f"expected cond of shape ({rows}, Dc), got {got}")
         elif not torch.isfinite(cond).all():
             raise ValueError("condition vectors contain NaN or Inf")
+        cond = cond.to(latents.device)
         if cond.shape[1] == 0:  # torch.unique cannot group zero-width rows
             conds, group = cond[:1], torch.zeros(rows, dtype=torch.long, device=latents.device)
         else:
@@ -134,6 +135,24 @@ class KDEPrior:
         self.offsets = torch.cumsum(counts, 0) - counts  # first member of each group
         self.scale = (factor[:, None] * std).to(latents.dtype).reshape(num_groups, *latents.shape[1:])  # (G, C, T)
         self._fitted = True
+
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> KDEPrior:
+        """Move the stored latents (and, with ``dtype``, cast them and the conditions); returns ``self``.
+
+        Samples come out on this device; conditions passed to `sample` are moved here.
+
+        Examples:
+            >>> import torch
+            >>> prior = KDEPrior().fit(torch.randn(4, 1, 2), None).to("cpu", torch.float64)
+            >>> prior.sample(2, None).dtype
+            torch.float64
+        """
+        if self._fitted:
+            self.latents = self.latents.to(device=device, dtype=dtype)
+            self.conds = self.conds.to(device=device, dtype=dtype)
+            self.scale = self.scale.to(device=device, dtype=dtype)
+            self.group, self.counts, self.offsets = (t.to(device) for t in (self.group, self.counts, self.offsets))
+        return self
 
     def _require_fit(self) -> None:
         if not self._fitted:
@@ -189,10 +208,10 @@ class KDEPrior:
             cond = cond.to(device=self.conds.device, dtype=self.conds.dtype)
             nearest = torch.cdist(cond, self.conds).argmin(dim=1)  # (n,) group index
         device = self.latents.device
-        u = _rand((n,), generator=generator, device=device)  # uniform member choice
+        u = rand((n,), generator=generator, device=device)  # uniform member choice
         within = (u.double() * self.counts[nearest]).long().clamp_max(self.counts[nearest] - 1)
         centers = self.latents[self.offsets[nearest] + within]  # (n, C, T)
-        noise = _randn(centers.shape, generator=generator, device=device, dtype=centers.dtype)
+        noise = randn(centers.shape, generator=generator, device=device, dtype=centers.dtype)
         return centers + self.scale[nearest] * noise
 
     # --- persistence -------------------------------------------------------------------

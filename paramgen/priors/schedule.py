@@ -28,6 +28,8 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from paramgen._random import randn
+
 __all__ = ["LinearSchedule", "ddpm_sample", "ddim_sample"]
 
 EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -35,37 +37,6 @@ EpsFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 # DDPM's schedule (Ho et al. 2020): 1e-4 .. 2e-2 over 1000 steps.
 _REFERENCE_STEPS = 1000
 _REFERENCE_BETAS = (1e-4, 2e-2)
-
-
-def _randn(
-    shape: Sequence[int],
-    *,
-    generator: torch.Generator | None,
-    device: torch.device | str | None = None,
-    dtype: torch.dtype = torch.float32,
-) -> torch.Tensor:
-    """Standard normal noise drawn from ``generator`` (on its device), moved to ``device``."""
-    if generator is None:
-        return torch.randn(tuple(shape), device=device, dtype=dtype)
-    return torch.randn(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(device)
-
-
-def _rand(
-    shape: Sequence[int], *, generator: torch.Generator | None, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """Uniform [0, 1) float32 draws from ``generator`` (on its device), moved to ``device``."""
-    if generator is None:
-        return torch.rand(tuple(shape), device=device)
-    return torch.rand(tuple(shape), generator=generator, device=generator.device).to(device)
-
-
-def _randint(
-    high: int, shape: Sequence[int], *, generator: torch.Generator | None, device: torch.device | str | None = None
-) -> torch.Tensor:
-    """Uniform integers in ``[0, high)`` from ``generator`` (on its device), moved to ``device``."""
-    if generator is None:
-        return torch.randint(0, high, tuple(shape), device=device)
-    return torch.randint(0, high, tuple(shape), generator=generator, device=generator.device).to(device)
 
 
 class LinearSchedule:
@@ -131,8 +102,10 @@ class LinearSchedule:
     def _coef(values: torch.Tensor, t: int | torch.Tensor, x: torch.Tensor) -> torch.Tensor:
         """``values[t]`` cast to ``x``'s dtype/device, shaped to broadcast over ``x`` (B, 1, ...)."""
         if isinstance(t, torch.Tensor) and t.ndim > 0:
-            picked = values[t.detach().cpu().long()]  # (B,), indexing on CPU: values live there
-            return picked.to(device=x.device, dtype=x.dtype).reshape(-1, *([1] * (x.ndim - 1)))
+            # Gather on x's device: moving the (T,) table there costs no device-to-host sync,
+            # unlike moving the (B,) steps to the CPU.
+            picked = values.to(device=x.device, dtype=x.dtype)[t.to(x.device).long()]  # (B,)
+            return picked.reshape(-1, *([1] * (x.ndim - 1)))
         return values[int(t)].to(device=x.device, dtype=x.dtype)
 
     def _abar_prev(self, t_prev: int | torch.Tensor) -> torch.Tensor:
@@ -231,12 +204,12 @@ class LinearSchedule:
         if not isinstance(t, torch.Tensor) or t.ndim == 0:
             if int(t) == 0:
                 return mean
-            return mean + self._coef(self.posterior_variance, t, x_t).sqrt() * _randn(
+            return mean + self._coef(self.posterior_variance, t, x_t).sqrt() * randn(
                 x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype
             )
         # Per-row steps; beta_tilde_0 = 0 already removes the noise at t = 0.
         std = self._coef(self.posterior_variance, t, x_t).sqrt()
-        return mean + std * _randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+        return mean + std * randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
 
     def ddim_step(
         self,
@@ -302,7 +275,7 @@ class LinearSchedule:
             eps = (x_t - abar.sqrt() * x0) / (1.0 - abar).sqrt()
         x_prev = abar_prev.sqrt() * x0 + (1.0 - abar_prev - sigma**2).clamp_min(0.0).sqrt() * eps
         if bool((sigma64 > 0).any()):
-            x_prev = x_prev + sigma * _randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
+            x_prev = x_prev + sigma * randn(x_t.shape, generator=generator, device=x_t.device, dtype=x_t.dtype)
         return x_prev
 
 
@@ -317,7 +290,7 @@ def _initial_noise(
         if tuple(init_noise.shape) != tuple(shape):
             raise ValueError(f"init_noise must have shape {tuple(shape)}, got {tuple(init_noise.shape)}")
         return init_noise
-    return _randn(shape, generator=generator, device=device, dtype=dtype)  # x_T ~ N(0, I)
+    return randn(shape, generator=generator, device=device, dtype=dtype)  # x_T ~ N(0, I)
 
 
 def ddpm_sample(

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paramgen.priors.schedule import _rand
+from paramgen._random import rand
 
 __all__ = ["UNet1D"]
 
@@ -40,7 +40,7 @@ def _dropout(h: torch.Tensor, p: float, training: bool, generator: torch.Generat
     """Inverted dropout whose mask comes from ``generator`` (``nn.Dropout`` reads the global RNG)."""
     if not training or p == 0.0:
         return h
-    keep = _rand(h.shape, generator=generator, device=h.device) >= p
+    keep = rand(h.shape, generator=generator, device=h.device) >= p
     return h * keep.to(h.dtype) / (1.0 - p)
 
 

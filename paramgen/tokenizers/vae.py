@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from paramgen._random import randn
 from paramgen.interfaces import TokenizerOutput
 
 __all__ = ["VAETokenizer"]
@@ -180,29 +181,30 @@ class VAETokenizer(nn.Module):
             x: Rows ``(B, N, C)`` (normalized weights).
             mask: ``(B, N, C)`` or ``(N, C)`` bool, ``True`` on real entries; padding is
                 excluded from the reconstruction loss.
-            generator: Randomness of the reparameterization and the noise.
+            generator: Randomness of the reparameterization and the noise (on the CPU
+                or on ``x``'s device).
             predictor: Frozen accuracy predictor mapping rows ``(B, N, C)`` to ``(B,)``.
         """
         self._check(x)
         noisy = x
         if self.training and self.input_noise > 0:
-            noisy = x + self.input_noise * torch.randn(x.shape, generator=generator, dtype=x.dtype)
+            noisy = x + self.input_noise * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
         mean, logvar = self._moments(noisy)
-        z = mean + (0.5 * logvar).exp() * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
+        z = mean + (0.5 * logvar).exp() * randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         if self.training and self.latent_noise > 0:
-            z = z + self.latent_noise * torch.randn(z.shape, generator=generator, dtype=z.dtype)
+            z = z + self.latent_noise * randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
         recon = self.decode(z)
         err = (recon - x).pow(2)
         if mask is not None:
-            m = mask.expand_as(x).to(err.dtype)
+            m = mask.to(err.device).expand_as(x).to(err.dtype)
             mse = (err * m).sum() / m.sum().clamp_min(1.0)
         else:
             mse = err.mean()
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         total = mse + self.kl_weight * kl
-        metrics = {"recon_mse": mse.item(), "kl": kl.item()}
+        metrics: dict[str, torch.Tensor | float] = {"recon_mse": mse.detach(), "kl": kl.detach()}
         if predictor is not None and self.predictor_weight > 0:
             guide = (predictor(recon) - predictor(x).detach()).pow(2).mean()
             total = total + self.predictor_weight * guide
-            metrics["predictor_mse"] = guide.item()
+            metrics["predictor_mse"] = guide.detach()
         return TokenizerOutput(latents=mean, loss=total, metrics=metrics)

@@ -63,6 +63,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import nn
 
+from paramgen._random import rand, randint, randperm
 from paramgen.interfaces import TokenizerOutput
 
 __all__ = ["GumbelVQTokenizer"]
@@ -286,8 +287,7 @@ class GumbelVQTokenizer(nn.Module):
         codebook = self.codebook  # (m, D), after re-seeding
         logits = self._logits(z_e)  # (B, N, l, m)
         if training:
-            dev = generator.device if generator is not None else logits.device
-            u = torch.rand(logits.shape, generator=generator, device=dev, dtype=logits.dtype).to(logits.device)
+            u = rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
             tiny = torch.finfo(logits.dtype).tiny
             gumbel = -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
             y = torch.softmax((logits + gumbel) / tau, dim=-1)  # (B, N, l, m)
@@ -303,7 +303,7 @@ class GumbelVQTokenizer(nn.Module):
         recon = self._decode_quantized(z_q)  # (B, N, C)
         err = (recon - x).pow(2)
         if mask is not None:
-            m = mask.expand_as(x).to(err.dtype)
+            m = mask.to(err.device).expand_as(x).to(err.dtype)
             mse = (err * m).sum() / m.sum().clamp_min(1.0)
         else:
             mse = err.mean()
@@ -318,13 +318,14 @@ class GumbelVQTokenizer(nn.Module):
                 self.code_usage.mul_(self.usage_decay).add_((1 - self.usage_decay) * probs)
                 self.step += 1
             entropy = -(probs * probs.clamp_min(1e-12).log()).sum()
-        metrics = {
-            "recon_mse": mse.item(),
-            "commitment": commitment.item(),
-            "codebook": codebook_loss.item(),
+        # Tensors stay on the device (no host sync per step); the trainer reads them when it logs.
+        metrics: dict[str, torch.Tensor | float] = {
+            "recon_mse": mse.detach(),
+            "commitment": commitment.detach(),
+            "codebook": codebook_loss.detach(),
             "temperature": tau,
-            "perplexity": math.exp(entropy.item()),
-            "codebook_usage": (counts > 0).float().mean().item(),
+            "perplexity": entropy.exp(),
+            "codebook_usage": (counts > 0).float().mean(),
             "dead_codes_reset": float(reset),
         }
         return TokenizerOutput(
@@ -342,11 +343,10 @@ class GumbelVQTokenizer(nn.Module):
         if n == 0:
             return 0
         t = flat_e.shape[0]
-        dev = generator.device if generator is not None else flat_e.device
         if t >= n:  # distinct tokens, so revived codes do not duplicate each other
-            pick = torch.randperm(t, generator=generator, device=dev)[:n]
+            pick = randperm(t, generator=generator, device=flat_e.device)[:n]
         else:
-            pick = torch.randint(0, t, (n,), generator=generator, device=dev)
-        self.codebook[dead] = flat_e[pick.to(flat_e.device)].to(self.codebook.dtype)
+            pick = randint(t, (n,), generator=generator, device=flat_e.device)
+        self.codebook[dead] = flat_e[pick].to(self.codebook.dtype)
         self.code_usage[dead] = 1.0 / self.codebook_size
         return n
