@@ -58,6 +58,7 @@ BUILTINS: dict[str, str] = {
     "architecture": "paramgen.conditioners.architecture:ArchitectureConditioner",
     "concat": "paramgen.conditioners.architecture:ConcatConditioner",
     "text-or-vector": "paramgen.lora:TextOrVectorConditioner",
+    "chunk-position": "paramgen.chunkwise:ChunkPositionConditioner",
     # other saved parts
     "accuracy-predictor": "paramgen.predictor:AccuracyPredictor",
 }

@@ -272,22 +272,45 @@ class _Run:
 class _Rows(torch.utils.data.Dataset):
     """Vectorized, normalized rows kept where they are (the CPU); batches move to the device."""
 
-    def __init__(self, x: torch.Tensor, mask: torch.Tensor) -> None:
+    def __init__(self, x: torch.Tensor, mask: torch.Tensor, conds: Sequence[Any] | None, tasks: Sequence[str] | None) -> None:
         self.x, self.mask = x, mask  # (M, N, C); (N, C) shared or (M, N, C)
+        self.shared = mask if mask.ndim == 2 else None
+        self.conds, self.tasks = conds, tasks
 
     def __len__(self) -> int:
         return len(self.x)
 
-    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, i: int) -> dict[str, Any]:
         return self.__getitems__([i])
 
-    def __getitems__(self, idx: list[int]) -> dict[str, torch.Tensor | None]:
+    def __getitems__(self, idx: list[int]) -> dict[str, Any]:
         index = torch.as_tensor(idx, dtype=torch.long)
-        return {"x": self.x[index], "mask": None if self.mask.ndim == 2 else self.mask[index]}  # a shared mask stays out
+        return {
+            "x": self.x[index],
+            "mask": None if self.shared is not None else self.mask[index],  # a shared mask stays out
+            "cond": None if self.conds is None else [self.conds[i] for i in idx],
+            "task": None if self.tasks is None else [self.tasks[i] for i in idx],
+        }
 
 
-def _identity(batch: Any) -> Any:
-    return batch
+def _collate(items: Any) -> dict[str, Any]:
+    """A batch from `_Rows.__getitems__` as is, or a list of a user dataset's items."""
+    if isinstance(items, dict):
+        return items
+    if not items or not all(isinstance(it, dict) and "x" in it for it in items):
+        raise TypeError("a fit dataset's items must be dicts with an 'x' entry: the rows (N, C) of one model, normalized")
+
+    def column(key: str) -> list[Any] | None:
+        values = [it.get(key) for it in items]
+        return None if all(v is None for v in values) else values
+
+    masks = column("mask")
+    return {
+        "x": torch.stack([it["x"] for it in items]),  # (B, N, C)
+        "mask": None if masks is None else torch.stack(masks),  # (B, N, C)
+        "cond": column("cond"),
+        "task": column("task"),
+    }
 
 
 class _StepSampler(torch.utils.data.Sampler[list[int]]):
@@ -327,7 +350,7 @@ def _loader(dataset: torch.utils.data.Dataset, sampler: _StepSampler, run: _Run)
         torch.utils.data.DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=_identity,
+            collate_fn=_collate,
             num_workers=run.config.num_workers,
             pin_memory=run.device.type == "cuda",
         )
@@ -634,12 +657,15 @@ def _fit_normalizer(generator: Generator, zoo: _Zoo) -> None:
         generator.normalizer.fit_groups(groups)  # type: ignore[attr-defined]
 
 
-def _fit_tokenizer(run: _Run, generator: Generator, rows: _Rows, predictor: nn.Module | None, start: int, saved: _Saved | None, save: Callable) -> None:
+def _fit_tokenizer(
+    run: _Run, generator: Generator, rows: torch.utils.data.Dataset, predictor: nn.Module | None, start: int, saved: _Saved | None, save: Callable
+) -> None:
     tok = generator.tokenizer
     if not _trainable(tok) or run.config.tokenizer_steps == 0:
         return
     extra = {"predictor": predictor} if predictor is not None else {}
-    shared = rows.mask.to(run.device) if rows.mask.ndim == 2 else None  # (N, C), moved once
+    shared = getattr(rows, "shared", None)
+    shared = None if shared is None else shared.to(run.device)  # (N, C), moved once
 
     def loss(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         out = tok.loss(batch["x"], mask=shared if batch["mask"] is None else batch["mask"], generator=g, **extra)
@@ -648,32 +674,60 @@ def _fit_tokenizer(run: _Run, generator: Generator, rows: _Rows, predictor: nn.M
     _train(run, "tokenizer", _LossModule(loss, tokenizer=tok), rows, steps=run.config.tokenizer_steps, lr=run.config.tokenizer_lr, start=start, saved=saved, save=save)
 
 
-def _encode(run: _Run, generator: Generator, rows: _Rows) -> torch.Tensor:
-    """Latents (or token ids) of every model, on the device; fixes the latent statistics."""
-    latents = generator._encode_all(rows.x, rows.mask, run.config.encode_batch_size, indices=generator.discrete)
+@attrs.frozen
+class _Encoded:
+    z: torch.Tensor  # (M, *latent_shape) standardized latents, or (M, L) token ids; on the device
+    latents: torch.Tensor | None  # (M, *latent_shape) quantized latents of a discrete tokenizer (for alignment)
+    conds: list[Any] | None
+    tasks: list[str] | None
+
+
+def _encode(run: _Run, generator: Generator, rows: torch.utils.data.Dataset, *, want_latents: bool) -> _Encoded:
+    """One pass over the zoo in order: latents (or token ids) of every model, on the device,
+    with their conditions and tasks; fixes the latent statistics."""
+    tok = generator.tokenizer
+    if isinstance(tok, nn.Module):
+        tok.eval()
+    loader = torch.utils.data.DataLoader(rows, batch_size=run.config.encode_batch_size, collate_fn=_collate, num_workers=run.config.num_workers)
+    shared = getattr(rows, "shared", None)
+    shared = None if shared is None else shared.to(run.device)
+    outs, quantized, conds, tasks = [], [], [], []
+    with torch.no_grad():
+        for batch in loader:
+            mask = shared if batch["mask"] is None else batch["mask"].to(run.device)
+            out = tok.encode(batch["x"].to(run.device), mask=mask)
+            outs.append(out.indices if generator.discrete else out.latents)
+            if generator.discrete and want_latents:
+                quantized.append(out.latents)
+            conds.extend(batch["cond"] if batch["cond"] is not None else [None] * len(batch["x"]))
+            tasks.extend(batch["task"] if batch["task"] is not None else [None] * len(batch["x"]))
+    latents = torch.cat(outs)  # type: ignore[arg-type]
+    cond_list = None if all(c is None for c in conds) else conds
+    task_list = None if all(t is None for t in tasks) else tasks
     if generator.discrete:
         generator.latent_stats = LatentStats(mean=0.0, scale=1.0)
-        return latents.reshape(len(latents), -1)  # (M, L) token ids
+        z = latents.reshape(len(latents), -1)  # (M, L) token ids
+        return _Encoded(z, torch.cat(quantized) if quantized else None, cond_list, task_list)
     mean, std = float(latents.mean()), float(latents.std()) if latents.numel() > 1 else 1.0
     generator.latent_stats = LatentStats(mean=mean, scale=std if std > 0 else 1.0)
-    return generator.latent_stats.standardize(latents)  # (M, *latent_shape)
+    return _Encoded(generator.latent_stats.standardize(latents), None, cond_list, task_list)  # (M, *latent_shape)
 
 
-def _align(run: _Run, generator: Generator, zoo: _Zoo, rows: _Rows, z: torch.Tensor) -> None:
+def _align(run: _Run, generator: Generator, enc: _Encoded) -> None:
     from paramgen.conditioners.align import align_to_latents
 
     if run.config.align_steps == 0:
         return
-    if generator.conditioner is None or zoo.conds is None:
+    if generator.conditioner is None or enc.conds is None:
         raise ValueError("the align stage needs a conditioner and conds")
-    target = generator._encode_all(rows.x, rows.mask, run.config.encode_batch_size).flatten(1) if generator.discrete else z.flatten(1)
+    target = (enc.latents if generator.discrete else enc.z).flatten(1)  # type: ignore[union-attr]
     # The projection head is initialized from the global RNG: fork it, seeded, so that the
     # stage is reproducible and leaves the caller's RNG as it was.
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(_seed(run.config.seed, "align", "init"))
         g = torch.Generator().manual_seed(_seed(run.config.seed, "align", "batches"))
         losses = align_to_latents(
-            generator.conditioner, zoo.conds, target, groups=zoo.tasks, steps=run.config.align_steps,  # type: ignore[arg-type]
+            generator.conditioner, enc.conds, target, groups=enc.tasks, steps=run.config.align_steps,  # type: ignore[arg-type]
             batch_size=run.config.batch_size, lr=run.config.align_lr, generator=g, progress=run.config.progress and run.main,
         )
     if run.main:
@@ -707,12 +761,13 @@ def _conditions(run: _Run, generator: Generator, conds: Sequence[Any]) -> torch.
         return torch.cat([generator.condition(list(conds[i : i + b])) for i in range(0, n, b)])  # type: ignore[misc]
 
 
-def _fit_prior(run: _Run, generator: Generator, zoo: _Zoo, z: torch.Tensor, start: int, saved: _Saved | None, save: Callable) -> None:
+def _fit_prior(run: _Run, generator: Generator, enc: _Encoded, start: int, saved: _Saved | None, save: Callable) -> None:
     prior, conditioner = generator.prior, generator.conditioner
+    z = enc.z
     cond_params = _trainable(conditioner)
-    fixed = _conditions(run, generator, zoo.conds) if conditioner is not None and not cond_params else None  # type: ignore[arg-type]
+    fixed = _conditions(run, generator, enc.conds) if conditioner is not None and not cond_params else None  # type: ignore[arg-type]
     if hasattr(prior, "fit"):
-        c_all = fixed if fixed is not None or conditioner is None else _conditions(run, generator, zoo.conds)  # type: ignore[arg-type]
+        c_all = fixed if fixed is not None or conditioner is None else _conditions(run, generator, enc.conds)  # type: ignore[arg-type]
         prior.fit(z, c_all)  # type: ignore[attr-defined]
         return
     if run.config.prior_steps == 0:
@@ -730,7 +785,7 @@ def _fit_prior(run: _Run, generator: Generator, zoo: _Zoo, z: torch.Tensor, star
         return prior.loss(batch["z"], c, generator=g), {}
 
     parts = {"prior": prior} | ({"conditioner": conditioner} if cond_params else {})
-    raw = None if conditioner is None or fixed is not None else zoo.conds
+    raw = None if conditioner is None or fixed is not None else enc.conds
     _train(
         run, "prior", _LossModule(loss, **parts), _Latents(z, fixed, raw), steps=run.config.prior_steps, lr=run.config.prior_lr,
         start=start, saved=saved, save=save, update_ema=getattr(prior, "update_ema", None),
@@ -740,14 +795,18 @@ def _fit_prior(run: _Run, generator: Generator, zoo: _Zoo, z: torch.Tensor, star
 # --------------------------------------------------------------------------- fit
 @attrs.frozen
 class _Zoo:
-    flat: torch.Tensor | Sequence[torch.Tensor]
+    flat: torch.Tensor | Sequence[torch.Tensor] | torch.utils.data.Dataset
     conds: Sequence[Any] | None
     tasks: list[str] | None
     archs: list[str] | None
 
     @property
     def m(self) -> int:
-        return len(self.flat)
+        return len(self.flat)  # type: ignore[arg-type]
+
+    @property
+    def lazy(self) -> bool:
+        return isinstance(self.flat, torch.utils.data.Dataset)
 
 
 def _group(archs: Sequence[str]) -> dict[str, list[int]]:
@@ -758,6 +817,23 @@ def _group(archs: Sequence[str]) -> dict[str, list[int]]:
 
 
 def _check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Zoo:
+    if isinstance(flat, torch.utils.data.Dataset):
+        if conds is not None or tasks is not None or archs is not None:
+            raise ValueError("with a dataset, conditions and tasks come from its items ('cond', 'task'); pass conds, tasks and archs as None")
+        if generator.family:
+            raise ValueError("a family generator fits on flat vectors with archs=, not on a dataset")
+        if generator.normalizer is not None:
+            raise ValueError(
+                "a dataset gives rows as the tokenizer sees them (normalized): build the generator with normalizer=None "
+                "and normalize in the dataset"
+            )
+        try:
+            m = len(flat)  # type: ignore[arg-type]
+        except TypeError as e:
+            raise TypeError(f"fit needs a map-style dataset with a length, got {type(flat).__name__}") from e
+        if m == 0:
+            raise ValueError("fit needs at least one model; the dataset is empty")
+        return _Zoo(flat, None, None, None)
     if isinstance(flat, torch.Tensor):
         m = flat.shape[0] if flat.ndim >= 1 else 0
     elif isinstance(flat, Sequence) and all(isinstance(f, torch.Tensor) for f in flat):
@@ -781,7 +857,12 @@ def _check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, tas
 def _fingerprint(generator: Generator, zoo: _Zoo, config: FitConfig) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one."""
     keep = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "checkpoint_dir", "progress", "num_workers", "log_every")}
-    size = [int(f.numel()) for f in zoo.flat][:1] if zoo.archs is not None else list(zoo.flat.shape)  # type: ignore[union-attr]
+    if zoo.lazy:
+        size = [zoo.m, generator.vectorizer.rows, generator.vectorizer.width]
+    elif zoo.archs is not None:
+        size = [int(f.numel()) for f in zoo.flat][:1]  # type: ignore[union-attr]
+    else:
+        size = list(zoo.flat.shape)  # type: ignore[union-attr]
     return {"config": keep, "models": zoo.m, "size": size, "components": {r: type(p).__name__ for r, p in generator._components().items()}}
 
 
@@ -805,7 +886,12 @@ def fit(
             `paramgen.Generator.to`, or by the accelerator).
         flat: ``(M, D)`` weight vectors in spec order (e.g. ``Zoo.flatten()[0]``), kept
             on the CPU: batches move to the device one at a time. For a family, a
-            sequence of ``M`` flat vectors of their own architectures.
+            sequence of ``M`` flat vectors of their own architectures. Or a map-style
+            ``torch.utils.data.Dataset`` read lazily, whose items are dicts with ``"x"``
+            (the ``(N, C)`` rows of one model as the tokenizer sees them: vectorized and
+            normalized), and optionally ``"mask"`` (``(N, C)`` bool), ``"cond"`` (its raw
+            condition) and ``"task"``; the normalizer stage is then the dataset's business
+            (build the generator with ``normalizer=None``).
         conds: One raw condition per model, for the conditioner.
         config: Steps, optimizer, schedule, precision, checkpoints.
         tasks: Task name per model (a per-task normalizer; contrastive groups).
@@ -863,20 +949,29 @@ def fit(
 
     # The stages. Deterministic ones (normalizer statistics, encoding) are recomputed on
     # resume; an interrupted alignment starts over from the tokenizer-end checkpoint.
-    _fit_normalizer(generator, zoo)
-    x, mask = generator._rows(zoo.flat, zoo.tasks, zoo.archs)  # (M, N, C) on the CPU
-    rows = _Rows(x, mask)
+    rows: torch.utils.data.Dataset
+    if zoo.lazy:
+        rows = zoo.flat  # type: ignore[assignment]
+    else:
+        _fit_normalizer(generator, zoo)
+        x, mask = generator._rows(zoo.flat, zoo.tasks, zoo.archs)  # type: ignore[arg-type]  # (M, N, C) on the CPU
+        rows = _Rows(x, mask, zoo.conds, zoo.tasks)
     if not finished("tokenizer"):
         start, state = resumed("tokenizer")
         _fit_tokenizer(run, generator, rows, predictor, start, state, saver("tokenizer"))
         saver("tokenizer")(config.tokenizer_steps)
-    z = _encode(run, generator, rows)
+    enc = _encode(run, generator, rows, want_latents=config.align_steps > 0)
+    if zoo.lazy:
+        if generator.conditioner is not None and (enc.conds is None or any(c is None for c in enc.conds)):
+            raise ValueError("this generator is conditioned: every dataset item needs a 'cond'")
+        if generator.conditioner is None and enc.conds is not None:
+            raise ValueError("this generator is unconditional, but the dataset items carry a 'cond'")
     if not finished("align") and config.align_steps > 0:
-        _align(run, generator, zoo, rows, z)
+        _align(run, generator, enc)
         saver("align")(config.align_steps)
     if not finished("prior"):
         start, state = resumed("prior")
-        _fit_prior(run, generator, zoo, z, start, state, saver("prior"))
+        _fit_prior(run, generator, enc, start, state, saver("prior"))
     for part in _modules(generator.tokenizer, generator.prior, generator.conditioner):
         part.eval()
     generator.fitted = True

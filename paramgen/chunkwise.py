@@ -1,0 +1,348 @@
+"""Chunk-wise generation of large models (D2NWG section 5 and appendix A.4).
+
+A model too large to be one latent is cut layer by layer into chunks of ``K`` values
+(`paramgen.chunks.ChunkLayout`). Each chunk of each checkpoint is one training sample of
+an ordinary `paramgen.Generator` over rows of width ``K``; the sample's condition is its
+position — its global chunk index, its tensor and the tensor's type
+(`ChunkPositionConditioner`) — optionally joined with a task or dataset condition.
+Sampling asks for every chunk of the model in batches and writes them, batch by batch,
+into a state dict or straight into a safetensors file (`paramgen.streaming.assemble`):
+one batch of rows and the tensor being written are all that is held.
+
+Each tensor is standardized with its own mean and standard deviation over the zoo
+(`ChunkStats`, computed in one streaming pass), so that LayerNorm scales near 1 and
+attention weights near 0.05 become one distribution of values.
+
+Examples:
+    >>> import torch
+    >>> from paramgen.chunks import ChunkDataset, ChunkLayout
+    >>> from paramgen.priors import DiffusionPrior
+    >>> from paramgen.spec import ParamSpec
+    >>> from paramgen.tokenizers import VAETokenizer
+    >>> from paramgen.training import FitConfig
+    >>> net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 4))
+    >>> layout = ChunkLayout(ParamSpec.from_module(net), 32)
+    >>> tok = VAETokenizer(rows=1, width=32, latent_channels=2, latent_length=4, hidden_channels=8, num_down=1)
+    >>> prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=16, base_channels=8, channel_mults=(1,), timesteps=50)
+    >>> gen = ChunkwiseGenerator.build(layout, tokenizer=tok, prior=prior, position_dim=16)
+    >>> data = ChunkDataset.from_state_dicts(layout, [net.state_dict()])
+    >>> gen = gen.fit(data, config=FitConfig(tokenizer_steps=3, prior_steps=3, batch_size=8, progress=False))
+    >>> sd = gen.sample(generator=torch.Generator().manual_seed(0), sampler="ddim", steps=5)
+    >>> net.load_state_dict(sd)
+    <All keys matched successfully>
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from paramgen.chunks import ChunkLayout
+from paramgen.conditioners.architecture import ConcatConditioner
+from paramgen.generator import Generator
+from paramgen.interfaces import Conditioner, Prior, Tokenizer
+from paramgen.io import read_json, save_safetensors, write_json
+from paramgen.spec import ParamSpec
+from paramgen.streaming import assemble
+from paramgen.vectorize import ModelVectorizer
+
+__all__ = ["ChunkPositionConditioner", "ChunkStats", "ChunkSamples", "ChunkwiseGenerator"]
+
+FORMAT = "paramgen.ChunkwiseGenerator"
+FORMAT_VERSION = 1
+
+
+class ChunkPositionConditioner(nn.Module):
+    """The condition of a chunk: where it sits in the model.
+
+    A chunk id ``i`` becomes ``MLP(E_chunk[i] + E_tensor[tensor(i)] + E_type[type(i)])``:
+    D2NWG's chunk-index embedding, plus the chunk's tensor and the tensor's type (e.g.
+    ``attention.self.query.weight``) so that chunks of similar layers share statistics.
+    Raw conditions are chunk ids (ints or an int tensor).
+
+    Args:
+        num_chunks: Chunks of the layout.
+        num_tensors: Tensors of the layout.
+        num_types: Tensor types of the layout.
+        dim: Output width.
+
+    Examples:
+        >>> import torch
+        >>> from paramgen.chunks import ChunkLayout
+        >>> from paramgen.spec import ParamSpec
+        >>> layout = ChunkLayout(ParamSpec.from_module(torch.nn.Linear(8, 4)), 8)
+        >>> cond = ChunkPositionConditioner.from_layout(layout, dim=6)
+        >>> cond([0, 4]).shape
+        torch.Size([2, 6])
+    """
+
+    def __init__(self, *, num_chunks: int, num_tensors: int, num_types: int, dim: int = 64) -> None:
+        super().__init__()
+        if min(num_chunks, num_tensors, num_types, dim) < 1:
+            raise ValueError("num_chunks, num_tensors, num_types and dim must be positive")
+        self._config = dict(num_chunks=num_chunks, num_tensors=num_tensors, num_types=num_types, dim=dim)
+        self.dim = dim
+        self.chunk = nn.Embedding(num_chunks, dim)
+        self.tensor = nn.Embedding(num_tensors, dim)
+        self.kind = nn.Embedding(num_types, dim)
+        self.mlp = nn.Sequential(nn.SiLU(), nn.Linear(dim, dim))
+        for emb in (self.chunk, self.tensor, self.kind):
+            nn.init.normal_(emb.weight, std=0.02)
+        # Lookup tables chunk -> tensor / type: saved with the weights (they fix the layout).
+        self.register_buffer("tensor_of", torch.zeros(num_chunks, dtype=torch.long))
+        self.register_buffer("type_of", torch.zeros(num_chunks, dtype=torch.long))
+
+    @classmethod
+    def from_layout(cls, layout: ChunkLayout, *, dim: int = 64) -> ChunkPositionConditioner:
+        cond = cls(num_chunks=layout.num_chunks, num_tensors=len(layout.tensors), num_types=layout.num_types, dim=dim)
+        cond.tensor_of.copy_(layout.tensor_ids)
+        cond.type_of.copy_(layout.type_ids)
+        return cond
+
+    def config(self) -> dict[str, Any]:
+        return dict(self._config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> ChunkPositionConditioner:
+        return cls(**config)
+
+    def forward(self, raw: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """``(B, dim)`` conditions of ``B`` chunk ids."""
+        ids = torch.as_tensor(raw if isinstance(raw, torch.Tensor) else list(raw), dtype=torch.long)
+        if ids.ndim != 1 or ids.numel() == 0:
+            raise ValueError(f"ChunkPositionConditioner: expected a non-empty sequence of chunk ids, got shape {tuple(ids.shape)}")
+        n = self.chunk.num_embeddings
+        if int(ids.min()) < 0 or int(ids.max()) >= n:
+            raise ValueError(f"ChunkPositionConditioner: chunk ids must lie in [0, {n}), got {int(ids.min())}..{int(ids.max())}")
+        ids = ids.to(self.chunk.weight.device)
+        h = self.chunk(ids) + self.tensor(self.tensor_of[ids]) + self.kind(self.type_of[ids])  # (B, dim)
+        return self.mlp(h)
+
+
+@attrs.frozen(eq=False)
+class ChunkStats:
+    """Mean and standard deviation of each tensor of a layout over a zoo (float64, ``(T,)``).
+
+    Examples:
+        >>> import torch
+        >>> from paramgen.chunks import ChunkDataset, ChunkLayout
+        >>> from paramgen.spec import ParamSpec
+        >>> sd = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([10.0, 10.0, 10.0])}
+        >>> layout = ChunkLayout(ParamSpec.from_state_dict(sd), 2)
+        >>> stats = ChunkStats.fit(ChunkDataset.from_state_dicts(layout, [sd]))
+        >>> stats.mean.tolist(), stats.std.tolist()
+        ([2.0, 10.0], [1.0, 1.0])
+    """
+
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    @classmethod
+    def fit(cls, data: Any, *, batch_size: int = 256, num_workers: int = 0) -> ChunkStats:
+        """One pass over a `paramgen.chunks.ChunkDataset`; a constant tensor gets std 1."""
+        t = len(data.layout.tensors)
+        total = torch.zeros(t, dtype=torch.float64)
+        sq = torch.zeros(t, dtype=torch.float64)
+        count = torch.zeros(t, dtype=torch.float64)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
+        for batch in loader:
+            v = batch["values"].double() * batch["mask"]  # (B, K)
+            tid = batch["tensor"]
+            total.index_add_(0, tid, v.sum(1))
+            sq.index_add_(0, tid, v.pow(2).sum(1))
+            count.index_add_(0, tid, batch["mask"].sum(1).double())
+        mean = total / count
+        var = (sq / count - mean.pow(2)).clamp_min(0.0)
+        std = var.sqrt()
+        std = torch.where(std > 1e-8 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
+        return cls(mean, std)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"mean": self.mean, "std": self.std}
+
+
+class ChunkSamples(torch.utils.data.Dataset):
+    """A `paramgen.chunks.ChunkDataset` as training samples for `paramgen.training.fit`.
+
+    Item ``i``: ``"x"`` the chunk standardized by its tensor's statistics, ``(1, K)``, zero
+    on padding; ``"mask"`` ``(1, K)``; ``"cond"`` its chunk id, or ``(chunk id, task
+    condition)`` when ``conditions`` gives one raw condition per checkpoint.
+    """
+
+    def __init__(self, data: Any, stats: ChunkStats, conditions: Sequence[Any] | None = None) -> None:
+        if conditions is not None and len(conditions) != data.num_checkpoints:
+            raise ValueError(f"expected one condition per checkpoint ({data.num_checkpoints}), got {len(conditions)}")
+        self.data, self.stats, self.conditions = data, stats, conditions
+        self.mean, self.std = stats.mean.float(), stats.std.float()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.data[i]
+        t = item["tensor"]
+        x = ((item["values"].float() - self.mean[t]) / self.std[t]) * item["mask"]  # (K,)
+        cond = item["chunk"] if self.conditions is None else (item["chunk"], self.conditions[item["checkpoint"]])
+        return {"x": x[None], "mask": item["mask"][None], "cond": cond}
+
+
+def _chunk_spec(chunk_size: int) -> ParamSpec:
+    return ParamSpec.from_state_dict({"chunk": torch.zeros(chunk_size)})
+
+
+class ChunkwiseGenerator:
+    """A generator of whole large models, chunk by chunk (see the module docstring).
+
+    Args:
+        layout: Which tensors and how they are cut.
+        generator: The `paramgen.Generator` over rows ``(1, K)``, conditioned on chunk
+            positions (and a task condition if ``task_conditioned``).
+        task_conditioned: Whether raw conditions are ``(chunk id, task condition)`` pairs.
+    """
+
+    def __init__(self, layout: ChunkLayout, generator: Generator, *, task_conditioned: bool = False) -> None:
+        if (generator.vectorizer.rows, generator.vectorizer.width) != (1, layout.chunk_size):
+            raise ValueError(f"the generator must make rows (1, {layout.chunk_size}), it makes ({generator.vectorizer.rows}, {generator.vectorizer.width})")
+        if generator.conditioner is None:
+            raise ValueError("a chunk-wise generator is conditioned on chunk positions; the generator has no conditioner")
+        self.layout = layout
+        self.generator = generator
+        self.task_conditioned = task_conditioned
+        self.stats: ChunkStats | None = None
+
+    @classmethod
+    def build(
+        cls,
+        layout: ChunkLayout,
+        *,
+        tokenizer: Tokenizer,
+        prior: Prior,
+        task_conditioner: Conditioner | None = None,
+        position_dim: int = 64,
+    ) -> ChunkwiseGenerator:
+        """Compose the inner generator: rows of one chunk, a position conditioner (joined
+        with ``task_conditioner`` if given); ``prior.cond_dim`` must equal
+        ``position_dim`` (+ the task conditioner's ``dim``)."""
+        position = ChunkPositionConditioner.from_layout(layout, dim=position_dim)
+        conditioner: Conditioner = position if task_conditioner is None else ConcatConditioner(position, task_conditioner)  # type: ignore[arg-type]
+        inner = Generator(vectorizer=ModelVectorizer(_chunk_spec(layout.chunk_size)), tokenizer=tokenizer, prior=prior, conditioner=conditioner)
+        return cls(layout, inner, task_conditioned=task_conditioner is not None)
+
+    # ------------------------------------------------------------------ devices
+    def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ChunkwiseGenerator:
+        self.generator.to(device, dtype)
+        return self
+
+    @property
+    def device(self) -> torch.device:
+        return self.generator.device
+
+    # ------------------------------------------------------------------ fitting
+    def fit(self, data: Any, *, conditions: Sequence[Any] | None = None, config: Any = None, **kwargs: Any) -> ChunkwiseGenerator:
+        """Fit on a `paramgen.chunks.ChunkDataset` (its layout must be this one's).
+
+        Args:
+            data: The chunks of the zoo, read lazily.
+            conditions: One raw task condition per checkpoint (a task-conditioned generator).
+            config: A `paramgen.training.FitConfig`.
+            **kwargs: Passed to `paramgen.training.fit` (``tracker``, ``resume``, ...).
+        """
+        from paramgen.training import fit
+
+        if data.layout.config() != self.layout.config() or data.layout.spec.fingerprint != self.layout.spec.fingerprint:
+            raise ValueError("the dataset's chunk layout differs from the generator's")
+        if self.task_conditioned != (conditions is not None):
+            raise ValueError("a task-conditioned chunk-wise generator needs conditions= (one per checkpoint); an unconditioned one takes none")
+        self.stats = ChunkStats.fit(data)
+        fit(self.generator, ChunkSamples(data, self.stats, conditions), config=config, **kwargs)
+        return self
+
+    # ------------------------------------------------------------------ sampling
+    def _batches(self, cond: Any, batch_size: int, generator: torch.Generator | None, kwargs: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        assert self.stats is not None
+        device = self.device
+        mean, std = self.stats.mean.to(device), self.stats.std.to(device)
+        tensor_of = self.layout.tensor_ids.to(device)
+        for start in range(0, self.layout.num_chunks, batch_size):
+            ids = torch.arange(start, min(start + batch_size, self.layout.num_chunks))  # (B,)
+            raw: list[Any] = ids.tolist() if not self.task_conditioned else [(i, cond) for i in ids.tolist()]
+            z = self.generator.sample_flat(raw, 1, generator=generator, batch_size=batch_size, **kwargs)  # (B, K) standardized
+            t = tensor_of[ids.to(device)]
+            values = (z.double() * std[t, None] + mean[t, None]).float()  # type: ignore[union-attr]
+            yield ids, values.cpu()
+
+    @torch.no_grad()
+    def sample(
+        self,
+        cond: Any = None,
+        *,
+        out: str | os.PathLike | None = None,
+        base: Mapping[str, torch.Tensor] | None = None,
+        batch_size: int = 512,
+        generator: torch.Generator | None = None,
+        **sample_kwargs: Any,
+    ) -> dict[str, torch.Tensor] | Path:
+        """Sample one model: every chunk, ``batch_size`` chunks at a time.
+
+        Args:
+            cond: The task condition (a task-conditioned generator), else ``None``.
+            out: A ``.safetensors`` path to stream into (written atomically; a failure
+                leaves no file); ``None`` returns a state dict whose tensors own compact
+                storage.
+            base: A state dict giving the tensors the layout does not cover (a selection
+                of layers over a base model); they are passed through unchanged.
+            batch_size: Chunks sampled at once (the memory held besides the output).
+            generator: Randomness of sampling (on the CPU or the generator's device).
+            **sample_kwargs: Passed to the prior (e.g. ``sampler="ddim"``, ``steps=50``).
+        """
+        if self.stats is None or not self.generator.fitted:
+            raise RuntimeError("this chunk-wise generator is not fitted: call fit() or from_pretrained()")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if self.task_conditioned and cond is None:
+            raise ValueError("this chunk-wise generator is task-conditioned: pass cond")
+        if not self.task_conditioned and cond is not None:
+            raise ValueError("this chunk-wise generator is not task-conditioned: pass cond=None")
+        covered = set(self.layout.names)
+        extras = None if base is None else {k: v for k, v in base.items() if k not in covered}
+        missing = [t.name for t in self.layout.spec.tensors if t.name not in covered and (extras is None or t.name not in extras)]
+        if self.layout.include is not None and missing:
+            raise ValueError(f"the layout covers a selection of tensors; pass base= with the others (missing e.g. {missing[:3]})")
+        return assemble(self.layout, self._batches(cond, batch_size, generator, sample_kwargs), out=out, extras=extras)
+
+    # ------------------------------------------------------------------ persistence
+    def save_pretrained(self, path: str | os.PathLike) -> Path:
+        """``generator/`` (the inner generator), ``stats.safetensors`` and ``chunkwise.json``."""
+        if self.stats is None:
+            raise RuntimeError("this chunk-wise generator is not fitted: nothing to save")
+        path = Path(path)
+        self.generator.save_pretrained(path / "generator")
+        save_safetensors(path / "stats.safetensors", self.stats.state_dict(), metadata={"format": FORMAT})
+        write_json(
+            path / "chunkwise.json",
+            {"format": FORMAT, "version": FORMAT_VERSION, "spec": self.layout.spec.to_dict(), "layout": self.layout.config(), "task_conditioned": self.task_conditioned},
+        )
+        return path
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> ChunkwiseGenerator:
+        path = Path(path)
+        if not (path / "chunkwise.json").exists():
+            raise FileNotFoundError(f"{path} holds no saved chunk-wise generator (no chunkwise.json)")
+        meta = read_json(path / "chunkwise.json")
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
+            raise ValueError(f"{path}/chunkwise.json is not a paramgen chunk-wise generator of version {FORMAT_VERSION}")
+        layout = ChunkLayout(ParamSpec.from_dict(meta["spec"]), **meta["layout"])
+        gen = cls(layout, Generator.from_pretrained(path / "generator", device=device), task_conditioned=bool(meta["task_conditioned"]))
+        stats = load_file(str(path / "stats.safetensors"))
+        if stats["mean"].shape != (len(layout.tensors),) or stats["std"].shape != (len(layout.tensors),):
+            raise ValueError(f"{path}/stats.safetensors does not match the layout's {len(layout.tensors)} tensors")
+        gen.stats = ChunkStats(stats["mean"].double(), stats["std"].double())
+        return gen

@@ -1,0 +1,149 @@
+"""Chunk-wise generation: fit on a lazily read zoo, sample into a state dict or a file,
+selected tensors over a base model, save/load, and the dataset path of `fit`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from paramgen import Generator, ModelVectorizer, ParamSpec
+from paramgen.chunks import ChunkDataset, ChunkLayout
+from paramgen.chunkwise import ChunkPositionConditioner, ChunkSamples, ChunkStats, ChunkwiseGenerator
+from paramgen.conditioners import IndexConditioner
+from paramgen.priors import DiffusionPrior
+from paramgen.tokenizers import VAETokenizer
+from paramgen.training import FitConfig, fit
+
+K = 32
+
+
+def net() -> torch.nn.Module:
+    return torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.LayerNorm(10), torch.nn.Linear(10, 3))
+
+
+def build(layout: ChunkLayout, task_dim: int = 0) -> ChunkwiseGenerator:
+    torch.manual_seed(0)
+    tok = VAETokenizer(rows=1, width=K, latent_channels=2, latent_length=4, hidden_channels=8, num_down=1)
+    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=16 + task_dim, base_channels=8, channel_mults=(1,), timesteps=50)
+    task = IndexConditioner(["a", "b"], dim=task_dim) if task_dim else None
+    return ChunkwiseGenerator.build(layout, tokenizer=tok, prior=prior, task_conditioner=task, position_dim=16)
+
+
+def zoo(tmp_path: Path, n: int = 3) -> tuple[ChunkLayout, list[Path], list[dict]]:
+    torch.manual_seed(1)
+    states = [net().state_dict() for _ in range(n)]
+    paths = []
+    for i, sd in enumerate(states):
+        paths.append(tmp_path / f"m{i}.safetensors")
+        save_file({k: v.contiguous() for k, v in sd.items()}, str(paths[-1]))
+    return ChunkLayout(ParamSpec.from_state_dict(states[0]), K), paths, states
+
+
+CONFIG = FitConfig(tokenizer_steps=10, prior_steps=10, batch_size=8, progress=False)
+
+
+def test_fit_sample_to_dict_and_to_file_agree_and_reload(tmp_path: Path) -> None:
+    layout, paths, states = zoo(tmp_path)
+    gen = build(layout).fit(ChunkDataset(layout, paths), config=CONFIG)
+    kw = dict(sampler="ddim", steps=5, batch_size=3)
+    sd = gen.sample(generator=torch.Generator().manual_seed(0), **kw)
+    out = gen.sample(out=tmp_path / "gen.safetensors", generator=torch.Generator().manual_seed(0), **kw)
+    assert out == tmp_path / "gen.safetensors"
+    on_disk = load_file(str(out))
+    assert sd.keys() == on_disk.keys() == states[0].keys()
+    assert all(torch.equal(sd[k], on_disk[k]) for k in sd)
+    net().load_state_dict(sd)  # the right shapes and names
+    assert all(v.untyped_storage().nbytes() == v.numel() * v.element_size() for v in sd.values())  # compact storage
+    gen.save_pretrained(tmp_path / "g")
+    back = ChunkwiseGenerator.from_pretrained(tmp_path / "g")
+    again = back.sample(generator=torch.Generator().manual_seed(0), **kw)
+    assert all(torch.equal(sd[k], again[k]) for k in sd)
+    other = gen.sample(generator=torch.Generator().manual_seed(1), **kw)
+    assert not all(torch.equal(sd[k], other[k]) for k in sd)
+
+
+def test_per_tensor_statistics_put_each_tensor_back_at_its_scale(tmp_path: Path) -> None:
+    layout, paths, states = zoo(tmp_path)
+    stats = ChunkStats.fit(ChunkDataset(layout, paths))
+    ln = layout.tensor_index("1.weight")  # LayerNorm weight: all ones
+    assert stats.mean[ln] == pytest.approx(1.0) and stats.std[ln] == 1.0  # constant tensor: std 1
+    w = torch.stack([s["0.weight"].flatten() for s in states]).double()
+    assert stats.mean[0] == pytest.approx(float(w.mean()))
+    assert stats.std[0] == pytest.approx(float(w.std(correction=0)), rel=1e-6)
+    item = ChunkSamples(ChunkDataset(layout, paths), stats)[0]
+    assert item["x"].shape == (1, K) and item["cond"] == 0
+
+
+def test_selected_tensors_over_a_base_model(tmp_path: Path) -> None:
+    _, paths, states = zoo(tmp_path)
+    layout = ChunkLayout(ParamSpec.from_state_dict(states[0]), K, include=["2.weight"])
+    gen = build(layout).fit(ChunkDataset(layout, paths, strict=False), config=CONFIG)
+    with pytest.raises(ValueError, match="pass base="):
+        gen.sample(sampler="ddim", steps=3)
+    sd = gen.sample(base=states[0], generator=torch.Generator().manual_seed(0), sampler="ddim", steps=3)
+    assert torch.equal(sd["0.weight"], states[0]["0.weight"]) and not torch.equal(sd["2.weight"], states[0]["2.weight"])
+
+
+def test_task_conditioned_chunks(tmp_path: Path) -> None:
+    layout, paths, _ = zoo(tmp_path, n=2)
+    gen = build(layout, task_dim=4)
+    with pytest.raises(ValueError, match="needs conditions="):
+        gen.fit(ChunkDataset(layout, paths), config=CONFIG)
+    gen.fit(ChunkDataset(layout, paths), conditions=["a", "b"], config=CONFIG)
+    with pytest.raises(ValueError, match="pass cond"):
+        gen.sample(sampler="ddim", steps=3)
+    assert gen.sample("b", sampler="ddim", steps=3, generator=torch.Generator().manual_seed(0)).keys() == net().state_dict().keys()
+
+
+def test_bad_input(tmp_path: Path) -> None:
+    layout, paths, _ = zoo(tmp_path)
+    gen = build(layout)
+    with pytest.raises(RuntimeError, match="not fitted"):
+        gen.sample()
+    with pytest.raises(ValueError, match="chunk_size 7 does not divide"):
+        ChunkLayout(layout.spec, 7, divisible=True)
+    other = ChunkLayout(layout.spec, 16)
+    with pytest.raises(ValueError, match="layout differs"):
+        gen.fit(ChunkDataset(other, paths), config=CONFIG)
+    with pytest.raises(ValueError, match="chunk ids must lie in"):
+        ChunkPositionConditioner.from_layout(layout, dim=4)([layout.num_chunks])
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "bad.safetensors"))
+    with pytest.raises(Exception, match="bad.safetensors"):
+        ChunkDataset(layout, [tmp_path / "bad.safetensors"])
+
+
+class RowsDataset(torch.utils.data.Dataset):
+    def __init__(self, x: torch.Tensor, conds: list[str]) -> None:
+        self.x, self.conds = x, conds
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"x": self.x[i][None], "cond": self.conds[i]}
+
+
+def test_fit_on_a_dataset_equals_fit_on_the_tensor() -> None:
+    spec = ParamSpec.from_module(torch.nn.Linear(4, 3))
+    flat = torch.randn(16, spec.numel, generator=torch.Generator().manual_seed(0))
+    conds = ["a", "b"] * 8
+    states = []
+    for data in ("tensor", "dataset"):
+        torch.manual_seed(0)
+        tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=2, latent_length=4, hidden_channels=8, num_down=1)
+        gen = Generator(
+            vectorizer=ModelVectorizer(spec), tokenizer=tok, conditioner=IndexConditioner(["a", "b"], dim=4),
+            prior=DiffusionPrior(shape=tok.latent_shape, cond_dim=4, base_channels=8, channel_mults=(1,), timesteps=50),
+        )
+        config = FitConfig(tokenizer_steps=6, prior_steps=6, batch_size=8, progress=False)
+        if data == "tensor":
+            fit(gen, flat, conds, config=config)
+        else:
+            fit(gen, RowsDataset(flat, conds), config=config)
+        states.append({f"{r}.{k}": v for r, p in gen._components().items() for k, v in p.state_dict().items()})
+    assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
+    with pytest.raises(ValueError, match="come from its items"):
+        fit(gen, RowsDataset(flat, conds), conds, config=config)
