@@ -702,6 +702,9 @@ def _encode(run: _Run, generator: Generator, rows: torch.utils.data.Dataset, *, 
             conds.extend(batch["cond"] if batch["cond"] is not None else [None] * len(batch["x"]))
             tasks.extend(batch["task"] if batch["task"] is not None else [None] * len(batch["x"]))
     latents = torch.cat(outs)  # type: ignore[arg-type]
+    # The losses skip value checks on an accelerator (paramgen._validate): check once here.
+    if latents.is_floating_point() and not torch.isfinite(latents).all():
+        raise NonFiniteLossError("fit: the tokenizer encoded some models to NaN or Inf latents (check the zoo for non-finite weights)")
     cond_list = None if all(c is None for c in conds) else conds
     task_list = None if all(t is None for t in tasks) else tasks
     if generator.discrete:
@@ -758,7 +761,10 @@ class _Latents(torch.utils.data.Dataset):
 def _conditions(run: _Run, generator: Generator, conds: Sequence[Any]) -> torch.Tensor:
     n, b = len(conds), run.config.encode_batch_size
     with torch.no_grad():
-        return torch.cat([generator.condition(list(conds[i : i + b])) for i in range(0, n, b)])  # type: ignore[misc]
+        c = torch.cat([generator.condition(list(conds[i : i + b])) for i in range(0, n, b)])  # type: ignore[misc]
+    if not torch.isfinite(c).all():
+        raise ValueError("fit: the conditioner turned some conditions into NaN or Inf vectors")
+    return c
 
 
 def _fit_prior(run: _Run, generator: Generator, enc: _Encoded, start: int, saved: _Saved | None, save: Callable) -> None:

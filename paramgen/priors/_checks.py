@@ -7,8 +7,9 @@ import torch
 __all__ = ["check_cond"]
 
 
-def check_cond(cond: torch.Tensor | None, rows: int, cond_dim: int) -> torch.Tensor | None:
-    """Validate condition vectors ``(rows, cond_dim)`` (``None`` for an unconditional prior)."""
+def check_cond(cond: torch.Tensor | None, rows: int, cond_dim: int, *, values: bool = True) -> torch.Tensor | None:
+    """Validate condition vectors ``(rows, cond_dim)`` (``None`` for an unconditional prior);
+    ``values=False`` skips the finiteness check (a training step on an accelerator)."""
     if cond_dim == 0:
         if cond is not None:
             got = tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__
@@ -21,6 +22,6 @@ def check_cond(cond: torch.Tensor | None, rows: int, cond_dim: int) -> torch.Ten
         raise ValueError(f"expected cond of shape ({rows}, {cond_dim}), got {got}")
     if not cond.is_floating_point():
         raise TypeError(f"expected floating condition vectors, got {cond.dtype}")
-    if not torch.isfinite(cond).all():
+    if values and not torch.isfinite(cond).all():
         raise ValueError("condition vectors contain NaN or Inf")
     return cond

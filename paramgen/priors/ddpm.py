@@ -31,8 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from paramgen.priors._checks import check_cond
 from paramgen._random import rand, randint, randn
+from paramgen._validate import host_values
+from paramgen.priors._checks import check_cond
 from paramgen.priors.schedule import LinearSchedule, ddim_sample, ddpm_sample
 from paramgen.priors.unet1d import UNet1D
 from paramgen.spec import NonFiniteWeightsError
@@ -196,8 +197,8 @@ class DiffusionPrior(nn.Module):
         return self
 
     # --- checks ------------------------------------------------------------------------
-    def _check_cond(self, cond: torch.Tensor | None, rows: int) -> torch.Tensor | None:
-        return check_cond(cond, rows, self.cond_dim)
+    def _check_cond(self, cond: torch.Tensor | None, rows: int, *, values: bool = True) -> torch.Tensor | None:
+        return check_cond(cond, rows, self.cond_dim, values=values)
 
     def _device_dtype(self) -> tuple[torch.device, torch.dtype]:
         p = next(self.unet.parameters())
@@ -226,10 +227,11 @@ class DiffusionPrior(nn.Module):
             raise ValueError(f"expected latents of shape (B, {self.shape[0]}, {self.shape[1]}), got {got}")
         if not latents.is_floating_point():
             raise TypeError(f"expected floating latents, got {latents.dtype}")
-        if not torch.isfinite(latents).all():
+        values = host_values(latents)  # no per-step device sync (see paramgen._validate)
+        if values and not torch.isfinite(latents).all():
             raise NonFiniteWeightsError("latents contain NaN or Inf")
         batch = latents.shape[0]
-        cond = self._check_cond(cond, batch)
+        cond = self._check_cond(cond, batch, values=values)
         device = latents.device
         t = randint(self.schedule.timesteps, (batch,), generator=generator, device=device)  # (B,)
         noise = randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)  # (B, C, T)
@@ -248,13 +250,16 @@ class DiffusionPrior(nn.Module):
             >>> prior.update_ema(); int(prior.ema_updates)
             1
         """
-        decay = min(self.ema_decay, (1.0 + float(self.ema_updates)) / (10.0 + float(self.ema_updates)))
+        # The warm-up decay is computed on the device: reading the counter back would stall
+        # an accelerator once per training step.
+        k = self.ema_updates.float()
+        weight = 1.0 - torch.clamp((1.0 + k) / (10.0 + k), max=self.ema_decay)  # 0-dim, on the device
         for ema_p, p in zip(self.ema.parameters(), self.unet.parameters(), strict=True):
-            ema_p.lerp_(p.detach(), 1.0 - decay)
+            ema_p.lerp_(p.detach(), weight.to(ema_p.dtype))
         for ema_b, b in zip(self.ema.buffers(), self.unet.buffers(), strict=True):
             ema_b.copy_(b)
         if self.null_cond is not None:
-            self.ema_null_cond.lerp_(self.null_cond.detach(), 1.0 - decay)
+            self.ema_null_cond.lerp_(self.null_cond.detach(), weight.to(self.ema_null_cond.dtype))
         self.ema_updates += 1
 
     @torch.no_grad()

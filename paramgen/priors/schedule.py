@@ -29,6 +29,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from paramgen._random import randn
+from paramgen._validate import host_values
 
 __all__ = ["LinearSchedule", "ddpm_sample", "ddim_sample"]
 
@@ -93,7 +94,8 @@ class LinearSchedule:
         if isinstance(t, torch.Tensor):
             if t.dtype.is_floating_point or t.dtype == torch.bool:
                 raise TypeError(f"timesteps must be integer tensors, got {t.dtype}")
-            if t.numel() and (int(t.min()) < low or int(t.max()) >= self.timesteps):
+            # On an accelerator the range check would stall the device at every training step.
+            if t.numel() and host_values(t) and (int(t.min()) < low or int(t.max()) >= self.timesteps):
                 raise ValueError(f"timesteps must lie in [{low}, {self.timesteps - 1}], got {int(t.min())}..{int(t.max())}")
         elif isinstance(t, bool) or not isinstance(t, int) or not low <= t < self.timesteps:
             raise ValueError(f"timestep must be an int in [{low}, {self.timesteps - 1}], got {t!r}")
