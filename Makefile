@@ -12,7 +12,7 @@ STAMP := $(VENV)/.installed
 FASHION_MNIST := /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-all demo zoo docs clean
+.PHONY: setup test test-all lint demo zoo docs clean
 
 setup: $(STAMP) $(FASHION_MNIST)
 
@@ -39,6 +39,11 @@ test: setup
 test-all: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
+# Lint and type-check (the same commands as .pre-commit-config.yaml and .ci/run).
+lint: setup
+	$(VENV)/bin/ruff check paramgen benchmarks tests
+	$(VENV)/bin/mypy paramgen
+
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m paramgen.demo
 
@@ -49,4 +54,4 @@ docs: setup
 	$(VENV)/bin/mkdocs build --strict
 
 clean:
-	rm -rf $(VENV) site .pytest_cache
+	rm -rf $(VENV) site .pytest_cache .mypy_cache .ruff_cache

@@ -47,7 +47,7 @@ from paramgen.models import build_model
 from paramgen.normalize import GlobalScale
 from paramgen.priors import DiffusionPrior, GPTPrior
 from paramgen.tokenizers import GumbelVQTokenizer, VAETokenizer
-from paramgen.zoo import RunConfig, TrainConfig, Zoo, build_zoo, load_run_task, train_classifier
+from paramgen.zoo import RunConfig, TrainConfig, build_zoo, load_run_task, train_classifier
 from paramgen.zoo.build import subset_runs
 from paramgen.zoo.train import predict_many
 
@@ -138,7 +138,9 @@ def arch_key(arch: str, kwargs: dict[str, Any]) -> str:
 def components(kind: str, fam: FamilyVectorizer, cond_dim: int, size: dict[str, Any]) -> tuple[Any, Any]:
     """Tokenizer and prior of one generator kind; the rest of the harness is shared."""
     if kind == "vq-gpt":
-        tok = GumbelVQTokenizer(rows=fam.rows, width=fam.width, codebook_size=size["codebook_size"], tokens_per_chunk=size["tokens_per_chunk"], code_dim=size.get("code_dim", 32), hidden=size.get("hidden", 256), anneal="exponential", anneal_steps=max(1, size["tokenizer_steps"] // 2), hard=size.get("hard", False))
+        tok = GumbelVQTokenizer(rows=fam.rows, width=fam.width, codebook_size=size["codebook_size"], tokens_per_chunk=size["tokens_per_chunk"],
+                                code_dim=size.get("code_dim", 32), hidden=size.get("hidden", 256), anneal="exponential",
+                                anneal_steps=max(1, size["tokenizer_steps"] // 2), hard=size.get("hard", False))
         prior = GPTPrior(vocab_size=size["codebook_size"], length=tok.tokens_shape[0], cond_dim=cond_dim, context=size["context"], d_model=size["d_model"], layers=size["layers"], heads=4)
         return tok, prior
     if kind == "vae-ddpm":
@@ -209,11 +211,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     tok, prior = components(args.components, fam, conditioner.dim, size)
     gen = Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=GlobalScale(log=("*running_var",), fan_in=size.get("fan_in", True)))
     start = timer()
-    gen.fit(flats, conds, archs=archs, tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"], batch_size=32, tokenizer_lr=size["tokenizer_lr"], prior_lr=1e-3, generator=g(1), progress=False)
+    gen.fit(flats, conds, archs=archs, tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"],
+            batch_size=32, tokenizer_lr=size["tokenizer_lr"], prior_lr=1e-3, generator=g(1), progress=False)
     fit_s = timer() - start
 
-    res = Results("cross_arch", start=started, config={"size": size_name, "seed": args.seed, "components": args.components, "layout": args.layout, "zoo_checkpoints": len(zoo), "train_checkpoints": len(train_cps),
-                                                        "seen": seen, "unseen": unseen, "rows": fam.rows, "chunk_size": fam.width, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
+    res = Results("cross_arch", start=started, config={"size": size_name, "seed": args.seed, "components": args.components, "layout": args.layout,
+                                                        "zoo_checkpoints": len(zoo), "train_checkpoints": len(train_cps), "seen": seen, "unseen": unseen,
+                                                        "rows": fam.rows, "chunk_size": fam.width, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
     res.add("zoo", "all", "build_s", zoo_s)
     res.add("generator", "all", "fit_s", fit_s)
 
@@ -276,8 +280,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             task = load_run_task(attrs.evolve(run_of[t], max_train_per_class=size["finetune_train_per_class"]), datasets)
             jobs.append({"arch": arch, "kwargs": kwargs, "key": k, "task_name": t, "task": task, "test": tests[t], "state_dict": sd, "seed": args.seed, "method": method})
     curves = parallel_map(_finetune_job, jobs, workers=2)
-    for job, curve in zip(jobs, curves):
-        for epoch, acc in zip((0, 1), curve):
+    for job, curve in zip(jobs, curves, strict=True):
+        for epoch, acc in zip((0, 1), curve, strict=True):
             group = "seen" if job["key"] in seen else "unseen"
             per.setdefault((f"{job['method']} @{epoch}", job["key"]), []).append(acc)
             res.add(job["method"], f"{job['key']} | {job['task_name']}", "test_acc_finetune", acc, epoch=epoch, arch=job["key"], group=group)
@@ -294,7 +298,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if vals_all:
                 res.add(method, group, "mean_acc", vals_all)
         for method in ("generated", "generated best-of-n (val)"):
-            rel = [a / o for k in members for a, o in zip(per[(method, k)], per[("original", k)])]
+            rel = [a / o for k in members for a, o in zip(per[(method, k)], per[("original", k)], strict=True)]
             res.add(method, group, "acc_over_original", rel)
             res.add(method, group, "worst_acc_over_original", min(rel))
 

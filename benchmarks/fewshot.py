@@ -411,7 +411,7 @@ def fit_generator(zoo: dict[str, Any], feature_dim: int, size: dict[str, Any], *
     scale = 0.0
     if size.get("residual", False):
         # Generate the head's difference from the (scaled) nearest-centroid head of the row's support set.
-        nc_w, nc_b = (torch.cat(t) for t in zip(*(nearest_centroid(c[None]) for c in zoo["conds"])))
+        nc_w, nc_b = (torch.cat(t) for t in zip(*(nearest_centroid(c[None]) for c in zoo["conds"]), strict=True))
         scale = float((w * nc_w).sum() / nc_w.pow(2).sum())  # least-squares scale over the zoo
         w, b = w - scale * nc_w, b - scale * nc_b
     flat, _ = spec.flatten_stacked({"weight": w, "bias": b})  # (M, D)
@@ -590,7 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.config["chosen_on_validation"] = {str(k): v for k, v in chosen.items()}
 
     n = size["samples"]
-    methods = ["nearest centroid", "logistic regression", "fine-tuned from zero", "generated (1 sample)", f"generated (best of {n} by support)", f"generated (mean of {n})", "generated best + fine-tune"]
+    methods = ["nearest centroid", "logistic regression", "fine-tuned from zero", "generated (1 sample)",
+               f"generated (best of {n} by support)", f"generated (mean of {n})", "generated best + fine-tune"]
     png = plot(res.rows, out / "fewshot.png", methods)
     path = res.write(out, mlflow=not args.no_mlflow, artifacts=[png])
     print(res.table(skip_tasks=[f"val 5-way {s}-shot" for s in SHOTS]))

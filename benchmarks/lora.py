@@ -209,7 +209,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     start = time.perf_counter()
     main_conds = [tasks[t].condition(pair=0) for t in names]
-    generated = dict(zip(names, sample(gen, main_conds, size["samples"], 4, names)))
+    generated = dict(zip(names, sample(gen, main_conds, size["samples"], 4, names), strict=True))
     sample_s = time.perf_counter() - start
     res.add("generated", "all", "sample_s_per_adapter", sample_s / (len(names) * size["samples"]), sampler=f"ddim-{size['ddim_steps']}")
 
@@ -265,7 +265,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         conds = {"description + examples": [tasks[t].condition(pair=0) for t in names], "description": [tasks[t].description for t in names], "one-hot": seen}[kind]
         which = names if kind != "one-hot" else seen
         norm = [t if t in seen else "__held_out__" for t in which]
-        samples_of = dict(zip(which, sample(generator, conds, size["ablation_samples"], 5, norm)))
+        samples_of = dict(zip(which, sample(generator, conds, size["ablation_samples"], 5, norm), strict=True))
         accs = []
         for name in which:
             gi, _ = select_best(ev, samples_of[name], name)
@@ -282,7 +282,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ca, cb = gen.conditioner([tasks[ta].condition(pair=0), tasks[tb].condition(pair=0)])
         conds = [(1 - a) * ca + a * cb for a in size["interp_alphas"]]
         blocks = sample(gen, conds, size["interp_samples"], 6, ["__interpolated__"] * len(conds))
-        for a, block in zip(size["interp_alphas"], blocks):
+        for a, block in zip(size["interp_alphas"], blocks, strict=True):
             for t in (ta, tb):
                 res.add("interpolation", t, "test_acc", ev.acc(block, t, "test").tolist(), alpha=a, between=f"{ta}|{tb}")
 

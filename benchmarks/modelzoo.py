@@ -186,7 +186,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
     gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
     start = timer()
-    gen.fit(flat, conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(2), progress=False)
+    gen.fit(flat, conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
+            batch_size=64, prior_lr=1e-3, generator=g(2), progress=False)
     fit_s = timer() - start
     # S_KDE: the same tokenizer, normalizer and (frozen) conditioner, a KDE prior.
     kde = Generator(vectorizer=vec, tokenizer=tok, prior=KDEPrior(), conditioner=cond, normalizer=gen.normalizer)
@@ -203,7 +204,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ddim_s = timer() - start
     kde_samples = kde.sample_flat(every, n, generator=g(6)).view(len(names), n, -1)
 
-    res = Results("modelzoo", start=started, config={"size": size_name, "seed": args.seed, "zoo_checkpoints": len(zoo), "zoo_tasks": len(names), **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
+    res = Results("modelzoo", start=started, config={"size": size_name, "seed": args.seed, "zoo_checkpoints": len(zoo), "zoo_tasks": len(names),
+                                                      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
     res.add("zoo", "all", "build_s", zoo_s)
     res.add("generator", "all", "fit_s", fit_s)
     res.add("generated", "all", "sample_s_per_model", ddpm_s / generated[:, :, 0].numel())
@@ -240,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for method, accs in per_method.items():
         res.add(method, "mean over tasks", "test_acc", accs, epoch=0)
     for method in ("generated", "generated best-of-n (val)"):
-        rel = [a / z for a, z in zip(per_method[method], per_method["zoo"])]
+        rel = [a / z for a, z in zip(per_method[method], per_method["zoo"], strict=True)]
         res.add(method, "mean over tasks", "acc_over_zoo", rel)
         res.add(method, "worst task", "acc_over_zoo", min(rel))
         res.add(method, "tasks >= 0.9 zoo", "fraction", [float(r >= 0.9) for r in rel])
@@ -266,11 +268,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in ft_tasks:
         for method in ft_methods:
             sd = None if method == "random init" else spec.unflatten(kept[(method, name)][:1].float())[0]
-            jobs.append({"run": run_of[name], "state_dict": sd, "epochs": list(size["finetune_epochs"]), "lr": 1e-3, "seed": args.seed, "train_per_class": size["finetune_train_per_class"], "eval_per_class": size["eval_per_class"], "method": method})
+            jobs.append({"run": run_of[name], "state_dict": sd, "epochs": list(size["finetune_epochs"]), "lr": 1e-3, "seed": args.seed,
+                         "train_per_class": size["finetune_train_per_class"], "eval_per_class": size["eval_per_class"], "method": method})
     curves = parallel_map(_finetune_job, jobs, workers=2)
     for epoch_i, epoch in enumerate((0, *size["finetune_epochs"])):
         for method in ft_methods:
-            res.add(method, "fine-tuned", "test_acc", [c[epoch_i] for j, c in zip(jobs, curves) if j["method"] == method], epoch=epoch)
+            res.add(method, "fine-tuned", "test_acc", [c[epoch_i] for j, c in zip(jobs, curves, strict=True) if j["method"] == method], epoch=epoch)
 
     path = res.write(out, mlflow=not args.no_mlflow)
     print(res.table(skip_tasks=names))

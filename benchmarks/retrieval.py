@@ -36,7 +36,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 
 from benchmarks.common import Results, parser
@@ -89,7 +88,8 @@ def signal_plan(size: dict[str, Any]) -> list[RunConfig]:
     """Five-class MNIST-1D tasks, an MLP, the last ``keep`` epochs of each run."""
     train = TrainConfig(epochs=size["epochs"], lr=3e-3, batch_size=64)
     keep = range(size["epochs"] - size["keep"] + 1, size["epochs"] + 1)
-    return subset_runs("mnist1d", size["tasks"], k=5, arch="mlp", arch_kwargs={"in_features": 40, "hidden": [32, 32]}, seeds=size["seeds"], train=train, keep_epochs=keep, max_train_per_class=None, max_eval_per_class=None)
+    return subset_runs("mnist1d", size["tasks"], k=5, arch="mlp", arch_kwargs={"in_features": 40, "hidden": [32, 32]}, seeds=size["seeds"], train=train,
+                       keep_epochs=keep, max_train_per_class=None, max_eval_per_class=None)
 
 
 def task_condition(task: Any, extractor: Any, shots: int, generator: torch.Generator) -> torch.Tensor:
@@ -119,7 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     out = Path(args.out or f"runs/retrieval-{size_name}")
     g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
     started = time.perf_counter()
-    res = Results("retrieval", start=started, config={"size": size_name, "seed": args.seed, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items() if not isinstance(v, dict)}, "image_zoo": size["image"]["zoo"], "signal_zoo": size["signal"]["zoo"]})
+    res = Results("retrieval", start=started, config={"size": size_name, "seed": args.seed,
+                                                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items() if not isinstance(v, dict)},
+                                                       "image_zoo": size["image"]["zoo"], "signal_zoo": size["signal"]["zoo"]})
     per_task: list[dict[str, Any]] = []
     extractor = mobilenet_features(resize=64)
 
@@ -150,7 +152,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
         gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
         start = time.perf_counter()
-        gen.fit(flat, row_conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)
+        gen.fit(flat, row_conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
+                batch_size=64, prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)
         res.add(f"generator ({modality})", "all", "fit_s", time.perf_counter() - start, parameters=spec.numel)
 
         # Training time replaced: a few tasks per dataset retrained from scratch, timed.
@@ -175,7 +178,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             own = flat[[i for i, t in enumerate(tasks_of) if t == name]]
             orig = accuracies(zoo, own, test)[0]
             ds = name.split("/")[0]
-            row = {"modality": modality, "task": name, "original": float(orig.mean()), "generated": float(acc.mean()), "best": float(acc[best]), "generate_s": gen_s, "train_s": sum(train_s[ds]) / len(train_s[ds])}
+            row = {"modality": modality, "task": name, "original": float(orig.mean()), "generated": float(acc.mean()), "best": float(acc[best]),
+                   "generate_s": gen_s, "train_s": sum(train_s[ds]) / len(train_s[ds])}
             per_task.append(row)
             res.add("original", name, "test_acc", orig.tolist(), modality=modality)
             res.add("generated", name, "test_acc", acc.tolist(), modality=modality)

@@ -154,7 +154,7 @@ def features(size: dict[str, Any], cache: Path) -> dict[str, dict[str, tuple[tor
             for split, (x, y) in splits.items():
                 f = torch.cat([extractor(x[i : i + 256]) for i in range(0, len(x), 256)])
                 out.setdefault(ds, {})[split] = (f, y)
-    save_safetensors(cache, {f"{ds}/{s}/{k}": t.contiguous() for ds, sp in out.items() for s, xy in sp.items() for k, t in zip("xy", xy)})
+    save_safetensors(cache, {f"{ds}/{s}/{k}": t.contiguous() for ds, sp in out.items() for s, xy in sp.items() for k, t in zip("xy", xy, strict=True)})
     return out
 
 
@@ -243,7 +243,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     zoo_s = time.perf_counter() - start
     zoo_means = torch.stack([class_means(conds[t]) for t in groups["zoo"]])  # (Z, K, F)
 
-    res = Results("zeroshot", start=started, config={"size": size_name, "seed": args.seed, "backbone": "MobileNetV2 ImageNet (torchvision), 64x64, 1280 features", "zoo_datasets": list(ZOO_DATASETS), "val_dataset": VAL_DATASET, "unseen_dataset": UNSEEN_DATASET, "k": K, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
+    res = Results("zeroshot", start=started, config={"size": size_name, "seed": args.seed, "backbone": "MobileNetV2 ImageNet (torchvision), 64x64, 1280 features",
+                                                      "zoo_datasets": list(ZOO_DATASETS), "val_dataset": VAL_DATASET, "unseen_dataset": UNSEEN_DATASET, "k": K,
+                                                      **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
     res.add("zoo", "all", "heads", len(groups["zoo"]))
     res.add("zoo", "all", "build_s", zoo_s)
 
@@ -296,7 +298,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         row_groups = [f"{groups['zoo'][j][0]}:{groups['zoo'][j][1][k]}" for j in zoo_idx for k in range(K)]  # one group per (dataset, class)
         gen = row_generator(fdim, size)
         start = time.perf_counter()
-        gen.fit(rows, row_conds, tasks=row_groups, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(40 + fi), progress=False)
+        gen.fit(rows, row_conds, tasks=row_groups, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
+                batch_size=64, prior_lr=1e-3, generator=g(40 + fi), progress=False)
         fit_s = time.perf_counter() - start
         full = frac == max(size["zoo_fractions"])
         res.add("generator", f"zoo {frac:.0%}", "fit_s", fit_s, zoo_heads=len(zoo_idx))

@@ -23,10 +23,10 @@ from paramgen.interfaces import (
     TokenizerOutput,
     Vectorizer,
 )
-from paramgen.registry import register
-from paramgen.training import FitConfig
 from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore
+from paramgen.registry import register
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError, TensorSpec
+from paramgen.training import FitConfig
 from paramgen.vectorize import ChunkVectorizer, FamilyVectorizer, LayerVectorizer, ModelVectorizer, VectorBatch
 
 __all__ = [

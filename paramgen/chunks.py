@@ -564,7 +564,7 @@ class ChunkDataset(Dataset):
         if reader == "pread" and sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
             raise ValueError("ChunkDataset: reader='pread' needs a little-endian machine; use reader='safetensors'")
         self.layout = layout
-        self.reader = reader
+        self.reader: Literal["pread", "safetensors", "memory"] = reader
         self.max_open_files = int(max_open_files)
         self.paths: list[Path] | None = [Path(p) for p in checkpoints]
         self._memory: list[dict[str, torch.Tensor]] | None = None
@@ -685,7 +685,7 @@ class ChunkDataset(Dataset):
         if self.reader == "pread":
             size = t.torch_dtype.itemsize
             buf = torch.empty((stop - start) * size, dtype=torch.uint8)  # the chunk's bytes, nothing more
-            _pread_into(handle, memoryview(buf.numpy()), self._starts[checkpoint][i] + start * size, path)
+            _pread_into(handle, memoryview(buf.numpy()), self._starts[checkpoint][i] + start * size, path)  # type: ignore[arg-type]  # ndarray has the buffer protocol; numpy declares __buffer__ only for Python >= 3.12
             return buf.view(t.torch_dtype)
         try:
             piece = handle.get_slice(t.name)

@@ -93,10 +93,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{name:<22} {sum(ref) / len(ref):>12.3f} {mine[0]:>11.3f} {mine[1]:>11.3f}")
     saved = gen.save_pretrained(f"{args.out}/generator")
     again = Generator.from_pretrained(saved, spec=spec)
-    same = torch.equal(
-        gen.sample_flat(zoo.tasks[:1], 1, generator=torch.Generator().manual_seed(2), sampler="ddim", steps=20),
-        again.sample_flat(zoo.tasks[:1], 1, generator=torch.Generator().manual_seed(2), sampler="ddim", steps=20),
-    )
+    a = gen.sample_flat(zoo.tasks[:1], 1, generator=torch.Generator().manual_seed(2), sampler="ddim", steps=20)
+    b = again.sample_flat(zoo.tasks[:1], 1, generator=torch.Generator().manual_seed(2), sampler="ddim", steps=20)
+    assert isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)  # one architecture: one (n, D) tensor
+    same = torch.equal(a, b)
     print(f"saved to {saved}; reloaded generator samples identical weights: {same}")
     return 0
 

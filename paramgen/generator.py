@@ -134,8 +134,8 @@ class Generator:
         if self.discrete:
             if not hasattr(tokenizer, "decode_indices"):
                 raise TypeError(f"a token prior ({type(prior).__name__}) needs a discrete tokenizer with decode_indices, got {type(tokenizer).__name__}")
-            if prior.vocab_size != tokenizer.codebook_size:
-                raise ValueError(f"prior vocabulary {prior.vocab_size} does not match the codebook size {tokenizer.codebook_size}")
+            if prior.vocab_size != tokenizer.codebook_size:  # type: ignore[attr-defined]  # checked with hasattr above
+                raise ValueError(f"prior vocabulary {prior.vocab_size} does not match the codebook size {tokenizer.codebook_size}")  # type: ignore[attr-defined]
             shape = getattr(tokenizer, "tokens_shape", None)
         else:
             shape = getattr(tokenizer, "latent_shape", None)
@@ -456,7 +456,7 @@ class Generator:
         if not self.family:
             return self.spec.unflatten(flat, base=base)  # type: ignore[arg-type]
         row_archs = [a for a in archs for _ in range(n)]  # type: ignore[union-attr]
-        return [self.specs[a].unflatten(f[None], base=base)[0] for a, f in zip(row_archs, flat)]
+        return [self.specs[a].unflatten(f[None], base=base)[0] for a, f in zip(row_archs, flat, strict=True)]
 
     def sample_into(
         self, model: nn.Module, cond: Sequence[Any] | None = None, *, generator: torch.Generator | None = None, arch: str | None = None, **kwargs: Any
@@ -565,7 +565,7 @@ class Generator:
                 registry.get(names[role])
             except UnregisteredComponentError as e:
                 raise UnregisteredComponentError(f"{path}/config.json, {role}: {e}") from None
-        stats = config.get("latent_stats") if version >= 2 else {"mean": config.get("latent_mean"), "scale": config.get("latent_scale")}
+        stats: Any = config.get("latent_stats") if version >= 2 else {"mean": config.get("latent_mean"), "scale": config.get("latent_scale")}
         try:
             latent_stats = LatentStats(**stats)
         except (TypeError, ValueError) as e:

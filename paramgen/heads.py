@@ -143,7 +143,7 @@ def match_classes(a: torch.Tensor, b: torch.Tensor) -> tuple[float, list[int]]:
         raise ValueError(f"match_classes: expected two (K, F) tensors of one shape, got {tuple(a.shape)} and {tuple(b.shape)}")
     sim = F.normalize(a.double(), dim=1) @ F.normalize(b.double(), dim=1).T  # (K, K)
     rows, cols = linear_sum_assignment(-sim.cpu().numpy())
-    perm = [int(c) for _, c in sorted(zip(rows.tolist(), cols.tolist()))]
+    perm = [int(c) for _, c in sorted(zip(rows.tolist(), cols.tolist(), strict=True))]
     return round(float(sim[torch.arange(len(perm), device=sim.device), torch.tensor(perm, device=sim.device)].mean()), 12), perm
 
 

@@ -41,7 +41,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paramgen._convert import str_tuple
 from paramgen.io import read_json, save_safetensors, write_json
 from paramgen.spec import ParamSpec, SpecMismatchError
 
@@ -95,6 +96,10 @@ def _minilm_path() -> str:
 
 
 # ----------------------------------------------------------------------------- the setup
+def _sorted_ints(values: Iterable[Any]) -> tuple[int, ...]:
+    return tuple(sorted(int(x) for x in values))
+
+
 @attrs.frozen
 class LoRASetup:
     """What a generated adapter is: base model, LoRA rank and placement, head width.
@@ -113,8 +118,8 @@ class LoRASetup:
 
     rank: int = 4
     alpha: float = 8.0
-    target_modules: tuple[str, ...] = attrs.field(default=("query", "value"), converter=tuple)
-    layers: tuple[int, ...] = attrs.field(default=(5,), converter=lambda v: tuple(sorted(int(x) for x in v)))
+    target_modules: tuple[str, ...] = attrs.field(default=("query", "value"), converter=str_tuple)
+    layers: tuple[int, ...] = attrs.field(default=(5,), converter=_sorted_ints)
     max_labels: int = 3
     hidden_size: int = 384
     num_layers: int = 6
@@ -162,7 +167,8 @@ class LoRASetup:
         from peft import LoraConfig
 
         return LoraConfig(
-            r=self.rank, lora_alpha=self.alpha, target_modules=list(self.target_modules), layers_to_transform=list(self.layers),
+            r=self.rank, lora_alpha=self.alpha,  # type: ignore[arg-type]  # peft annotates int; it only computes alpha / r
+            target_modules=list(self.target_modules), layers_to_transform=list(self.layers),
             layers_pattern="layer", modules_to_save=["classifier"], lora_dropout=0.0, bias="none", task_type="SEQ_CLS",
         )  # fmt: skip
 
@@ -354,7 +360,8 @@ class MiniLMLoRA:
         model = AutoModel.from_pretrained(self.model_path).eval().requires_grad_(False)
         cfg = model.config
         if (cfg.hidden_size, cfg.num_hidden_layers) != (self.setup.hidden_size, self.setup.num_layers):
-            raise AdapterError(f"the base model at {self.model_path} has hidden size {cfg.hidden_size} and {cfg.num_hidden_layers} layers; the setup expects {self.setup.hidden_size} and {self.setup.num_layers}")
+            raise AdapterError(f"the base model at {self.model_path} has hidden size {cfg.hidden_size} and {cfg.num_hidden_layers} layers; "
+                               f"the setup expects {self.setup.hidden_size} and {self.setup.num_layers}")
         self.heads = cfg.num_attention_heads
         self.eps = cfg.layer_norm_eps
         if cfg.hidden_act != "gelu":
@@ -414,7 +421,8 @@ class MiniLMLoRA:
         v = heads(self._proj(i, "value", h, adapter, None if kv is None else kv[1]))
         ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :])  # (B, heads, Lq, dh)
         ctx = ctx.transpose(1, 2).reshape(b, hq.shape[1], hidden)
-        a = F.layer_norm(F.linear(ctx, w["attention.output.dense.weight"], w["attention.output.dense.bias"]) + hq, (hidden,), w["attention.output.LayerNorm.weight"], w["attention.output.LayerNorm.bias"], self.eps)
+        a = F.layer_norm(F.linear(ctx, w["attention.output.dense.weight"], w["attention.output.dense.bias"]) + hq, (hidden,),
+                         w["attention.output.LayerNorm.weight"], w["attention.output.LayerNorm.bias"], self.eps)
         inter = F.gelu(F.linear(a, w["intermediate.dense.weight"], w["intermediate.dense.bias"]))
         return F.layer_norm(F.linear(inter, w["output.dense.weight"], w["output.dense.bias"]) + a, (hidden,), w["output.LayerNorm.weight"], w["output.LayerNorm.bias"], self.eps)
 
@@ -652,7 +660,7 @@ class LoRAZoo:
         if len(folders) != len(tasks):
             raise ValueError(f"expected one task per folder, got {len(folders)} folders and {len(tasks)} tasks")
         adapters, records = [], []
-        for folder, task in zip(folders, tasks):
+        for folder, task in zip(folders, tasks, strict=True):
             tensors, k = load_adapter(folder, setup)
             adapters.append(tensors)
             records.append({"task": task, "num_labels": k, "source": str(folder)})
@@ -773,12 +781,12 @@ def build_generator(
 
     spec = setup.spec()
     vec = LayerVectorizer(spec, chunk_size=chunk_size)
-    tok = tokenizer or VAETokenizer(
+    tok: Any = tokenizer or VAETokenizer(  # a tokenizer module with latent_shape
         rows=vec.rows, width=vec.width, latent_channels=latent_channels, latent_length=latent_length,
         hidden_channels=hidden_channels, num_down=num_down, kl_weight=1e-6, input_noise=input_noise, latent_noise=latent_noise,
     )  # fmt: skip
     if condition == "text":
-        cond: nn.Module = TextOrVectorConditioner()
+        cond: TextOrVectorConditioner | OneHotConditioner = TextOrVectorConditioner()
     elif condition == "onehot":
         if not keys:
             raise ValueError("a one-hot generator needs keys (the task names)")

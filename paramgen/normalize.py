@@ -30,7 +30,6 @@ Examples:
 from __future__ import annotations
 
 import math
-
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -219,7 +218,7 @@ class PerLayerZScore(_Fitted):
         entry = _on(self._log_entry, x.device)
         logged = x[:, entry]
         if (logged <= 0).any():
-            names = [t.name for t, m in zip(self.spec.vector_tensors, self._log_tensor) if m][:5]
+            names = [t.name for t, m in zip(self.spec.vector_tensors, self._log_tensor, strict=True) if m][:5]
             raise ValueError(f"log-normalized tensors must be positive; {names} contain values <= 0")
         x = x.clone()
         x[:, entry] = logged.log()

@@ -175,7 +175,8 @@ class Registry:
         """``get(name).from_config(config)``."""
         if not isinstance(config, dict):
             raise TypeError(f"the config of component {name!r} must be a JSON object, got {type(config).__name__}")
-        return self.get(name).from_config(config)
+        cls: Any = self.get(name)  # a registered class with a from_config classmethod
+        return cls.from_config(config)
 
 
 registry = Registry()

@@ -25,12 +25,14 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Literal
 
 import attrs
 import torch
 from torch import nn
+
+from paramgen._convert import int_tuple, str_tuple
 
 __all__ = [
     "Role",
@@ -94,7 +96,7 @@ class TensorSpec:
     """
 
     name: str
-    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    shape: tuple[int, ...] = attrs.field(converter=int_tuple)
     dtype: str
     kind: Kind = "parameter"
     role: Role = "vector"
@@ -134,6 +136,10 @@ def _storage_key(t: torch.Tensor) -> tuple | None:
     return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
 
 
+def _tensor_tuple(values: Iterable[TensorSpec]) -> tuple[TensorSpec, ...]:
+    return tuple(values)
+
+
 @attrs.frozen
 class ParamSpec:
     """A model's tensors and how they map to a flat weight vector.
@@ -146,8 +152,8 @@ class ParamSpec:
         layers: Module names in order of first appearance; ``TensorSpec.layer`` indexes it.
     """
 
-    tensors: tuple[TensorSpec, ...] = attrs.field(converter=tuple)
-    layers: tuple[str, ...] = attrs.field(converter=tuple)
+    tensors: tuple[TensorSpec, ...] = attrs.field(converter=_tensor_tuple)
+    layers: tuple[str, ...] = attrs.field(converter=str_tuple)
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -169,7 +175,7 @@ class ParamSpec:
         """
         params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
         state = module.state_dict(keep_vars=True)
-        kinds = {name: ("parameter" if name in params else "buffer") for name in state}
+        kinds: dict[str, Kind] = {name: ("parameter" if name in params else "buffer") for name in state}
         return cls.from_state_dict(state, include=include, exclude=exclude, kinds=kinds)
 
     @classmethod

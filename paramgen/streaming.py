@@ -43,6 +43,7 @@ import sys
 import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from types import TracebackType
 from typing import Any, TypeVar
 
 import torch
@@ -160,7 +161,7 @@ def _all_finite(x: torch.Tensor) -> bool:
 
 def _as_bytes(x: torch.Tensor) -> memoryview:
     """Little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
-    return memoryview(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    return memoryview(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # ndarray has the buffer protocol; numpy declares __buffer__ only for Python >= 3.12
 
 
 class SafetensorsStreamWriter:
@@ -331,7 +332,7 @@ class SafetensorsStreamWriter:
     def __enter__(self) -> SafetensorsStreamWriter:
         return self
 
-    def __exit__(self, exc_type, exc, tb) -> None:
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         if exc_type is not None:
             self.abort()
         elif self._fd is not None:

@@ -23,7 +23,7 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import IO, Any, Protocol, runtime_checkable
+from typing import IO, Any, Protocol, TypeVar, runtime_checkable
 
 __all__ = ["Logger", "NullLogger", "StreamLogger", "MLflowLogger", "default_tracking_uri"]
 
@@ -41,8 +41,11 @@ class Logger(Protocol):
     def close(self) -> None: ...
 
 
+_Self = TypeVar("_Self", bound="_ContextMixin")
+
+
 class _ContextMixin:
-    def __enter__(self):
+    def __enter__(self: _Self) -> _Self:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -61,7 +61,7 @@ import shutil
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import attrs
 import torch
@@ -71,7 +71,6 @@ from torch import nn
 from paramgen.generator import Generator
 from paramgen.interfaces import LatentStats
 from paramgen.io import read_json, save_safetensors, write_json
-from paramgen.spec import SpecMismatchError
 from paramgen.tracking import Logger, NullLogger
 
 __all__ = ["FitConfig", "fit", "NonFiniteLossError", "CheckpointError", "STAGES", "latest_checkpoint"]
@@ -373,12 +372,12 @@ class _Ema:
 
     @torch.no_grad()
     def update(self) -> None:
-        for s, p in zip(self.shadow, self.params):
+        for s, p in zip(self.shadow, self.params, strict=True):
             s.lerp_(p.detach().to(s.dtype), 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to_params(self) -> None:
-        for s, p in zip(self.shadow, self.params):
+        for s, p in zip(self.shadow, self.params, strict=True):
             p.copy_(s)
 
 
@@ -399,7 +398,7 @@ def _lr_factor(config: FitConfig, steps: int) -> Callable[[int], float]:
 class _LossModule(nn.Module):
     """One stage's trainable parts behind ``forward`` (so DDP can wrap the stage)."""
 
-    def __init__(self, fn: Callable[..., tuple[torch.Tensor, dict[str, Any]]], **parts: nn.Module) -> None:
+    def __init__(self, fn: Callable[..., tuple[torch.Tensor, dict[str, Any]]], **parts: Any) -> None:  # parts: nn.Modules held as protocol types
         super().__init__()
         self.parts = nn.ModuleDict(parts)
         self.fn = fn
@@ -479,7 +478,7 @@ def _train(
             check(step)
             if run.main:
                 run.log.log_metrics(
-                    {f"{stage}/{k}": float(v) for k, v in last.items()} | {f"{stage}/lr": sched.get_last_lr()[0]}, step=step
+                    {f"{stage}/{k}": float(v) for k, v in last.items()} | {f"{stage}/lr": cast(float, sched.get_last_lr()[0])}, step=step
                 )
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
             check(step)
@@ -669,6 +668,7 @@ def _fit_tokenizer(
 
     def loss(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         out = tok.loss(batch["x"], mask=shared if batch["mask"] is None else batch["mask"], generator=g, **extra)
+        assert out.loss is not None  # a trainable tokenizer returns a loss
         return out.loss, dict(out.metrics)
 
     _train(run, "tokenizer", _LossModule(loss, tokenizer=tok), rows, steps=run.config.tokenizer_steps, lr=run.config.tokenizer_lr, start=start, saved=saved, save=save)
@@ -691,6 +691,8 @@ def _encode(run: _Run, generator: Generator, rows: torch.utils.data.Dataset, *, 
     loader = torch.utils.data.DataLoader(rows, batch_size=run.config.encode_batch_size, collate_fn=_collate, num_workers=run.config.num_workers)
     shared = getattr(rows, "shared", None)
     shared = None if shared is None else shared.to(run.device)
+    conds: list[Any]
+    tasks: list[Any]
     outs, quantized, conds, tasks = [], [], [], []
     with torch.no_grad():
         for batch in loader:
@@ -774,7 +776,7 @@ def _fit_prior(run: _Run, generator: Generator, enc: _Encoded, start: int, saved
     fixed = _conditions(run, generator, enc.conds) if conditioner is not None and not cond_params else None  # type: ignore[arg-type]
     if hasattr(prior, "fit"):
         c_all = fixed if fixed is not None or conditioner is None else _conditions(run, generator, enc.conds)  # type: ignore[arg-type]
-        prior.fit(z, c_all)  # type: ignore[attr-defined]
+        prior.fit(z, c_all)
         return
     if run.config.prior_steps == 0:
         return
@@ -874,7 +876,7 @@ def _fingerprint(generator: Generator, zoo: _Zoo, config: FitConfig) -> dict[str
 
 def fit(
     generator: Generator,
-    flat: torch.Tensor | Sequence[torch.Tensor],
+    flat: torch.Tensor | Sequence[torch.Tensor] | torch.utils.data.Dataset,
     conds: Sequence[Any] | None = None,
     *,
     config: FitConfig | None = None,

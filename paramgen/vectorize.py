@@ -259,10 +259,10 @@ class LayerVectorizer(_IndexLayout):
         members = torch.argsort(layer_ids, stable=True).split(counts.tolist())  # flat indices per layer
         width = chunk_size if chunk_size is not None else max(len(m) for m in members)
         pieces, layer_of_row, chunk_of_row = [], [], []
-        for l, idx in zip(layers.tolist(), members):
+        for layer, idx in zip(layers.tolist(), members, strict=True):
             n_rows = -(-len(idx) // width)
             pieces.append(torch.cat([idx, torch.full((n_rows * width - len(idx),), -1)]))
-            layer_of_row.append(torch.full((n_rows,), l))
+            layer_of_row.append(torch.full((n_rows,), layer))
             chunk_of_row.append(torch.arange(n_rows))
         self._finish(torch.cat(pieces), torch.cat(layer_of_row), torch.cat(chunk_of_row), width=width)
 
@@ -398,4 +398,4 @@ class FamilyVectorizer:
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> FamilyVectorizer:
         members = {k: vectorizer_from_config(e["vectorizer"], ParamSpec.from_dict(e["spec"])) for k, e in config["members"].items()}
-        return cls(members, rows=config["rows"], width=config.get("width"))  # type: ignore[arg-type]
+        return cls(members, rows=config["rows"], width=config.get("width"))

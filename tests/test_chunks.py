@@ -98,7 +98,7 @@ def test_layout_covers_every_value_once(numels, chunk_size):
         assert 1 <= info.length <= chunk_size
         assert info.offset == info.chunk_in_tensor * chunk_size
         covered.setdefault(info.name, []).append((info.offset, info.length))
-    for name, n in zip(sd, numels):
+    for name, n in zip(sd, numels, strict=True):
         spans = covered[name]
         assert [o for o, _ in spans] == list(range(0, n, chunk_size))
         assert sum(length for _, length in spans) == n
@@ -427,7 +427,7 @@ def test_100m_model_sample_reads_little_memory(tmp_path):
         f"(pread), {grew_mmap / 2**20:.1f} MiB (safetensors mmap)"
     )
     assert grew < size / 50
-    for i, item in zip(sample[:8], items):  # spot-check values against the generating seed
+    for i, item in zip(sample[:8], items, strict=False):  # spot-check values against the generating seed
         info = data.layout.chunk(i)
         t = data.layout.tensors[info.tensor]
         truth = tensor(layout.tensor_index(t.name), t).reshape(-1)[info.offset : info.offset + info.length]

@@ -147,3 +147,14 @@ def test_fit_on_a_dataset_equals_fit_on_the_tensor() -> None:
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     with pytest.raises(ValueError, match="come from its items"):
         fit(gen, RowsDataset(flat, conds), conds, config=config)
+
+
+def test_sample_chunks_of_one_tensor_match_the_whole_model_sample(tmp_path: Path) -> None:
+    layout, paths, _ = zoo(tmp_path)
+    gen = build(layout).fit(ChunkDataset(layout, paths), config=CONFIG)
+    ids = layout.chunks_of("0.weight")
+    part = gen.sample_chunks(ids, generator=torch.Generator().manual_seed(0), sampler="ddim", steps=3)
+    whole = gen.sample(generator=torch.Generator().manual_seed(0), sampler="ddim", steps=3, batch_size=len(ids))
+    assert torch.equal(part.flatten()[: whole["0.weight"].numel()], whole["0.weight"].flatten())
+    with pytest.raises(ValueError, match="chunk_ids must be"):
+        gen.sample_chunks([layout.num_chunks])

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from paramgen import Generator, ModelVectorizer, ChunkVectorizer, ParamSpec, PerLayerZScore, PerTaskZScore
+from paramgen import ChunkVectorizer, Generator, ModelVectorizer, ParamSpec, PerLayerZScore, PerTaskZScore
 from paramgen.conditioners import ImageSetConditioner, IndexConditioner
 from paramgen.generator import NotFittedError
 from paramgen.priors import DiffusionPrior, KDEPrior
@@ -156,7 +156,7 @@ def test_components_that_do_not_fit_together_are_refused():
         Generator(vectorizer=vec, tokenizer=tok, prior=object())
     gen = build("raw ddpm")
     flat, _ = zoo_vectors()
-    with pytest.raises(SpecMismatchError, match=r"\(M, %d\)" % SPEC.numel):
+    with pytest.raises(SpecMismatchError, match=rf"\(M, {SPEC.numel}\)"):
         gen.fit(flat[:, :-1], progress=False)
     with pytest.raises(ValueError, match="unconditional"):
         gen.fit(flat, ["a"] * len(flat), progress=False)
@@ -251,7 +251,7 @@ def test_family_generator_serves_seen_and_unseen_architectures(kind, tmp_path):
     again = Generator.from_pretrained(tmp_path / "fam", spec=specs["unseen"])
     a = gen.sample_flat(["big"], 2, archs=["big"], generator=torch.Generator().manual_seed(3))
     b = again.sample_flat(["big"], 2, archs=["big"], generator=torch.Generator().manual_seed(3))
-    assert all(torch.equal(x, y) for x, y in zip(a, b))
+    assert all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
 
     with pytest.raises(ValueError, match="one architecture key per model"):
         gen.sample_flat(["big"], 1)
@@ -262,7 +262,7 @@ def test_family_generator_serves_seen_and_unseen_architectures(kind, tmp_path):
     with pytest.raises(SpecMismatchError, match="no member"):
         Generator.from_pretrained(tmp_path / "fam", spec=SPEC)
     with pytest.raises(AttributeError, match="specs"):
-        gen.spec
+        _ = gen.spec
 
 
 def test_family_rejects_architecture_specific_normalizer():

@@ -195,4 +195,4 @@ def test_text_generator_saves_and_reloads(fitted, tasks, tmp_path):
     task = tasks["sentiment"]
     a = generate_adapters(gen, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
     b = generate_adapters(back, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
-    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b) for k in x)
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)

@@ -101,7 +101,7 @@ def test_format_1_folders_of_builtin_components_still_load(tmp_path: Path) -> No
 
     edit(path, to_v1)
     old = Generator.from_pretrained(path).sample(["a"], n=2, generator=torch.Generator().manual_seed(0))
-    assert all(torch.equal(a[k], b[k]) for a, b in zip(reference, old) for k in a)
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(reference, old, strict=True) for k in a)
 
 
 @pytest.mark.parametrize(

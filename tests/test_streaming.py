@@ -7,6 +7,7 @@ import json
 import os
 import struct
 import tempfile
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -31,7 +32,7 @@ def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def random_state_dict(shapes, dtypes, seed=0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
-    sd = {f"blocks.{i}.w": (torch.randn(s, generator=g) * 3).to(d) for i, (s, d) in enumerate(zip(shapes, dtypes))}
+    sd = {f"blocks.{i}.w": (torch.randn(s, generator=g) * 3).to(d) for i, (s, d) in enumerate(zip(shapes, dtypes, strict=True))}
     sd["blocks.0.count"] = torch.tensor(17)  # integer buffer: an extra, not chunked
     return sd
 
@@ -97,7 +98,7 @@ def test_file_format_header_alignment_and_metadata(tmp_path):
     assert header.pop("__metadata__") == {"format": "pt", "generator": "d2nwg"}
     assert {k: v["dtype"] for k, v in header.items()} == {"a.half": "F16", "b.float": "F32", "c.bf": "BF16", "n": "I64"}
     spans = sorted(tuple(v["data_offsets"]) for v in header.values())
-    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in zip(spans, spans[1:])) and spans[-1][1] == len(raw) - 8 - n
+    assert spans[0][0] == 0 and all(a[1] == b[0] for a, b in pairwise(spans)) and spans[-1][1] == len(raw) - 8 - n
     for v in header.values():  # every tensor aligned to its item size
         assert v["data_offsets"][0] % {"F16": 2, "BF16": 2, "F32": 4, "I64": 8}[v["dtype"]] == 0
     with safe_open(str(path), framework="pt") as f:

@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -83,7 +84,7 @@ def test_warmup_then_cosine_learning_rate() -> None:
     lrs = [m["tokenizer/lr"] for _, m in rec.rows if "tokenizer/lr" in m]
     # get_last_lr after step k is the rate of step k + 1
     assert lrs[:3] == pytest.approx([2 / 4 * 1e-2, 3 / 4 * 1e-2, 1e-2])
-    assert all(a >= b for a, b in zip(lrs[3:], lrs[4:]))
+    assert all(a >= b for a, b in pairwise(lrs[3:]))
     assert lrs[-1] == pytest.approx(1e-3)
 
 
@@ -200,5 +201,23 @@ def test_two_processes_under_torchrun_match_one_process_with_the_same_global_bat
     assert worst <= 1e-5
     # and a one-process run without accumulation (other noise, other batches) differs: the test can fail
     single = _child(str(tmp_path / "single"))
+    assert single.returncode == 0, single.stderr
     b = load_file(str(tmp_path / "single" / "weights.safetensors"))
     assert max(float((a[k].double() - b[k].double()).abs().max()) for k in a) > 1e-3
+
+
+def test_an_image_set_conditioner_trains_under_bf16_autocast() -> None:
+    from paramgen.conditioners import ImageSetConditioner
+
+    torch.manual_seed(0)
+    spec = ParamSpec.from_module(torch.nn.Linear(4, 3))
+    tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=2, latent_length=4, hidden_channels=8, num_down=1)
+    cond = ImageSetConditioner(feature_dim=6, dim=8)
+    gen = Generator(
+        vectorizer=ModelVectorizer(spec), tokenizer=tok, conditioner=cond,
+        prior=DiffusionPrior(shape=tok.latent_shape, cond_dim=8, base_channels=8, channel_mults=(1,), timesteps=50),
+    )
+    g = torch.Generator().manual_seed(0)
+    sets = [torch.randn(3, 2, 6, generator=g) for _ in range(16)]  # (K classes, S images, F features) per model
+    fit(gen, torch.randn(16, spec.numel, generator=g), sets, config=FitConfig(tokenizer_steps=2, prior_steps=3, batch_size=8, precision="bf16", progress=False))
+    assert gen.fitted and all(torch.isfinite(p).all() for p in cond.parameters())

@@ -106,7 +106,7 @@ def assert_roundtrip(vectorizer, models: list[nn.Module]) -> None:
     assert int(batch.mask[0].sum()) == vectorizer.spec.numel
     assert bool((batch.values[~batch.mask] == 0).all()), "padding must be zeros"
     restored = vectorizer.unflatten(batch.values, extras=batch.extras)
-    for model, sd, out in zip(models, sds, restored):
+    for model, sd, out in zip(models, sds, restored, strict=True):
         assert list(out) == list(sd), "keys and their order"
         for name, t in sd.items():
             assert bits_equal(out[name], t), f"{name} changed in the round trip"

@@ -24,7 +24,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -172,7 +172,7 @@ def align_to_latents(
 
     flat = latents.detach().reshape(m, -1).float()  # (M, L)
     if projection is None:
-        projection = LatentProjection(flat.shape[1], conditioner.dim, proj_dim=proj_dim)
+        projection = LatentProjection(flat.shape[1], cast(int, conditioner.dim), proj_dim=proj_dim)
     elif proj_dim is not None and proj_dim != projection.proj_dim:
         raise ValueError(f"align_to_latents: proj_dim={proj_dim} disagrees with projection.proj_dim={projection.proj_dim}")
     param = next(conditioner.parameters(), None)
@@ -191,7 +191,7 @@ def align_to_latents(
         # the draws come from the generator on its own device.
         chosen = randperm(len(rows_of), generator=generator, device="cpu")[:n].tolist()
         picks = randint(2**62, (n,), generator=generator, device="cpu").tolist()
-        idx = [rows_of[g][p % len(rows_of[g])] for g, p in zip(chosen, picks)]
+        idx = [rows_of[g][p % len(rows_of[g])] for g, p in zip(chosen, picks, strict=True)]
         c = projection.conditions(conditioner([raw[i] for i in idx]).to(device))  # (n, P)
         z = projection.latents(flat[torch.tensor(idx, device=device)])  # (n, P)
         logits = c @ z.T / temperature  # (n, n): condition i vs latent j

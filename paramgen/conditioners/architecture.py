@@ -19,13 +19,16 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import torch
 from torch import nn
 
 from paramgen.conditioners.text import TextConditioner
 from paramgen.models import describe_architecture
+
+if TYPE_CHECKING:
+    from paramgen.interfaces import Conditioner
 
 __all__ = ["ArchitectureConditioner", "ConcatConditioner", "architecture_text"]
 
@@ -82,7 +85,7 @@ class ConcatConditioner(nn.Module):
         if len(parts) < 2:
             raise ValueError(f"ConcatConditioner joins at least two conditioners, got {len(parts)}")
         self.parts = nn.ModuleList(parts)
-        self.dim = sum(int(p.dim) for p in parts)
+        self.dim = sum(int(cast("Conditioner", p).dim) for p in parts)
 
     def forward(self, raw: Sequence[Sequence[Any]]) -> torch.Tensor:
         k = len(self.parts)
@@ -94,7 +97,7 @@ class ConcatConditioner(nn.Module):
     def config(self) -> dict[str, Any]:
         from paramgen.registry import registry
 
-        return {"parts": [{"name": registry.name_of(p), "config": p.config()} for p in self.parts]}
+        return {"parts": [{"name": registry.name_of(p), "config": p.config()} for p in self.parts]}  # type: ignore[operator]  # registered components: config() methods
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> ConcatConditioner:

@@ -72,6 +72,9 @@ class ModuleFeatures(nn.Module):
                 [1., 1., 1.]])
     """
 
+    mean: torch.Tensor
+    std: torch.Tensor
+
     def __init__(
         self,
         module: nn.Module,
@@ -138,7 +141,7 @@ class ModuleFeatures(nn.Module):
 
         The images are moved to the device of the module's weights (or buffers) first.
         """
-        anchor = next(self.parameters(), None)
+        anchor: torch.Tensor | None = next(self.parameters(), None)
         if anchor is None:
             anchor = next(self.buffers(), None)
         if anchor is not None:
@@ -214,7 +217,7 @@ class CLIPVisionFeatures(nn.Module):
                 f"CLIPVisionModel, got {type(model).__name__}"
             )
         self.feature_dim = int(feature_dim)
-        self.image_size = int(model.config.image_size)
+        self.image_size = int(model.config.image_size)  # type: ignore[arg-type]  # an int for CLIP vision models
         self.features = ModuleFeatures(
             _CLIPTower(model, projected=projected),
             feature_dim=self.feature_dim,
@@ -241,7 +244,7 @@ class _OpenCLIPImage(nn.Module):
         self.model = model
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model.encode_image(x)  # (N, F)
+        return self.model.encode_image(x)  # type: ignore[operator]  # (N, F); an open_clip model's method
 
 
 def open_clip_features(model_name: str, pretrained: str) -> nn.Module:

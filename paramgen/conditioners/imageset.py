@@ -200,7 +200,7 @@ class SetTransformer(nn.Module):
         widths = [dim_in] + [dim] * depth
         self.blocks = nn.ModuleList(
             SAB(a, b, heads=heads) if num_inducing is None else ISAB(a, b, heads=heads, num_inducing=num_inducing)
-            for a, b in zip(widths[:-1], widths[1:])
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.pool = PMA(dim, heads=heads)
 
@@ -298,6 +298,8 @@ class ImageSetConditioner(nn.Module):
         True
     """
 
+    feature_extractor: nn.Module | None  # a plain attribute, not a submodule
+
     def __init__(
         self,
         *,
@@ -328,7 +330,7 @@ class ImageSetConditioner(nn.Module):
         if variant == "set_transformer":
             self.class_encoder = SetTransformer(feature_dim, hidden, heads=heads, depth=depth, num_inducing=num_inducing)
             self.dataset_encoder = SetTransformer(hidden, hidden, heads=heads, depth=depth, num_inducing=num_inducing)
-            self.head = nn.Linear(hidden, dim)
+            self.head: nn.Module = nn.Linear(hidden, dim)
         else:
             self.image_mlp = nn.Sequential(nn.Linear(feature_dim, hidden), nn.ReLU(), nn.Linear(hidden, hidden))
             self.head = nn.Sequential(nn.Linear(hidden, hidden), nn.ReLU(), nn.Linear(hidden, dim))
@@ -406,7 +408,8 @@ class ImageSetConditioner(nn.Module):
             class_vecs = self.class_encoder(images, mask=image_mask)  # (N, hidden)
         else:
             class_vecs = _masked_mean(self.image_mlp(images), image_mask)  # (N, hidden)
-        classes = torch.zeros(b, k_max, self.hidden, device=device, dtype=dtype)  # (B, K_max, hidden)
+        # In the class vectors' dtype: under autocast they come out in bf16/fp16, not the input's.
+        classes = class_vecs.new_zeros(b, k_max, self.hidden)  # (B, K_max, hidden)
         classes[class_mask] = class_vecs  # row-major order of the mask = dataset by dataset
         if self.variant == "set_transformer":
             pooled = self.dataset_encoder(classes, mask=class_mask)  # (B, hidden)

@@ -147,6 +147,8 @@ class OneHotConditioner(nn.Module):
         tensor([[0., 1.]])
     """
 
+    _anchor: torch.Tensor
+
     def __init__(self, keys: Sequence[str | int]) -> None:
         super().__init__()
         self._index = _key_index(keys, "OneHotConditioner")

@@ -80,6 +80,10 @@ class TextConditioner(nn.Module):
         (16, ['projection.weight', 'projection.bias'])
     """
 
+    _encoder: Any  # a SentenceTransformer, kept out of the module tree
+    _cache: dict[str, torch.Tensor]
+    _anchor: torch.Tensor
+
     def __init__(
         self,
         *,
@@ -102,7 +106,7 @@ class TextConditioner(nn.Module):
         object.__setattr__(self, "_encoder", encoder)
         object.__setattr__(self, "_cache", {})
         get_dim = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
-        self.embedding_dim = int(get_dim())
+        self.embedding_dim = int(get_dim())  # type: ignore[arg-type]  # None only for encoders without a fixed width
         self.model_path = None if model_path is None else str(model_path)
         self.normalize = bool(normalize)
         self.batch_size = int(batch_size)
@@ -125,7 +129,7 @@ class TextConditioner(nn.Module):
             # encode() returns inference-mode tensors; a clone made outside inference mode
             # can be used by autograd (the projection is trained on top of it).
             out = out.detach().float().cpu().clone()  # (len(missing), embedding_dim)
-            for text, vec in zip(missing, out):
+            for text, vec in zip(missing, out, strict=True):
                 self._cache[text] = vec
         return torch.stack([self._cache[t] for t in texts])  # (B, embedding_dim)
 

@@ -8,6 +8,7 @@ Examples:
     (5, 100)
 """
 
+from paramgen.data.episodes import ClassPool, Episodes, fewshot_pool, sample_episodes
 from paramgen.data.sources import (
     DATASETS,
     DatasetNotInstalledError,
@@ -16,7 +17,6 @@ from paramgen.data.sources import (
     load_dataset,
 )
 from paramgen.data.task import Split, Task, UnknownDatasetError
-from paramgen.data.episodes import ClassPool, Episodes, fewshot_pool, sample_episodes
 
 __all__ = [
     "ClassPool",

@@ -168,6 +168,6 @@ def gather(features: Sequence[torch.Tensor], episodes: Episodes) -> tuple[torch.
             ``counts`` the episodes were drawn from).
         episodes: From `sample_episodes`.
     """
-    sup = torch.stack([torch.stack([features[c][i] for c, i in zip(cl.tolist(), s)]) for cl, s in zip(episodes.classes, episodes.support)])
-    qry = torch.stack([torch.stack([features[c][i] for c, i in zip(cl.tolist(), q)]) for cl, q in zip(episodes.classes, episodes.query)])
+    sup = torch.stack([torch.stack([features[c][i] for c, i in zip(cl.tolist(), s, strict=True)]) for cl, s in zip(episodes.classes, episodes.support, strict=True)])
+    qry = torch.stack([torch.stack([features[c][i] for c, i in zip(cl.tolist(), q, strict=True)]) for cl, q in zip(episodes.classes, episodes.query, strict=True)])
     return sup, qry

@@ -16,6 +16,8 @@ from typing import Literal
 import attrs
 import torch
 
+from paramgen._convert import int_tuple, str_tuple
+
 __all__ = ["Split", "Task", "UnknownDatasetError", "SplitName", "Modality"]
 
 SplitName = Literal["train", "val", "test"]
@@ -120,8 +122,8 @@ class Task:
 
     name: str
     dataset: str
-    classes: tuple[int, ...] = attrs.field(converter=tuple)
-    class_names: tuple[str, ...] = attrs.field(converter=tuple)
+    classes: tuple[int, ...] = attrs.field(converter=int_tuple)
+    class_names: tuple[str, ...] = attrs.field(converter=str_tuple)
     subject: str
     train: Split
     val: Split

@@ -121,7 +121,7 @@ class ConvNet(nn.Module):
         widths = (self.in_channels, *channels)
         self.blocks = nn.ModuleList(
             _ConvBlock(a, b, kernel_size=kernel_size, batchnorm=batchnorm, dims=self.dims, bias=not batchnorm)
-            for a, b in zip(widths[:-1], widths[1:])
+            for a, b in zip(widths[:-1], widths[1:], strict=True)
         )
         self.head = nn.Linear(channels[-1], self.num_classes)
 

@@ -110,7 +110,7 @@ def describe_architecture(model: nn.Module, *, max_layers: int = 16) -> str:
     if counts:
         parts.append(f"blocks [{', '.join(map(str, counts))}]")
 
-    tokens = [_layer_token(m) for m in layers]
+    tokens = [t for m in layers if (t := _layer_token(m)) is not None]  # every layer has a token
     runs = _run_length(tokens)
     if len(runs) <= max_layers:
         if runs:

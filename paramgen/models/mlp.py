@@ -68,7 +68,7 @@ class MLP(nn.Module):
         self.num_classes = int(num_classes)
 
         widths = (self.in_features, *hidden)
-        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:]))
+        self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths[:-1], widths[1:], strict=True))
         # BatchNorm1d modules sit in their own list so that ``layers.i`` is always the
         # i-th Linear layer, whatever the options.
         self.norms = nn.ModuleList(nn.BatchNorm1d(h) for h in hidden) if batchnorm else None

@@ -106,6 +106,9 @@ class DiffusionPrior(nn.Module):
         True
     """
 
+    ema_null_cond: torch.Tensor | None
+    ema_updates: torch.Tensor
+
     def __init__(
         self,
         *,
@@ -259,6 +262,7 @@ class DiffusionPrior(nn.Module):
         for ema_b, b in zip(self.ema.buffers(), self.unet.buffers(), strict=True):
             ema_b.copy_(b)
         if self.null_cond is not None:
+            assert self.ema_null_cond is not None  # registered with null_cond
             self.ema_null_cond.lerp_(self.null_cond.detach(), weight.to(self.ema_null_cond.dtype))
         self.ema_updates += 1
 
@@ -309,7 +313,7 @@ class DiffusionPrior(nn.Module):
         def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             if w == 1.0:
                 return net(x, t, cond)
-            both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null.to(dtype).expand(n, -1)]))  # (2n, C, T)
+            both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null.to(dtype).expand(n, -1)]))  # type: ignore[list-item,union-attr]  # w != 1: cond and a null condition (checked above)
             eps_c, eps_u = both.chunk(2)
             return eps_u + w * (eps_c - eps_u)
 

@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -351,6 +351,7 @@ class GPTPrior(nn.Module):
         """Prefix embeddings ``(B, P, C)``: the condition (or BOS) plus the window embedding."""
         b = window.shape[0]
         if self.cond_proj is None:
+            assert self.bos is not None  # unconditional: a BOS embedding
             h = self.bos.expand(b, -1, -1)  # (B, 1, C)
         else:
             h = rearrange(self.cond_proj(cond), "b (p c) -> b p c", p=self.prefix_len)  # (B, P, C)
@@ -495,7 +496,7 @@ class GPTPrior(nn.Module):
             done = prompt.shape[1]
             out[:, :done] = prompt
         g = _own_generator(generator, device)
-        block = self.blocks[0].attn
+        block = cast(_Block, self.blocks[0]).attn
         with _eval_mode(self):
             while done < self.length:
                 j = self._window_for(done)

@@ -17,7 +17,8 @@ Examples:
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -64,6 +65,7 @@ class _ResBlock(nn.Module):
         self.norm2 = nn.GroupNorm(_group_count(out_ch, groups), out_ch)
         self.conv2 = nn.Conv1d(out_ch, out_ch, 3, padding=1)
         nn.init.zeros_(self.conv2.weight)  # each block starts as the identity (guided-diffusion)
+        assert self.conv2.bias is not None
         nn.init.zeros_(self.conv2.bias)
         self.skip = nn.Conv1d(in_ch, out_ch, 1) if in_ch != out_ch else nn.Identity()
         self.dropout = dropout
@@ -140,9 +142,9 @@ class UNet1D(nn.Module):
 
         self.time_mlp = nn.Sequential(nn.Linear(base_channels, time_dim), nn.SiLU(), nn.Linear(time_dim, time_dim))
         self.cond_to_emb = nn.Linear(cond_dim, time_dim) if cond_dim > 0 else None
-        self.cond_to_map = nn.Linear(cond_dim, self.cond_channels * length) if concat else None
+        self.cond_to_map = nn.Linear(cond_dim, self.cond_channels * length) if concat and length is not None else None  # concat: length checked above
 
-        block = dict(emb_dim=time_dim, groups=groups, dropout=dropout)
+        block: dict[str, Any] = dict(emb_dim=time_dim, groups=groups, dropout=dropout)
         dims = [base_channels] + [base_channels * m for m in mults]
         self.init_conv = nn.Conv1d(in_channels + self.cond_channels, base_channels, 3, padding=1)
         self.downs = nn.ModuleList()
@@ -159,6 +161,7 @@ class UNet1D(nn.Module):
         self.final_block = _ResBlock(2 * base_channels, base_channels, **block)
         self.final_conv = nn.Conv1d(base_channels, in_channels, 1)
         nn.init.zeros_(self.final_conv.weight)  # predicts eps = 0 at init
+        assert self.final_conv.bias is not None
         nn.init.zeros_(self.final_conv.bias)
 
     def forward(
@@ -198,6 +201,7 @@ class UNet1D(nn.Module):
         emb = self.time_mlp(_sinusoidal_embedding(t, self.base_channels))  # (B, time_dim)
         if cond is not None:
             cond = cond.to(x.dtype)
+            assert self.cond_to_emb is not None  # cond_dim > 0, checked above
             emb = emb + self.cond_to_emb(cond)
             if self.cond_to_map is not None:
                 cmap = self.cond_to_map(cond).reshape(batch, self.cond_channels, length)  # (B, Cc, T)
@@ -209,7 +213,7 @@ class UNet1D(nn.Module):
         h = self.init_conv(x)  # (B, base, T')
         first = h
         skips = []
-        for block1, block2, down in self.downs:
+        for block1, block2, down in cast(Iterable[nn.ModuleList], self.downs):
             h = block1(h, emb, generator)
             skips.append(h)
             h = block2(h, emb, generator)
@@ -217,7 +221,7 @@ class UNet1D(nn.Module):
             h = down(h)  # halves the length except at the last level
         for block in self.mid:
             h = block(h, emb, generator)
-        for block1, block2, up in self.ups:
+        for block1, block2, up in cast(Iterable[nn.ModuleList], self.ups):
             h = block1(torch.cat([h, skips.pop()], dim=1), emb, generator)
             h = block2(torch.cat([h, skips.pop()], dim=1), emb, generator)
             h = up(h)  # doubles the length except at the first level

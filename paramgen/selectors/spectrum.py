@@ -59,6 +59,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from paramgen._convert import int_tuple
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
 
 __all__ = [
@@ -216,7 +217,7 @@ class LayerSNR:
 
     name: str
     type: str
-    shape: tuple[int, ...] = attrs.field(converter=tuple)
+    shape: tuple[int, ...] = attrs.field(converter=int_tuple)
     snr: float
     selected: bool = False
 
@@ -304,7 +305,7 @@ class SpectrumSelector:
             raise TypeError(f"expected an nn.Module, a state dict or a safetensors path, got {type(source).__name__}")
         wanted = self._check_names(names, source.keys())
         seen: set[tuple] = set()
-        rows = []
+        rows: list[LayerSNR] = []
         for name, t in source.items():
             if wanted is not None and name not in wanted:
                 continue
@@ -316,7 +317,9 @@ class SpectrumSelector:
                     continue
                 seen.add(key)
             if t.ndim >= 2 and t.is_floating_point():
-                rows.append(self._row(name, t))
+                row = self._row(name, t)
+                assert row is not None  # a floating tensor always gets a row
+                rows.append(row)
         return self._finish(rows)
 
     def scan_file(

@@ -106,6 +106,9 @@ class GumbelVQTokenizer(nn.Module):
         hard: Use the straight-through hard one-hot in training too (eval is always hard).
     """
 
+    step: torch.Tensor
+    code_usage: torch.Tensor
+
     def __init__(
         self,
         *,

@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 import torch
 
+from paramgen._convert import int_tuple
 from paramgen.data import Task, class_subset_names, get_task, load_dataset
 from paramgen.io import TMP_SUFFIX, save_safetensors, write_json
 from paramgen.models import build_model, describe_architecture
@@ -62,7 +63,7 @@ class RunConfig:
     arch_kwargs: Mapping[str, Any] = attrs.field(factory=dict, hash=False, converter=dict)
     seed: int = 0
     train: TrainConfig = TrainConfig()
-    keep_epochs: tuple[int, ...] = attrs.field(default=(10,), converter=tuple)
+    keep_epochs: tuple[int, ...] = attrs.field(default=(10,), converter=int_tuple)
     max_train_per_class: int | None = None
     max_eval_per_class: int | None = None
 
@@ -96,7 +97,7 @@ def load_run_task(cfg: RunConfig, datasets: dict[str, Task] | None = None, data_
     datasets = {} if datasets is None else datasets
     dataset, _, classes = cfg.task.partition("/")
     root = data_root if dataset == "fashion_mnist" else None
-    caps = {"max_train_per_class": cfg.max_train_per_class, "max_eval_per_class": cfg.max_eval_per_class}
+    caps: dict[str, Any] = {"max_train_per_class": cfg.max_train_per_class, "max_eval_per_class": cfg.max_eval_per_class}
     if not classes:
         return get_task(cfg.task, root=root, **caps)
     if dataset not in datasets:

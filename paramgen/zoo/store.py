@@ -34,7 +34,7 @@ from torch.utils.data import Dataset
 
 from paramgen.io import read_json
 from paramgen.normalize import Normalizer
-from paramgen.spec import ParamSpec, SpecMismatchError
+from paramgen.spec import ParamSpec
 from paramgen.vectorize import ChunkVectorizer, LayerVectorizer, ModelVectorizer
 
 __all__ = ["Checkpoint", "Zoo", "WeightDataset"]

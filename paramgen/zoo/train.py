@@ -98,7 +98,7 @@ def train_classifier(
         if init:
             for module in model.modules():
                 if hasattr(module, "reset_parameters"):
-                    module.reset_parameters()
+                    module.reset_parameters()  # type: ignore[operator]  # hasattr-checked method; nn.Module.__getattr__ types it Tensor | Module
         g = torch.Generator().manual_seed(seed)
         params: Any = model.parameters()
         if config.optimizer == "adam":

