@@ -68,7 +68,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from paramgen.generator import Generator
+from paramgen.generator import Generator, _by_arch
 from paramgen.interfaces import LatentStats
 from paramgen.io import read_json, save_safetensors, write_json
 from paramgen.tracking import Logger, NullLogger
@@ -652,7 +652,7 @@ def _fit_normalizer(generator: Generator, zoo: _Zoo) -> None:
     if zoo.archs is None:
         generator.normalizer.fit(zoo.flat.float(), tasks=zoo.tasks)  # type: ignore[union-attr]
     else:
-        groups = [(torch.stack([zoo.flat[i].reshape(-1).float() for i in idx]), generator.specs[a]) for a, idx in _group(zoo.archs).items()]
+        groups = [(torch.stack([zoo.flat[i].reshape(-1).float() for i in idx]), generator.specs[a]) for a, idx in _by_arch(zoo.archs).items()]
         generator.normalizer.fit_groups(groups)  # type: ignore[attr-defined]
 
 
@@ -815,13 +815,6 @@ class _Zoo:
     @property
     def lazy(self) -> bool:
         return isinstance(self.flat, torch.utils.data.Dataset)
-
-
-def _group(archs: Sequence[str]) -> dict[str, list[int]]:
-    rows: dict[str, list[int]] = {}
-    for i, a in enumerate(archs):
-        rows.setdefault(a, []).append(i)
-    return rows
 
 
 def _check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Zoo:
