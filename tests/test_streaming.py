@@ -19,7 +19,7 @@ from safetensors.torch import load_file, save_file
 
 from paramgen.chunks import ChunkDataset, ChunkLayout, spec_from_safetensors
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
-from paramgen.streaming import SafetensorsStreamWriter, assemble, peak_rss_growth
+from paramgen.streaming import SafetensorsStreamWriter, assemble
 
 FLOATS = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
