@@ -99,6 +99,10 @@ SIZES: dict[str, dict[str, Any]] = {
         pairs=400,
     ),
 }
+# With --device cuda: the sampling rows use bigger batches (the working set is on the device),
+# fit has one process per GPU; MiniLM's package is not assumed there.
+CUDA_OVERRIDES: dict[str, Any] = dict(models=("1M", "10M", "100M"), speed_batch=1024, fit_procs=(1,), fit_steps=100)
+SECTIONS = ("throughput", "fit", "quality", "steps")
 
 
 # ----------------------------------------------------------------------------- models
@@ -250,32 +254,65 @@ def reconstruction(gen: Any, data: Any) -> dict[str, torch.Tensor]:
 
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser("scale", __doc__.split("\n\n")[0]).parse_args(argv)
+    p = parser("scale", __doc__.split("\n\n")[0])
+    p.add_argument("--device", default="cpu", help="device of the throughput and fit rows (cpu or cuda[:i]); quality and steps always run on the CPU")
+    p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    args = p.parse_args(argv)
+    sections = [s.strip() for s in args.sections.split(",") if s.strip()]
+    if not sections or set(sections) - set(SECTIONS):
+        p.error(f"--sections takes a comma-separated subset of {','.join(SECTIONS)}, got {args.sections!r}")
+    device = torch.device(args.device)
+    if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
+        p.error(f"--device must be cpu, or cuda on a machine with CUDA; got {args.device!r}")
     size_name = "quick" if args.quick else "default"
-    size = SIZES[size_name]
+    size = dict(SIZES[size_name], **(CUDA_OVERRIDES if device.type == "cuda" else {}))
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out or f"runs/scale-{size_name}").resolve()
     out.mkdir(parents=True, exist_ok=True)
     g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
     started = time.perf_counter()
-    res = Results("scale", start=started, config={"size": size_name, "seed": args.seed, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
-    arch = dict(vae_channels=size["vae_channels"], prior_channels=size["prior_channels"])
+    config = {"size": size_name, "seed": args.seed, "device": str(device), "sections": sections, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}}
+    res = Results("scale", start=started, config=config)
 
     # 1. Sampling throughput and peak memory vs model size (untrained generator, speed only).
-    method = f"untrained, speed only (DDIM-{size['speed_steps']})"
+    method = f"untrained, speed only (DDIM-{size['speed_steps']}, {device.type})"
     plot: dict[str, list[float]] = {"params": [], "file_rate": [], "dict_rate": [], "file_mem": [], "dict_mem": []}
-    for name in size["models"]:
+    for name in size["models"] if "throughput" in sections else ():
         path = minilm_path() / "model.safetensors" if name == "MiniLM" else write_synthetic(out / f"synthetic-{name}.safetensors", *SYNTHETIC[name], seed=args.seed)
         for mode in ("file", "dict"):
-            r = child(["sample", str(path), str(out / f"sample-{name}-{mode}.json"), "--mode", mode, "--steps", str(size["speed_steps"]), "--batch-size", str(size["speed_batch"]),
-                       "--vae-channels", str(size["vae_channels"]), "--prior-channels", str(size["prior_channels"]), "--seed", str(args.seed)])
+            r = child(
+                [
+                    "sample",
+                    str(path),
+                    str(out / f"sample-{name}-{mode}.json"),
+                    "--mode",
+                    mode,
+                    "--steps",
+                    str(size["speed_steps"]),
+                    "--batch-size",
+                    str(size["speed_batch"]),
+                    "--vae-channels",
+                    str(size["vae_channels"]),
+                    "--prior-channels",
+                    str(size["prior_channels"]),
+                    "--seed",
+                    str(args.seed),
+                    "--device",
+                    str(device),
+                ]
+            )
             task = f"{name} ({r['numel'] / 1e6:.1f}M)"
             label = "streamed" if mode == "file" else "in-memory"
-            res.add(method, task, f"params_per_s {label}", r["numel"] / r["seconds"], numel=r["numel"], chunks=r["chunks"], seconds=r["seconds"])
-            res.add(method, task, f"peak_mem_ratio {label}", r["grew_bytes"] / r["fp32_bytes"], numel=r["numel"], grew_mb=r["grew_bytes"] / 2**20)
+            res.add(method, task, f"params_per_s {label}", r["numel"] / r["seconds"], numel=r["numel"], chunks=r["chunks"], seconds=r["seconds"], batch=size["speed_batch"])
+            if r["grew_bytes"] is not None:
+                res.add(method, task, f"peak_mem_ratio {label}", r["grew_bytes"] / r["fp32_bytes"], numel=r["numel"], grew_mb=r["grew_bytes"] / 2**20)
+            else:
+                logger.warning("this kernel cannot reset the peak-RSS mark: no host-memory row for %s %s", name, label)
+            if "device_grew_bytes" in r:
+                res.add(method, task, f"peak_device_mem_ratio {label}", r["device_grew_bytes"] / r["fp32_bytes"], numel=r["numel"], grew_mb=r["device_grew_bytes"] / 2**20)
             plot[f"{mode}_rate"].append(r["numel"] / r["seconds"])
-            plot[f"{mode}_mem"].append(r["grew_bytes"] / r["fp32_bytes"])
+            plot[f"{mode}_mem"].append(float("nan") if r["grew_bytes"] is None else r["grew_bytes"] / r["fp32_bytes"])
         plot["params"].append(r["numel"])
         if name != "MiniLM":
             path.unlink()
@@ -283,19 +320,35 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 2. Fit throughput of the modelzoo generator: processes x precision, all in this run.
     fit_rates: dict[tuple[int, str], dict[str, float]] = {}
-    for procs in size["fit_procs"]:
+    for procs in size["fit_procs"] if "fit" in sections else ():
         for precision in size["fit_precisions"]:
-            r = child(["fit", str(out / f"fit-{procs}-{precision}.json"), "--precision", precision, "--steps", str(size["fit_steps"]), "--seed", str(args.seed)], procs=procs)
+            r = child(["fit", str(out / f"fit-{procs}-{precision}.json"), "--precision", precision, "--steps", str(size["fit_steps"]), "--seed", str(args.seed), "--device", str(device)], procs=procs)
             fit_rates[(procs, precision)] = r
+            where = f"{procs} proc x 1 thread" if device.type == "cpu" else f"1 proc, {device.type}"
             for stage in ("tokenizer", "prior"):
-                res.add(f"modelzoo generator, {procs} proc x 1 thread", f"fit {stage} (random inputs)", f"steps_per_s {precision}", r[f"{stage}_steps_per_s"], global_batch=64)
+                res.add(f"modelzoo generator, {where}", f"fit {stage} (random inputs)", f"steps_per_s {precision}", r[f"{stage}_steps_per_s"], global_batch=64)
     for stage in ("tokenizer", "prior"):
         key = f"{stage}_steps_per_s"
         if (2, "fp32") in fit_rates and (1, "fp32") in fit_rates:
             res.add("2 procs / 1 proc", f"fit {stage} (random inputs)", "speedup fp32", fit_rates[(2, "fp32")][key] / fit_rates[(1, "fp32")][key])
-        if (1, "bf16") in fit_rates:
+        if (1, "bf16") in fit_rates and (1, "fp32") in fit_rates:
             res.add("bf16 / fp32", f"fit {stage} (random inputs)", "speedup 1 proc", fit_rates[(1, "bf16")][key] / fit_rates[(1, "fp32")][key])
 
+    if "quality" in sections or "steps" in sections:
+        quality(res, size, sections, args.seed, g)
+
+    # 5. Outputs: table, results.json, plot, MLflow.
+    print(res.table(skip_tasks=()))
+    artifacts = []
+    if plot["params"]:
+        artifacts.append(out / "scale.png")
+        plot_throughput(plot, artifacts[0])
+    res.write(out, mlflow=not args.no_mlflow, artifacts=artifacts)
+    return 0
+
+
+def quality(res: Results, size: dict[str, Any], sections: Sequence[str], seed: int, g: Any) -> None:
+    """Sections 3 and 4, on the CPU: a chunk-wise generator of all of MiniLM, scored downstream."""
     # 3. Quality: learn all of MiniLM's weights chunk-wise from the one pretrained checkpoint.
     from paramgen.chunks import ChunkDataset, ChunkLayout, spec_from_safetensors
     from paramgen.training import FitConfig
@@ -303,12 +356,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     path = minilm_path() / "model.safetensors"
     layout = ChunkLayout(spec_from_safetensors(path), 4096)
     data = ChunkDataset(layout, path)
-    gen = build_chunkwise(layout, **arch)
+    gen = build_chunkwise(layout, vae_channels=size["vae_channels"], prior_channels=size["prior_channels"])
     start = time.perf_counter()
-    gen.fit(data, config=FitConfig(tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], batch_size=64, tokenizer_lr=1e-3, prior_lr=1e-3,
-                                   schedule="cosine", warmup_steps=50, max_grad_norm=1.0, seed=args.seed, progress=False))
+    gen.fit(
+        data,
+        config=FitConfig(
+            tokenizer_steps=size["vae_steps"],
+            prior_steps=size["prior_steps"],
+            batch_size=64,
+            tokenizer_lr=1e-3,
+            prior_lr=1e-3,
+            schedule="cosine",
+            warmup_steps=50,
+            max_grad_norm=1.0,
+            seed=seed,
+            progress=False,
+        ),
+    )
     res.add("chunk-wise generator", f"MiniLM ({layout.numel / 1e6:.1f}M, {layout.num_chunks} chunks)", "fit_s", time.perf_counter() - start)
-    scorer = Scorer(size, args.seed)
+    scorer = Scorer(size, seed)
     original = scorer.original
     names = layout.names
     per: dict[str, list[dict[str, float]]] = {}
@@ -319,10 +385,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         per.setdefault(method, []).append(s)
 
     score("original", {})
-    score("VAE reconstruction", reconstruction(gen, data))
+    if "quality" in sections:
+        score("VAE reconstruction", reconstruction(gen, data))
     ddim = dict(sampler="ddim", steps=size["ddim_steps"])
     generated_name = f"generated DDIM-{size['ddim_steps']}"
-    for i in range(size["samples"]):
+    for i in range(size["samples"] if "quality" in sections else 0):
         start = time.perf_counter()
         sample = gen.sample(generator=g(100 + i), **ddim)
         res.add(generated_name, "MiniLM whole model", "sample_s", time.perf_counter() - start)
@@ -339,7 +406,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     swap_chunks = sum(len(layout.chunks_of(n)) for n in swap)
     settings = [(f"DDIM-{s}", dict(sampler="ddim", steps=s)) for s in size["step_counts"]] + ([("DDPM-1000", dict(sampler="ddpm"))] if size["ddpm"] else [])
     task = f"MiniLM, {swap_chunks} chunks swapped"
-    for label, kw in settings:
+    for label, kw in settings if "steps" in sections else ():
         runs, times = [], []
         for i in range(size["swap_samples"]):
             start = time.perf_counter()
@@ -351,13 +418,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         res.add(f"generated {label}", task, "s_per_model (extrapolated)", times)
         for metric in ("probe_acc", "spearman_vs_original", "rel_l2_to_original"):
             res.add(f"generated {label}", task, metric, [r[metric] for r in runs])
-
-    # 5. Outputs: table, results.json, plot, MLflow.
-    print(res.table(skip_tasks=()))
-    png = out / "scale.png"
-    plot_throughput(plot, png)
-    res.write(out, mlflow=not args.no_mlflow, artifacts=[png])
-    return 0
 
 
 def plot_throughput(plot: dict[str, list[float]], png: Path) -> None:
