@@ -345,15 +345,23 @@ def _global_batch(run: _Run, m: int, stage: str) -> int:
 
 
 def _loader(dataset: torch.utils.data.Dataset, sampler: _StepSampler, run: _Run) -> Iterator[Any]:
-    return iter(
-        torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=sampler,
-            collate_fn=_collate,
-            num_workers=run.config.num_workers,
-            pin_memory=run.device.type == "cuda",
-        )
-    )
+    pin = _pin_memory(dataset, run.device)
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=run.config.num_workers, pin_memory=pin))
+
+
+def _pin_memory(dataset: torch.utils.data.Dataset, device: torch.device) -> bool:
+    """Pinned host memory speeds copies to CUDA; items already on the device (the latents of
+    the prior stage) cannot be pinned ("only dense CPU tensors can be pinned", seen on an
+    H200), so pin only when training on CUDA from items on the host."""
+    return device.type == "cuda" and all(t.device.type == "cpu" for t in _tensors(dataset[0]))
+
+
+def _tensors(item: Any) -> list[torch.Tensor]:
+    if isinstance(item, torch.Tensor):
+        return [item]
+    if isinstance(item, dict):
+        return [t for v in item.values() for t in _tensors(v)]
+    return []
 
 
 def _to(batch: Any, device: torch.device) -> Any:

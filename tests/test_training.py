@@ -221,3 +221,14 @@ def test_an_image_set_conditioner_trains_under_bf16_autocast() -> None:
     sets = [torch.randn(3, 2, 6, generator=g) for _ in range(16)]  # (K classes, S images, F features) per model
     fit(gen, torch.randn(16, spec.numel, generator=g), sets, config=FitConfig(tokenizer_steps=2, prior_steps=3, batch_size=8, precision="bf16", progress=False))
     assert gen.fitted and all(torch.isfinite(p).all() for p in cond.parameters())
+
+
+def test_host_memory_is_pinned_only_for_host_items_going_to_cuda() -> None:
+    """Latents already on the GPU cannot be pinned (the prior stage failed so on an H200)."""
+    from paramgen.training import _pin_memory
+
+    on_host = [{"x": torch.zeros(2), "cond": torch.zeros(1)}]
+    on_device = [{"x": torch.zeros(2, device="meta"), "cond": torch.zeros(1)}]  # meta stands in for a CUDA tensor
+    assert _pin_memory(on_host, torch.device("cuda")) is True  # type: ignore[arg-type]
+    assert _pin_memory(on_device, torch.device("cuda")) is False  # type: ignore[arg-type]
+    assert _pin_memory(on_host, torch.device("cpu")) is False  # type: ignore[arg-type]
