@@ -260,7 +260,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     if not sections or set(sections) - set(SECTIONS):
         p.error(f"--sections takes a comma-separated subset of {','.join(SECTIONS)}, got {args.sections!r}")
-    device = torch.device(args.device)
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        device = torch.device("meta")  # refused below
     if device.type not in ("cpu", "cuda") or (device.type == "cuda" and not torch.cuda.is_available()):
         p.error(f"--device must be cpu, or cuda on a machine with CUDA; got {args.device!r}")
     size_name = "quick" if args.quick else "default"
