@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 import torch.nn.functional as F
@@ -33,7 +34,7 @@ from torch import nn
 
 from paramgen._random import rand, randint, randn
 from paramgen._validate import host_values
-from paramgen.priors._checks import check_cond
+from paramgen.priors._checks import check_cond, reject_unknown_options
 from paramgen.priors.schedule import LinearSchedule, ddim_sample, ddpm_sample
 from paramgen.priors.unet1d import UNet1D
 from paramgen.spec import NonFiniteWeightsError
@@ -47,6 +48,10 @@ def _positive_int(name: str, value: Any, low: int = 1) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     return value
+
+
+def _finite_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(value)
 
 
 @contextmanager
@@ -105,6 +110,9 @@ class DiffusionPrior(nn.Module):
         >>> DiffusionPrior.from_config(prior.config()).config() == prior.config()
         True
     """
+
+    #: The keyword options of `sample` (see there).
+    SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ("sampler", "steps", "guidance_scale", "eta")
 
     ema_null_cond: torch.Tensor | None
     ema_updates: torch.Tensor
@@ -276,32 +284,58 @@ class DiffusionPrior(nn.Module):
         sampler: Sampler | None = None,
         steps: int | None = None,
         guidance_scale: float | None = None,
+        eta: float = 0.0,
+        **unknown: Any,
     ) -> torch.Tensor:
         """Draw ``n`` latents with the EMA weights.
+
+        The sampling options (`SAMPLE_OPTIONS`) are ``sampler``, ``steps``,
+        ``guidance_scale`` and ``eta``; `paramgen.Generator.sample` passes its extra
+        keywords here.
 
         Args:
             n: Number of samples.
             cond: ``(n, cond_dim)`` condition vectors, ``None`` for an unconditional prior.
             generator: The only source of randomness.
             sampler: ``"ddpm"`` or ``"ddim"`` (``None``: the constructor's).
-            steps: DDIM steps (``None``: ``ddim_steps``); ignored by DDPM.
-            guidance_scale: Guidance weight ``w`` (``None``: the constructor's); needs a
-                null condition trained with ``cond_dropout > 0`` unless it is 1.
+            steps: DDIM steps in ``[1, timesteps]`` (``None``: ``ddim_steps``); ignored by DDPM.
+            guidance_scale: Classifier-free guidance weight ``w`` (``None``: the
+                constructor's); needs a null condition trained with ``cond_dropout > 0``
+                unless it is 1.
+            eta: DDIM stochasticity, ``0`` (deterministic DDIM, the default) to ``1``
+                (DDPM-like noise); ignored by DDPM.
+            **unknown: Any other keyword raises.
 
         Returns:
             ``(n, C, T)`` latents.
+
+        Raises:
+            TypeError: An option this prior does not take (e.g. ``temperature=``, a
+                `paramgen.priors.GPTPrior` option); the message lists the valid ones.
+            ValueError: An option of the wrong type or out of range.
 
         Examples:
             >>> import torch
             >>> prior = DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8, channel_mults=(1,))
             >>> prior.sample(2, generator=torch.Generator().manual_seed(0)).shape
             torch.Size([2, 1, 5])
+            >>> prior.sample(2, temperature=0.7)
+            Traceback (most recent call last):
+            ...
+            TypeError: DiffusionPrior.sample got temperature=0.7; valid options: sampler, steps, guidance_scale, eta
         """
+        reject_unknown_options("DiffusionPrior.sample", unknown, self.SAMPLE_OPTIONS)
         _positive_int("n", n)
-        cond = self._check_cond(cond, n)
         sampler = self.sampler if sampler is None else sampler
         if sampler not in ("ddpm", "ddim"):
-            raise ValueError(f"sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+            raise ValueError(f"DiffusionPrior.sample: sampler must be 'ddpm' or 'ddim', got {sampler!r}")
+        if steps is not None and (isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= self.schedule.timesteps):
+            raise ValueError(f"DiffusionPrior.sample: steps must be an int in [1, timesteps={self.schedule.timesteps}], got {steps!r}")
+        if guidance_scale is not None and not _finite_number(guidance_scale):
+            raise ValueError(f"DiffusionPrior.sample: guidance_scale must be a finite number, got {guidance_scale!r}")
+        if not _finite_number(eta) or not 0.0 <= eta <= 1.0:
+            raise ValueError(f"DiffusionPrior.sample: eta must be a number in [0, 1], got {eta!r}")
+        cond = self._check_cond(cond, n)
         w = self.guidance_scale if guidance_scale is None else float(guidance_scale)
         if w != 1.0 and self.null_cond is None:
             raise ValueError(f"guidance_scale={w} needs a null condition trained with cond_dropout > 0 (this prior has cond_dropout={self.cond_dropout})")
@@ -322,6 +356,6 @@ class DiffusionPrior(nn.Module):
             if sampler == "ddpm":
                 return ddpm_sample(eps_fn, shape, self.schedule, generator=generator, device=device, dtype=dtype)
             return ddim_sample(
-                eps_fn, shape, self.schedule, steps=self.ddim_steps if steps is None else steps,
+                eps_fn, shape, self.schedule, steps=self.ddim_steps if steps is None else steps, eta=float(eta),
                 generator=generator, device=device, dtype=dtype,
             )  # fmt: skip

@@ -27,7 +27,7 @@ import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from einops import rearrange
 from torch import nn
 
 from paramgen._random import rand, randint
-from paramgen.priors._checks import check_cond
+from paramgen.priors._checks import check_cond, reject_unknown_options
 
 __all__ = ["GPTPrior"]
 
@@ -224,6 +224,9 @@ class GPTPrior(nn.Module):
         >>> GPTPrior.from_config(prior.config()).config() == prior.config()
         True
     """
+
+    #: The keyword options of `sample` (see there).
+    SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ("temperature", "top_k")
 
     def __init__(
         self,
@@ -527,23 +530,45 @@ class GPTPrior(nn.Module):
         generator: torch.Generator | None = None,
         temperature: float | None = None,
         top_k: int | None = None,
+        **unknown: Any,
     ) -> torch.Tensor:
         """Draw ``n`` token sequences (`generate` without a prompt).
+
+        The sampling options (`SAMPLE_OPTIONS`) are ``temperature`` and ``top_k``;
+        `paramgen.Generator.sample` passes its extra keywords here.
 
         Args:
             n: Number of samples.
             cond: ``(n, cond_dim)`` condition vectors, ``None`` for an unconditional prior.
             generator: The only source of randomness; a seeded one gives identical samples.
-            temperature: Softmax temperature (``None``: the constructor's).
-            top_k: Keep the ``top_k`` most likely tokens (``None``: the constructor's).
+            temperature: Softmax temperature, a finite number > 0 (``None``: the constructor's).
+            top_k: Keep the ``top_k`` most likely tokens, an int in ``[1, vocab_size]``
+                (``None``: the constructor's).
+            **unknown: Any other keyword raises.
 
         Returns:
             ``(n, length)`` long tokens in ``[0, vocab_size)``.
+
+        Raises:
+            TypeError: An option this prior does not take (e.g. ``steps=``, a
+                `paramgen.priors.DiffusionPrior` option); the message lists the valid ones.
+            ValueError: An option of the wrong type or out of range.
 
         Examples:
             >>> import torch
             >>> prior = GPTPrior(vocab_size=8, length=5, cond_dim=2, d_model=16, heads=2)
             >>> prior.sample(3, torch.eye(2)[[0, 1, 1]], generator=torch.Generator().manual_seed(0)).shape
             torch.Size([3, 5])
+            >>> prior.sample(3, torch.eye(2)[[0, 1, 1]], sampler="ddim")
+            Traceback (most recent call last):
+            ...
+            TypeError: GPTPrior.sample got sampler='ddim'; valid options: temperature, top_k
         """
+        reject_unknown_options("GPTPrior.sample", unknown, self.SAMPLE_OPTIONS)
+        try:
+            if temperature is not None:
+                _temperature(temperature)
+            _top_k(top_k, self.vocab_size)
+        except ValueError as e:
+            raise ValueError(f"GPTPrior.sample: {e}") from None
         return self.generate(n, cond, generator=generator, temperature=temperature, top_k=top_k)

@@ -20,11 +20,12 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import torch
 
 from paramgen._random import rand, randn
+from paramgen.priors._checks import reject_unknown_options
 from paramgen.spec import NonFiniteWeightsError
 
 __all__ = ["KDEPrior"]
@@ -52,6 +53,9 @@ class KDEPrior:
         >>> prior.sample(4, None, generator=torch.Generator().manual_seed(0)).shape
         torch.Size([4, 2, 3])
     """
+
+    #: The keyword options of `sample`: none.
+    SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, *, bandwidth: Bandwidth = "scott") -> None:
         if isinstance(bandwidth, str):
@@ -174,16 +178,23 @@ class KDEPrior:
         """
         raise TypeError("KDEPrior is fitted with fit(), not trained by gradient")
 
-    def sample(self, n: int, cond: torch.Tensor | None = None, *, generator: torch.Generator | None = None) -> torch.Tensor:
+    def sample(self, n: int, cond: torch.Tensor | None = None, *, generator: torch.Generator | None = None, **unknown: Any) -> torch.Tensor:
         """Draw ``n`` latents from the KDE of the nearest stored condition.
+
+        A KDE has no sampling options (`SAMPLE_OPTIONS` is empty): its bandwidth is fixed
+        when it is fitted.
 
         Args:
             n: Number of samples.
             cond: ``(n, Dc)`` condition vectors, ``None`` when fitted without conditions.
             generator: The only source of randomness.
+            **unknown: Any keyword raises (e.g. ``sampler=`` meant for a diffusion prior).
 
         Returns:
             ``(n, C, T)`` latents.
+
+        Raises:
+            TypeError: Any sampling option.
 
         Examples:
             >>> import torch
@@ -191,6 +202,7 @@ class KDEPrior:
             >>> prior.sample(3, torch.eye(2)[[0, 1, 1]]).shape
             torch.Size([3, 1, 2])
         """
+        reject_unknown_options("KDEPrior.sample", unknown, self.SAMPLE_OPTIONS)
         self._require_fit()
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"n must be an int >= 1, got {n!r}")
