@@ -41,6 +41,7 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -54,7 +55,7 @@ from torch import nn
 
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer
 from paramgen.io import read_json, save_safetensors, write_json
-from paramgen.normalize import GlobalScale, Normalizer, normalizer_from_config
+from paramgen.normalize import GlobalScale, Normalizer, PerTaskZScore, normalizer_from_config
 from paramgen.registry import UnregisteredComponentError, registry
 from paramgen.spec import ParamSpec, SpecMismatchError
 from paramgen.tracking import Logger
@@ -69,6 +70,7 @@ FORMAT = "paramgen.Generator"
 # 1: components saved as "module:qualname" (loaded when the path is a registered class).
 FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
+_ROLES = ("tokenizer", "prior", "conditioner", "normalizer")
 
 
 class NotFittedError(RuntimeError):
@@ -91,6 +93,28 @@ def _by_arch(archs: Sequence[str]) -> dict[str, list[int]]:
 
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _need(config: Mapping[str, Any], key: str, where: str) -> Any:
+    """``config[key]``, or a `ValueError` naming the key and the file."""
+    if not isinstance(config, Mapping) or key not in config:
+        raise ValueError(f"{where} lacks the key {key!r}")
+    return config[key]
+
+
+def _positive_int(value: Any, name: str) -> int:
+    """``value`` if it is an integer >= 1, else a `ValueError` naming the argument."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    return value
 
 
 class Generator:
@@ -303,7 +327,7 @@ class Generator:
     # ------------------------------------------------------------------ fitting
     def fit(
         self,
-        flat: torch.Tensor | Sequence[torch.Tensor],
+        flat: Any,
         conds: Sequence[Any] | None = None,
         *,
         tasks: Sequence[str] | None = None,
@@ -329,11 +353,16 @@ class Generator:
         or from torch's global generator when it is ``None``).
 
         Args:
-            flat: ``(M, D)`` weight vectors in spec order (e.g. ``Zoo.flatten()[0]``); for a
-                family, a sequence of ``M`` flat vectors of their own architectures.
-            conds: One raw condition per row, for the conditioner.
-            tasks: Task name per row (for a per-task normalizer and contrastive groups).
-            archs: For a family: the architecture key of each row.
+            flat: The zoo: a `paramgen.zoo.Zoo` (its tasks are used when ``tasks`` is not
+                given; a family takes its architectures from the zoo's specs), a
+                `paramgen.zoo.WeightDataset`, a sequence of state dicts (each checked
+                against the spec), ``(M, D)`` weight vectors in spec order, for a family a
+                sequence of ``M`` flat vectors of their own architectures, or a dataset
+                (see `paramgen.training.fit`).
+            conds: One raw condition per model, for the conditioner.
+            tasks: Task name per model (for a per-task normalizer and contrastive groups).
+            archs: For a family: the architecture key of each model (inferred from a zoo
+                or from state dicts when not given).
             predictor: Frozen accuracy predictor for the predictor-guided VAE loss.
             generator: Seeds all randomness of fitting.
             tracker: Receives losses every ``log_every`` steps.
@@ -351,7 +380,10 @@ class Generator:
     # ------------------------------------------------------------------ sampling
     def _require_fitted(self) -> None:
         if not self.fitted:
-            raise NotFittedError("this generator is not fitted: call fit() or load one with Generator.from_pretrained()")
+            raise NotFittedError(
+                "this generator is not fitted: call fit() (a prior trained by gradient steps needs prior_steps > 0) "
+                "or load one with Generator.from_pretrained()"
+            )
 
     @torch.no_grad()
     def reconstruct(
@@ -367,6 +399,7 @@ class Generator:
         For a family, ``flat`` is a sequence of vectors with their ``archs``, and so is the result.
         """
         self._require_fitted()
+        _positive_int(batch_size, "batch_size")
         arch_list = self._check_archs(archs, len(flat))
         x, mask = self._rows(flat, tasks, arch_list)
         if self.discrete:
@@ -398,20 +431,28 @@ class Generator:
             cond: A sequence of raw conditions (``None`` for an unconditional generator).
             n: Samples per condition.
             generator: Randomness of sampling; a seeded one gives identical samples.
-            tasks: Task name per condition, for a per-task normalizer.
+            tasks: Task name per condition, for a per-task normalizer
+                (`paramgen.normalize.PerTaskZScore`); not needed when the conditions are
+                themselves task names the normalizer has seen (they are then the tasks).
             archs: For a family: the architecture key of each condition.
-            batch_size: Models decoded at once.
+            batch_size: Models decoded at once (a positive integer).
             **sample_kwargs: Passed to ``prior.sample`` (e.g. ``sampler="ddim"``, ``steps=50``).
+
+        Raises:
+            ValueError: ``n`` or ``batch_size`` is not a positive integer; a per-task
+                normalizer lacks the tasks; ``tasks`` or ``archs`` do not match the conditions.
+            NotFittedError: The generator is not fitted.
         """
         self._require_fitted()
-        if n < 1:
-            raise ValueError(f"n must be a positive integer, got {n}")
+        _positive_int(n, "n")
+        _positive_int(batch_size, "batch_size")
         c = self.condition(cond)
         if c is not None:
             c = c.to(self.device)
         b = 1 if c is None else c.shape[0]
-        if tasks is not None and len(tasks) != b:
-            raise ValueError(f"expected one task name per condition ({b}), got {len(tasks)}")
+        tasks = self._tasks_for(cond, tasks, b)
+        if tasks is not None and (isinstance(tasks, str) or len(tasks) != b):
+            raise ValueError(f"expected tasks= with one task name per condition ({b}), got {tasks!r}"[:300])
         arch_list = self._check_archs(archs, b)
         if c is not None:
             c = c.repeat_interleave(n, dim=0)  # (B*n, Dc)
@@ -434,6 +475,20 @@ class Generator:
                 "log-normalized running_var): the prior is likely undertrained"
             )
         return flat
+
+    def _tasks_for(self, cond: Any, tasks: Sequence[str] | None, b: int) -> Sequence[str] | None:
+        """The tasks a per-task normalizer needs: ``tasks``, or the conditions when they
+        are task names the normalizer has seen."""
+        if tasks is not None or not isinstance(self.normalizer, PerTaskZScore):
+            return tasks
+        known = set(self.normalizer.tasks)
+        if isinstance(cond, Sequence) and not isinstance(cond, (str, bytes)) and all(isinstance(c, str) and c in known for c in cond):
+            return list(cond)
+        raise ValueError(
+            f"this generator's PerTaskZScore normalizer needs the task of each condition: pass tasks= "
+            f"(one task name per condition, {b} here; known tasks: {sorted(known)[:10]}); "
+            "conditions that are themselves known task names are used as the tasks"
+        )
 
     def sample(
         self,
@@ -504,6 +559,8 @@ class Generator:
             for key, value in part.state_dict().items():
                 tensors[f"{role}.{key}"] = value.detach().cpu()
         save_safetensors(path / "weights.safetensors", tensors, metadata={"format": FORMAT})
+        # safetensors has no checksum: the digest lets loading refuse corrupted bytes.
+        config["weights_sha256"] = _sha256(path / "weights.safetensors")
         write_json(path / "config.json", config)
         return path
 
@@ -513,6 +570,12 @@ class Generator:
     ) -> Generator:
         """Rebuild a generator saved by `save_pretrained`, from registered components only.
 
+        Loading is strict: the weights file must match the SHA-256 digest recorded in
+        ``config.json`` (folders saved before the digest existed load with a warning),
+        every tensor group in the weights needs its component entry (a normalizer's
+        statistics without their ``normalizer`` entry would sample at the wrong scale),
+        and every component's weights must be complete.
+
         Args:
             path: The folder.
             spec: If given, the architecture the caller expects; a generator saved for
@@ -520,29 +583,55 @@ class Generator:
             device: Where to put it (default: the CPU, wherever it was saved).
 
         Raises:
+            FileNotFoundError: ``config.json`` or ``weights.safetensors`` is missing.
             paramgen.registry.UnregisteredComponentError: the config names a component that
                 is not registered (nothing named by the file is imported).
-            ValueError: not a paramgen generator, an unknown format version, or a
-                malformed entry.
+            ValueError: not a paramgen generator, an unknown format version, a missing
+                key (named, with the file), invalid latent statistics, weights that do not
+                match their digest or their entries.
         """
         path = Path(path)
-        if not (path / "config.json").exists():
+        config_path, weights_path = path / "config.json", path / "weights.safetensors"
+        if not config_path.exists():
             raise FileNotFoundError(f"{path} holds no saved generator (no config.json)")
-        config = read_json(path / "config.json")
+        config = read_json(config_path)
         if not isinstance(config, dict) or config.get("format") != FORMAT:
-            raise ValueError(f"{path}/config.json is not a paramgen generator (format {config.get('format') if isinstance(config, dict) else None!r})")
+            raise ValueError(f"{config_path} is not a paramgen generator (format {config.get('format') if isinstance(config, dict) else None!r})")
         version = config.get("version")
         if isinstance(version, bool) or version not in _READABLE_VERSIONS:
-            raise ValueError(f"{path}/config.json has format version {version!r}; this paramgen reads versions {_READABLE_VERSIONS}")
-        missing = [k for k in ("vectorizer", "components", "spec") if k not in config]
-        if missing:
-            raise ValueError(f"{path}/config.json lacks {', '.join(missing)}")
+            raise ValueError(f"{config_path} has format version {version!r}; this paramgen reads versions {_READABLE_VERSIONS}")
+        for key in ("vectorizer", "components", "spec"):
+            _need(config, key, str(config_path))
+        if not isinstance(config["components"], dict) or not isinstance(config["vectorizer"], dict):
+            raise ValueError(f"{config_path}: 'components' and 'vectorizer' must be JSON objects")
+        if not weights_path.exists():
+            raise FileNotFoundError(f"{path} has a config.json but no weights.safetensors")
+        digest = config.get("weights_sha256")
+        if digest is None:
+            logger.warning("%s records no weights digest (saved by an older paramgen): its weights cannot be checked for corruption", config_path)
+        elif not isinstance(digest, str) or _sha256(weights_path) != digest:
+            raise ValueError(
+                f"{weights_path} does not match the SHA-256 digest recorded in config.json (weights_sha256): "
+                "the file is corrupted or was replaced; save the generator again"
+            )
+        try:
+            return cls._build_saved(path, config, version, spec, device)
+        except KeyError as e:
+            # Nested configs (spec, vectorizer, components) index their keys directly.
+            raise ValueError(f"{config_path} lacks the key {e.args[0]!r} (a malformed or truncated config)") from e
+
+    @classmethod
+    def _build_saved(cls, path: Path, config: dict[str, Any], version: int, spec: ParamSpec | None, device: torch.device | str | None) -> Generator:
+        config_path = path / "config.json"
         family = config["vectorizer"].get("type") == "family"
-        vectorizer = FamilyVectorizer.from_config(config["vectorizer"]) if family else None
-        saved_spec = None if family else ParamSpec.from_dict(config["spec"])
+        try:
+            saved_spec = None if family else ParamSpec.from_dict(config["spec"])
+            vectorizer: Any = FamilyVectorizer.from_config(config["vectorizer"]) if family else vectorizer_from_config(config["vectorizer"], saved_spec)  # type: ignore[arg-type]
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{config_path}: invalid 'spec' or 'vectorizer' entry: {e}") from e
         if spec is not None and family:
-            if not any(spec.fingerprint == s.fingerprint for s in vectorizer.specs.values()):  # type: ignore[union-attr]
-                raise SpecMismatchError(f"the family generator in {path} has no member of the expected architecture (it has {sorted(vectorizer.specs)})")  # type: ignore[union-attr]
+            if not any(spec.fingerprint == s.fingerprint for s in vectorizer.specs.values()):
+                raise SpecMismatchError(f"the family generator in {path} has no member of the expected architecture (it has {sorted(vectorizer.specs)})")
         elif spec is not None:
             try:
                 spec.check_compatible(saved_spec)  # type: ignore[arg-type]
@@ -551,40 +640,61 @@ class Generator:
         # Resolve every component name before reading any weights or building anything.
         names: dict[str, str] = {}
         for role, entry in config["components"].items():
+            if role not in _ROLES:
+                raise ValueError(f"{config_path}: unknown component role {role!r}; expected some of {_ROLES}")
+            if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+                raise ValueError(f"{config_path}: the {role} entry must be an object with a 'config' object")
             if role == "normalizer":
                 continue
-            if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
-                raise ValueError(f"{path}/config.json: the {role} entry must be an object with a 'config' object")
             try:
                 names[role] = entry["name"] if version >= 2 else registry.name_for_path(entry["class"])
             except UnregisteredComponentError as e:  # before KeyError, its base class
-                raise UnregisteredComponentError(f"{path}/config.json, {role}: {e}") from None
+                raise UnregisteredComponentError(f"{config_path}, {role}: {e}") from None
             except KeyError as e:
-                raise ValueError(f"{path}/config.json: the {role} entry names no component ({'name' if version >= 2 else 'class'} missing)") from e
+                raise ValueError(f"{config_path}: the {role} entry names no component ({'name' if version >= 2 else 'class'} missing)") from e
             try:
                 registry.get(names[role])
             except UnregisteredComponentError as e:
-                raise UnregisteredComponentError(f"{path}/config.json, {role}: {e}") from None
-        stats: Any = config.get("latent_stats") if version >= 2 else {"mean": config.get("latent_mean"), "scale": config.get("latent_scale")}
+                raise UnregisteredComponentError(f"{config_path}, {role}: {e}") from None
+        for role in ("tokenizer", "prior"):
+            if role not in config["components"]:
+                raise ValueError(f"{config_path}: 'components' lacks the {role!r} entry")
+        if version >= 2:
+            stats: Any = _need(config, "latent_stats", str(config_path))
+        else:
+            stats = {"mean": _need(config, "latent_mean", str(config_path)), "scale": _need(config, "latent_scale", str(config_path))}
         try:
             latent_stats = LatentStats(**stats)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}/config.json: invalid latent statistics {stats!r} ({e})") from e
+            raise ValueError(f"{config_path}: invalid latent statistics {stats!r} ({e})") from e
         state = load_file(str(path / "weights.safetensors"))
+        # Every group of tensors needs its entry: e.g. normalizer statistics without a
+        # normalizer entry would load a generator that samples at the wrong scale.
+        orphans = sorted({k.partition(".")[0] for k in state} - set(config["components"]))
+        if orphans:
+            raise ValueError(
+                f"{path}/weights.safetensors holds {', '.join(orphans)} tensors but {config_path} has no entry for "
+                f"{'it' if len(orphans) == 1 else 'them'} under 'components'"
+            )
         parts: dict[str, Any] = {}
         for role, entry in config["components"].items():
             sub = {k.removeprefix(f"{role}."): v for k, v in state.items() if k.startswith(f"{role}.")}
-            if role == "normalizer":
-                parts[role] = normalizer_from_config(entry["config"], sub, spec=saved_spec)
-                continue
-            part = registry.build(names[role], entry["config"])
-            if isinstance(part, nn.Module):
-                part.load_state_dict(sub, strict=True)
-                part.eval()
-            else:
-                part.load_state_dict(sub)
+            try:
+                if role == "normalizer":
+                    if not sub:
+                        raise ValueError("its statistics are missing from weights.safetensors")
+                    parts[role] = normalizer_from_config(entry["config"], sub, spec=saved_spec)
+                    continue
+                part = registry.build(names[role], entry["config"])
+                if isinstance(part, nn.Module):
+                    part.load_state_dict(sub, strict=True)
+                    part.eval()
+                else:
+                    part.load_state_dict(sub)
+            except (RuntimeError, ValueError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}: the {role} cannot be rebuilt from its entry and weights: {e}") from e
             parts[role] = part
-        gen = cls(vectorizer=vectorizer or vectorizer_from_config(config["vectorizer"], saved_spec), **parts)  # type: ignore[arg-type]
+        gen = cls(vectorizer=vectorizer, **parts)
         gen.latent_stats = latent_stats
         gen.fitted = True
         if device is not None:

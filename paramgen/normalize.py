@@ -112,6 +112,10 @@ class PerTaskZScore(_Fitted):
         unknown: What to do with a task not seen in ``fit`` (e.g. a held-out task at
             generation time): ``"error"`` raises, ``"global"`` uses the statistics of
             the whole zoo.
+
+    Every call takes ``tasks=``, one task name per row. A `paramgen.Generator` whose
+    conditions are the task names themselves (strings seen in ``fit``) passes them as the
+    tasks, so ``generator.sample(["a", "b"])`` needs no ``tasks=``.
     """
 
     _stats = ("mean", "std")
@@ -145,8 +149,13 @@ class PerTaskZScore(_Fitted):
 
     def _rows(self, tasks: Sequence[str] | None, batch: int, device: torch.device) -> torch.Tensor:
         self._require_fit()
-        if tasks is None or len(tasks) != batch:
-            raise ValueError(f"expected one task name per row ({batch}), got {None if tasks is None else len(tasks)}")
+        if tasks is None:
+            raise ValueError(
+                f"PerTaskZScore needs the task of each row: pass tasks= (one task name per row, {batch} here; "
+                f"known tasks: {list(self.tasks)[:10]})"
+            )
+        if isinstance(tasks, str) or len(tasks) != batch:
+            raise ValueError(f"PerTaskZScore expected tasks= with one task name per row ({batch}), got {tasks!r}"[:300])
         index = {t: i for i, t in enumerate(self.tasks)}
         unknown = sorted({t for t in tasks if t not in index})
         if unknown and self.unknown == "error":

@@ -130,6 +130,12 @@ def _matches(name: str, patterns: Sequence[str]) -> bool:
     return any(fnmatch.fnmatchcase(name, p) for p in patterns)
 
 
+def _selected(names: Sequence[str], include: Sequence[str] | None, exclude: Sequence[str]) -> bool:
+    """Whether a tensor known under ``names`` (several when tied) is selected: one of its
+    names is included and none is excluded."""
+    return (include is None or any(_matches(n, include) for n in names)) and not any(_matches(n, exclude) for n in names)
+
+
 def _storage_key(t: torch.Tensor) -> tuple | None:
     if t.numel() == 0 or t.device.type == "meta":
         return None
@@ -170,8 +176,10 @@ class ParamSpec:
             module: Any ``nn.Module``.
             include: Glob patterns (``fnmatch``, ``*`` crosses dots) of tensors to put
                 in the vector, e.g. ``["*lora_*"]`` or ``["layer4.*.bn*"]``. ``None``
-                selects everything.
-            exclude: Glob patterns removed from the selection.
+                selects everything. A tied tensor (e.g. GPT-2's ``lm_head.weight``, which
+                is ``transformer.wte.weight``) is selected by either of its names.
+            exclude: Glob patterns removed from the selection (a tied tensor is
+                excluded by either of its names).
         """
         params = {name for name, _ in module.named_parameters(remove_duplicate=False)}
         state = module.state_dict(keep_vars=True)
@@ -195,13 +203,19 @@ class ParamSpec:
             raise ValueError("expected a non-empty state dict, got an empty one")
         include = None if include is None else list(include)
         exclude = list(exclude)
+        for name, t in state_dict.items():
+            if not isinstance(t, torch.Tensor):
+                raise TypeError(f"state dict entry {name!r} is a {type(t).__name__}, expected a tensor")
+        # Names of each storage: a tied tensor is one tensor, selected by any of its names.
+        aliases: dict[tuple, list[str]] = {}
+        for name, t in state_dict.items():
+            if (k := _storage_key(t)) is not None:
+                aliases.setdefault(k, []).append(name)
         seen: dict[tuple, str] = {}
         layer_of: dict[str, int] = {}
         entries: list[TensorSpec] = []
         offset = 0
         for name, t in state_dict.items():
-            if not isinstance(t, torch.Tensor):
-                raise TypeError(f"state dict entry {name!r} is a {type(t).__name__}, expected a tensor")
             dtype = _dtype_name(t.dtype)
             module_name = name.rpartition(".")[0]
             layer = layer_of.setdefault(module_name, len(layer_of))
@@ -213,7 +227,7 @@ class ParamSpec:
                 continue
             if key is not None:
                 seen[key] = name
-            selected = (include is None or _matches(name, include)) and not _matches(name, exclude)
+            selected = _selected(aliases[key] if key is not None else [name], include, exclude)
             if not selected:
                 role: Role = "frozen"
             elif t.is_floating_point():
@@ -285,15 +299,22 @@ class ParamSpec:
         return layers[self.segment_ids()]
 
     def select(self, *, include: Sequence[str] | None = None, exclude: Sequence[str] = ()) -> ParamSpec:
-        """A spec of the same model with a narrower vector (other tensors become frozen)."""
+        """A spec of the same model with a narrower vector (other tensors become frozen).
+
+        A tied tensor is selected when any of its names is included and none is excluded.
+        """
         entries: list[TensorSpec] = []
         offset = 0
         roles: dict[str, Role] = {}
+        aliases: dict[str, list[str]] = {t.name: [t.name] for t in self.tensors if t.tied_to is None}
+        for t in self.tensors:
+            if t.tied_to is not None:
+                aliases[t.tied_to].append(t.name)
         for t in self.tensors:
             if t.tied_to is not None:
                 entries.append(attrs.evolve(t, role=roles[t.tied_to], offset=next(e.offset for e in entries if e.name == t.tied_to)))
                 continue
-            keep = t.role != "frozen" and (include is None or _matches(t.name, include)) and not _matches(t.name, exclude)
+            keep = t.role != "frozen" and _selected(aliases[t.name], include, exclude)
             role: Role = t.role if keep else "frozen"
             roles[t.name] = role
             default = t.default if role == "extra" else None
@@ -331,7 +352,22 @@ class ParamSpec:
                 )
         raise SpecMismatchError("spec differs in tensor order")
 
-    def _check_keys(self, state_dict: Mapping[str, torch.Tensor], *, which: int | None = None) -> None:
+    def check_state_dict(self, state_dict: Mapping[str, torch.Tensor], *, which: int | None = None) -> None:
+        """Raise `SpecMismatchError` naming the first key or tensor of ``state_dict`` that
+        does not fit this spec (missing or unexpected names, shapes, non-float weights).
+
+        Args:
+            state_dict: One model's tensors (frozen and tied entries may be absent).
+            which: Index of the model in its zoo, named in the message.
+
+        Examples:
+            >>> import torch
+            >>> spec = ParamSpec.from_module(torch.nn.Linear(3, 2))
+            >>> spec.check_state_dict({"weight": torch.zeros(2, 4), "bias": torch.zeros(2)}, which=7)
+            Traceback (most recent call last):
+            ...
+            paramgen.spec.SpecMismatchError: tensor 'weight' (model 7): expected shape (2, 3), got (2, 4) (is it from another architecture?)
+        """
         where = "" if which is None else f" (model {which})"
         needed = {t.name for t in self.tensors if t.role != "frozen" and t.tied_to is None}
         missing = needed.difference(state_dict)
@@ -342,6 +378,16 @@ class ParamSpec:
                 f"state dict does not match the spec{where}: missing {sorted(missing)[:5]}, "
                 f"unexpected {unexpected[:5]} (is it from another architecture?)"
             )
+        for t in self.tensors:
+            if t.role == "frozen" or t.tied_to is not None:
+                continue
+            x = state_dict[t.name]
+            if not isinstance(x, torch.Tensor):
+                raise SpecMismatchError(f"state dict entry {t.name!r}{where} is a {type(x).__name__}, expected a tensor of shape {t.shape}")
+            if tuple(x.shape) != t.shape:
+                raise SpecMismatchError(f"tensor {t.name!r}{where}: expected shape {t.shape}, got {tuple(x.shape)} (is it from another architecture?)")
+            if t.role == "vector" and not x.is_floating_point():
+                raise SpecMismatchError(f"tensor {t.name!r}{where}: expected a floating tensor, got {x.dtype}")
 
     # ----------------------------------------------------------------- flatten
     def flatten(
@@ -362,7 +408,7 @@ class ParamSpec:
         if len(state_dicts) == 0:
             raise ValueError("expected at least one state dict, got none")
         for i, sd in enumerate(state_dicts):
-            self._check_keys(sd, which=i if len(state_dicts) > 1 else None)
+            self.check_state_dict(sd, which=i if len(state_dicts) > 1 else None)
         stacked = {
             t.name: torch.stack([sd[t.name].detach() for sd in state_dicts])
             for t in self.tensors
@@ -416,6 +462,17 @@ class ParamSpec:
 
         Only stored tensors are returned (no tied copies, no frozen tensors).
         """
+        values = self._check_values(values, check_finite=check_finite)
+        batch = values.shape[0]
+        out: dict[str, torch.Tensor] = {}
+        for t in self.vector_tensors:
+            x = values[:, t.offset : t.offset + t.numel].to(t.torch_dtype, copy=True)
+            out[t.name] = x.reshape(batch, *t.shape)
+        out.update(self._extras(extras, batch))
+        return out
+
+    def _check_values(self, values: torch.Tensor, *, check_finite: bool) -> torch.Tensor:
+        """``(B, D)`` floating (finite) vectors; a ``(D,)`` vector becomes ``(1, D)``."""
         if values.ndim == 1:
             values = values.unsqueeze(0)
         if values.ndim != 2 or values.shape[1] != self.numel:
@@ -426,11 +483,11 @@ class ParamSpec:
             raise TypeError(f"expected floating weight vectors, got {values.dtype}")
         if check_finite and not torch.isfinite(values).all():
             raise NonFiniteWeightsError("weight vectors contain NaN or Inf")
-        batch = values.shape[0]
+        return values
+
+    def _extras(self, extras: Mapping[str, torch.Tensor] | None, batch: int) -> dict[str, torch.Tensor]:
+        """Extra tensors ``name -> (B, *shape)``: given ones checked, the rest from the defaults."""
         out: dict[str, torch.Tensor] = {}
-        for t in self.vector_tensors:
-            x = values[:, t.offset : t.offset + t.numel].to(t.torch_dtype, copy=True)
-            out[t.name] = x.reshape(batch, *t.shape)
         for t in self.extra_tensors:
             if extras is not None and t.name in extras:
                 x = extras[t.name]
@@ -458,22 +515,30 @@ class ParamSpec:
         (outside the name filter) are taken from ``base`` when it is given; otherwise
         the state dicts hold only the selected tensors (load them with
         ``strict=False``). Extras come from ``extras`` or, if absent, the spec's
-        recorded values.
+        recorded values. Each returned tensor owns compact storage of its own size (no
+        view into the batch), so saving one state dict writes only that model.
         """
-        stored = self.unflatten_stacked(values, extras=extras, check_finite=check_finite)
-        batch = next(iter(stored.values())).shape[0]
+        values = self._check_values(values, check_finite=check_finite)
+        batch = values.shape[0]
+        stored = self._extras(extras, batch)
         if base is not None:
             missing = [t.name for t in self.tensors if t.role == "frozen" and t.tied_to is None and t.name not in base]
             if missing:
                 raise SpecMismatchError(f"base state dict lacks frozen tensors {missing[:5]}")
-        rows = {name: x.unbind(0) for name, x in stored.items()}
         result: list[dict[str, torch.Tensor]] = []
         for b in range(batch):
+            # Each tensor is its own copy of its slice, so a state dict owns compact storage
+            # (a view into the whole batch would make saving one model write the batch).
+            own: dict[str, torch.Tensor] = {}
+            for t in self.vector_tensors:
+                own[t.name] = values[b, t.offset : t.offset + t.numel].to(t.torch_dtype, copy=True).reshape(t.shape)
+            for t in self.extra_tensors:
+                own[t.name] = stored[t.name][b].clone()
             sd: dict[str, torch.Tensor] = {}
             for t in self.tensors:
                 source = t.tied_to or t.name
-                if source in rows:
-                    sd[t.name] = rows[source][b]
+                if source in own:
+                    sd[t.name] = own[source]
                 elif base is not None:
                     sd[t.name] = sd[source] if t.tied_to is not None else base[t.name]
             result.append(sd)

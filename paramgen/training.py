@@ -71,6 +71,7 @@ from torch import nn
 from paramgen.generator import Generator, _by_arch
 from paramgen.interfaces import LatentStats
 from paramgen.io import read_json, save_safetensors, write_json
+from paramgen.spec import SpecMismatchError
 from paramgen.tracking import Logger, NullLogger
 
 __all__ = ["FitConfig", "fit", "NonFiniteLossError", "CheckpointError", "STAGES", "latest_checkpoint"]
@@ -825,6 +826,120 @@ class _Zoo:
         return isinstance(self.flat, torch.utils.data.Dataset)
 
 
+class _WeightItems(torch.utils.data.Dataset):
+    """A `paramgen.zoo.WeightDataset` as fit's items: rows ``x``, ``mask``, ``task`` and,
+    when given, one raw condition per checkpoint."""
+
+    def __init__(self, dataset: Any, conds: Sequence[Any] | None) -> None:
+        self.dataset, self.conds = dataset, conds
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        item = self.dataset[i]
+        out = {"x": item["values"], "mask": item["mask"], "task": item["task"]}
+        return out if self.conds is None else {**out, "cond": self.conds[i]}
+
+
+def _member_for(generator: Generator, spec: Any, what: str) -> str:
+    """The family member of ``spec`` (by fingerprint)."""
+    for key, member in generator.specs.items():
+        if member.fingerprint == spec.fingerprint:
+            return key
+    raise ValueError(f"{what} has an architecture (spec {spec.fingerprint}) that is not a member of this family ({sorted(generator.specs)})")
+
+
+def _from_zoo(generator: Generator, zoo: Any, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> tuple[Any, Sequence[str], Sequence[str] | None]:
+    """A `paramgen.zoo.Zoo` view as flat vectors, its tasks and (for a family) architectures."""
+    if len(zoo) == 0:
+        raise ValueError(f"fit needs at least one model; the zoo view {zoo!r} is empty")
+    tasks = [c.task for c in zoo] if tasks is None else tasks
+    if not generator.family:
+        if len(zoo.spec_ids) != 1:
+            raise ValueError(
+                f"this generator has one architecture, the zoo holds {len(zoo.spec_ids)} {list(zoo.spec_ids)}: "
+                "fit on zoo.filter(spec_id=...), or build the generator over a FamilyVectorizer"
+            )
+        try:
+            generator.spec.check_compatible(zoo.spec())
+        except SpecMismatchError as e:
+            raise SpecMismatchError(f"the zoo's checkpoints are not of the generator's architecture: {e}") from e
+        return zoo.flatten()[0], tasks, None
+    by_spec = {sid: zoo.filter(spec_id=sid) for sid in zoo.spec_ids}
+    if archs is None:
+        key_of = {sid: _member_for(generator, zoo.spec(sid), f"the zoo's spec {sid}") for sid in by_spec}
+        archs = [key_of[c.spec_id] for c in zoo]
+    flat: list[torch.Tensor] = [None] * len(zoo)  # type: ignore[list-item]
+    where = {c: i for i, c in enumerate(zoo)}
+    for view in by_spec.values():
+        for c, row in zip(view, view.flatten()[0], strict=True):
+            flat[where[c]] = row
+    return flat, tasks, archs
+
+
+def _from_state_dicts(generator: Generator, sds: Sequence[Mapping[str, torch.Tensor]], archs: Sequence[str] | None) -> tuple[Any, Sequence[str] | None]:
+    """State dicts as flat vectors (each checked against its spec: the first mismatch is named)."""
+    if not generator.family:
+        return generator.spec.flatten(sds)[0], archs
+    if archs is None:
+        archs = []
+        for i, sd in enumerate(sds):
+            fits = [k for k, spec in generator.specs.items() if _fits(spec, sd)]
+            if not fits:
+                raise ValueError(f"state dict {i} matches no member of this family ({sorted(generator.specs)}); pass archs=")
+            archs.append(fits[0])
+    if isinstance(archs, str) or len(archs) != len(sds):
+        raise ValueError(f"a family generator needs one architecture key per model ({len(sds)}), got {archs!r}"[:300])
+    return [generator.specs[a].flatten([sd])[0][0] for a, sd in zip(archs, sds, strict=True)], archs
+
+
+def _fits(spec: Any, sd: Mapping[str, torch.Tensor]) -> bool:
+    try:
+        spec.check_state_dict(sd)
+    except SpecMismatchError:
+        return False
+    return True
+
+
+_Inputs = tuple[Any, Sequence[Any] | None, Sequence[str] | None, Sequence[str] | None]
+
+
+def _inputs(generator: Generator, data: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Inputs:
+    """A `Zoo`, a `WeightDataset` or state dicts turned into what the stages take."""
+    from paramgen.zoo.store import WeightDataset, Zoo
+
+    if isinstance(data, Zoo):
+        flat, tasks, archs = _from_zoo(generator, data, tasks, archs)
+        return flat, conds, tasks, archs
+    if isinstance(data, WeightDataset):
+        if tasks is not None or archs is not None:
+            raise ValueError("with a WeightDataset, tasks come from its checkpoints: pass tasks and archs as None")
+        if generator.family:
+            raise ValueError("a family generator fits on a Zoo (all architectures) or flat vectors with archs=, not on a WeightDataset")
+        try:
+            generator.spec.check_compatible(data.vectorizer.spec)
+        except SpecMismatchError as e:
+            raise SpecMismatchError(f"the WeightDataset is not of the generator's architecture: {e}") from e
+        if (data.vectorizer.rows, data.vectorizer.width) != (generator.vectorizer.rows, generator.vectorizer.width):
+            raise ValueError(
+                f"the WeightDataset lays models out as ({data.vectorizer.rows}, {data.vectorizer.width}) rows, the generator as "
+                f"({generator.vectorizer.rows}, {generator.vectorizer.width}): build it with the generator's vectorizer"
+            )
+        if data.normalizer is not None:
+            raise ValueError("build the WeightDataset with normalizer=None: fit fits the generator's own normalizer")
+        if conds is not None and len(conds) != len(data):
+            raise ValueError(f"expected one raw condition per checkpoint ({len(data)}), got {len(conds)}")
+        if generator.normalizer is not None:  # its statistics need every model at once: the zoo's fast path
+            flat, tasks, _ = _from_zoo(generator, data.zoo, None, None)
+            return flat, conds, tasks, None
+        return _WeightItems(data, conds), None, None, None
+    if isinstance(data, Sequence) and not isinstance(data, (str, bytes)) and len(data) > 0 and all(isinstance(d, Mapping) for d in data):
+        flat, archs = _from_state_dicts(generator, data, archs)
+        return flat, conds, tasks, archs
+    return data, conds, tasks, archs
+
+
 def _check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Zoo:
     if isinstance(flat, torch.utils.data.Dataset):
         if conds is not None or tasks is not None or archs is not None:
@@ -848,7 +963,10 @@ def _check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, tas
     elif isinstance(flat, Sequence) and all(isinstance(f, torch.Tensor) for f in flat):
         m = len(flat)
     else:
-        raise TypeError(f"fit expects flat weight vectors: a (M, D) tensor, or for a family a sequence of tensors; got {type(flat).__name__}")
+        raise TypeError(
+            "fit expects a paramgen.zoo.Zoo, a WeightDataset, a sequence of state dicts, (M, D) flat weight vectors, "
+            f"a sequence of flat vectors (a family) or a map-style dataset; got {type(flat).__name__}"
+        )
     if m == 0:
         raise ValueError("fit needs at least one model; the zoo is empty")
     arch_list = generator._check_archs(archs, m)
@@ -877,7 +995,7 @@ def _fingerprint(generator: Generator, zoo: _Zoo, config: FitConfig) -> dict[str
 
 def fit(
     generator: Generator,
-    flat: torch.Tensor | Sequence[torch.Tensor] | torch.utils.data.Dataset,
+    flat: Any,
     conds: Sequence[Any] | None = None,
     *,
     config: FitConfig | None = None,
@@ -893,7 +1011,12 @@ def fit(
     Args:
         generator: The pipeline to fit (moved to a device beforehand with
             `paramgen.Generator.to`, or by the accelerator).
-        flat: ``(M, D)`` weight vectors in spec order (e.g. ``Zoo.flatten()[0]``), kept
+        flat: The zoo. A `paramgen.zoo.Zoo` view (all its checkpoints; its tasks are the
+            ``tasks`` when those are not given; a family generator takes each
+            checkpoint's architecture from its spec), a `paramgen.zoo.WeightDataset`
+            built with the generator's vectorizer and ``normalizer=None`` (read lazily when
+            the generator has no normalizer), or a sequence of state dicts (each checked
+            against the spec; the first mismatching tensor is named). Or ``(M, D)`` weight vectors in spec order (e.g. ``Zoo.flatten()[0]``), kept
             on the CPU: batches move to the device one at a time. For a family, a
             sequence of ``M`` flat vectors of their own architectures. Or a map-style
             ``torch.utils.data.Dataset`` read lazily, whose items are dicts with ``"x"``
@@ -916,13 +1039,21 @@ def fit(
     Returns:
         The fitted ``generator`` (in eval mode).
 
+    ``config.prior_steps=0`` skips the prior stage: a generator whose prior learns by
+    gradient steps is then not marked fitted (unless it was before), so it cannot sample
+    from an untrained prior. ``tokenizer_steps=0`` keeps the tokenizer as it is (to reuse
+    a fitted one).
+
     Raises:
         NonFiniteLossError: A loss became NaN or Inf (the message names stage and step).
         CheckpointError: ``resume`` is not a checkpoint of this run.
+        ValueError: An empty zoo; conditions, tasks or architectures that do not match it.
+        paramgen.spec.SpecMismatchError: Weights of another architecture.
     """
     config = config or FitConfig()
     if not isinstance(config, FitConfig):
         raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+    flat, conds, tasks, archs = _inputs(generator, flat, conds, tasks, archs)
     zoo = _check_zoo(generator, flat, conds, tasks, archs)
     run = _Run(generator, config, tracker, accelerator)
     fingerprint = _fingerprint(generator, zoo, config)
@@ -983,5 +1114,10 @@ def fit(
         _fit_prior(run, generator, enc, start, state, saver("prior"))
     for part in _modules(generator.tokenizer, generator.prior, generator.conditioner):
         part.eval()
-    generator.fitted = True
+    # prior_steps=0 skips the stage: a prior that learns by gradient steps is then not
+    # fitted by this run, and the generator is marked fitted only if it already was.
+    trained = hasattr(generator.prior, "fit") or not _trainable(generator.prior) or config.prior_steps > 0
+    if not trained and not generator.fitted:
+        logger.warning("fit: prior_steps=0 left the %s untrained; the generator is not marked fitted", type(generator.prior).__name__)
+    generator.fitted = generator.fitted or trained
     return generator

@@ -239,6 +239,29 @@ class ChunkVectorizer(_IndexLayout):
         return {"type": "chunk", "chunk_size": self.chunk_size, "num_chunks": self.num_chunks}
 
 
+# A chunk-free layer layout pads every layer to the widest one; past this many slots and
+# this many times the weights, the padding (index maps and every batch of rows) is refused.
+MAX_PADDED_SLOTS = 1 << 24
+MAX_PADDING_RATIO = 4
+
+
+def _check_whole_layers(spec: ParamSpec) -> None:
+    """Refuse a chunk-free layer layout whose padding would dwarf the model (e.g. MiniLM:
+    36 layers padded to its 30522 x 384 word embeddings is 420M slots for 22.7M weights)."""
+    sizes: dict[int, int] = {}
+    for t in spec.vector_tensors:
+        sizes[t.layer] = sizes.get(t.layer, 0) + t.numel
+    slots = len(sizes) * max(sizes.values())
+    if slots > MAX_PADDED_SLOTS and slots > MAX_PADDING_RATIO * spec.numel:
+        widest = max(sizes, key=sizes.__getitem__)
+        raise ValueError(
+            f"LayerVectorizer(chunk_size=None) would pad {len(sizes)} layers to the widest "
+            f"({spec.layers[widest]!r}, {sizes[widest]} weights): {slots} slots for {spec.numel} weights "
+            f"({slots * 8 / 2**30:.1f} GiB of index map alone); pass chunk_size= (e.g. 4096) to cut "
+            "each layer into chunks, or use a ChunkVectorizer"
+        )
+
+
 class LayerVectorizer(_IndexLayout):
     """Each layer on its own rows.
 
@@ -247,11 +270,19 @@ class LayerVectorizer(_IndexLayout):
         chunk_size: Split each layer into chunks of this size (its vector zero-padded to
             a multiple of it). ``None`` keeps each layer whole in one row, padded to the
             largest layer.
+
+    Raises:
+        ValueError: ``chunk_size=None`` on a model whose layers differ so much in size
+            that padding them all to the largest would be more than
+            ``MAX_PADDING_RATIO`` times the weights and over ``MAX_PADDED_SLOTS`` entries
+            (a transformer's word embeddings): refused before allocating anything.
     """
 
     def __init__(self, spec: ParamSpec, *, chunk_size: int | None = None) -> None:
-        if chunk_size is not None and chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+        if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
+        if chunk_size is None:
+            _check_whole_layers(spec)  # before any index map is allocated
         self.spec = spec
         self.chunk_size = chunk_size
         layer_ids = spec.layer_ids()
