@@ -23,14 +23,14 @@ import operator
 import os
 import random
 import zlib
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import attrs
 import numpy as np
 import torch
 
-from paramgen.data.task import Split, Task, UnknownDatasetError, _check_classes
+from paramgen.data.task import Split, Task, UnknownDatasetError, _check_classes, _stratified_split
 
 __all__ = [
     "DATASETS",
@@ -70,28 +70,6 @@ class DatasetNotInstalledError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _stratified_split(
-    y: torch.Tensor, fractions: Sequence[float], *, seed: int = 0
-) -> list[torch.Tensor]:
-    """Split indices of ``y`` into parts with the given fractions within each class.
-
-    Each class is shuffled by one ``torch.Generator`` (classes in increasing
-    order) and cut at ``round(fraction * count)``; the last part takes the rest.
-    Each part's indices come back sorted.
-    """
-    generator = torch.Generator().manual_seed(seed)
-    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
-    for label in torch.unique(y).tolist():
-        (members,) = torch.nonzero(y == label, as_tuple=True)
-        members = members[torch.randperm(len(members), generator=generator)]
-        start = 0
-        for i, fraction in enumerate(fractions):
-            stop = len(members) if i == len(fractions) - 1 else start + round(fraction * len(members))
-            parts[i].append(members[start:stop])
-            start = stop
-    return [torch.cat(part).sort().values for part in parts]
 
 
 def _fixed_split(n: int, n_first: int, *, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

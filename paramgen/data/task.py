@@ -4,14 +4,16 @@ A `Task` is what a model zoo trains on and what a dataset-conditioned
 generator reads: three `Split` s, the original class ids the labels stand
 for, and a one-line natural-language description. `Task.subset` carves a
 k-class task out of a bigger one (labels renumbered ``0..k-1``), which is how
-zoos get many related tasks out of one dataset.
+zoos get many related tasks out of one dataset. `Task.from_arrays` and
+`Task.from_splits` make a task of your own data (hand it to
+`paramgen.zoo.build_zoo` with ``tasks=``).
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
-from typing import Literal
+from typing import Any, Literal
 
 import attrs
 import torch
@@ -21,10 +23,11 @@ from paramgen._convert import int_tuple, str_tuple
 __all__ = ["Split", "Task", "UnknownDatasetError", "SplitName", "Modality"]
 
 SplitName = Literal["train", "val", "test"]
-Modality = Literal["image", "signal", "text"]
+Modality = Literal["image", "signal", "tabular", "text"]
 
 _SPLITS: tuple[SplitName, ...] = ("train", "val", "test")
-_MODALITY_NDIM = {"image": 4, "signal": 3}  # (N, C, H, W) and (N, C, L)
+_MODALITY_NDIM = {"image": 4, "signal": 3, "tabular": 2}  # (N, C, H, W), (N, C, L) and (N, F)
+_MODALITY_OF_NDIM: dict[int, Modality] = {4: "image", 3: "signal", 2: "tabular"}
 
 
 class UnknownDatasetError(ValueError):
@@ -48,7 +51,8 @@ class Split:
 
     Attributes:
         x: Images ``(N, 1, H, W)`` float32 in ``[0, 1]``, signals ``(N, 1, L)``
-            float32, or a tuple of ``N`` strings for text.
+            float32, tabular features ``(N, F)`` float32, or a tuple of ``N``
+            strings for text.
         y: ``(N,)`` int64 labels in ``0..num_classes-1``.
 
     Examples:
@@ -103,13 +107,14 @@ class Task:
     Attributes:
         name: ``"digits"`` for a whole dataset, ``"digits/0-3-5-7-9"`` for a
             class subset (original class ids, sorted).
-        dataset: The source dataset, one of ``paramgen.data.DATASETS``.
+        dataset: The source dataset: one of ``paramgen.data.DATASETS``, or the
+            name of a task of your own (`from_arrays`, `from_splits`).
         classes: Original class ids, sorted; label ``i`` stands for ``classes[i]``.
         class_names: Human-readable name of each label.
         subject: What is classified, e.g. ``"8x8 grayscale images of handwritten
             digits"``; `description` is built from it.
         train, val, test: The fixed, non-overlapping splits.
-        modality: ``"image"``, ``"signal"`` or ``"text"``.
+        modality: ``"image"``, ``"signal"``, ``"tabular"`` or ``"text"``.
 
     Examples:
         >>> from paramgen.data import get_task
@@ -131,8 +136,8 @@ class Task:
     modality: Modality
 
     def __attrs_post_init__(self) -> None:
-        if self.modality not in ("image", "signal", "text"):
-            raise ValueError(f"modality must be 'image', 'signal' or 'text', got {self.modality!r}")
+        if self.modality not in ("image", "signal", "tabular", "text"):
+            raise ValueError(f"modality must be 'image', 'signal', 'tabular' or 'text', got {self.modality!r}")
         if list(self.classes) != sorted(set(self.classes)):
             raise ValueError(f"classes must be sorted and distinct, got {self.classes}")
         if len(self.classes) < 2:
@@ -157,6 +162,130 @@ class Task:
                     f"{_MODALITY_NDIM[self.modality]}-D tensor, got "
                     f"{tuple(split.x.shape) if isinstance(split.x, torch.Tensor) else type(split.x).__name__}"
                 )
+
+    # ----------------------------------------------------------------- your own data
+    @classmethod
+    def from_arrays(
+        cls,
+        name: str,
+        x: Any,
+        y: Any,
+        *,
+        class_names: Sequence[str] | None = None,
+        subject: str | None = None,
+        fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
+        seed: int = 0,
+    ) -> Task:
+        """A task of your own from one labelled array, split train/val/test by class.
+
+        Args:
+            name: Task (and dataset) name, e.g. ``"wine"``; no ``/`` (that marks
+                class subsets: ``"wine/0-1"`` is made by `subset`).
+            x: Inputs, a tensor or NumPy array: ``(N, F)`` tabular features,
+                ``(N, C, L)`` signals or ``(N, C, H, W)`` images (kept as float32).
+            y: ``(N,)`` integer labels ``0..K-1``.
+            class_names: Name of each label (default ``"0"``, ``"1"``, ...).
+            subject: What is classified, for `description`, e.g. ``"chemical
+                measurements of wines"`` (default ``"<name> examples"``).
+            fractions: Train, val and test shares within each class.
+            seed: Seeds the ``torch.Generator`` of the split (the same split on
+                every machine).
+
+        Returns:
+            A `Task` named ``name`` whose ``dataset`` is ``name`` and whose
+            ``classes`` are ``0..K-1``.
+
+        Raises:
+            ValueError: Bad shapes, labels, names or fractions; the message says
+                what was expected.
+
+        Examples:
+            >>> from sklearn.datasets import load_iris
+            >>> data = load_iris()
+            >>> task = Task.from_arrays("iris", data.data, data.target, class_names=data.target_names)
+            >>> task.modality, task.num_classes, (len(task.train), len(task.val), len(task.test))
+            ('tabular', 3, (90, 30, 30))
+            >>> task.subset([0, 2]).name
+            'iris/0-2'
+        """
+        xs = _as_inputs(x, "x")
+        ys = _as_labels(y, "y", len(xs))
+        if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
+            raise ValueError(f"fractions must be three non-negative shares (train, val, test) summing to 1, got {fractions}")
+        train, val, test = _stratified_split(ys, fractions, seed=seed)
+        splits = {"train": (xs[train], ys[train]), "val": (xs[val], ys[val]), "test": (xs[test], ys[test])}
+        return cls._of_arrays(name, splits, class_names=class_names, subject=subject)
+
+    @classmethod
+    def from_splits(
+        cls,
+        name: str,
+        *,
+        train: tuple[Any, Any],
+        val: tuple[Any, Any],
+        test: tuple[Any, Any],
+        class_names: Sequence[str] | None = None,
+        subject: str | None = None,
+    ) -> Task:
+        """A task of your own from splits you already have, each an ``(x, y)`` pair.
+
+        Args:
+            name: Task (and dataset) name; no ``/``.
+            train: ``(x, y)`` of the training split (arrays as in `from_arrays`).
+            val: ``(x, y)`` of the validation split.
+            test: ``(x, y)`` of the test split.
+            class_names: Name of each label (default ``"0"``, ``"1"``, ...).
+            subject: What is classified (default ``"<name> examples"``).
+
+        Raises:
+            ValueError: Splits of different input shapes, bad labels or names.
+
+        Examples:
+            >>> import torch
+            >>> xy = (torch.randn(6, 3, generator=torch.Generator().manual_seed(0)), torch.tensor([0, 1, 2] * 2))
+            >>> Task.from_splits("toy", train=xy, val=xy, test=xy).description
+            'Classify toy examples into 3 classes: 0, 1, 2.'
+        """
+        splits = {}
+        for split_name, pair in (("train", train), ("val", val), ("test", test)):
+            if not isinstance(pair, tuple) or len(pair) != 2:
+                raise ValueError(f"{split_name} must be an (x, y) pair, got {type(pair).__name__}")
+            xs = _as_inputs(pair[0], f"{split_name} x")
+            splits[split_name] = (xs, _as_labels(pair[1], f"{split_name} y", len(xs)))
+        shapes = {tuple(x.shape[1:]) for x, _ in splits.values()}
+        if len(shapes) > 1:
+            raise ValueError(f"the splits' examples must share one shape, got {sorted(shapes)}")
+        return cls._of_arrays(name, splits, class_names=class_names, subject=subject)
+
+    @classmethod
+    def _of_arrays(
+        cls,
+        name: str,
+        splits: dict[str, tuple[torch.Tensor, torch.Tensor]],
+        *,
+        class_names: Sequence[str] | None,
+        subject: str | None,
+    ) -> Task:
+        if not isinstance(name, str) or not name or "/" in name:
+            raise ValueError(f"name must be a non-empty str without '/' (class subsets get 'name/0-1'), got {name!r}")
+        num_labels = 1 + max(int(y.max()) for _, y in splits.values() if len(y))
+        if class_names is None:
+            class_names = [str(i) for i in range(num_labels)]
+        class_names = [str(c) for c in class_names]
+        if len(class_names) < num_labels:
+            raise ValueError(f"labels run up to {num_labels - 1} but only {len(class_names)} class names were given")
+        if len(splits["train"][1]) == 0:
+            raise ValueError(f"task {name!r} has no training examples")
+        ndim = splits["train"][0].ndim
+        return cls(
+            name=name,
+            dataset=name,
+            classes=range(len(class_names)),
+            class_names=class_names,
+            subject=subject if subject is not None else f"{name} examples",
+            modality=_MODALITY_OF_NDIM[ndim],
+            **{k: Split(x, y) for k, (x, y) in splits.items()},
+        )
 
     @property
     def num_classes(self) -> int:
@@ -326,6 +455,67 @@ class Task:
             chosen.append(members[:n_per_class])
         taken = data.take(torch.cat(chosen))
         return taken.x, taken.y
+
+
+def _tensor(values: Any, what: str) -> torch.Tensor:
+    try:
+        return torch.as_tensor(values)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise ValueError(f"{what} must be a numeric tensor or array, got {type(values).__name__} ({err})") from None
+
+
+def _as_inputs(x: Any, what: str) -> torch.Tensor:
+    """Inputs as a float32 tensor of 2 to 4 dimensions (tabular, signal, image)."""
+    t = _tensor(x, what)
+    if t.ndim not in _MODALITY_OF_NDIM:
+        raise ValueError(
+            f"{what} must be (N, F) features, (N, C, L) signals or (N, C, H, W) images, got shape {tuple(t.shape)}"
+        )
+    if not (t.is_floating_point() or t.dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8)):
+        raise ValueError(f"{what} must hold numbers, got dtype {t.dtype}")
+    t = t.to(torch.float32)
+    if not torch.isfinite(t).all():
+        raise ValueError(f"{what} contains NaN or Inf")
+    return t
+
+
+def _as_labels(y: Any, what: str, n: int) -> torch.Tensor:
+    """Labels as a 1-D int64 tensor of non-negative integers, ``n`` of them."""
+    t = _tensor(y, what)
+    if t.ndim != 1 or len(t) != n:
+        raise ValueError(f"{what} must be {n} labels of shape ({n},), got shape {tuple(t.shape)}")
+    if t.is_floating_point():
+        if not torch.equal(t, t.round()):
+            raise ValueError(f"{what} must be integer labels 0..K-1, got non-integer values")
+    elif t.dtype == torch.bool or t.is_complex():
+        raise ValueError(f"{what} must be integer labels 0..K-1, got dtype {t.dtype}")
+    t = t.to(torch.int64)
+    if n and t.min() < 0:
+        raise ValueError(f"{what} must be integer labels 0..K-1, got {int(t.min())}")
+    return t
+
+
+def _stratified_split(
+    y: torch.Tensor, fractions: Sequence[float], *, seed: int = 0
+) -> list[torch.Tensor]:
+    """Split indices of ``y`` into parts with the given fractions within each class.
+
+    Each class is shuffled by one ``torch.Generator`` (classes in increasing
+    order) and cut at ``round(fraction * count)``; the last part takes the rest.
+    Each part's indices come back sorted.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    parts: list[list[torch.Tensor]] = [[] for _ in fractions]
+    for label in torch.unique(y).tolist():
+        (members,) = torch.nonzero(y == label, as_tuple=True)
+        members = members[torch.randperm(len(members), generator=generator)]
+        start = 0
+        for i, fraction in enumerate(fractions):
+            stop = len(members) if i == len(fractions) - 1 else start + round(fraction * len(members))
+            parts[i].append(members[start:stop])
+            start = stop
+    return [torch.cat(part).sort().values for part in parts]
+
 
 
 def _check_classes(classes: Sequence[int], *, valid: Sequence[int], dataset: str) -> tuple[int, ...]:

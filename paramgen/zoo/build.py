@@ -6,12 +6,26 @@ folder in worker processes and writes each run's checkpoints (the kept epochs) a
 manifest atomically. Interrupt it at any point and run it again: finished runs are
 skipped, half-written files never count.
 
+Your own data goes in as `paramgen.data.Task` objects (`Task.from_arrays`) passed with
+``tasks=``: a run's ``task`` then names one of them (``"wine"``) or a class subset of
+one (``"wine/0-1"``).
+
 Examples:
     >>> import tempfile
     >>> runs = preset("tiny")[:2]
     >>> zoo = build_zoo(tempfile.mkdtemp(), runs, workers=1, progress=False)
     >>> len(zoo), zoo.summary()["test_acc_mean"] > 0.5
     (4, True)
+
+    Your own data (here scikit-learn's iris):
+
+    >>> from sklearn.datasets import load_iris
+    >>> from paramgen.data import Task
+    >>> iris = Task.from_arrays("iris", load_iris().data, load_iris().target)
+    >>> plan = [RunConfig(task=t, arch="mlp", arch_kwargs={"in_features": 4, "hidden": [8]}) for t in ("iris", "iris/0-1")]
+    >>> zoo = build_zoo(tempfile.mkdtemp(), plan, tasks=[iris], workers=1, progress=False)
+    >>> zoo.tasks
+    ('iris', 'iris/0-1')
 """
 
 from __future__ import annotations
@@ -30,15 +44,15 @@ import attrs
 import torch
 
 from paramgen._convert import int_tuple
-from paramgen.data import Task, class_subset_names, get_task, load_dataset
-from paramgen.io import TMP_SUFFIX, save_safetensors, write_json
+from paramgen.data import DATASETS, Task, UnknownDatasetError, class_subset_names, get_task, load_dataset
+from paramgen.io import TMP_SUFFIX, read_json, save_safetensors, write_json
 from paramgen.models import build_model, describe_architecture
 from paramgen.spec import ParamSpec
 from paramgen.tracking import Logger, NullLogger
 from paramgen.zoo.store import Zoo
 from paramgen.zoo.train import TrainConfig, train_classifier
 
-__all__ = ["RunConfig", "build_zoo", "run_one", "load_run_task", "subset_runs", "preset", "PRESETS"]
+__all__ = ["RunConfig", "build_zoo", "run_one", "load_run_task", "user_tasks", "task_fingerprint", "subset_runs", "preset", "PRESETS"]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +62,9 @@ class RunConfig:
     """One training run of a zoo.
 
     Attributes:
-        task: Task name for `paramgen.data.get_task`.
+        task: Task name: for `paramgen.data.get_task` (``"digits/0-3-5"``), or the name
+            of a task of your own given to `build_zoo` with ``tasks=`` (``"wine"``), or a
+            class subset of one (``"wine/0-1"``).
         arch: Model name for `paramgen.models.build_model`.
         arch_kwargs: Its keyword arguments (``num_classes`` is taken from the task).
         seed: Initialization and batch-order seed.
@@ -68,6 +84,11 @@ class RunConfig:
     max_eval_per_class: int | None = None
 
     def __attrs_post_init__(self) -> None:
+        if not isinstance(self.task, str) or not self.task:
+            raise TypeError(
+                f"task must be a task name (str), got {type(self.task).__name__}; pass Task objects of "
+                "your own to build_zoo(..., tasks=[...]) and name them here"
+            )
         if "num_classes" in self.arch_kwargs:
             raise ValueError("arch_kwargs must not set num_classes: it comes from the task")
         if not self.keep_epochs or min(self.keep_epochs) < 1 or max(self.keep_epochs) > self.train.epochs:
@@ -92,12 +113,61 @@ class RunConfig:
         return f"{self.task.replace('/', '_')}__{self.arch}__s{self.seed}__{digest}"
 
 
-def load_run_task(cfg: RunConfig, datasets: dict[str, Task] | None = None, data_root: str | None = None) -> Task:
-    """The task of a run with its caps; ``datasets`` caches loaded datasets between calls."""
+def user_tasks(tasks: Sequence[Task] | Mapping[str, Task] | None) -> dict[str, Task]:
+    """Tasks of your own by name, checked: `Task` objects, unique names, no built-in dataset's name."""
+    if tasks is None:
+        return {}
+    items = list(tasks.values()) if isinstance(tasks, Mapping) else list(tasks)
+    out: dict[str, Task] = {}
+    for task in items:
+        if not isinstance(task, Task):
+            raise TypeError(f"tasks must be paramgen.data.Task objects (see Task.from_arrays), got {type(task).__name__}")
+        if task.name.partition("/")[0] in DATASETS:
+            raise ValueError(f"task {task.name!r} takes the name of a built-in dataset {list(DATASETS)}; give it another name")
+        if task.name in out:
+            raise ValueError(f"two tasks are named {task.name!r}; task names must be unique")
+        out[task.name] = task
+    return out
+
+
+def task_fingerprint(task: Task) -> str:
+    """Short hash of a task's examples, labels and class names (recorded for tasks of your own)."""
+    h = hashlib.sha256(json.dumps([task.name, list(task.class_names), task.subject]).encode())
+    for split in (task.train, task.val, task.test):
+        x = split.x
+        h.update(json.dumps(list(x)).encode() if isinstance(x, tuple) else x.contiguous().numpy().tobytes())
+        h.update(split.y.contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def load_run_task(
+    cfg: RunConfig,
+    datasets: dict[str, Task] | None = None,
+    data_root: str | None = None,
+    tasks: Mapping[str, Task] | None = None,
+) -> Task:
+    """The task of a run with its caps; ``datasets`` caches loaded datasets between calls.
+
+    ``tasks`` holds tasks of your own by name (see `user_tasks`); a run's task names one
+    of them or a class subset of one (``"wine/0-1"``).
+    """
     datasets = {} if datasets is None else datasets
     dataset, _, classes = cfg.task.partition("/")
-    root = data_root if dataset == "fashion_mnist" else None
     caps: dict[str, Any] = {"max_train_per_class": cfg.max_train_per_class, "max_eval_per_class": cfg.max_eval_per_class}
+    own = dict(tasks or {})
+    if cfg.task in own:
+        task = own[cfg.task]
+        return task if cfg.max_train_per_class is None and cfg.max_eval_per_class is None else task._restrict(task.classes, name=task.name, seed=0, **caps)
+    if dataset in own and classes:
+        if not all(part.isdigit() for part in classes.split("-")):
+            raise UnknownDatasetError(f"cannot read task name {cfg.task!r}: expected '{dataset}/<c1>-<c2>-...' with class ids from {list(own[dataset].classes)}")
+        return own[dataset].subset([int(c) for c in classes.split("-")], **caps)
+    if dataset not in DATASETS:
+        raise UnknownDatasetError(
+            f"run {cfg.run_id}: task {cfg.task!r} is neither a built-in dataset {list(DATASETS)} nor one of the tasks "
+            f"given to build_zoo(tasks=...) {sorted(own)}; make one with paramgen.data.Task.from_arrays and pass it there"
+        )
+    root = data_root if dataset == "fashion_mnist" else None
     if not classes:
         return get_task(cfg.task, root=root, **caps)
     if dataset not in datasets:
@@ -105,12 +175,19 @@ def load_run_task(cfg: RunConfig, datasets: dict[str, Task] | None = None, data_
     return datasets[dataset].subset([int(c) for c in classes.split("-")], **caps)
 
 
-def run_one(cfg: RunConfig, *, datasets: dict[str, Task] | None = None, data_root: str | None = None) -> dict[str, Any]:
+def run_one(
+    cfg: RunConfig,
+    *,
+    datasets: dict[str, Task] | None = None,
+    data_root: str | None = None,
+    tasks: Mapping[str, Task] | None = None,
+) -> dict[str, Any]:
     """Train one run; return its stacked tensors, spec and manifest record (nothing written).
 
-    ``datasets`` is a cache of loaded datasets the caller may keep between calls.
+    ``datasets`` is a cache of loaded datasets the caller may keep between calls;
+    ``tasks`` holds tasks of your own by name (see `load_run_task`).
     """
-    task = load_run_task(cfg, datasets, data_root)
+    task = load_run_task(cfg, datasets, data_root, tasks)
     model = build_model(cfg.arch, num_classes=task.num_classes, **cfg.arch_kwargs)
     snapshots = train_classifier(model, task, cfg.train, seed=cfg.seed, keep_epochs=cfg.keep_epochs)
     spec = ParamSpec.from_module(model)
@@ -134,6 +211,11 @@ def run_one(cfg: RunConfig, *, datasets: dict[str, Task] | None = None, data_roo
         "config": cfg.to_dict(),
         "checkpoints": [{"epoch": s.epoch, "index": i, "metrics": s.metrics} for i, s in enumerate(snapshots)],
     }
+    base = cfg.task.partition("/")[0] if cfg.task not in (tasks or {}) else cfg.task
+    if tasks and base in tasks:
+        # A name alone does not say which data a task of your own held: record a hash of it.
+        record["task_source"] = "user"
+        record["data_fingerprint"] = task_fingerprint(tasks[base])
     return {"tensors": tensors, "spec": spec, "record": record}
 
 
@@ -149,14 +231,34 @@ def _write_run(root: Path, result: Mapping[str, Any]) -> None:
 
 
 _WORKER_DATASETS: dict[str, Task] = {}  # per worker process only; never set in the caller's process
+_WORKER_TASKS: dict[str, Task] = {}  # the caller's own tasks, sent once per worker process
 
 
-def _init_worker(threads: int) -> None:
+def _init_worker(threads: int, tasks: Mapping[str, Task]) -> None:
     torch.set_num_threads(threads)
+    _WORKER_TASKS.update(tasks)
 
 
 def _worker(cfg: RunConfig, data_root: str | None) -> dict[str, Any]:
-    return run_one(cfg, datasets=_WORKER_DATASETS, data_root=data_root)
+    return run_one(cfg, datasets=_WORKER_DATASETS, data_root=data_root, tasks=_WORKER_TASKS)
+
+
+def _check_resumed(root: Path, runs: Sequence[RunConfig], own: Mapping[str, Task]) -> None:
+    """Refuse to skip a finished run of a task of your own whose data has changed since."""
+    prints: dict[str, str] = {}
+    for cfg in runs:
+        base = cfg.task if cfg.task in own else cfg.task.partition("/")[0]
+        path = root / "runs" / f"{cfg.run_id}.json"
+        if base not in own or not path.exists():
+            continue
+        if base not in prints:
+            prints[base] = task_fingerprint(own[base])
+        recorded = read_json(path).get("data_fingerprint")
+        if recorded != prints[base]:
+            raise ValueError(
+                f"run {cfg.run_id} ({path}) was trained on other data named {base!r} (fingerprint {recorded}, now "
+                f"{prints[base]}); give the changed task a new name, or delete that run's files to retrain it"
+            )
 
 
 def build_zoo(
@@ -167,6 +269,7 @@ def build_zoo(
     progress: bool = True,
     tracker: Logger | None = None,
     data_root: str | None = None,
+    tasks: Sequence[Task] | Mapping[str, Task] | None = None,
 ) -> Zoo:
     """Train every run of ``runs`` missing from ``root`` and return the zoo of ``runs``.
 
@@ -179,8 +282,26 @@ def build_zoo(
         progress: Show a tqdm progress bar.
         tracker: Receives per-run metrics (``step`` = runs finished).
         data_root: Folder of Fashion-MNIST's IDX files if not the Debian default.
+        tasks: Tasks of your own (`paramgen.data.Task.from_arrays`), by name: a run's
+            ``task`` may name one (``"wine"``) or a class subset of one (``"wine/0-1"``).
+            They are sent to the worker processes once each; the manifest of each of
+            their runs records a fingerprint of the data, and resuming over changed
+            data under the same name is refused.
+
+    Returns:
+        The zoo of the planned runs (other runs in the folder stay out of this view).
+
+    Raises:
+        ValueError: An empty plan, repeated runs, a task of your own named like a
+            built-in dataset, or changed data under a finished run's task name.
+        paramgen.data.UnknownDatasetError: A run's task is neither built in nor given.
     """
     root = Path(root)
+    if len(runs) == 0:
+        raise ValueError("the plan is empty: expected at least one RunConfig")
+    if not all(isinstance(r, RunConfig) for r in runs):
+        raise TypeError(f"runs must be RunConfig objects, got {sorted({type(r).__name__ for r in runs})}")
+    own = user_tasks(tasks)
     ids = [r.run_id for r in runs]
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
@@ -188,6 +309,11 @@ def build_zoo(
     (root / "runs").mkdir(parents=True, exist_ok=True)
     for stale in root.rglob(f"*{TMP_SUFFIX}"):  # left by an interrupted build
         stale.unlink()
+    for cfg in runs:  # unknown tasks fail here, before any training
+        dataset = cfg.task.partition("/")[0]
+        if cfg.task not in own and dataset not in own and dataset not in DATASETS:
+            load_run_task(cfg, tasks=own)
+    _check_resumed(root, runs, own)
     write_json(root / "plan.json", [r.to_dict() for r in runs])
     todo = [r for r in runs if not (root / "runs" / f"{r.run_id}.json").exists()]
     log = tracker or NullLogger()
@@ -209,10 +335,10 @@ def build_zoo(
         if workers <= 1 or len(todo) <= 1:
             datasets: dict[str, Task] = {}
             for cfg in todo:
-                finish(run_one(cfg, datasets=datasets, data_root=data_root))
+                finish(run_one(cfg, datasets=datasets, data_root=data_root, tasks=own))
         else:
             ctx = get_context("spawn")  # fork after torch has started threads can deadlock
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(1,)) as pool:
+            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(1, own)) as pool:
                 pending = {pool.submit(_worker, cfg, data_root) for cfg in todo}
                 try:
                     while pending:
