@@ -616,6 +616,8 @@ class Generator:
             )
         try:
             return cls._build_saved(path, config, version, spec, device)
+        except UnregisteredComponentError:  # a KeyError that already names the file
+            raise
         except KeyError as e:
             # Nested configs (spec, vectorizer, components) index their keys directly.
             raise ValueError(f"{config_path} lacks the key {e.args[0]!r} (a malformed or truncated config)") from e
@@ -659,10 +661,10 @@ class Generator:
         for role in ("tokenizer", "prior"):
             if role not in config["components"]:
                 raise ValueError(f"{config_path}: 'components' lacks the {role!r} entry")
-        if version >= 2:
-            stats: Any = _need(config, "latent_stats", str(config_path))
-        else:
-            stats = {"mean": _need(config, "latent_mean", str(config_path)), "scale": _need(config, "latent_scale", str(config_path))}
+        keys = ("latent_stats",) if version >= 2 else ("latent_mean", "latent_scale")
+        if missing := [k for k in keys if k not in config]:
+            raise ValueError(f"{config_path}: invalid latent statistics: it lacks the key {missing[0]!r}")
+        stats: Any = config["latent_stats"] if version >= 2 else {"mean": config["latent_mean"], "scale": config["latent_scale"]}
         try:
             latent_stats = LatentStats(**stats)
         except (TypeError, ValueError) as e:
@@ -691,8 +693,10 @@ class Generator:
                     part.eval()
                 else:
                     part.load_state_dict(sub)
-            except (RuntimeError, ValueError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}: the {role} cannot be rebuilt from its entry and weights: {e}") from e
+            except KeyError as e:
+                raise ValueError(f"{config_path}: the {role} config lacks the key {e.args[0]!r}") from e
+            except (RuntimeError, ValueError, TypeError) as e:
+                raise ValueError(f"{path}: the {role} cannot be rebuilt from its entry in config.json and its weights: {e}") from e
             parts[role] = part
         gen = cls(vectorizer=vectorizer, **parts)
         gen.latent_stats = latent_stats
