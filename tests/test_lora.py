@@ -196,3 +196,99 @@ def test_text_generator_saves_and_reloads(fitted, tasks, tmp_path):
     a = generate_adapters(gen, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
     b = generate_adapters(back, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+
+
+def _saved_config(tmp_path, name: str = "a"):
+    setup = LoRASetup()
+    folder = save_adapter(tmp_path / name, random_adapter(setup, 2), setup, num_labels=2)
+    return folder, json.loads((folder / "adapter_config.json").read_text())
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        (lambda c: [c], r"expected a JSON object .*got a JSON list"),
+        (lambda c: {**c, "r": "four"}, r"'r' must be an integer LoRA rank, got 'four'"),
+        (lambda c: {**c, "r": 4.0}, r"'r' must be an integer LoRA rank, got 4.0"),
+        (lambda c: {**c, "lora_alpha": None}, r"'lora_alpha' must be a finite number, got None"),
+        (lambda c: {**c, "lora_alpha": "8"}, r"'lora_alpha' must be a finite number, got '8'"),
+        (lambda c: {k: v for k, v in c.items() if k != "r"}, r"the key 'r' is missing"),
+        (lambda c: {k: v for k, v in c.items() if k != "lora_alpha"}, r"the key 'lora_alpha' is missing"),
+        (lambda c: {k: v for k, v in c.items() if k != "target_modules"}, r"the key 'target_modules' is missing"),
+        (lambda c: {k: v for k, v in c.items() if k != "peft_type"}, r"the key 'peft_type' is missing"),
+        (lambda c: {**c, "target_modules": 3}, r"expected target_modules \['query', 'value'\], got 3"),
+        (lambda c: {**c, "layers_to_transform": [4]}, r"expected layers_to_transform \[5\], got \[4\]"),
+        (lambda c: {**c, "layers_to_transform": "5"}, r"'layers_to_transform' must be an integer or a list of integers, got '5'"),
+        (lambda c: {**c, "layers_pattern": "blocks"}, r"expected layers_pattern 'layer'"),
+        (lambda c: {**c, "use_dora": True}, r"use_dora=True \(DoRA"),
+        (lambda c: {**c, "use_rslora": True}, r"use_rslora=True \(rank-stabilized"),
+        (lambda c: {**c, "rank_pattern": {"query": 8}}, r"rank_pattern=\{'query': 8\} \(per-module ranks\) is not supported"),
+        (lambda c: {**c, "alpha_pattern": {"value": 2}}, r"alpha_pattern=.*per-module alphas"),
+        (lambda c: {**c, "fan_in_fan_out": True}, r"fan_in_fan_out=True"),
+        (lambda c: {**c, "bias": "all"}, r"expected bias 'none'"),
+        (lambda c: {**c, "modules_to_save": ["classifier", "pooler"]}, r"expected modules_to_save to hold only the classification head"),
+        (lambda c: {**c, "task_type": "CAUSAL_LM"}, r"expected task_type 'SEQ_CLS'"),
+    ],
+)
+def test_malformed_or_unsupported_adapter_configs_are_refused(tmp_path, change, match):
+    folder, config = _saved_config(tmp_path)
+    (folder / "adapter_config.json").write_text(json.dumps(change(config)))
+    with pytest.raises(AdapterError, match=match) as info:
+        load_adapter(folder)
+    assert str(folder / "adapter_config.json") in str(info.value)  # names the file
+
+
+def test_configs_peft_writes_and_equivalent_spellings_load(tmp_path):
+    folder, config = _saved_config(tmp_path)
+    reference, k = load_adapter(folder)
+    for same in ({"layers_to_transform": 5}, {"layers_to_transform": None, "layers_pattern": None}, {"modules_to_save": ["classifier", "score"]},
+                 {"use_dora": False, "rank_pattern": {}, "alpha_pattern": {}, "lora_alpha": 8}):  # fmt: skip
+        (folder / "adapter_config.json").write_text(json.dumps({**config, **same}))
+        tensors, k2 = load_adapter(folder)
+        assert k2 == k and all(torch.equal(tensors[n], reference[n]) for n in reference), same
+
+
+def test_unreadable_or_non_finite_adapter_files_are_refused(tmp_path):
+    folder, _ = _saved_config(tmp_path)
+    (folder / "adapter_config.json").write_text("{not json")
+    with pytest.raises(AdapterError, match="adapter_config.json is not valid JSON"):
+        load_adapter(folder)
+    folder, _ = _saved_config(tmp_path, "b")
+    (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 16)
+    with pytest.raises(AdapterError, match="adapter_model.safetensors: not a readable safetensors file"):
+        load_adapter(folder)
+    from safetensors.torch import load_file, save_file
+
+    folder, _ = _saved_config(tmp_path, "c")
+    tensors = load_file(str(folder / "adapter_model.safetensors"))
+    name = next(iter(tensors))
+    tensors[name] = torch.full_like(tensors[name], float("inf"))
+    save_file(tensors, str(folder / "adapter_model.safetensors"))
+    with pytest.raises(AdapterError, match="holds NaN, Inf or non-float values"):
+        load_adapter(folder)
+
+
+def test_format_1_text_generator_naming_the_old_module_path_loads(fitted, tasks, tmp_path):
+    """Before paramgen.lora became a package, format-1 folders recorded 'paramgen.lora:TextOrVectorConditioner'."""
+    from paramgen import Generator
+    from paramgen.registry import BUILTINS
+
+    _, gen = fitted
+    path = gen.save_pretrained(tmp_path / "gen")
+    config = json.loads((path / "config.json").read_text())
+    config["version"] = 1
+    for entry in config["components"].values():
+        name = entry.pop("name", None)
+        if name is not None:
+            entry["class"] = BUILTINS[name]
+    assert config["components"]["conditioner"]["class"] == "paramgen.lora.conditioner:TextOrVectorConditioner"
+    config["components"]["conditioner"]["class"] = "paramgen.lora:TextOrVectorConditioner"
+    stats = config.pop("latent_stats")
+    config["latent_mean"], config["latent_scale"] = stats["mean"], stats["scale"]
+    (path / "config.json").write_text(json.dumps(config))
+    back = Generator.from_pretrained(path, spec=LoRASetup().spec())
+    task = tasks["sentiment"]
+    a = generate_adapters(gen, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
+    b = generate_adapters(back, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
+    assert isinstance(back.conditioner, TextOrVectorConditioner)
+    assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)

@@ -6,8 +6,11 @@ generator saves it as config + safetensors and rebuilds it.
 
 - `IndexConditioner`, `OneHotConditioner`: one vector per dataset, (dataset,
   architecture) pair or chunk index.
-- `ImageSetConditioner`: D2NWG's dataset encoder over image features grouped by class;
-  feature extractors live in `paramgen.conditioners.features`.
+- `ImageSetConditioner` (`paramgen.conditioners.imageset`): D2NWG's dataset encoder over
+  image features grouped by class, built from the Set Transformer blocks of
+  `paramgen.conditioners.settransformer`; `set_features`
+  (`paramgen.conditioners.setfeatures`) computes the features once with an extractor from
+  `paramgen.conditioners.features`.
 - `align_to_latents` (`paramgen.conditioners.align`): D2NWG's contrastive pre-training
   of any conditioner against weight latents, with `LatentProjection` and
   `retrieval_accuracy`.
@@ -32,17 +35,11 @@ from paramgen.conditioners.features import (
     mobilenet_features,
     open_clip_features,
 )
-from paramgen.conditioners.imageset import (
-    ISAB,
-    MAB,
-    PMA,
-    SAB,
-    ImageSetConditioner,
-    SetTransformer,
-    set_features,
-)
+from paramgen.conditioners.imageset import ImageSetConditioner
 from paramgen.conditioners.index import IndexConditioner, OneHotConditioner
 from paramgen.conditioners.ordered import OrderedSetConditioner
+from paramgen.conditioners.setfeatures import set_features
+from paramgen.conditioners.settransformer import ISAB, MAB, PMA, SAB, SetTransformer
 from paramgen.conditioners.text import TextConditioner, describe_condition
 
 __all__ = [

