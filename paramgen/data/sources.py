@@ -295,7 +295,10 @@ _SOURCES: dict[str, _Source] = {
 
 def _source(dataset: str) -> _Source:
     if dataset not in _SOURCES:
-        raise UnknownDatasetError(f"unknown dataset {dataset!r}; available datasets are {list(DATASETS)}")
+        raise UnknownDatasetError(
+            f"unknown dataset {dataset!r}; available datasets are {list(DATASETS)} (for data of your own, "
+            "make a Task with paramgen.data.Task.from_arrays and pass it to build_zoo(..., tasks=[...]))"
+        )
     return _SOURCES[dataset]
 
 

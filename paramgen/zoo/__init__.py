@@ -1,5 +1,8 @@
 """Model zoos: train many small models on many tasks, store and serve their checkpoints.
 
+Zoos come from training (`build_zoo`, on built-in datasets or tasks of your own) or from
+checkpoints you already have (`ZooWriter`, `import_checkpoints`); `Zoo` reads both.
+
 Examples:
     >>> import tempfile
     >>> from paramgen.zoo import build_zoo, preset
@@ -9,9 +12,10 @@ Examples:
     2
 """
 
-from paramgen.zoo.build import PRESETS, RunConfig, build_zoo, load_run_task, preset, run_one
-from paramgen.zoo.store import Checkpoint, WeightDataset, Zoo
+from paramgen.zoo.build import PRESETS, RunConfig, build_zoo, load_run_task, preset, run_one, task_fingerprint, user_tasks
+from paramgen.zoo.store import Checkpoint, DamagedZooError, EmptyZooError, WeightDataset, Zoo
 from paramgen.zoo.train import Snapshot, TrainConfig, evaluate, train_classifier
+from paramgen.zoo.writer import CheckpointSource, ZooWriter, import_checkpoints, read_checkpoint
 
 __all__ = [
     "PRESETS",
@@ -20,7 +24,15 @@ __all__ = [
     "load_run_task",
     "preset",
     "run_one",
+    "task_fingerprint",
+    "user_tasks",
     "Checkpoint",
+    "CheckpointSource",
+    "DamagedZooError",
+    "EmptyZooError",
+    "ZooWriter",
+    "import_checkpoints",
+    "read_checkpoint",
     "WeightDataset",
     "Zoo",
     "Snapshot",

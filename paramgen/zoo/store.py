@@ -11,7 +11,10 @@ Layout of a zoo folder:
     specs/<spec_id>.json        the ParamSpec of each architecture in the zoo
 
 A run's JSON is written after its tensors, both atomically, so a run is in the zoo
-exactly when its JSON exists; an interrupted build resumes from there.
+exactly when its JSON exists; an interrupted build resumes from there. `Zoo.open` checks
+every run's manifest, spec and tensor header and names the run and file of any damage
+(`DamagedZooError`). Zoos come from `paramgen.zoo.build_zoo` (training) or
+`paramgen.zoo.ZooWriter` (checkpoints you already have).
 
 Examples:
     >>> zoo = Zoo.open("zoos/cnn")  # doctest: +SKIP
@@ -20,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -28,16 +32,24 @@ from typing import Any
 
 import attrs
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.utils.data import Dataset
 
 from paramgen.io import read_json
 from paramgen.normalize import Normalizer
-from paramgen.spec import ParamSpec
+from paramgen.spec import NonFiniteWeightsError, ParamSpec
 from paramgen.vectorize import ChunkVectorizer, LayerVectorizer, ModelVectorizer
 
-__all__ = ["Checkpoint", "Zoo", "WeightDataset"]
+__all__ = ["Checkpoint", "Zoo", "WeightDataset", "DamagedZooError", "EmptyZooError"]
+
+
+class DamagedZooError(ValueError):
+    """A zoo run's files are unreadable or inconsistent; the message names the run and file."""
+
+
+class EmptyZooError(ValueError):
+    """A zoo folder, or a view of one, holds no checkpoints."""
 
 
 @attrs.frozen
@@ -51,13 +63,17 @@ class Checkpoint:
         task: Task name, e.g. ``"digits/0-3-5-7-9"``.
         dataset: Dataset of the task.
         task_description: Natural-language description of the task.
-        arch: Model name for `paramgen.models.build_model`.
+        arch: Model name for `paramgen.models.build_model`, or for imported
+            checkpoints whatever was recorded (e.g. ``"BertModel"``), or ``None``.
         arch_kwargs: Its keyword arguments.
         arch_description: Text description derived from the model.
-        seed: Training seed.
+        seed: Training seed (``None`` when unknown, e.g. imported checkpoints).
         hyperparameters: Training configuration.
-        metrics: ``{train,val,test}_{acc,loss}``.
+        metrics: ``{train,val,test}_{acc,loss}`` for built zoos; what was given for
+            imported checkpoints (possibly none).
         spec_id: Fingerprint of the architecture's `ParamSpec`.
+        metadata: Anything else recorded with the run (e.g. a Hugging Face model's
+            ``model_type`` or a LoRA adapter's ``r``).
     """
 
     run_id: str
@@ -66,22 +82,81 @@ class Checkpoint:
     task: str
     dataset: str
     task_description: str
-    arch: str
+    arch: str | None
     arch_kwargs: Mapping[str, Any] = attrs.field(hash=False)
     arch_description: str
-    seed: int
+    seed: int | None
     hyperparameters: Mapping[str, Any] = attrs.field(hash=False)
     metrics: Mapping[str, float] = attrs.field(hash=False)
     spec_id: str
+    metadata: Mapping[str, Any] = attrs.field(factory=dict, hash=False)
 
     @property
     def id(self) -> str:
         return f"{self.run_id}@{self.epoch}"
 
 
-def _checkpoints_of_run(record: Mapping[str, Any]) -> list[Checkpoint]:
-    common = {k: record[k] for k in ("run_id", "task", "dataset", "task_description", "arch", "arch_kwargs", "arch_description", "seed", "hyperparameters", "spec_id")}
-    return [Checkpoint(epoch=c["epoch"], index=c["index"], metrics=c["metrics"], **common) for c in record["checkpoints"]]
+_RUN_KEYS = ("run_id", "task", "dataset", "task_description", "arch", "arch_kwargs", "arch_description", "seed", "hyperparameters", "spec_id")
+
+
+def _damaged(run_id: str, path: Path, what: str) -> DamagedZooError:
+    return DamagedZooError(
+        f"zoo run {run_id!r} is damaged ({path}): {what}; delete runs/{run_id}.json and runs/{run_id}.safetensors "
+        "and build or import that run again"
+    )
+
+
+def _checkpoints_of_run(record: Any, path: Path) -> list[Checkpoint]:
+    """The checkpoints of one run's manifest, checked key by key."""
+    run_id = path.stem
+    if not isinstance(record, dict):
+        raise _damaged(run_id, path, f"expected a JSON object, got {type(record).__name__}")
+    missing = [k for k in (*_RUN_KEYS, "checkpoints") if k not in record]
+    if missing:
+        raise _damaged(run_id, path, f"the manifest lacks keys {missing}")
+    if record["run_id"] != run_id:
+        raise _damaged(run_id, path, f"the manifest names run {record['run_id']!r}, not its file's {run_id!r}")
+    entries = record["checkpoints"]
+    if not isinstance(entries, list) or not entries:
+        raise _damaged(run_id, path, "'checkpoints' must be a non-empty list")
+    common = {k: record[k] for k in _RUN_KEYS}
+    metadata = record.get("metadata", {})
+    out = []
+    for j, c in enumerate(entries):
+        if not isinstance(c, dict) or not {"epoch", "index", "metrics"} <= set(c):
+            raise _damaged(run_id, path, f"checkpoint {j} must be an object with 'epoch', 'index' and 'metrics', got {c!r}"[:300])
+        if not isinstance(c["index"], int) or isinstance(c["index"], bool) or c["index"] < 0:
+            raise _damaged(run_id, path, f"checkpoint {j} has index {c['index']!r}, expected a row number >= 0")
+        out.append(Checkpoint(epoch=c["epoch"], index=c["index"], metrics=c["metrics"], metadata=metadata, **common))
+    return out
+
+
+def _check_tensors(path: Path, run_id: str, spec: ParamSpec, rows: int) -> None:
+    """The run's tensor file has the spec's stored tensors with at least ``rows`` rows (header only)."""
+    stored = {t.name: t for t in spec.tensors if t.role != "frozen" and t.tied_to is None}
+    try:
+        with safe_open(path, framework="pt") as f:
+            keys = set(f.keys())
+            if keys != set(stored):
+                raise _damaged(run_id, path, f"tensors missing {sorted(set(stored) - keys)[:5]}, unexpected {sorted(keys - set(stored))[:5]}")
+            for name, t in stored.items():
+                shape = tuple(f.get_slice(name).get_shape())
+                if shape[1:] != t.shape or not shape or shape[0] < rows:
+                    raise _damaged(run_id, path, f"tensor {name!r} has shape {shape}, expected ({rows} or more, *{t.shape})")
+    except SafetensorError as err:
+        raise _damaged(run_id, path, f"not a readable safetensors file ({err})") from None
+
+
+@contextlib.contextmanager
+def _open_run(path: Path, run_id: str) -> Iterator[Any]:
+    """``safe_open`` that names the run when its file turns out damaged."""
+    try:
+        with safe_open(path, framework="pt") as f:
+            yield f
+    except SafetensorError as err:
+        raise _damaged(run_id, path, f"not a readable safetensors file ({err})") from None
+    except FileNotFoundError:
+        raise _damaged(run_id, path, "the tensors file is gone") from None
 
 
 class Zoo:
@@ -100,18 +175,46 @@ class Zoo:
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> Zoo:
-        """Read a zoo's manifests (no tensors are loaded)."""
+        """Read a zoo's manifests and check every run (tensor headers only; no tensors are loaded).
+
+        Raises:
+            FileNotFoundError: ``root`` is not a zoo folder.
+            EmptyZooError: It holds no runs.
+            DamagedZooError: A run's manifest, spec or tensors file is missing,
+                unreadable or inconsistent; the message names the run and file.
+        """
         root = Path(root)
         runs = root / "runs"
         if not runs.is_dir():
-            raise FileNotFoundError(f"{root} is not a zoo folder: it has no runs/ (build one with `python -m paramgen.zoo build`)")
+            raise FileNotFoundError(
+                f"{root} is not a zoo folder: it has no runs/ (build one with `python -m paramgen.zoo build`, "
+                "or import checkpoints with `python -m paramgen.zoo import`)"
+            )
+        paths = sorted(runs.glob("*.json"))
+        if not paths:
+            raise EmptyZooError(f"zoo folder {root} holds no runs (expected runs/<run_id>.json with runs/<run_id>.safetensors)")
+        specs: dict[str, ParamSpec] = {}
         checkpoints: list[Checkpoint] = []
-        for path in sorted(runs.glob("*.json")):
-            record = read_json(path)
-            if not (runs / f"{record['run_id']}.safetensors").exists():
-                raise FileNotFoundError(f"{path} has no tensors file beside it")
-            checkpoints.extend(_checkpoints_of_run(record))
-        specs = {p.stem: ParamSpec.from_dict(read_json(p)) for p in sorted((root / "specs").glob("*.json"))}
+        for path in paths:
+            try:
+                record = read_json(path)
+            except (ValueError, OSError) as err:
+                raise _damaged(path.stem, path, str(err)) from None
+            found = _checkpoints_of_run(record, path)
+            spec_id = found[0].spec_id
+            if spec_id not in specs:
+                spec_path = root / "specs" / f"{spec_id}.json"
+                if not spec_path.exists():
+                    raise _damaged(path.stem, path, f"its architecture file {spec_path} is missing")
+                try:
+                    specs[spec_id] = ParamSpec.from_dict(read_json(spec_path))
+                except (ValueError, OSError, TypeError) as err:
+                    raise _damaged(path.stem, spec_path, f"unreadable architecture file ({err})") from None
+            tensors = runs / f"{path.stem}.safetensors"
+            if not tensors.exists():
+                raise _damaged(path.stem, path, f"it has no tensors file {tensors.name} beside it")
+            _check_tensors(tensors, path.stem, specs[spec_id], 1 + max(c.index for c in found))
+            checkpoints.extend(found)
         return cls(root, checkpoints, specs)
 
     # --------------------------------------------------------------- views
@@ -168,6 +271,8 @@ class Zoo:
     def spec(self, spec_id: str | None = None) -> ParamSpec:
         """The architecture of this (single-architecture) view, or of ``spec_id``."""
         if spec_id is None:
+            if not self.checkpoints:
+                raise EmptyZooError(f"this view of zoo {self.root} holds no checkpoints (did a filter leave none?)")
             ids = self.spec_ids
             if len(ids) != 1:
                 raise ValueError(f"this zoo view holds {len(ids)} architectures {list(ids)}; pass spec_id or filter(spec_id=...)")
@@ -178,7 +283,7 @@ class Zoo:
 
     def summary(self) -> dict[str, Any]:
         """Counts and mean metrics, for printing."""
-        accs = [c.metrics["test_acc"] for c in self.checkpoints]
+        accs = [c.metrics["test_acc"] for c in self.checkpoints if "test_acc" in c.metrics]
         return {
             "checkpoints": len(self),
             "runs": len({c.run_id for c in self.checkpoints}),
@@ -198,22 +303,37 @@ class Zoo:
         """The full state dict of one checkpoint (ties and extras restored)."""
         c = self.checkpoints[i] if isinstance(i, int) else i
         spec = self.spec(c.spec_id)
-        with safe_open(self._path(c), framework="pt") as f:
+        with _open_run(self._path(c), c.run_id) as f:
             stored = {name: f.get_slice(name)[c.index : c.index + 1] for name in f.keys()}
         flat, extras = spec.flatten_stacked(stored)
         return spec.unflatten(flat, extras=extras)[0]
 
     def model(self, i: int | Checkpoint) -> nn.Module:
-        """Rebuild the checkpoint's model with its weights (eval mode)."""
-        from paramgen.models import build_model
+        """Rebuild the checkpoint's model with its weights (eval mode).
+
+        Raises:
+            ValueError: The checkpoint's architecture is not a `paramgen.models` name
+                (imported checkpoints): use `state_dict` and build the model yourself.
+        """
+        from paramgen.models import MODEL_NAMES, build_model
 
         c = self.checkpoints[i] if isinstance(i, int) else i
+        if c.arch not in MODEL_NAMES:
+            raise ValueError(
+                f"checkpoint {c.id} has architecture {c.arch!r}, which paramgen.models cannot build (it builds "
+                f"{list(MODEL_NAMES)}); load zoo.state_dict(i) into a model you build yourself"
+            )
         model = build_model(c.arch, **c.arch_kwargs)
         model.load_state_dict(self.state_dict(c), strict=True)
         return model.eval()
 
     def stacked(self) -> dict[str, torch.Tensor]:
-        """Stored tensors of every checkpoint, ``name -> (N, *shape)`` in view order."""
+        """Stored tensors of every checkpoint, ``name -> (N, *shape)`` in view order.
+
+        Raises:
+            EmptyZooError: The view holds no checkpoints.
+            ValueError: It holds several architectures (filter by ``spec_id`` first).
+        """
         spec = self.spec()
         by_run: dict[str, list[int]] = {}
         for c in self.checkpoints:
@@ -222,7 +342,7 @@ class Zoo:
         parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         run_order: list[tuple[str, int]] = []
         for run_id, rows in by_run.items():
-            with safe_open(self.root / "runs" / f"{run_id}.safetensors", framework="pt") as f:
+            with _open_run(self.root / "runs" / f"{run_id}.safetensors", run_id) as f:
                 for n in names:
                     parts[n].append(f.get_tensor(n)[rows])
             run_order.extend((run_id, r) for r in rows)
@@ -235,8 +355,18 @@ class Zoo:
         return out
 
     def flatten(self, *, check_finite: bool = True) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """All checkpoints of this single-architecture view as ``(N, D)`` vectors + extras."""
-        return self.spec().flatten_stacked(self.stacked(), check_finite=check_finite)
+        """All checkpoints of this single-architecture view as ``(N, D)`` vectors + extras.
+
+        Raises:
+            EmptyZooError: The view holds no checkpoints.
+            NonFiniteWeightsError: NaN or Inf weights (with ``check_finite``); the
+                message names the checkpoints.
+        """
+        flat, extras = self.spec().flatten_stacked(self.stacked(), check_finite=False)
+        if check_finite and not torch.isfinite(flat).all():
+            bad = [self.checkpoints[i].id for i in (~torch.isfinite(flat).all(1)).nonzero().flatten().tolist()]
+            raise NonFiniteWeightsError(f"zoo {self.root}: checkpoints {bad[:5]} hold NaN or Inf weights")
+        return flat, extras
 
 
 class WeightDataset(Dataset):
@@ -244,8 +374,8 @@ class WeightDataset(Dataset):
 
     Each item is a dict with ``values`` and ``mask`` ``(N, C)``, ``layer`` and ``chunk``
     ``(N,)``, and the checkpoint's metadata: ``task``, ``dataset``, ``task_description``,
-    ``arch_description``, ``epoch``, ``seed``, ``index`` (position in the zoo view) and
-    its metrics. Tensors are read from disk on access, one checkpoint at a time.
+    ``arch_description``, ``epoch``, ``seed`` (``-1`` when unknown), ``index`` (position
+    in the zoo view) and its metrics. Tensors are read from disk on access, one checkpoint at a time.
 
     Args:
         zoo: A single-architecture zoo view.
@@ -274,7 +404,7 @@ class WeightDataset(Dataset):
             raise IndexError(f"index {i} out of range for a zoo of {len(self.zoo)} checkpoints")
         c = self.zoo[i]
         spec = self.vectorizer.spec
-        with safe_open(self.zoo._path(c), framework="pt") as f:
+        with _open_run(self.zoo._path(c), c.run_id) as f:
             stored = {t.name: f.get_slice(t.name)[c.index : c.index + 1] for t in spec.vector_tensors}
         flat, _ = spec.flatten_stacked({**stored, **self._extras(c)})
         if self.normalizer is not None:
@@ -290,14 +420,14 @@ class WeightDataset(Dataset):
             "task_description": c.task_description,
             "arch_description": c.arch_description,
             "epoch": c.epoch,
-            "seed": c.seed,
+            "seed": -1 if c.seed is None else c.seed,
             **{k: float(v) for k, v in c.metrics.items()},
         }
 
     def _extras(self, c: Checkpoint) -> dict[str, torch.Tensor]:
         if not self.vectorizer.spec.extra_tensors:
             return {}
-        with safe_open(self.zoo._path(c), framework="pt") as f:
+        with _open_run(self.zoo._path(c), c.run_id) as f:
             return {t.name: f.get_slice(t.name)[c.index : c.index + 1] for t in self.vectorizer.spec.extra_tensors}
 
     def all(self) -> torch.Tensor:
