@@ -10,6 +10,7 @@ import subprocess
 import sys
 from itertools import pairwise
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 from paramgen import Generator, ModelVectorizer, ParamSpec
 from paramgen.priors import DiffusionPrior, KDEPrior
+from paramgen.spec import SpecMismatchError
 from paramgen.tokenizers import IdentityTokenizer, VAETokenizer
 from paramgen.tracking import NullLogger
 from paramgen.training import CheckpointError, FitConfig, NonFiniteLossError, fit, latest_checkpoint
@@ -232,3 +234,93 @@ def test_host_memory_is_pinned_only_for_host_items_going_to_cuda() -> None:
     assert _pin_memory(on_host, torch.device("cuda")) is True  # type: ignore[arg-type]
     assert _pin_memory(on_device, torch.device("cuda")) is False  # type: ignore[arg-type]
     assert _pin_memory(on_host, torch.device("cpu")) is False  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------- what fit takes
+def kde_generator(vectorizer: Any, *, normalizer: Any = None) -> Generator:
+    return Generator(vectorizer=vectorizer, tokenizer=IdentityTokenizer(rows=vectorizer.rows, width=vectorizer.width), prior=KDEPrior(), normalizer=normalizer)
+
+
+def test_fit_on_state_dicts_equals_fit_on_their_flat_vectors() -> None:
+    g = torch.Generator().manual_seed(0)
+    a, b = small()[0], small()[0]
+    config = FitConfig(tokenizer_steps=3, prior_steps=3, batch_size=4, progress=False)
+    spec = ParamSpec.from_module(torch.nn.Linear(4, 3))
+    sds = [{"weight": torch.randn(3, 4, generator=g), "bias": torch.randn(3, generator=g)} for _ in range(8)]
+    fit(a, sds, config=config)
+    fit(b, spec.flatten(sds)[0], config=config)
+    assert all(torch.equal(x, y) for x, y in zip(states(a).values(), states(b).values(), strict=True))
+    bad = [dict(sd) for sd in sds]
+    bad[5]["weight"] = torch.zeros(3, 5)
+    with pytest.raises(SpecMismatchError, match=r"tensor 'weight' \(model 5\): expected shape \(3, 4\), got \(3, 5\)"):
+        fit(small()[0], bad, config=config)
+    bad[5] = {"weight": torch.zeros(3, 4)}
+    with pytest.raises(SpecMismatchError, match=r"model 5\): missing \['bias'\]"):
+        fit(small()[0], bad, config=config)
+
+
+@pytest.fixture(scope="module")
+def two_arch_zoo(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """8 checkpoints: 2 digits tasks x 2 MLP widths x epochs 1-2 (trained in seconds)."""
+    from paramgen.zoo import RunConfig, TrainConfig, build_zoo
+
+    train = TrainConfig(epochs=2, lr=1e-2, batch_size=32)
+    runs = [
+        RunConfig(task=task, arch="mlp", arch_kwargs={"in_features": 64, "hidden": [h]}, train=train, keep_epochs=(1, 2), max_train_per_class=10, max_eval_per_class=5)
+        for task in ("digits/0-1-2", "digits/3-4-5")
+        for h in (4, 6)
+    ]
+    return build_zoo(tmp_path_factory.mktemp("zoo"), runs, workers=1, progress=False)
+
+
+def test_fit_on_a_zoo_takes_its_tasks_and_matches_the_flat_path(two_arch_zoo: Any) -> None:
+    from paramgen import PerTaskZScore
+
+    zoo = two_arch_zoo.filter(spec_id=two_arch_zoo.spec_ids[0])
+    spec = zoo.spec()
+    a = kde_generator(ModelVectorizer(spec), normalizer=PerTaskZScore())
+    a.fit(zoo, progress=False, generator=torch.Generator().manual_seed(0))
+    assert a.normalizer.tasks == zoo.tasks  # type: ignore[union-attr]
+    b = kde_generator(ModelVectorizer(spec), normalizer=PerTaskZScore())
+    b.fit(zoo.flatten()[0], tasks=[c.task for c in zoo], progress=False, generator=torch.Generator().manual_seed(0))
+    sample = lambda gen: gen.sample_flat(None, 3, tasks=[zoo.tasks[1]], generator=torch.Generator().manual_seed(1))  # noqa: E731
+    assert torch.equal(sample(a), sample(b))
+    with pytest.raises(ValueError, match=r"this generator has one architecture, the zoo holds 2 .*zoo.filter\(spec_id=...\)"):
+        kde_generator(ModelVectorizer(spec)).fit(two_arch_zoo, progress=False)
+    other = two_arch_zoo.filter(spec_id=two_arch_zoo.spec_ids[1])
+    with pytest.raises(SpecMismatchError, match="not of the generator's architecture"):
+        kde_generator(ModelVectorizer(spec)).fit(other, progress=False)
+    with pytest.raises(ValueError, match="at least one model; the zoo view .* is empty"):
+        kde_generator(ModelVectorizer(spec)).fit(zoo.filter(where=lambda c: False), progress=False)
+
+
+def test_a_family_fits_on_a_zoo_of_several_architectures(two_arch_zoo: Any) -> None:
+    from paramgen import FamilyVectorizer, GlobalScale
+
+    specs = {"narrow": two_arch_zoo.spec(two_arch_zoo.spec_ids[0]), "wide": two_arch_zoo.spec(two_arch_zoo.spec_ids[1])}
+    gen = kde_generator(FamilyVectorizer.modelwise(specs), normalizer=GlobalScale())
+    gen.fit(two_arch_zoo, progress=False)
+    for arch, spec in specs.items():
+        sd = gen.sample(archs=[arch], generator=torch.Generator().manual_seed(0))[0]
+        spec.check_state_dict(sd)
+    # The state dicts of the zoo fit a family too, each matched to its member.
+    sds = [two_arch_zoo.state_dict(i) for i in range(len(two_arch_zoo))]
+    assert kde_generator(FamilyVectorizer.modelwise(specs)).fit(sds, progress=False).fitted
+    with pytest.raises(ValueError, match="matches no member of this family"):
+        kde_generator(FamilyVectorizer.modelwise({"narrow": specs["narrow"]})).fit(sds, progress=False)
+
+
+def test_fit_on_a_weight_dataset_reads_it_lazily_or_through_the_zoo(two_arch_zoo: Any) -> None:
+    from paramgen import PerTaskZScore
+    from paramgen.zoo import WeightDataset
+
+    zoo = two_arch_zoo.filter(spec_id=two_arch_zoo.spec_ids[0])
+    vec = ModelVectorizer(zoo.spec())
+    lazy = kde_generator(vec).fit(WeightDataset(zoo, vec), progress=False, generator=torch.Generator().manual_seed(0))
+    eager = kde_generator(vec).fit(zoo, progress=False, generator=torch.Generator().manual_seed(0))
+    draw = lambda gen: gen.sample_flat(None, 2, generator=torch.Generator().manual_seed(1))  # noqa: E731
+    assert torch.equal(draw(lazy), draw(eager))
+    normed = kde_generator(vec, normalizer=PerTaskZScore()).fit(WeightDataset(zoo, vec), progress=False)
+    assert normed.normalizer.tasks == zoo.tasks  # type: ignore[union-attr]
+    with pytest.raises(ValueError, match="normalizer=None"):
+        kde_generator(vec).fit(WeightDataset(zoo, vec, normalizer=normed.normalizer), progress=False)
