@@ -1,0 +1,271 @@
+"""The ``paramgen`` command line: build and inspect zoos, fit generators, sample weights.
+
+    paramgen zoo build --preset tiny --out runs/demo/zoo
+    paramgen zoo info runs/demo/zoo
+    paramgen fit examples/demo.toml --set zoo=runs/demo/zoo --set out=runs/demo/generator
+    paramgen sample runs/demo/generator --cond digits/0-2-4-6-7 -n 2 --seed 1 --sampler ddim --steps 50 --out samples/
+    paramgen demo
+
+``python -m paramgen`` and ``python -m paramgen.cli`` run the same. ``paramgen COMMAND
+--help`` shows each command's options; logging goes to stderr (``-v`` for more, ``-q`` for
+warnings only), results to stdout. A bad config or argument exits with status 2 and a
+message naming what was expected; a failure while running exits with status 1.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["main", "build_parser"]
+
+logger = logging.getLogger("paramgen.cli")
+
+_FIT_HELP = """\
+Fit a generator on a zoo from a TOML config and save it (Generator.save_pretrained).
+
+The config (relative paths resolve against its folder; --set paths against the working
+directory):
+
+    zoo = "runs/demo/zoo"          # a zoo folder (paramgen zoo build|import)
+    out = "runs/demo/generator"    # where the fitted generator is saved
+    [generator]
+    pipeline = "d2nwg"             # d2nwg | cond-pdiff | igpg (paramgen.pipelines)
+    condition = "task"             # task | text | text+arch | none (read from each checkpoint)
+    seed = 0                       # initialization of the components
+    tasks = ["..."]                # optional: the task names the conditioner knows
+    latent_length = 16             # any other key: an option of the pipeline
+    [fit]
+    tokenizer_steps = 600          # any paramgen.training.FitConfig field
+    prior_steps = 600
+    seed = 0                       # all randomness of fitting
+
+Unknown keys are an error that lists the valid ones.
+"""
+
+_SAMPLE_HELP = """\
+Sample weights from a saved generator and write them.
+
+--out FILE.safetensors (or .pt / .pth / .bin) writes one model; any other --out is a
+folder that receives <cond>-<i>.safetensors per sample (or .pt with --format pt, or one
+PEFT adapter folder <cond>-<i>/ per sample when the generator makes LoRA adapters) and a
+samples.json that lists them. The same --seed gives the same weights.
+"""
+
+
+class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    pass
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of every command (``zoo`` and ``demo`` pass their arguments on)."""
+    parser = argparse.ArgumentParser(prog="paramgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug, with tracebacks)")
+    parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("zoo", help="build, import or summarize a zoo (paramgen zoo --help)", add_help=False)
+    sub.add_parser("demo", help="the end-to-end demo (make demo; paramgen demo --help)", add_help=False)
+
+    f = sub.add_parser("fit", help="fit a generator from a TOML config and save it", description=_FIT_HELP, formatter_class=_Formatter)
+    f.add_argument("config", metavar="CONFIG", help="a TOML file (schema above)")
+    f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value; dotted keys reach into tables (fit.prior_steps=20, generator.seed=1)")  # fmt: skip
+    f.add_argument("--out", default=None, help="save the generator here instead of the config's out")
+    f.add_argument("--device", default=None, help="fit on this device (e.g. cuda); default: the CPU")
+    f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    s = sub.add_parser("sample", help="sample weights from a saved generator", description=_SAMPLE_HELP, formatter_class=_Formatter)
+    s.add_argument("generator", metavar="DIR", help="a folder written by paramgen fit (Generator.save_pretrained)")
+    s.add_argument("--cond", action="append", default=None, metavar="COND",
+                   help="a raw condition, e.g. a task name (repeat for several); omit for an unconditional generator")  # fmt: skip
+    s.add_argument("--json-cond", action="store_true", help='read each --cond as JSON (e.g. a ["task text", "architecture text"] pair)')
+    s.add_argument("-n", "--num", type=int, default=1, help="samples per condition")
+    s.add_argument("--seed", type=int, default=0, help="seeds sampling")
+    s.add_argument("--out", required=True, metavar="FILE|DIR", help="output file (one model) or folder")
+    s.add_argument("--format", choices=("safetensors", "pt", "peft"), default=None,
+                   help="file format in a folder (default: peft for a LoRA generator, else safetensors)")  # fmt: skip
+    s.add_argument("--task", action="append", default=None, help="task name per --cond (one, or one per condition) for a per-task normalizer")
+    s.add_argument("--arch", action="append", default=None, help="architecture per --cond (one, or one per condition) for a family generator")
+    s.add_argument("--base", default=None, help="a safetensors or PyTorch state dict supplying tensors the generator does not make")
+    s.add_argument("--num-labels", type=int, default=None, help="PEFT adapters: labels of the task (default: the generated head's rows)")
+    s.add_argument("--batch-size", type=int, default=256, help="models decoded at once")
+    s.add_argument("--device", default=None, help="sample on this device (e.g. cuda); default: the CPU")
+    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    p = s.add_argument_group("sampling options (passed to the prior; each prior takes its own)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="diffusion priors: the sampler (default: the prior's)")
+    p.add_argument("--steps", type=int, default=None, help="diffusion priors: DDIM steps (default: the prior's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="diffusion priors: classifier-free guidance weight")
+    p.add_argument("--eta", type=float, default=None, help="diffusion priors: DDIM stochasticity, 0 (deterministic) to 1")
+    p.add_argument("--temperature", type=float, default=None, help="autoregressive priors: softmax temperature")
+    p.add_argument("--top-k", type=int, default=None, help="autoregressive priors: keep the k most likely tokens")
+    return parser
+
+
+class _UsageError(Exception):
+    """A bad argument or config: exit status 2."""
+
+
+def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
+    """Global options, the command, and its arguments (``zoo`` and ``demo`` parse their own)."""
+    for i, a in enumerate(argv):
+        if not a.startswith("-"):
+            return argv[:i], a, argv[i + 1 :]
+    return argv, None, []
+
+
+def _logging(verbose: int, quiet: bool) -> None:
+    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s", stream=sys.stderr, force=True)
+
+
+def _threads(n: int | None) -> None:
+    if n is not None:
+        if n < 1:
+            raise _UsageError(f"--threads must be a positive integer, got {n}")
+        import torch
+
+        torch.set_num_threads(n)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from paramgen.cli.recipe import ConfigError, Recipe, fit_recipe
+
+    try:
+        recipe = Recipe.from_toml(args.config, args.overrides)
+    except ConfigError as e:
+        raise _UsageError(f"{args.config}: {e}") from e
+    _threads(args.threads)
+    out = args.out or recipe.out
+    logger.info("fitting %s on %s (%d tokenizer + %d prior steps)", recipe.pipeline, recipe.zoo, recipe.fit.tokenizer_steps, recipe.fit.prior_steps)
+    try:
+        gen = fit_recipe(recipe, progress=False if args.no_progress else None, device=args.device)
+    except FileNotFoundError as e:
+        raise _UsageError(str(e)) from e
+    except ConfigError as e:
+        raise _UsageError(f"{args.config}: {e}") from e
+    saved = gen.save_pretrained(out)
+    print(f"saved the fitted generator to {saved}")
+    return 0
+
+
+def _load_base(path: str) -> dict[str, Any]:
+    import torch
+    from safetensors.torch import load_file
+
+    if path.endswith(".safetensors"):
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise _UsageError(f"--base {path} is not a state dict (a mapping of names to tensors)")
+    return state
+
+
+def _per_cond(values: list[str] | None, conds: list[Any] | None, flag: str) -> list[str] | None:
+    if values is None:
+        return None
+    b = len(conds) if conds else 1
+    if len(values) == 1:
+        return values * b
+    if len(values) != b:
+        raise _UsageError(f"{flag}: give one value, or one per --cond ({b}); got {len(values)}")
+    return values
+
+
+def _sample(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import torch
+
+    from paramgen.cli.sample import SampleError, format_of, lora_setup, output_paths, sampler_options, write_adapter, write_manifest, write_state_dict
+    from paramgen.generator import Generator
+
+    if args.num < 1:
+        raise _UsageError(f"-n/--num must be a positive integer, got {args.num}")
+    if args.batch_size < 1:
+        raise _UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    _threads(args.threads)
+    try:
+        gen = Generator.from_pretrained(args.generator, device=args.device)
+    except FileNotFoundError as e:
+        raise _UsageError(str(e)) from e
+    conds: list[Any] | None = args.cond
+    if conds and args.json_cond:
+        import json
+
+        try:
+            conds = [json.loads(c) for c in conds]
+        except json.JSONDecodeError as e:
+            raise _UsageError(f"--json-cond: a --cond is not JSON ({e})") from e
+    if gen.conditioner is not None and not conds:
+        raise _UsageError("this generator is conditioned: pass --cond (e.g. a task name) at least once")
+    if gen.conditioner is None and conds:
+        raise _UsageError("this generator is unconditional: omit --cond")
+    tasks = _per_cond(args.task, conds, "--task")
+    archs = _per_cond(args.arch, conds, "--arch")
+    if gen.family and archs is None:
+        raise _UsageError(f"this generator serves a family: pass --arch (one of {sorted(gen.specs)})")
+    setup = None if gen.family else lora_setup(gen.spec)
+    try:
+        fmt, single = format_of(args.out, args.format, lora=setup is not None)
+        kwargs = sampler_options(
+            gen.prior, {"sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta, "temperature": args.temperature, "top_k": args.top_k}
+        )  # fmt: skip
+        total = (len(conds) if conds else 1) * args.num
+        if single and total != 1:
+            raise SampleError(f"--out {args.out} is one file but {total} models were asked for; give a folder")
+        paths = [args.out] if single else output_paths(conds or [], args.num, args.out, fmt)
+    except SampleError as e:
+        raise _UsageError(str(e)) from e
+    if conds:
+        try:  # an unknown task name or a malformed condition is a usage error, found before sampling
+            gen.condition(conds)
+        except (KeyError, ValueError, TypeError) as e:
+            raise _UsageError(f"--cond: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+    base = _load_base(args.base) if args.base else None
+    rng = torch.Generator(device=gen.device).manual_seed(args.seed)
+    states = gen.sample(conds, args.num, generator=rng, tasks=tasks, archs=archs, base=base, batch_size=args.batch_size, **kwargs)
+    rows = []
+    for k, (path, state) in enumerate(zip(paths, states, strict=True)):
+        cond = None if not conds else conds[k // args.num]
+        if fmt == "peft":
+            write_adapter(path, state, setup, args.num_labels)
+        else:
+            write_state_dict(path, state, fmt, metadata={"format": "pt", "cond": str(cond), "seed": str(args.seed)})
+        rows.append({"file": Path(path).name, "cond": cond, "sample": k % args.num})
+        print(path)
+    if not single:
+        write_manifest(args.out, rows)
+    logger.info("wrote %d sample(s) from %s", len(paths), args.generator)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    head, command, rest = _split(args_list)
+    if command in ("zoo", "demo"):
+        args = parser.parse_args([*head, command])
+        _logging(args.verbose, args.quiet)
+        if command == "zoo":
+            from paramgen.zoo.__main__ import main as zoo_main
+
+            return zoo_main(rest)
+        from paramgen.demo import main as demo_main
+
+        return demo_main(rest, prog="paramgen demo")
+    args = parser.parse_args(args_list)
+    _logging(args.verbose, args.quiet)
+    try:
+        return {"fit": _fit, "sample": _sample}[args.command](args)
+    except _UsageError as e:
+        print(f"paramgen {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:  # a failure while running: one clear line; -vv shows the traceback
+        logger.debug("traceback", exc_info=True)
+        print(f"paramgen {args.command}: failed: {type(e).__name__}: {e}", file=sys.stderr)
+        return 1

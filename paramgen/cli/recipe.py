@@ -1,0 +1,276 @@
+"""A fit recipe: which zoo, which pipeline with which options, which `FitConfig`, where to save.
+
+`Recipe` is what ``paramgen fit CONFIG.toml`` reads and what ``python -m paramgen.demo``
+builds in code; both fit through `fit_recipe`, so the command line reproduces the demo's
+generator exactly. The TOML schema (relative paths resolve against the file's folder)::
+
+    zoo = "runs/demo/zoo"          # a zoo folder (paramgen.zoo.Zoo.open)
+    out = "runs/demo/generator"    # where the fitted generator is saved
+    [generator]
+    pipeline = "d2nwg"             # d2nwg | cond-pdiff | igpg
+    condition = "task"             # task | text | text+arch | none (read from each checkpoint)
+    seed = 0                       # initialization of the components
+    latent_length = 16             # any other key: an option of the pipeline
+    [fit]                          # starts from the pipeline's fit_config() (the paper's defaults)
+    tokenizer_steps = 600          # any paramgen.training.FitConfig field
+
+Examples:
+    >>> recipe = Recipe.from_dict({"zoo": "zoo", "out": "gen", "generator": {"pipeline": "d2nwg", "latent_length": 8},
+    ...                            "fit": {"prior_steps": 10}}, base="/data")
+    >>> recipe.zoo, recipe.options, recipe.fit.prior_steps
+    ('/data/zoo', {'latent_length': 8}, 10)
+    >>> Recipe.from_dict({"zoo": "z", "out": "g", "generator": {"pipeline": "d2nwg"}, "fit": {"steps": 1}})
+    Traceback (most recent call last):
+    ...
+    paramgen.cli.recipe.ConfigError: [fit] has no key 'steps'; valid keys: align_lr, align_steps, ...
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+
+from paramgen.training import FitConfig
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
+    import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["CONDITIONS", "ConfigError", "Recipe", "fit_recipe", "fit_defaults", "pipelines", "parse_override"]
+
+_TOP = ("zoo", "out", "generator", "fit")
+_GENERATOR = ("pipeline", "condition", "seed", "tasks")
+_PATHS = ("zoo", "out")
+
+
+#: The conditions the command line can read from a zoo: name -> raw condition of a checkpoint.
+CONDITIONS: dict[str, Callable[[Any], Any] | None] = {
+    "task": lambda c: c.task,  # d2nwg, igpg: an index embedding; cond-pdiff: one-hot
+    "text": lambda c: c.task_description,  # cond-pdiff: a MiniLM embedding of the description
+    "text+arch": lambda c: (c.task_description, c.arch_description),  # igpg
+    "none": None,  # unconditional
+}
+
+
+class ConfigError(ValueError):
+    """A fit recipe is malformed: the message names the key and what was expected."""
+
+
+def pipelines() -> dict[str, Callable[..., Any]]:
+    """The pipeline builders by name (``paramgen.pipelines.PIPELINES``)."""
+    from paramgen.pipelines import PIPELINES
+
+    return dict(PIPELINES)
+
+
+def fit_defaults(name: str) -> Callable[..., FitConfig]:
+    """The pipeline's ``fit_config`` (its paper's training defaults,
+    ``paramgen.pipelines.FIT_CONFIGS``), or `FitConfig` for a pipeline without one."""
+    from paramgen.pipelines import FIT_CONFIGS
+
+    return FIT_CONFIGS.get(name, FitConfig)
+
+
+def _fit_fields() -> list[str]:
+    return sorted(f.name for f in attrs.fields(FitConfig))
+
+
+def _table(data: Mapping[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"[{key}] must be a table, got {value!r}")
+    return dict(value)
+
+
+def _path(value: Any, key: str, base: Path) -> str:
+    if not isinstance(value, (str, os.PathLike)) or not str(value):
+        raise ConfigError(f"{key!r} must be a path (a non-empty string), got {value!r}")
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else base / path)
+
+
+@attrs.frozen(kw_only=True)
+class Recipe:
+    """One fit: zoo in, fitted generator out.
+
+    Attributes:
+        zoo: The zoo folder.
+        out: Where `paramgen.Generator.save_pretrained` writes the fitted generator.
+        pipeline: A name of ``paramgen.pipelines.PIPELINES`` (``"d2nwg"``, ...).
+        condition: What conditions the generator, read from each checkpoint (see
+            `CONDITIONS`): ``"task"`` (its task name), ``"text"`` (its task description),
+            ``"text+arch"`` (task and architecture descriptions) or ``"none"``.
+        seed: Seeds the components' initialization (the pipeline's ``seed``).
+        tasks: The task names the conditioner knows (``None``: the zoo's).
+        options: Further keyword options of the pipeline.
+        fit: The training configuration: the pipeline's ``fit_config()`` defaults with
+            the config's ``[fit]`` values over them.
+    """
+
+    zoo: str
+    out: str
+    pipeline: str
+    condition: str = "task"
+    seed: int = 0
+    tasks: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
+    options: dict[str, Any] = attrs.field(factory=dict)
+    fit: FitConfig = attrs.field(factory=FitConfig)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], *, base: str | os.PathLike = ".") -> Recipe:
+        """Check a parsed config and build the recipe (relative paths against ``base``).
+
+        Raises:
+            ConfigError: an unknown or missing key, an unknown pipeline or option, or a
+                value `FitConfig` refuses.
+        """
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"a fit config must be a table, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(_TOP))
+        if unknown:
+            raise ConfigError(f"unknown top-level key {unknown[0]!r}; valid keys: {', '.join(_TOP)}")
+        missing = [k for k in ("zoo", "out", "generator") if k not in data]
+        if missing:
+            raise ConfigError(f"the config lacks {', '.join(repr(k) for k in missing)} (expected zoo = PATH, out = PATH and a [generator] table)")
+        root = Path(base)
+        gen = _table(data, "generator")
+        if "pipeline" not in gen:
+            raise ConfigError(f"[generator] lacks 'pipeline'; expected one of {', '.join(sorted(pipelines()))}")
+        name = gen.pop("pipeline")
+        builders = pipelines()
+        if name not in builders:
+            raise ConfigError(f"unknown pipeline {name!r}; expected one of {', '.join(sorted(builders))}")
+        fixed = {k: gen.pop(k) for k in _GENERATOR[1:] if k in gen}
+        _check_options(name, builders[name], gen)
+        seed = fixed.get("seed", 0)
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise ConfigError(f"[generator] seed must be an integer >= 0, got {seed!r}")
+        condition = fixed.get("condition", "task")
+        if condition not in CONDITIONS:
+            raise ConfigError(f"[generator] condition must be one of {', '.join(repr(c) for c in CONDITIONS)} (conditions read from the zoo), got {condition!r}")
+        tasks = fixed.get("tasks")
+        if tasks is not None and (isinstance(tasks, str) or not isinstance(tasks, Sequence) or not all(isinstance(t, str) for t in tasks)):
+            raise ConfigError(f"[generator] tasks must be a list of task names, got {tasks!r}")
+        fit = _table(data, "fit")
+        bad = sorted(set(fit) - set(_fit_fields()))
+        if bad:
+            raise ConfigError(f"[fit] has no key {bad[0]!r}; valid keys: {', '.join(_fit_fields())}")
+        if "checkpoint_dir" in fit:
+            fit["checkpoint_dir"] = _path(fit["checkpoint_dir"], "checkpoint_dir", root)
+        try:
+            config = fit_defaults(name)(**fit)
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"[fit]: {e}") from e
+        return cls(
+            zoo=_path(data["zoo"], "zoo", root), out=_path(data["out"], "out", root), pipeline=name, condition=condition,
+            seed=seed, tasks=tasks, options=gen, fit=config,
+        )  # fmt: skip
+
+    @classmethod
+    def from_toml(cls, path: str | os.PathLike, overrides: Sequence[str] = ()) -> Recipe:
+        """Read a TOML config; ``overrides`` (``"key=value"``, dotted keys into tables) win.
+
+        Paths in the file resolve against its folder; paths given in ``overrides``
+        resolve against the working directory.
+
+        Raises:
+            ConfigError: the file is missing or not TOML, a malformed override, or any
+                error of `from_dict`.
+        """
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except FileNotFoundError as e:
+            raise ConfigError(f"no config file {path}") from e
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+            raise ConfigError(f"{path} is not a readable TOML file: {e}") from e
+        base = path.resolve().parent
+        for item in overrides:
+            key, value = parse_override(item)
+            if key in _PATHS and isinstance(value, str):
+                value = str(Path(value).expanduser().resolve())
+            elif key == "fit.checkpoint_dir" and isinstance(value, str):
+                value = str(Path(value).expanduser().resolve())
+            _assign(data, key, value)
+        return cls.from_dict(data, base=base)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``"fit.prior_steps=20"`` -> ``("fit.prior_steps", 20)``: the value is read as a TOML
+    value when it is one (numbers, booleans, quoted strings, arrays), else as a bare string.
+
+    Examples:
+        >>> parse_override("fit.prior_steps=20"), parse_override("zoo=runs/zoo")
+        (('fit.prior_steps', 20), ('zoo', 'runs/zoo'))
+    """
+    key, sep, raw = item.partition("=")
+    key = key.strip()
+    if not sep or not key or any(not part for part in key.split(".")):
+        raise ConfigError(f"--set expects KEY=VALUE (e.g. fit.prior_steps=20), got {item!r}")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def _assign(data: dict[str, Any], key: str, value: Any) -> None:
+    *tables, last = key.split(".")
+    node = data
+    for i, part in enumerate(tables):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {key}: {'.'.join(tables[: i + 1])} is not a table")
+    node[last] = value
+
+
+def _check_options(name: str, builder: Callable[..., Any], options: Mapping[str, Any]) -> None:
+    params = inspect.signature(builder).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    valid = [k for k, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY and k not in _GENERATOR]
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise ConfigError(f"[generator] pipeline {name!r} has no option {bad[0]!r}; valid options: {', '.join(_GENERATOR[1:] + tuple(valid))}")
+
+
+def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | None = None) -> Any:
+    """Open the zoo, build the recipe's pipeline over it and fit it; nothing is saved.
+
+    Args:
+        recipe: What to fit.
+        progress: Overrides ``recipe.fit.progress`` when given.
+        device: Fit on this device (default: the CPU).
+
+    Returns:
+        The fitted `paramgen.Generator`.
+
+    Raises:
+        FileNotFoundError: ``recipe.zoo`` is not a zoo folder.
+    """
+    from paramgen.training import fit
+    from paramgen.zoo import Zoo
+
+    zoo = Zoo.open(recipe.zoo)
+    if len(zoo) == 0:
+        raise ValueError(f"the zoo {recipe.zoo} holds no checkpoints")
+    config = recipe.fit if progress is None else attrs.evolve(recipe.fit, progress=progress)
+    tasks = list(recipe.tasks) if recipe.tasks is not None else None
+    condition = None if recipe.condition == "none" else recipe.condition
+    generator = pipelines()[recipe.pipeline](zoo, condition=condition, tasks=tasks, seed=recipe.seed, **recipe.options)
+    if device is not None:
+        generator.to(device)
+    return fit(generator, zoo, _conditions(zoo, recipe.condition), config=config)
+
+
+def _conditions(zoo: Any, condition: str) -> list[Any] | None:
+    """One raw condition per checkpoint of the zoo (``None``: unconditional)."""
+    read = CONDITIONS[condition]
+    return None if read is None else [read(c) for c in zoo]

@@ -1,0 +1,219 @@
+"""The ``paramgen`` command line: ``fit`` + ``sample`` reproduce the demo's generator; bad
+configs and arguments exit with status 2 and say what was expected."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from paramgen import demo
+from paramgen.cli import main
+from paramgen.cli.recipe import ConfigError, Recipe, fit_recipe, parse_override, tomllib
+from paramgen.data import get_task
+from paramgen.generator import Generator
+from paramgen.zoo import Zoo, evaluate
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLE = ROOT / "examples" / "demo.toml"
+STEPS = 20  # per stage: enough to run every stage, short enough for the fast suite
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    """``python -m paramgen.cli ARGS`` in a fresh process (the console script's code path)."""
+    return subprocess.run([sys.executable, "-m", "paramgen.cli", *args], capture_output=True, text=True, cwd=ROOT, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def zoo_dir(tmp_path_factory) -> Path:
+    """Two runs of the demo's tiny preset (2 tasks x 2 epochs), built through ``paramgen zoo build``."""
+    out = tmp_path_factory.mktemp("cli") / "zoo"
+    assert main(["-q", "zoo", "build", "--preset", "tiny", "--limit", "2", "--workers", "1", "--out", str(out), "--no-progress"]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def fitted(zoo_dir) -> tuple[Path, Generator]:
+    """The generator saved by ``paramgen fit examples/demo.toml`` (shortened), and the demo's
+    own function fitted in this process with the same steps."""
+    out = zoo_dir.parent / "generator"
+    r = _cli("-q", "fit", str(EXAMPLE), "--set", f"zoo={zoo_dir}", "--set", f"out={out}", "--set", f"fit.tokenizer_steps={STEPS}",
+             "--set", f"fit.prior_steps={STEPS}", "--threads", "1", "--no-progress")  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert f"saved the fitted generator to {out}" in r.stdout
+    assert "it/s" not in r.stderr  # --no-progress: no tqdm bars
+    gen = fit_recipe(demo.recipe(str(zoo_dir), str(zoo_dir.parent / "unused"), steps=STEPS), progress=False)
+    return out, gen
+
+
+def test_example_config_is_the_demo_recipe(zoo_dir, tmp_path):
+    data = tomllib.loads(EXAMPLE.read_text())
+    assert data == demo.DEMO
+    from_file = Recipe.from_toml(EXAMPLE, [f"zoo={zoo_dir}", f"out={tmp_path}"])
+    assert from_file == demo.recipe(str(zoo_dir), str(tmp_path))
+    # Paths in the file resolve against its folder.
+    assert Recipe.from_toml(EXAMPLE).zoo == str(EXAMPLE.parent / "../runs/demo/zoo")
+    assert from_file.fit.tokenizer_steps == 600 and from_file.fit.align_steps == 0 and from_file.options["latent_length"] == 16
+
+
+def test_fit_reproduces_the_demo_generator_bit_for_bit(fitted):
+    out, gen = fitted
+    saved = load_file(str(out / "weights.safetensors"))
+    reloaded = Generator.from_pretrained(out)
+    mine = {f"{role}.{k}": v for role, part in gen._components().items() for k, v in part.state_dict().items()}
+    assert set(saved) == set(mine) and len(saved) > 10
+    for name, value in mine.items():
+        assert torch.equal(saved[name], value.cpu()), name
+    assert reloaded.latent_stats == gen.latent_stats
+    assert json.loads((out / "config.json").read_text())["components"]["prior"]["config"]["ema_decay"] == 0.99
+
+
+def test_sample_writes_the_demos_samples(fitted, zoo_dir, tmp_path, capsys):
+    out, gen = fitted
+    zoo = Zoo.open(zoo_dir)
+    tasks = list(zoo.tasks)
+    folder = tmp_path / "samples"
+    args = ["sample", str(out), *[a for t in tasks for a in ("--cond", t)], "-n", "2", "--seed", "1", "--sampler", "ddim", "--steps", "5", "--out", str(folder)]
+    assert main(args) == 0
+    printed = capsys.readouterr().out.split()
+    expected = gen.sample(tasks, 2, generator=torch.Generator().manual_seed(1), sampler="ddim", steps=5)  # what the demo does
+    manifest = json.loads((folder / "samples.json").read_text())
+    assert [m["cond"] for m in manifest] == [t for t in tasks for _ in range(2)] and [m["sample"] for m in manifest] == [0, 1] * len(tasks)
+    assert printed == [str(folder / m["file"]) for m in manifest]
+    for m, want in zip(manifest, expected, strict=True):
+        got = load_file(str(folder / m["file"]))
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want), m["file"]
+    # A sample loads into the zoo's model strictly and scores as the demo's sample does.
+    model = zoo.model(0)
+    model.load_state_dict(load_file(str(folder / manifest[0]["file"])), strict=True)
+    test = get_task(zoo[0].task).test
+    ref = zoo.model(0)
+    ref.load_state_dict(expected[0], strict=True)
+    assert evaluate(model, test) == evaluate(ref, test)
+
+
+def test_sample_one_file_and_pt_format(fitted, zoo_dir, tmp_path):
+    out, _ = fitted
+    task = Zoo.open(zoo_dir).tasks[0]
+    fast = ["--sampler", "ddim", "--steps", "5"]
+    one = tmp_path / "one.safetensors"
+    assert main(["-q", "sample", str(out), "--cond", task, "--seed", "3", *fast, "--out", str(one)]) == 0
+    pt = tmp_path / "one.pt"
+    assert main(["-q", "sample", str(out), "--cond", task, "--seed", "3", *fast, "--out", str(pt)]) == 0
+    a, b = load_file(str(one)), torch.load(pt, weights_only=True)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)  # same seed, same weights
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one.pt", "one.safetensors"]  # no temporary files left
+    c = tmp_path / "other.safetensors"
+    assert main(["-q", "sample", str(out), "--cond", task, "--seed", "4", *fast, "--out", str(c)]) == 0
+    assert not all(torch.equal(a[k], v) for k, v in load_file(str(c)).items())
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["-n", "2", "--out", "{tmp}/x.safetensors"], "is one file but 2 models were asked for"),
+        (["--temperature", "0.7", "--out", "{tmp}/x.safetensors"], "DiffusionPrior does not take --temperature; its sampling options: --sampler, --steps"),
+        (["--out", "{tmp}/x.safetensors", "--format", "pt"], "is a .safetensors file but --format is 'pt'"),
+        (["--out", "{tmp}/d", "--format", "peft"], "--format peft needs a generator of LoRA adapters"),
+        (["-n", "0", "--out", "{tmp}/d"], "-n/--num must be a positive integer, got 0"),
+        (["--task", "a", "--task", "b", "--task", "c", "--out", "{tmp}/d"], "--task: give one value, or one per --cond (1); got 3"),
+    ],
+)
+def test_sample_bad_arguments_exit_2(fitted, zoo_dir, tmp_path, capsys, extra, message):
+    out, _ = fitted
+    task = Zoo.open(zoo_dir).tasks[0]
+    assert main(["sample", str(out), "--cond", task, *[a.format(tmp=tmp_path) for a in extra]]) == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
+
+
+def test_sample_bad_condition_and_folder(fitted, tmp_path, capsys):
+    out, _ = fitted
+    assert main(["sample", str(out), "--cond", "no-such-task", "--out", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "--cond" in err and "no-such-task" in err and "known keys" in err
+    assert main(["sample", str(out), "--out", str(tmp_path / "d")]) == 2
+    assert "this generator is conditioned: pass --cond" in capsys.readouterr().err
+    assert main(["sample", str(tmp_path / "nothing"), "--cond", "a", "--out", str(tmp_path / "d")]) == 2
+    assert "holds no saved generator" in capsys.readouterr().err
+
+
+def _config(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fit.toml"
+    path.write_text(text)
+    return path
+
+
+GOOD = 'zoo = "zoo"\nout = "gen"\n[generator]\npipeline = "d2nwg"\n'
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        (GOOD + "[fit]\nsteps = 3\n", "[fit] has no key 'steps'; valid keys: align_lr, align_steps, batch_size"),
+        (GOOD.replace("d2nwg", "diffusion"), "unknown pipeline 'diffusion'; expected one of cond-pdiff, d2nwg"),
+        (GOOD + "latent_lenght = 8\n", "pipeline 'd2nwg' has no option 'latent_lenght'; valid options: condition, seed, tasks, chunk_size"),
+        (GOOD + "condition = 'image'\n", "condition must be one of 'task', 'text', 'text+arch', 'none'"),
+        (GOOD + "seed = -1\n", "seed must be an integer >= 0, got -1"),
+        (GOOD + "[fit]\nbatch_size = 0\n", "FitConfig.batch_size must be a positive integer, got 0"),
+        (GOOD + "[trainer]\nx = 1\n", "unknown top-level key 'trainer'; valid keys: zoo, out, generator, fit"),
+        ('zoo = "zoo"\n[generator]\npipeline = "d2nwg"\n', "the config lacks 'out'"),
+        ('zoo = "zoo"\nout = "gen"\n[generator]\nlatent_length = 8\n', "[generator] lacks 'pipeline'"),
+        ("zoo = [", "is not a readable TOML file"),
+    ],
+)
+def test_fit_bad_config_exits_2(tmp_path, capsys, text, message):
+    path = _config(tmp_path, text)
+    assert main(["fit", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"paramgen fit: error: {path}: ") and message in err, err
+    with pytest.raises(ConfigError, match="valid|expected|lacks|must|readable"):
+        Recipe.from_toml(path)
+
+
+def test_fit_missing_zoo_and_bad_override(tmp_path, capsys):
+    path = _config(tmp_path, GOOD)
+    assert main(["fit", str(path)]) == 2
+    assert f"{tmp_path / 'zoo'} is not a zoo folder" in capsys.readouterr().err
+    assert not (tmp_path / "gen").exists()
+    assert main(["fit", str(path), "--set", "fit.prior_steps"]) == 2
+    assert "--set expects KEY=VALUE" in capsys.readouterr().err
+    assert main(["fit", str(tmp_path / "none.toml")]) == 2
+    assert "no config file" in capsys.readouterr().err
+
+
+def test_overrides_parse_toml_values():
+    assert parse_override("fit.prior_steps=20") == ("fit.prior_steps", 20)
+    assert parse_override("generator.channel_mults=[1, 2]") == ("generator.channel_mults", [1, 2])
+    assert parse_override("fit.precision=bf16") == ("fit.precision", "bf16")
+    assert parse_override('out="a b"') == ("out", "a b")
+
+
+def test_progress_bars_follow_the_flag(zoo_dir, tmp_path, capsys):
+    base = ["fit", str(EXAMPLE), "--set", f"zoo={zoo_dir}", "--set", "fit.tokenizer_steps=2", "--set", "fit.prior_steps=2"]
+    assert main(["-q", *base, "--set", f"out={tmp_path / 'a'}"]) == 0
+    assert "tokenizer: 100%" in capsys.readouterr().err
+    assert main(["-q", *base, "--set", f"out={tmp_path / 'b'}", "--no-progress"]) == 0
+    assert "%|" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["fit"], ["sample"], ["zoo"], ["zoo", "build"], ["demo"]])
+def test_help(command, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([*command, "--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    assert text.startswith("usage: ")
+    expected = {(): "COMMAND", ("fit",): "[fit]", ("sample",): "--sampler", ("zoo",): "build", ("zoo", "build"): "--preset", ("demo",): "--no-progress"}
+    assert expected[tuple(command)] in text
+
+
+def test_python_dash_m_paramgen():
+    r = subprocess.run([sys.executable, "-m", "paramgen", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0 and "paramgen zoo build" in r.stdout
+    assert all(f"\n    {c} " in r.stdout for c in ("zoo", "demo", "fit", "sample"))  # each command listed
+    r = subprocess.run([sys.executable, "-m", "paramgen", "fit"], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 2 and "CONFIG" in r.stderr
