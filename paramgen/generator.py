@@ -41,7 +41,6 @@ Examples:
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -54,7 +53,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer
-from paramgen.io import read_json, save_safetensors, write_json
+from paramgen.io import file_sha256, read_json, save_safetensors, write_json
 from paramgen.normalize import GlobalScale, Normalizer, PerTaskZScore, normalizer_from_config
 from paramgen.registry import UnregisteredComponentError, registry
 from paramgen.spec import ParamSpec, SpecMismatchError
@@ -93,14 +92,6 @@ def _by_arch(archs: Sequence[str]) -> dict[str, list[int]]:
 
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _need(config: Mapping[str, Any], key: str, where: str) -> Any:
@@ -560,7 +551,7 @@ class Generator:
                 tensors[f"{role}.{key}"] = value.detach().cpu()
         save_safetensors(path / "weights.safetensors", tensors, metadata={"format": FORMAT})
         # safetensors has no checksum: the digest lets loading refuse corrupted bytes.
-        config["weights_sha256"] = _sha256(path / "weights.safetensors")
+        config["weights_sha256"] = file_sha256(path / "weights.safetensors")
         write_json(path / "config.json", config)
         return path
 
@@ -609,7 +600,7 @@ class Generator:
         digest = config.get("weights_sha256")
         if digest is None:
             logger.warning("%s records no weights digest (saved by an older paramgen): its weights cannot be checked for corruption", config_path)
-        elif not isinstance(digest, str) or _sha256(weights_path) != digest:
+        elif not isinstance(digest, str) or file_sha256(weights_path) != digest:
             raise ValueError(
                 f"{weights_path} does not match the SHA-256 digest recorded in config.json (weights_sha256): "
                 "the file is corrupted or was replaced; save the generator again"

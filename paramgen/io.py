@@ -10,6 +10,7 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,7 +22,7 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
-__all__ = ["atomic_path", "write_json", "read_json", "save_safetensors", "TMP_SUFFIX"]
+__all__ = ["atomic_path", "write_json", "read_json", "save_safetensors", "file_sha256", "TMP_SUFFIX"]
 
 TMP_SUFFIX = ".tmp"
 
@@ -78,3 +79,20 @@ def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor
 def _shares(t: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> bool:
     ptr = t.untyped_storage().data_ptr()
     return sum(1 for v in tensors.values() if v.untyped_storage().data_ptr() == ptr) > 1
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """Hex SHA-256 digest of a file, read in 1 MiB blocks (safetensors has no checksum of its own).
+
+    Examples:
+        >>> import tempfile, pathlib
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "x.bin"
+        >>> _ = path.write_bytes(b"abc")
+        >>> file_sha256(path)[:16]
+        'ba7816bf8f01cfea'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
