@@ -103,12 +103,12 @@ def _non_negative(_: Any, attribute: attrs.Attribute, value: int) -> None:
 
 
 def _positive_float(_: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise ValueError(f"FitConfig.{attribute.name} must be a finite number > 0, got {value!r}")
 
 
 def _unit(_: Any, attribute: attrs.Attribute, value: float) -> None:
-    if not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
         raise ValueError(f"FitConfig.{attribute.name} must lie in [0, 1), got {value!r}")
 
 
@@ -185,9 +185,10 @@ class FitConfig:
     progress: bool = True
 
     def __attrs_post_init__(self) -> None:
-        if self.weight_decay < 0 or not math.isfinite(self.weight_decay):
+        wd = self.weight_decay
+        if isinstance(wd, bool) or not isinstance(wd, (int, float)) or wd < 0 or not math.isfinite(wd):
             raise ValueError(f"FitConfig.weight_decay must be a finite number >= 0, got {self.weight_decay!r}")
-        if len(self.betas) != 2 or not all(0.0 <= b < 1.0 for b in self.betas):
+        if len(self.betas) != 2 or not all(isinstance(b, (int, float)) and 0.0 <= b < 1.0 for b in self.betas):
             raise ValueError(f"FitConfig.betas must be two numbers in [0, 1), got {self.betas!r}")
         if self.checkpoint_every is not None and self.checkpoint_dir is None:
             raise ValueError("FitConfig.checkpoint_every needs checkpoint_dir (where to write the checkpoints)")

@@ -62,6 +62,10 @@ def states(gen: Generator) -> dict[str, torch.Tensor]:
         ({"checkpoint_every": 5}, "checkpoint_every needs checkpoint_dir"),
         ({"grad_accum": 0}, "grad_accum must be a positive integer"),
         ({"betas": (0.9, 1.5)}, "betas"),
+        ({"betas": ("a", 0.9)}, "betas"),
+        ({"weight_decay": "x"}, "weight_decay must be a finite number >= 0"),
+        ({"prior_lr": True}, "prior_lr must be a finite number > 0"),
+        ({"tokenizer_steps": 2.5}, "tokenizer_steps must be an integer >= 0"),
     ],
 )
 def test_fit_config_rejects_bad_values(kwargs: dict, match: str) -> None:
