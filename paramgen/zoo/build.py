@@ -309,9 +309,8 @@ def build_zoo(
     (root / "runs").mkdir(parents=True, exist_ok=True)
     for stale in root.rglob(f"*{TMP_SUFFIX}"):  # left by an interrupted build
         stale.unlink()
-    for cfg in runs:  # unknown tasks fail here, before any training
-        dataset = cfg.task.partition("/")[0]
-        if cfg.task not in own and dataset not in own and dataset not in DATASETS:
+    for cfg in runs:  # unknown tasks and classes of your own tasks fail here, before any training
+        if cfg.task.partition("/")[0] not in DATASETS:
             load_run_task(cfg, tasks=own)
     _check_resumed(root, runs, own)
     write_json(root / "plan.json", [r.to_dict() for r in runs])
