@@ -493,10 +493,15 @@ class Generator:
         batch_size: int = 256,
         **sample_kwargs: Any,
     ) -> list[dict[str, torch.Tensor]]:
-        """Sample ``n`` state dicts per condition (see `sample_flat`).
+        """Sample ``n`` state dicts per condition (see `sample_flat` for the arguments).
 
         Args:
             base: State dict supplying tensors outside the generated selection.
+
+        Returns:
+            ``B * n`` state dicts, condition by condition. Each generated tensor owns
+            compact storage of its own size (no view into the batch), so saving one
+            state dict writes one model; tensors taken from ``base`` are ``base``'s.
         """
         flat = self.sample_flat(cond, n, generator=generator, tasks=tasks, archs=archs, batch_size=batch_size, **sample_kwargs)
         if not self.family:
