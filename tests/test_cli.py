@@ -119,6 +119,7 @@ def test_sample_one_file_and_pt_format(fitted, zoo_dir, tmp_path):
         (["--out", "{tmp}/x.safetensors", "--format", "pt"], "is a .safetensors file but --format is 'pt'"),
         (["--out", "{tmp}/d", "--format", "peft"], "--format peft needs a generator of LoRA adapters"),
         (["-n", "0", "--out", "{tmp}/d"], "-n/--num must be a positive integer, got 0"),
+        (["--num-labels", "2", "--out", "{tmp}/d"], "--num-labels and --lora-alpha apply to PEFT adapter output only"),
         (["--task", "a", "--task", "b", "--task", "c", "--out", "{tmp}/d"], "--task: give one value, or one per --cond (1); got 3"),
     ],
 )
@@ -215,5 +216,30 @@ def test_python_dash_m_paramgen():
     r = subprocess.run([sys.executable, "-m", "paramgen", "--help"], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert r.returncode == 0 and "paramgen zoo build" in r.stdout
     assert all(f"\n    {c} " in r.stdout for c in ("zoo", "demo", "fit", "sample"))  # each command listed
-    r = subprocess.run([sys.executable, "-m", "paramgen", "fit"], capture_output=True, text=True, cwd=ROOT, timeout=120)
-    assert r.returncode == 2 and "CONFIG" in r.stderr
+
+
+def test_missing_argument_is_usage_error(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["fit"])
+    assert e.value.code == 2 and "CONFIG" in capsys.readouterr().err
+
+
+def test_sample_peft_adapters(tmp_path, capsys):
+    from paramgen.lora import LoRASetup, load_adapter
+    from paramgen.pipelines import cond_pdiff
+    from paramgen.training import FitConfig, fit
+
+    setup = LoRASetup(rank=2, layers=(5,), max_labels=3)
+    g = torch.Generator().manual_seed(0)
+    zoo = [{t.name: 0.1 * torch.randn(t.shape, generator=g) for t in setup.spec().tensors} for _ in range(4)]
+    gen = cond_pdiff(setup.spec(), condition="task", tasks=["pos", "neg"], chunk_size=512, prior_channels=8, timesteps=20)
+    fit(gen, zoo, ["pos", "neg"] * 2, tasks=["pos", "neg"] * 2, config=FitConfig(tokenizer_steps=2, prior_steps=2, batch_size=4, progress=False))
+    saved = gen.save_pretrained(tmp_path / "gen")
+    out = tmp_path / "adapters"
+    assert main(["-q", "sample", str(saved), "--cond", "pos", "--cond", "neg", "--num-labels", "2", "--sampler", "ddim", "--steps", "3", "--out", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["neg-0", "pos-0", "samples.json"]
+    tensors, labels = load_adapter(out / "pos-0", setup)  # a standard PEFT folder of this layout, head cut to 2 labels
+    assert labels == 2 and set(tensors) == {t.name for t in setup.spec().tensors}
+    assert json.loads((out / "pos-0" / "adapter_config.json").read_text())["r"] == 2
+    assert main(["sample", str(saved), "--cond", "pos", "--num-labels", "5", "--sampler", "ddim", "--steps", "3", "--out", str(tmp_path / "x")]) == 2
+    assert "--num-labels must lie in 2..3" in capsys.readouterr().err

@@ -92,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--arch", action="append", default=None, help="architecture per --cond (one, or one per condition) for a family generator")
     s.add_argument("--base", default=None, help="a safetensors or PyTorch state dict supplying tensors the generator does not make")
     s.add_argument("--num-labels", type=int, default=None, help="PEFT adapters: labels of the task (default: the generated head's rows)")
+    s.add_argument("--lora-alpha", type=float, default=None, help="PEFT adapters: lora_alpha written to adapter_config.json (default: LoRASetup's, 8)")
     s.add_argument("--batch-size", type=int, default=256, help="models decoded at once")
     s.add_argument("--device", default=None, help="sample on this device (e.g. cuda); default: the CPU")
     s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -208,9 +209,13 @@ def _sample(args: argparse.Namespace) -> int:
     archs = _per_cond(args.arch, conds, "--arch")
     if gen.family and archs is None:
         raise _UsageError(f"this generator serves a family: pass --arch (one of {sorted(gen.specs)})")
-    setup = None if gen.family else lora_setup(gen.spec)
+    setup = None if gen.family else lora_setup(gen.spec, alpha=args.lora_alpha)
     try:
         fmt, single = format_of(args.out, args.format, lora=setup is not None)
+        if fmt != "peft" and (args.num_labels is not None or args.lora_alpha is not None):
+            raise SampleError("--num-labels and --lora-alpha apply to PEFT adapter output only")
+        if setup is not None and args.num_labels is not None and not 2 <= args.num_labels <= setup.max_labels:
+            raise SampleError(f"--num-labels must lie in 2..{setup.max_labels} (the generated head's rows), got {args.num_labels}")
         kwargs = sampler_options(
             gen.prior, {"sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta, "temperature": args.temperature, "top_k": args.top_k}
         )  # fmt: skip

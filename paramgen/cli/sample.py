@@ -14,8 +14,9 @@ import os
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, cast
+from typing import Any, Literal
 
+import attrs
 import torch
 
 from paramgen.io import atomic_path, save_safetensors, write_json
@@ -60,7 +61,7 @@ def format_of(out: str | os.PathLike, fmt: str | None, *, lora: bool) -> tuple[F
     chosen = fmt or ("peft" if lora else "safetensors")
     if chosen == "peft" and not lora:
         raise SampleError("--format peft needs a generator of LoRA adapters (its tensors named as in adapter_model.safetensors)")
-    return cast(Format, chosen), False
+    return chosen, False
 
 
 def output_paths(conds: Sequence[Any], n: int, out: str | os.PathLike, fmt: Format) -> list[str]:
@@ -93,10 +94,11 @@ def write_state_dict(path: str | os.PathLike, state: Mapping[str, torch.Tensor],
     return path
 
 
-def lora_setup(spec: ParamSpec) -> Any:
+def lora_setup(spec: ParamSpec, *, alpha: float | None = None) -> Any:
     """The `paramgen.lora.LoRASetup` whose layout ``spec`` is, or ``None`` when ``spec`` is
     not a MiniLM LoRA adapter (rank, layers, projections and head width are read from the
-    tensor names and shapes)."""
+    tensor names and shapes; ``alpha``, which the weights do not show, defaults to the
+    setup's)."""
     found = [(_LORA.match(t.name), t) for t in spec.tensors]
     hits = [(int(m.group(1)), m.group(2), t) for m, t in found if m]
     if not hits:
@@ -111,6 +113,8 @@ def lora_setup(spec: ParamSpec) -> Any:
         rank=rank, layers=sorted({h[0] for h in hits}), target_modules=tuple(m for m in ("query", "key", "value") if any(h[1] == m for h in hits)),
         max_labels=head.shape[0], hidden_size=hidden,
     )  # fmt: skip
+    if alpha is not None:
+        setup = attrs.evolve(setup, alpha=alpha)
     return setup if setup.spec().fingerprint == spec.fingerprint else None
 
 
