@@ -248,13 +248,21 @@ class Generator:
             self.vectorizer.member(a)  # type: ignore[union-attr]  # KeyError naming the known keys
         return list(archs)
 
+    def _normalize(self, flat: torch.Tensor, spec: ParamSpec, tasks: Sequence[str] | None, *, inverse: bool = False) -> torch.Tensor:
+        """The normalizer's transform (or inverse) of ``(M, D)`` vectors of ``spec``: the one
+        place both a single architecture and a family's members are normalized. A
+        `GlobalScale` gets the spec (its log and fan-in options need it), the others the tasks."""
+        if self.normalizer is None:
+            return flat
+        if isinstance(self.normalizer, GlobalScale):
+            return self.normalizer.inverse(flat, spec=spec) if inverse else self.normalizer.transform(flat, spec=spec)
+        return self.normalizer.inverse(flat, tasks=tasks) if inverse else self.normalizer.transform(flat, tasks=tasks)
+
     def _rows(self, flat: torch.Tensor | Sequence[torch.Tensor], tasks: Sequence[str] | None, archs: list[str] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Normalized rows ``(M, N, C)`` and their mask (``(N, C)``, or ``(M, N, C)`` for a family)."""
         if archs is None:
             self._check_flat(flat)  # type: ignore[arg-type]
-            x = flat.float()  # type: ignore[union-attr]
-            if self.normalizer is not None:
-                x = self.normalizer.transform(x, tasks=tasks)
+            x = self._normalize(flat.float(), self.spec, tasks)  # type: ignore[union-attr]
             return self.vectorizer.pack(x), self.vectorizer.mask  # type: ignore[call-arg, union-attr]
         fam: FamilyVectorizer = self.vectorizer  # type: ignore[assignment]
         x = torch.zeros(len(archs), fam.rows, fam.width)
@@ -265,24 +273,18 @@ class Generator:
             bad = next((i for i in idx if flat[i].numel() != d), None)
             if bad is not None:
                 raise SpecMismatchError(f"model {bad} is labelled {a!r} ({d} weights) but has {flat[bad].numel()} values")
-            fa = torch.stack([flat[i].reshape(-1).float() for i in idx])
-            if self.normalizer is not None:
-                fa = self.normalizer.transform(fa, spec=spec)  # type: ignore[call-arg]
+            fa = self._normalize(torch.stack([flat[i].reshape(-1).float() for i in idx]), spec, None if tasks is None else [tasks[i] for i in idx])
             x[idx] = fam.pack(fa, a)
             mask[idx] = fam.mask_of(a)
         return x, mask
 
     def _flat(self, rows: torch.Tensor, tasks: Sequence[str] | None, archs: list[str] | None = None) -> torch.Tensor | list[torch.Tensor]:
         if archs is None:
-            flat = self.vectorizer.unpack(rows)  # type: ignore[call-arg]
-            if self.normalizer is not None:
-                flat = self.normalizer.inverse(flat, tasks=tasks)
-            return flat
+            return self._normalize(self.vectorizer.unpack(rows), self.spec, tasks, inverse=True)  # type: ignore[call-arg]
         out: list[torch.Tensor] = [None] * len(archs)  # type: ignore[list-item]
         for a, idx in _by_arch(archs).items():
             fa = self.vectorizer.unpack(rows[idx], a)  # type: ignore[call-arg]
-            if self.normalizer is not None:
-                fa = self.normalizer.inverse(fa, spec=self.vectorizer.specs[a])  # type: ignore[call-arg, union-attr]
+            fa = self._normalize(fa, self.specs[a], None if tasks is None else [tasks[i] for i in idx], inverse=True)
             for j, i in enumerate(idx):
                 out[i] = fa[j]
         return out

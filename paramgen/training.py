@@ -71,6 +71,7 @@ from torch import nn
 from paramgen.generator import Generator, _by_arch
 from paramgen.interfaces import LatentStats
 from paramgen.io import read_json, save_safetensors, write_json
+from paramgen.normalize import GlobalScale
 from paramgen.spec import SpecMismatchError
 from paramgen.tracking import Logger, NullLogger
 
@@ -657,13 +658,17 @@ def _write_checkpoint(run: _Run, generator: Generator, fingerprint: dict[str, An
 
 # --------------------------------------------------------------------------- the stages
 def _fit_normalizer(generator: Generator, zoo: _Zoo) -> None:
-    if generator.normalizer is None:
+    norm = generator.normalizer
+    if norm is None:
         return
-    if zoo.archs is None:
-        generator.normalizer.fit(zoo.flat.float(), tasks=zoo.tasks)  # type: ignore[union-attr]
+    if isinstance(norm, GlobalScale):  # statistics over the architectures' groups (one for a single one), with their specs
+        if zoo.archs is None:
+            groups = [(zoo.flat.float(), generator.spec)]  # type: ignore[union-attr]
+        else:
+            groups = [(torch.stack([zoo.flat[i].reshape(-1).float() for i in idx]), generator.specs[a]) for a, idx in _by_arch(zoo.archs).items()]
+        norm.fit_groups(groups)
     else:
-        groups = [(torch.stack([zoo.flat[i].reshape(-1).float() for i in idx]), generator.specs[a]) for a, idx in _by_arch(zoo.archs).items()]
-        generator.normalizer.fit_groups(groups)  # type: ignore[attr-defined]
+        norm.fit(zoo.flat.float(), tasks=zoo.tasks)  # type: ignore[union-attr]
 
 
 def _fit_tokenizer(

@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import nn
 
-from paramgen import ChunkVectorizer, Generator, ModelVectorizer, ParamSpec, PerLayerZScore, PerTaskZScore
+from paramgen import ChunkVectorizer, FamilyVectorizer, Generator, GlobalScale, ModelVectorizer, ParamSpec, PerLayerZScore, PerTaskZScore
 from paramgen.conditioners import ImageSetConditioner, IndexConditioner
 from paramgen.generator import NotFittedError
 from paramgen.priors import DiffusionPrior, KDEPrior
@@ -274,3 +274,22 @@ def test_family_rejects_architecture_specific_normalizer():
         Generator(vectorizer=fam, tokenizer=tok, prior=KDEPrior(), normalizer=PerTaskZScore())
     with pytest.raises(ValueError, match="single architecture"):
         fit(build("vae+kde")).sample_flat(["a"], 1, archs=["a"])
+
+
+def test_a_single_architecture_takes_global_scale_with_fan_in_and_log_like_a_family():
+    # One code path normalizes a single architecture and a family's members: GlobalScale's
+    # fan-in gains and log-variances need the spec in both.
+    flat, _ = zoo_vectors(4)
+    norm = GlobalScale(log=("*running_var",), fan_in=True)
+    gen = Generator(vectorizer=ModelVectorizer(SPEC), tokenizer=IdentityTokenizer(rows=1, width=SPEC.numel), prior=KDEPrior(), normalizer=norm)
+    gen.fit(flat, progress=False)
+    fam = Generator(
+        vectorizer=FamilyVectorizer.modelwise({"net": SPEC}), tokenizer=IdentityTokenizer(rows=1, width=SPEC.numel), prior=KDEPrior(),
+        normalizer=GlobalScale(log=("*running_var",), fan_in=True),
+    )
+    fam.fit(list(flat), archs=["net"] * len(flat), progress=False)
+    assert torch.equal(norm.state_dict()["scale"], fam.normalizer.state_dict()["scale"])
+    assert torch.allclose(gen.reconstruct(flat), flat, atol=1e-5)
+    a = gen.sample_flat(n=2, generator=torch.Generator().manual_seed(0))
+    b = fam.sample_flat(n=2, archs=["net"], generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(a, torch.stack(b))
