@@ -1,4 +1,9 @@
-"""What every benchmark harness shares: arguments, confidence intervals, the results schema.
+"""What every benchmark harness shares: the run setup, confidence intervals, the results schema.
+
+`RunSetup.from_args` is the first line of every harness's ``main``: it parses the shared
+arguments, picks the size (``--quick`` or the default), sets torch's threads and seeds the
+process's global generator (module initializations; a harness owns its process), names the
+output folder and configures logging.
 
 Every harness writes ``results.json`` of one schema (``../shared/BENCHMARKS.md``):
 
@@ -19,17 +24,19 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
 import resource
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["parser", "mean_ci", "Results", "environment", "parallel_map", "first_per_class", "capped"]
+__all__ = ["parser", "RunSetup", "mean_ci", "Results", "environment", "parallel_map", "first_per_class", "capped"]
 
 
 def parser(harness: str, description: str) -> argparse.ArgumentParser:
@@ -42,6 +49,105 @@ def parser(harness: str, description: str) -> argparse.ArgumentParser:
     # Small models run fastest on one thread; two threads on two busy cores thrash.
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
     return p
+
+
+@dataclass(frozen=True)
+class RunSetup:
+    """One harness run: its arguments, size, seed and output folder (from `from_args`).
+
+    Attributes:
+        harness: The harness's name (``benchmarks.<harness>``).
+        args: The parsed arguments (the shared ones and any the harness added).
+        size_name: ``"quick"`` or ``"default"``.
+        size: ``sizes[size_name]``.
+        out: The output folder (``--out``, or ``runs/<harness>-<size_name><suffix>``).
+        started: `time.perf_counter` at setup: ``results.json``'s ``wall_s`` counts from here.
+
+    Examples:
+        >>> setup = RunSetup.from_args("demo", "A demo.", {"quick": {"n": 1}, "default": {"n": 9}}, ["--quick", "--seed", "3"])
+        >>> setup.size_name, setup.size, setup.seed, str(setup.out), setup.mlflow
+        ('quick', {'n': 1}, 3, 'runs/demo-quick', True)
+        >>> setup.g(2).initial_seed()
+        3002
+    """
+
+    harness: str
+    args: argparse.Namespace
+    size_name: str
+    size: dict[str, Any]
+    out: Path
+    started: float = field(default_factory=time.perf_counter)
+
+    @classmethod
+    def from_args(
+        cls,
+        harness: str,
+        description: str | None,
+        sizes: Mapping[str, Mapping[str, Any]],
+        argv: Sequence[str] | None = None,
+        *,
+        add_arguments: Callable[[argparse.ArgumentParser], None] | None = None,
+        out_suffix: Callable[[argparse.Namespace], str] | None = None,
+    ) -> RunSetup:
+        """Parse ``argv`` and set the process up for a run.
+
+        Sets torch's intra-op threads (``--threads``), seeds torch's global generator with
+        ``--seed`` (module initializations draw from it; a harness owns its process) and
+        configures logging (INFO, bare messages) unless the process already has handlers.
+
+        Args:
+            harness: The harness's name.
+            description: The module docstring; its first paragraph is the ``--help`` text.
+            sizes: ``{"quick": {...}, "default": {...}}``.
+            argv: Arguments (``None``: ``sys.argv[1:]``).
+            add_arguments: Adds the harness's own arguments to the shared parser.
+            out_suffix: Appended to the default output folder's name (a variant's name).
+
+        Returns:
+            The setup.
+
+        Raises:
+            KeyError: ``sizes`` lacks the chosen size.
+        """
+        import torch
+
+        p = parser(harness, (description or "").split("\n\n")[0])
+        if add_arguments is not None:
+            add_arguments(p)
+        args = p.parse_args(argv)
+        size_name = "quick" if args.quick else "default"
+        if size_name not in sizes:
+            raise KeyError(f"{harness}: no size {size_name!r}; sizes are {sorted(sizes)}")
+        logging.basicConfig(level=logging.INFO, format="%(message)s")  # a no-op where logging is configured
+        torch.set_num_threads(args.threads)
+        torch.manual_seed(args.seed)  # module initializations; a harness owns its process's RNG
+        suffix = out_suffix(args) if out_suffix is not None else ""
+        out = Path(args.out or f"runs/{harness}-{size_name}{suffix}")
+        return cls(harness=harness, args=args, size_name=size_name, size=dict(sizes[size_name]), out=out)
+
+    @property
+    def seed(self) -> int:
+        """``--seed``."""
+        return int(self.args.seed)
+
+    @property
+    def mlflow(self) -> bool:
+        """Whether to log to MLflow (not ``--no-mlflow``)."""
+        return not self.args.no_mlflow
+
+    def g(self, k: int) -> Any:
+        """A `torch.Generator` seeded ``seed * 1000 + k``: one independent stream per use ``k``."""
+        import torch
+
+        return torch.Generator().manual_seed(self.seed * 1000 + k)
+
+    def results(self, **config: Any) -> Results:
+        """A `Results` of this harness whose ``wall_s`` counts from the setup."""
+        return Results(self.harness, config=config, start=self.started)
+
+    def write(self, res: Results, *, artifacts: Sequence[str | os.PathLike] = ()) -> Path:
+        """``res.write`` into `out`, to MLflow unless ``--no-mlflow``; returns the JSON path."""
+        return res.write(self.out, mlflow=self.mlflow, artifacts=artifacts)
 
 
 def _t_quantile_975(df: int) -> float:

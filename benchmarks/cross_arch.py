@@ -30,23 +30,24 @@ architecture group.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-from benchmarks.common import Results, capped, parallel_map, parser
+from benchmarks.common import Results, RunSetup, capped, parallel_map
 from paramgen import FamilyVectorizer, Generator
 from paramgen.conditioners import ArchitectureConditioner, ConcatConditioner, TextConditioner
 from paramgen.data import Split, Task
 from paramgen.models import build_model
 from paramgen.normalize import GlobalScale
-from paramgen.priors import DiffusionPrior, GPTPrior
-from paramgen.tokenizers import GumbelVQTokenizer, VAETokenizer
+from paramgen.pipelines import igpg
+from paramgen.priors import DiffusionPrior
+from paramgen.tokenizers import VAETokenizer
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, load_run_task, train_classifier
 from paramgen.zoo.build import subset_runs
 from paramgen.zoo.train import predict_many
@@ -135,18 +136,25 @@ def arch_key(arch: str, kwargs: dict[str, Any]) -> str:
     raise KeyError(f"{arch} {kwargs} is not in the benchmark's family")
 
 
-def components(kind: str, fam: FamilyVectorizer, cond_dim: int, size: dict[str, Any]) -> tuple[Any, Any]:
-    """Tokenizer and prior of one generator kind; the rest of the harness is shared."""
+def make_generator(kind: str, spec_of: dict[str, Any], conditioner: Any, layout: str, size: dict[str, Any]) -> Generator:
+    """The generator of one kind (``"vq-gpt"``: `paramgen.pipelines.igpg`; ``"vae-ddpm"``: D2NWG's
+    components over the same family); the rest of the harness is shared.
+
+    Module initialization draws from the process's generator (``seed=None``), seeded by the run setup.
+    """
+    normalizer = GlobalScale(log=("*running_var",), fan_in=size.get("fan_in", True))
     if kind == "vq-gpt":
-        tok = GumbelVQTokenizer(rows=fam.rows, width=fam.width, codebook_size=size["codebook_size"], tokens_per_chunk=size["tokens_per_chunk"],
-                                code_dim=size.get("code_dim", 32), hidden=size.get("hidden", 256), anneal="exponential",
-                                anneal_steps=max(1, size["tokenizer_steps"] // 2), hard=size.get("hard", False))
-        prior = GPTPrior(vocab_size=size["codebook_size"], length=tok.tokens_shape[0], cond_dim=cond_dim, context=size["context"], d_model=size["d_model"], layers=size["layers"], heads=4)
-        return tok, prior
+        return igpg(
+            spec_of, condition=conditioner, seed=None, chunk_size=None if layout == "model" else size["chunk_size"],
+            codebook_size=size["codebook_size"], tokens_per_chunk=size["tokens_per_chunk"], code_dim=size.get("code_dim", 32),
+            hidden=size.get("hidden", 256), anneal="exponential", anneal_steps=max(1, size["tokenizer_steps"] // 2), hard=size.get("hard", False),
+            context=size["context"], d_model=size["d_model"], layers=size["layers"], heads=4, normalizer=normalizer,
+        )  # fmt: skip
     if kind == "vae-ddpm":
+        fam = FamilyVectorizer.modelwise(spec_of) if layout == "model" else FamilyVectorizer.chunked(spec_of, chunk_size=size["chunk_size"], layerwise=True)
         tok = VAETokenizer(rows=fam.rows, width=fam.width, latent_channels=1, latent_length=8, hidden_channels=32, kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond_dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
-        return tok, prior
+        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=conditioner.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
+        return Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=normalizer)
     raise ValueError(f"components must be 'vq-gpt' or 'vae-ddpm', got {kind!r}")
 
 
@@ -166,19 +174,17 @@ def _finetune_job(job: dict[str, Any]) -> list[float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("cross_arch", __doc__.split("\n\n")[0])
-    p.add_argument("--components", choices=("vq-gpt", "vae-ddpm"), default="vq-gpt", help="generator components (default: IGPG's VQ tokens + GPT)")
-    p.add_argument("--layout", choices=("model", "layer"), default="model", help="model-wise rows (default) or layer-wise chunks of chunk_size")
-    args = p.parse_args(argv)
-    size_name = "quick" if args.quick else "default"
-    size = SIZES[size_name]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    variant = "".join(f"-{v}" for v, d in ((args.components, "vq-gpt"), (args.layout, "model")) if v != d)
-    out = Path(args.out or f"runs/cross_arch-{size_name}{variant}")
-    g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--components", choices=("vq-gpt", "vae-ddpm"), default="vq-gpt", help="generator components (default: IGPG's VQ tokens + GPT)")
+        p.add_argument("--layout", choices=("model", "layer"), default="model", help="model-wise rows (default) or layer-wise chunks of chunk_size")
+
+    def variant(args: argparse.Namespace) -> str:
+        return "".join(f"-{v}" for v, d in ((args.components, "vq-gpt"), (args.layout, "model")) if v != d)
+
+    setup = RunSetup.from_args("cross_arch", __doc__, SIZES, argv, add_arguments=add_arguments, out_suffix=variant)
+    args, size_name, size, out, g = setup.args, setup.size_name, setup.size, setup.out, setup.g
     timer = time.perf_counter
-    started = timer()
+    started = setup.started
 
     # 1. The zoo: every member on every task (unseen members only as a reference).
     runs = plan(size)
@@ -206,10 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     archs = [key_of[c.spec_id] for c in train_cps]
     conds = [(c.task_description, c.arch_description) for c in train_cps]
     # Model-wise: tokens_per_chunk tokens per model; layer-wise: per chunk of chunk_size.
-    fam = FamilyVectorizer.modelwise(spec_of) if args.layout == "model" else FamilyVectorizer.chunked(spec_of, chunk_size=size["chunk_size"], layerwise=True)
-    conditioner = ConcatConditioner(TextConditioner(), ArchitectureConditioner())
-    tok, prior = components(args.components, fam, conditioner.dim, size)
-    gen = Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=GlobalScale(log=("*running_var",), fan_in=size.get("fan_in", True)))
+    conditioner = ConcatConditioner(TextConditioner(), ArchitectureConditioner())  # IGPG's task text + architecture
+    gen = make_generator(args.components, spec_of, conditioner, args.layout, size)
+    fam = gen.vectorizer
     start = timer()
     gen.fit(flats, conds, archs=archs, tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"],
             batch_size=32, tokenizer_lr=size["tokenizer_lr"], prior_lr=1e-3, generator=g(1), progress=False)
@@ -302,12 +307,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             res.add(method, group, "acc_over_original", rel)
             res.add(method, group, "worst_acc_over_original", min(rel))
 
-    path = res.write(out, mlflow=not args.no_mlflow)
+    path = setup.write(res)
     print(res.table(skip_tasks=[f"{k} | {t}" for k, t in pairs]))
     print(f"results: {path}")
     return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     raise SystemExit(main())

@@ -33,13 +33,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import attrs
 import torch
 
-from benchmarks.common import Results, capped, parallel_map, parser
+from benchmarks.common import Results, RunSetup, capped, parallel_map
 from paramgen import Generator, ModelVectorizer, PerLayerZScore
 from paramgen.conditioners import ImageSetConditioner, mobilenet_features, set_features
 from paramgen.data import Split, Task
@@ -146,15 +145,10 @@ def _finetune_job(job: dict[str, Any]) -> list[float]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser("modelzoo", __doc__.split("\n\n")[0]).parse_args(argv)
-    size_name = "quick" if args.quick else "default"
-    size = SIZES[size_name]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)  # module initializations; a script owns its process's RNG
-    out = Path(args.out or f"runs/modelzoo-{size_name}")
-    g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
+    setup = RunSetup.from_args("modelzoo", __doc__, SIZES, argv)  # arguments, threads, seed, output folder, logging
+    args, size_name, size, out, g = setup.args, setup.size_name, setup.size, setup.out, setup.g
     timer = time.perf_counter
-    started = time.perf_counter()  # wall_s of results.json covers the whole run
+    started = setup.started  # wall_s of results.json covers the whole run
 
     # 1. The zoo (cached beside the outputs; building resumes).
     runs = plan(size)
@@ -275,7 +269,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for method in ft_methods:
             res.add(method, "fine-tuned", "test_acc", [c[epoch_i] for j, c in zip(jobs, curves, strict=True) if j["method"] == method], epoch=epoch)
 
-    path = res.write(out, mlflow=not args.no_mlflow)
+    path = setup.write(res)
     print(res.table(skip_tasks=names))
     print(f"condition matrix (rows: test task, cols: condition), tasks {sub}:\n{matrix.numpy().round(3)}")
     print(f"results: {path}")
@@ -283,5 +277,4 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     raise SystemExit(main())

@@ -38,7 +38,7 @@ from typing import Any
 
 import torch
 
-from benchmarks.common import Results, parser
+from benchmarks.common import Results, RunSetup
 from benchmarks.modelzoo import accuracies, capped
 from benchmarks.modelzoo import plan as image_plan
 from paramgen import Generator, ModelVectorizer, PerLayerZScore
@@ -111,14 +111,9 @@ def _train_time(run: RunConfig, datasets: dict) -> float:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser("retrieval", __doc__.split("\n\n")[0]).parse_args(argv)
-    size_name = "quick" if args.quick else "default"
-    size = SIZES[size_name]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out or f"runs/retrieval-{size_name}")
-    g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
-    started = time.perf_counter()
+    setup = RunSetup.from_args("retrieval", __doc__, SIZES, argv)  # arguments, threads, seed, output folder, logging
+    args, size_name, size, out, g = setup.args, setup.size_name, setup.size, setup.out, setup.g
+    started = setup.started
     res = Results("retrieval", start=started, config={"size": size_name, "seed": args.seed,
                                                        **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items() if not isinstance(v, dict)},
                                                        "image_zoo": size["image"]["zoo"], "signal_zoo": size["signal"]["zoo"]})
@@ -199,7 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         res.add("generated", group, "train_s_over_generate_s", [r["train_s"] / r["generate_s"] for r in mine])
 
     artifact = plot(per_task, out)
-    path = res.write(out, mlflow=not args.no_mlflow, artifacts=[artifact])
+    path = setup.write(res, artifacts=[artifact])
     print(res.table(skip_tasks=[r["task"] for r in per_task]))
     print(f"{'task':<28} {'original':>9} {'generated':>10} {'best(val)':>10} {'train_s':>8} {'gen_s':>7}")
     for r in per_task:
@@ -236,5 +231,4 @@ def plot(per_task: list[dict[str, Any]], out: Path) -> Path:
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     raise SystemExit(main())

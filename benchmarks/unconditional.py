@@ -16,23 +16,22 @@ wrong predictions), with noisy originals as the memorization baseline.
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import Results, parser
+from benchmarks.common import Results, RunSetup
 from paramgen import Generator, ModelVectorizer, ParamSpec, PerLayerZScore
 from paramgen.data import get_task
 from paramgen.models import ResNet
 from paramgen.novelty import nearest_l2, noisy_checkpoints, tensor_scale, wrong_prediction_iou
+from paramgen.pipelines import d2nwg
 from paramgen.priors import DiffusionPrior
-from paramgen.tokenizers import IdentityTokenizer, VAETokenizer
+from paramgen.tokenizers import IdentityTokenizer
 from paramgen.zoo import TrainConfig, train_classifier
 
 __all__ = ["main", "SIZES"]
@@ -102,14 +101,8 @@ def summary_rows(res: Results, method: str, acc: torch.Tensor, **extra: Any) -> 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser("unconditional", __doc__.split("\n\n")[0]).parse_args(argv)
-    size_name = "quick" if args.quick else "default"
-    size = SIZES[size_name]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)  # module initializations; a script owns its process's RNG
-    out = Path(args.out or f"runs/unconditional-{size_name}")
-    g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731
-    started = time.perf_counter()  # wall_s of results.json covers the whole run
+    setup = RunSetup.from_args("unconditional", __doc__, SIZES, argv)
+    args, size, g = setup.args, setup.size, setup.g
 
     task = get_task("fashion_mnist", max_train_per_class=size["train_per_class"], max_eval_per_class=size["eval_per_class"], seed=args.seed)
     with torch.random.fork_rng(devices=[]):
@@ -125,21 +118,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     originals = collect(tail, spec, h_train, task.train.y, steps=size["collect_steps"], seed=args.seed)
     collect_s = time.perf_counter() - start
 
-    res = Results("unconditional", start=started, config={"size": size_name, "seed": args.seed, "selected": SELECTED, "numel": spec.numel, **size})
+    res = setup.results(size=setup.size_name, seed=args.seed, selected=SELECTED, numel=spec.numel, **size)
     res.add("original", "fashion_mnist", "train_s", base_s + collect_s)
     orig_preds = predictions(tail, spec, originals, h_test)
     summary_rows(res, "original", (orig_preds == task.test.y).float().mean(1))
 
-    vec = ModelVectorizer(spec)
-    setups = {
-        "VAE+DDPM": VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=16, hidden_channels=size["channels"], num_down=2, input_noise=1e-3, latent_noise=1e-1),
-        "DDPM": IdentityTokenizer(rows=1, width=spec.numel),
-    }
     scale = tensor_scale(spec, originals)
-    for k, (method, tok) in enumerate(setups.items()):
-        # The same prior network for both: only the tokenizer is swapped.
-        prior = DiffusionPrior(shape=tok.latent_shape, base_channels=size["channels"], channel_mults=(1, 2), ema_decay=0.995)
-        gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, normalizer=PerLayerZScore(spec))
+    for k, method in enumerate(("VAE+DDPM", "DDPM")):
+        # The same prior network for both: only the tokenizer is swapped. Both draw their
+        # initialization from the process's generator (seed=None), in this order.
+        if method == "VAE+DDPM":
+            gen = d2nwg(spec, condition=None, seed=None, latent_length=16, hidden_channels=size["channels"], base_channels=size["channels"])
+        else:  # directly on the raw parameters: an identity tokenizer, d2nwg's prior settings
+            tok = IdentityTokenizer(rows=1, width=spec.numel)
+            prior = DiffusionPrior(shape=tok.latent_shape, base_channels=size["channels"], channel_mults=(1, 2), ema_decay=0.995)
+            gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=prior, normalizer=PerLayerZScore(spec))
         start = time.perf_counter()
         gen.fit(originals, tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(10 + k), progress=False)
         fit_s = time.perf_counter() - start
@@ -163,12 +156,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     d.fill_diagonal_(float("inf"))
     res.add("original", "fashion_mnist", "novelty_l2", d.min(1).values.float().tolist())
 
-    path = res.write(out, mlflow=not args.no_mlflow)
+    path = setup.write(res)
     print(res.table())
     print(f"results: {path}")
     return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     raise SystemExit(main())

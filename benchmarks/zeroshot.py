@@ -64,7 +64,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from benchmarks.common import Results, first_per_class, parser
+from benchmarks.common import Results, RunSetup, first_per_class
 from paramgen import Generator, ModelVectorizer, PerLayerZScore
 from paramgen.conditioners import ImageSetConditioner, mobilenet_features
 from paramgen.data import load_dataset
@@ -203,14 +203,9 @@ def generate_heads(gen: Generator, cond: torch.Tensor, n: int, generator: torch.
 
 # ----------------------------------------------------------------------------- main
 def main(argv: Sequence[str] | None = None) -> int:
-    args = parser("zeroshot", __doc__.split("\n\n")[0]).parse_args(argv)
-    size_name = "quick" if args.quick else "default"
-    size = SIZES[size_name]
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    out = Path(args.out or f"runs/zeroshot-{size_name}")
-    g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
-    started = time.perf_counter()
+    setup = RunSetup.from_args("zeroshot", __doc__, SIZES, argv)  # arguments, threads, seed, output folder, logging
+    args, size_name, size, out, g = setup.args, setup.size_name, setup.size, setup.out, setup.g
+    started = setup.started
 
     # 1. Frozen features, standardized with the zoo's training images only.
     cache = out.parent / "cache" / f"zeroshot-mobilenet64-{size['train_per_class']}-{size['eval_per_class']}.safetensors"
@@ -322,7 +317,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 5. Plots: methods on the test groups (full zoo), accuracy vs zoo size.
     artifacts = plots(scaling, out, [n for n in evaluated if n.startswith("unseen")])
-    path = res.write(out, mlflow=not args.no_mlflow, artifacts=artifacts)
+    path = setup.write(res, artifacts=artifacts)
     print(res.table(skip_tasks=[f"{t[0]}/{'-'.join(map(str, t[1]))}" for n in evaluated for t in groups[n]]))
     print(f"results: {path}")
     return 0
@@ -373,5 +368,4 @@ def plots(scaling: dict[float, dict[str, dict[str, list[float]]]], out: Path, na
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     raise SystemExit(main())

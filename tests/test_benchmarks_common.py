@@ -31,3 +31,45 @@ def test_results_json_schema_and_mlflow(tmp_path, monkeypatch):
     assert row["n"] == 2 and row["ci_low"] < row["value"] < row["ci_high"]
     assert data["peak_rss_mb"] > 10 and (tmp_path / "mlflow" / "mlflow.db").exists()
     assert "generated" in res.table()
+
+
+def test_run_setup_parses_the_shared_arguments_and_sets_the_process_up():
+    import torch
+
+    from benchmarks.common import RunSetup
+
+    sizes = {"quick": {"steps": 2}, "default": {"steps": 20}}
+    threads = torch.get_num_threads()
+    try:
+        setup = RunSetup.from_args("unit", "Unit harness.\n\nMore text.", sizes, ["--seed", "4", "--threads", "1", "--no-mlflow"])
+        assert (setup.size_name, setup.size, setup.seed, setup.mlflow) == ("default", {"steps": 20}, 4, False)
+        assert str(setup.out) == "runs/unit-default" and torch.get_num_threads() == 1
+        after_setup = torch.rand(3)
+        torch.manual_seed(4)
+        assert torch.equal(after_setup, torch.rand(3))  # the process's generator is seeded with --seed
+        assert torch.equal(torch.rand(2, generator=setup.g(1)), torch.rand(2, generator=torch.Generator().manual_seed(4001)))
+        assert not torch.equal(torch.rand(2, generator=setup.g(1)), torch.rand(2, generator=setup.g(2)))
+        setup.size["steps"] = 0  # a copy: the harness's SIZES stay as they are
+        assert sizes["default"]["steps"] == 20
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_run_setup_harness_arguments_and_output_suffix(tmp_path):
+    from benchmarks.common import RunSetup
+
+    def add(p):
+        p.add_argument("--variant", default="a")
+
+    setup = RunSetup.from_args("unit", None, {"quick": {}, "default": {}}, ["--quick", "--variant", "b"], add_arguments=add,
+                               out_suffix=lambda a: f"-{a.variant}")  # fmt: skip
+    assert setup.args.variant == "b" and str(setup.out) == "runs/unit-quick-b"
+    setup = RunSetup.from_args("unit", None, {"quick": {}, "default": {}}, ["--out", str(tmp_path / "x"), "--no-mlflow"])
+    res = setup.results(seed=setup.seed)
+    res.add("m", "t", "acc", 0.5)
+    path = setup.write(res)
+    assert path == tmp_path / "x" / "results.json" and json.loads(path.read_text())["harness"] == "unit"
+    with pytest.raises(KeyError, match="no size 'quick'"):
+        RunSetup.from_args("unit", None, {"default": {}}, ["--quick"])
+    with pytest.raises(SystemExit):
+        RunSetup.from_args("unit", None, {"default": {}}, ["--bogus"])

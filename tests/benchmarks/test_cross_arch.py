@@ -1,7 +1,7 @@
 """The cross-architecture harness runs end to end at a tiny size, with either generator.
 
 The same benchmark code path runs IGPG's VQ tokens + GPT and D2NWG's VAE + latent DDPM:
-only the components differ (`benchmarks.cross_arch.components`).
+only the components differ (`benchmarks.cross_arch.make_generator`).
 """
 
 from __future__ import annotations
