@@ -19,7 +19,7 @@ from paramgen.zoo import Zoo, evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLE = ROOT / "examples" / "demo.toml"
-STEPS = 20  # per stage: enough to run every stage, short enough for the fast suite
+STEPS = 10  # per stage: enough to run every stage, short enough for the fast suite
 
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
@@ -243,3 +243,28 @@ def test_sample_peft_adapters(tmp_path, capsys):
     assert json.loads((out / "pos-0" / "adapter_config.json").read_text())["r"] == 2
     assert main(["sample", str(saved), "--cond", "pos", "--num-labels", "5", "--sampler", "ddim", "--steps", "3", "--out", str(tmp_path / "x")]) == 2
     assert "--num-labels must lie in 2..3" in capsys.readouterr().err
+
+
+def test_own_checkpoints_import_fit_sample(tmp_path):
+    """A folder of safetensors checkpoints of your own: ``zoo import``, ``fit``, ``sample``."""
+    from safetensors.torch import save_file
+
+    ckpts = tmp_path / "ckpts"
+    ckpts.mkdir()
+    files, g = [], torch.Generator().manual_seed(0)
+    shapes = {"0.weight": (8, 4), "0.bias": (8,), "2.weight": (3, 8), "2.bias": (3,)}  # nn.Sequential(Linear(4, 8), ReLU(), Linear(8, 3))
+    for i in range(6):
+        files.append(ckpts / f"m{i}.safetensors")
+        save_file({k: 0.5 * torch.randn(s, generator=g) for k, s in shapes.items()}, str(files[-1]))
+    zoo = tmp_path / "zoo"
+    tasks = [a for i in range(6) for a in ("--task", "wine" if i % 2 else "iris")]
+    assert main(["-q", "zoo", "import", *map(str, files), *tasks, "--out", str(zoo), "--no-progress"]) == 0
+    config = _config(tmp_path, """zoo = "zoo"\nout = "gen"\n[generator]\npipeline = "d2nwg"\nlatent_length = 8\nhidden_channels = 8\nbase_channels = 8\ntimesteps = 20\n
+[fit]\ntokenizer_steps = 3\nalign_steps = 0\nprior_steps = 3\nbatch_size = 6\nprogress = false\n""")
+    assert main(["-q", "fit", str(config)]) == 0
+    gen = Generator.from_pretrained(tmp_path / "gen")
+    assert gen.conditioner.keys == ("iris", "wine")
+    out = tmp_path / "wine.safetensors"
+    assert main(["-q", "sample", str(tmp_path / "gen"), "--cond", "wine", "--out", str(out)]) == 0
+    model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
+    model.load_state_dict(load_file(str(out)), strict=True)
