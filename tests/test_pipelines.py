@@ -237,12 +237,11 @@ def test_a_zoo_source_gives_its_spec_and_tasks(tmp_path):
     assert gen.tokenizer.config()["width"] == zoo.spec().numel
 
 
-def test_igpg_normalizer_follows_the_source():
+def test_igpg_normalizer_is_the_harness_fan_in_scale():
     from paramgen import GlobalScale
 
     small = ParamSpec.from_state_dict({"w": torch.zeros(3, 2)})
-    fam = igpg({"big": _spec(), "small": small}, condition=None, **SMALL["igpg"])
-    assert isinstance(fam.normalizer, GlobalScale) and fam.normalizer.fan_in  # the cross_arch harness's
-    assert isinstance(igpg(_spec(), condition=None, **SMALL["igpg"]).normalizer, PerLayerZScore)
-    with pytest.raises(ValueError, match="normalizer='fan-in' needs a family"):
-        igpg(_spec(), condition=None, normalizer="fan-in", **SMALL["igpg"])
+    for source in ({"big": _spec(), "small": small}, _spec()):
+        norm = igpg(source, condition=None, **SMALL["igpg"]).normalizer
+        assert isinstance(norm, GlobalScale) and norm.fan_in and list(norm.log) == ["*running_var"]  # the cross_arch harness's
+    assert isinstance(igpg(_spec(), condition=None, normalizer="per-layer", **SMALL["igpg"]).normalizer, PerLayerZScore)

@@ -67,7 +67,7 @@ def igpg(
     heads: int = 4,
     temperature: float = 1.0,
     top_k: int | None = None,
-    normalizer: str | Normalizer | None = "auto",
+    normalizer: str | Normalizer | None = "fan-in",
 ) -> Generator:
     """An IGPG generator (VQ tokenizer + GPT prior) for one architecture or a family.
 
@@ -88,9 +88,8 @@ def igpg(
     d_model           128            harness (quick: 96)
     layers            3              harness (quick: 2)
     heads             4              harness
-    normalizer        "auto"         a family: the harness's ``"fan-in"`` (`paramgen.GlobalScale` with
-                                     log running variances and fan-in scaling, one scale across
-                                     the family); one architecture: ``"per-layer"``
+    normalizer        "fan-in"       harness: `paramgen.GlobalScale` with log running variances
+                                     and fan-in scaling (one scale across a family)
     ================  =============  ==============================================================
 
     Components are built in the order tokenizer, prior, conditioner, under ``seed``.
@@ -124,10 +123,9 @@ def igpg(
         heads: GPT attention heads.
         temperature: Default sampling temperature.
         top_k: Default top-k filter at sampling (``None``: none).
-        normalizer: ``"auto"`` (see the table), ``"fan-in"`` (the harness's
-            `paramgen.GlobalScale`; a family only: fitting it needs each model's spec),
-            ``"global"``, ``"per-layer"`` (one architecture only), ``"per-task"``, a ready
-            normalizer, or ``None``.
+        normalizer: ``"fan-in"`` (the harness's `paramgen.GlobalScale`), ``"global"``,
+            ``"per-layer"`` (one architecture only), ``"per-task"``, a ready normalizer,
+            or ``None``.
 
     Returns:
         An unfitted `paramgen.Generator`.
@@ -178,11 +176,7 @@ def igpg(
             from paramgen.conditioners import IndexConditioner
 
             conditioner = IndexConditioner(names, dim=cond_dim)
-        if normalizer == "auto":
-            normalizer = "fan-in" if family is not None else "per-layer"
         if normalizer == "fan-in":
-            if family is None:
-                raise ValueError("igpg: normalizer='fan-in' needs a family of architectures; use 'per-layer' or 'global' for one")
             norm: Normalizer | None = GlobalScale(log=("*running_var",), fan_in=True)
         else:
             norm = normalizer_of(normalizer, spec, "igpg")
