@@ -175,6 +175,12 @@ def test_fit_bad_config_exits_2(tmp_path, capsys, text, message):
         Recipe.from_toml(path)
 
 
+def test_fit_bad_option_value_exits_2(zoo_dir, tmp_path, capsys):
+    path = _config(tmp_path, f'zoo = "{zoo_dir}"\nout = "gen"\n[generator]\npipeline = "d2nwg"\nsampler = "euler"\n')
+    assert main(["fit", str(path)]) == 2
+    assert "[generator]: " in capsys.readouterr().err and not (tmp_path / "gen").exists()
+
+
 def test_fit_missing_zoo_and_bad_override(tmp_path, capsys):
     path = _config(tmp_path, GOOD)
     assert main(["fit", str(path)]) == 2

@@ -118,9 +118,22 @@ def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
     return argv, None, []
 
 
+class _Stderr(logging.Handler):
+    """Writes to the current ``sys.stderr`` (looked up at each record, not kept)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+        except Exception:  # logging's own convention: report, never raise
+            self.handleError(record)
+
+
 def _logging(verbose: int, quiet: bool) -> None:
+    """Log to stderr, unless the process configured logging already (then it is left as is)."""
     level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s", stream=sys.stderr, force=True)
+    handler = _Stderr()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
+    logging.basicConfig(level=level, handlers=[handler])
 
 
 def _threads(n: int | None) -> None:

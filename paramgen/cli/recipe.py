@@ -254,6 +254,7 @@ def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | No
 
     Raises:
         FileNotFoundError: ``recipe.zoo`` is not a zoo folder.
+        ConfigError: the pipeline refuses an option's value.
     """
     from paramgen.training import fit
     from paramgen.zoo import Zoo
@@ -264,7 +265,10 @@ def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | No
     config = recipe.fit if progress is None else attrs.evolve(recipe.fit, progress=progress)
     tasks = list(recipe.tasks) if recipe.tasks is not None else None
     condition = None if recipe.condition == "none" else recipe.condition
-    generator = pipelines()[recipe.pipeline](zoo, condition=condition, tasks=tasks, seed=recipe.seed, **recipe.options)
+    try:
+        generator = pipelines()[recipe.pipeline](zoo, condition=condition, tasks=tasks, seed=recipe.seed, **recipe.options)
+    except (TypeError, ValueError) as e:  # an option out of range or of the wrong type: the config's fault
+        raise ConfigError(f"[generator]: {e}") from e
     if device is not None:
         generator.to(device)
     return fit(generator, zoo, _conditions(zoo, recipe.condition), config=config)
