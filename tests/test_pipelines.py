@@ -245,3 +245,18 @@ def test_igpg_normalizer_is_the_harness_fan_in_scale():
         norm = igpg(source, condition=None, **SMALL["igpg"]).normalizer
         assert isinstance(norm, GlobalScale) and norm.fan_in and list(norm.log) == ["*running_var"]  # the cross_arch harness's
     assert isinstance(igpg(_spec(), condition=None, normalizer="per-layer", **SMALL["igpg"]).normalizer, PerLayerZScore)
+
+
+def test_cond_pdiff_reproduces_the_lora_harness_generator():
+    """``paramgen.lora.build_generator`` (what ``benchmarks.lora`` fits) and ``cond_pdiff`` with
+    the harness's ``prior_channels`` give equal weights and configs under the same seed."""
+    from paramgen.lora import LoRASetup, build_generator
+
+    setup, keys = LoRASetup(), ["negative-or-not", "positive-or-not"]
+    torch.manual_seed(0)
+    harness = build_generator(setup, condition="onehot", keys=keys, prior_channels=32)
+    built = cond_pdiff(setup.spec(), condition="task", tasks=keys, seed=0, prior_channels=32)
+    _assert_same(harness, built)
+    assert built.tokenizer.config() == harness.tokenizer.config() and built.prior.config() == harness.prior.config()
+    assert type(built.normalizer) is type(harness.normalizer) and built.normalizer.unknown == harness.normalizer.unknown
+    assert (built.vectorizer.rows, built.vectorizer.width) == (harness.vectorizer.rows, harness.vectorizer.width)
