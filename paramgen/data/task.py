@@ -175,6 +175,7 @@ class Task:
         subject: str | None = None,
         fractions: tuple[float, float, float] = (0.6, 0.2, 0.2),
         seed: int = 0,
+        standardize: bool = False,
     ) -> Task:
         """A task of your own from one labelled array, split train/val/test by class.
 
@@ -190,6 +191,8 @@ class Task:
             fractions: Train, val and test shares within each class.
             seed: Seeds the ``torch.Generator`` of the split (the same split on
                 every machine).
+            standardize: Z-score each input feature with the training split's mean
+                and standard deviation (features that never vary are only centred).
 
         Returns:
             A `Task` named ``name`` whose ``dataset`` is ``name`` and whose
@@ -213,6 +216,9 @@ class Task:
         if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1.0) > 1e-6:
             raise ValueError(f"fractions must be three non-negative shares (train, val, test) summing to 1, got {fractions}")
         train, val, test = _stratified_split(ys, fractions, seed=seed)
+        if standardize:
+            mean, std = xs[train].mean(0), xs[train].std(0)
+            xs = (xs - mean) / torch.where(std > 0, std, torch.ones_like(std))
         splits = {"train": (xs[train], ys[train]), "val": (xs[val], ys[val]), "test": (xs[test], ys[test])}
         return cls._of_arrays(name, splits, class_names=class_names, subject=subject)
 

@@ -45,6 +45,11 @@ def test_from_arrays_makes_a_stratified_tabular_task(tasks):
     assert torch.equal(again.test.x, wine.test.x)  # a fixed split, not the global RNG's
     sub = wine.subset([0, 2])
     assert sub.name == "wine/0-2" and sub.class_names == ("class_0", "class_2")
+    raw = load_wine()
+    scaled = Task.from_arrays("wine", raw.data, raw.target, standardize=True)  # with the train split's statistics
+    torch.testing.assert_close(scaled.train.x.mean(0), torch.zeros(13), atol=1e-5, rtol=0)
+    torch.testing.assert_close(scaled.train.x.std(0), torch.ones(13), atol=1e-5, rtol=0)
+    assert not torch.allclose(scaled.test.x.mean(0), torch.zeros(13), atol=1e-3)  # test statistics were not used
 
 
 def test_build_zoo_trains_user_tasks_and_their_subsets(tmp_path, tasks):

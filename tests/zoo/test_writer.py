@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 from paramgen.models import build_model
 from paramgen.spec import NonFiniteWeightsError, SpecMismatchError
 from paramgen.vectorize import LayerVectorizer
-from paramgen.zoo import WeightDataset, Zoo, ZooWriter, evaluate, import_checkpoints
+from paramgen.zoo import WeightDataset, Zoo, ZooWriter, import_checkpoints
 
 
 def _mlp(seed: int, hidden: int = 8) -> torch.nn.Module:
