@@ -85,9 +85,15 @@ def _import(args: argparse.Namespace) -> Zoo:
     return writer.zoo().filter(where=lambda c: c.id in ids)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Run the zoo command line; return the exit status (2 on bad input, with the reason on stderr)."""
-    parser = argparse.ArgumentParser(prog="python -m paramgen.zoo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m paramgen.zoo") -> int:
+    """Run the zoo command line; return the exit status (2 on bad input, with the reason on stderr).
+
+    Args:
+        argv: Arguments after the program name (default: ``sys.argv[1:]``).
+        prog: Program name shown in usage and error lines (``"paramgen zoo"`` from the
+            console script).
+    """
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="train the missing runs of a preset into a zoo folder (resumable)")
     b.add_argument("--preset", required=True, choices=sorted(PRESETS))
@@ -127,7 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             zoo = Zoo.open(args.path)
             print(json.dumps(zoo.summary(), indent=1) if args.json else _info(zoo))
     except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"python -m paramgen.zoo {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
         return 2
     return 0
 

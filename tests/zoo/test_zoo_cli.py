@@ -68,5 +68,6 @@ def test_bad_input_exits_2_with_the_reason(tmp_path, capsys):
     (tmp_path / "bad.toml").write_text("task = ")
     assert main(["import", str(src), "--metadata", str(tmp_path / "bad.toml"), "--out", out]) == 2
     assert "not valid TOML" in capsys.readouterr().err
-    assert main(["info", str(tmp_path / "nothing")]) == 2
-    assert "not a zoo folder" in capsys.readouterr().err
+    assert main(["info", str(tmp_path / "nothing")], prog="paramgen zoo") == 2
+    err = capsys.readouterr().err
+    assert err.startswith("paramgen zoo info: error: ") and "not a zoo folder" in err
