@@ -120,6 +120,7 @@ def test_sample_one_file_and_pt_format(fitted, zoo_dir, tmp_path):
         (["--out", "{tmp}/d", "--format", "peft"], "--format peft needs a generator of LoRA adapters"),
         (["-n", "0", "--out", "{tmp}/d"], "-n/--num must be a positive integer, got 0"),
         (["--num-labels", "2", "--out", "{tmp}/d"], "--num-labels and --lora-alpha apply to PEFT adapter output only"),
+        (["--base", "{tmp}/none.safetensors", "--out", "{tmp}/d"], "--base: no file"),
         (["--task", "a", "--task", "b", "--task", "c", "--out", "{tmp}/d"], "--task: give one value, or one per --cond (1); got 3"),
     ],
 )

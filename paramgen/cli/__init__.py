@@ -167,9 +167,13 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _load_base(path: str) -> dict[str, Any]:
+    from pathlib import Path
+
     import torch
     from safetensors.torch import load_file
 
+    if not Path(path).is_file():
+        raise _UsageError(f"--base: no file {path}")
     if path.endswith(".safetensors"):
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
