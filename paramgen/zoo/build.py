@@ -45,7 +45,7 @@ import torch
 
 from paramgen._convert import int_tuple
 from paramgen.data import DATASETS, Task, UnknownDatasetError, class_subset_names, get_task, load_dataset
-from paramgen.io import TMP_SUFFIX, read_json, save_safetensors, write_json
+from paramgen.io import TMP_SUFFIX, file_sha256, read_json, save_safetensors, write_json
 from paramgen.models import build_model, describe_architecture
 from paramgen.spec import ParamSpec
 from paramgen.tracking import Logger, NullLogger
@@ -226,8 +226,9 @@ def _write_run(root: Path, result: Mapping[str, Any]) -> None:
         write_json(spec_path, spec.to_dict())
     runs = root / "runs"
     # Tensors first, manifest last: a run exists exactly when its JSON does.
-    save_safetensors(runs / f"{record['run_id']}.safetensors", result["tensors"], metadata={"spec_id": spec.fingerprint})
-    write_json(runs / f"{record['run_id']}.json", record)
+    tensors = runs / f"{record['run_id']}.safetensors"
+    save_safetensors(tensors, result["tensors"], metadata={"spec_id": spec.fingerprint})
+    write_json(runs / f"{record['run_id']}.json", {**record, "tensors_sha256": file_sha256(tensors)})
 
 
 _WORKER_DATASETS: dict[str, Task] = {}  # per worker process only; never set in the caller's process

@@ -13,7 +13,8 @@ Layout of a zoo folder:
 A run's JSON is written after its tensors, both atomically, so a run is in the zoo
 exactly when its JSON exists; an interrupted build resumes from there. `Zoo.open` checks
 every run's manifest, spec and tensor header and names the run and file of any damage
-(`DamagedZooError`). Zoos come from `paramgen.zoo.build_zoo` (training) or
+(`DamagedZooError`); the manifest also records the tensor file's SHA-256, checked the
+first time a run's tensors are read (or all at once by `Zoo.verify`). Zoos come from `paramgen.zoo.build_zoo` (training) or
 `paramgen.zoo.ZooWriter` (checkpoints you already have).
 
 Examples:
@@ -36,7 +37,7 @@ from safetensors import SafetensorError, safe_open
 from torch import nn
 from torch.utils.data import Dataset
 
-from paramgen.io import read_json
+from paramgen.io import file_sha256, read_json
 from paramgen.normalize import Normalizer
 from paramgen.spec import NonFiniteWeightsError, ParamSpec
 from paramgen.vectorize import ChunkVectorizer, LayerVectorizer, ModelVectorizer
@@ -168,10 +169,19 @@ class Zoo:
         specs: ``spec_id -> ParamSpec``.
     """
 
-    def __init__(self, root: str | os.PathLike, checkpoints: Sequence[Checkpoint], specs: Mapping[str, ParamSpec]) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        checkpoints: Sequence[Checkpoint],
+        specs: Mapping[str, ParamSpec],
+        digests: Mapping[str, str] | None = None,
+    ) -> None:
         self.root = Path(root)
         self.checkpoints = tuple(checkpoints)
         self.specs = dict(specs)
+        # run_id -> SHA-256 of its tensor file as written (runs written before digests: absent).
+        self.digests = dict(digests or {})
+        self._verified: set[str] = set()
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> Zoo:
@@ -194,6 +204,7 @@ class Zoo:
         if not paths:
             raise EmptyZooError(f"zoo folder {root} holds no runs (expected runs/<run_id>.json with runs/<run_id>.safetensors)")
         specs: dict[str, ParamSpec] = {}
+        digests: dict[str, str] = {}
         checkpoints: list[Checkpoint] = []
         for path in paths:
             try:
@@ -215,7 +226,9 @@ class Zoo:
                 raise _damaged(path.stem, path, f"it has no tensors file {tensors.name} beside it")
             _check_tensors(tensors, path.stem, specs[spec_id], 1 + max(c.index for c in found))
             checkpoints.extend(found)
-        return cls(root, checkpoints, specs)
+            if isinstance(record.get("tensors_sha256"), str):
+                digests[path.stem] = record["tensors_sha256"]
+        return cls(root, checkpoints, specs, digests)
 
     # --------------------------------------------------------------- views
     def __len__(self) -> int:
@@ -266,7 +279,7 @@ class Zoo:
             and (spec_id is None or c.spec_id == spec_id)
             and (where is None or where(c))
         ]
-        return Zoo(self.root, kept, self.specs)
+        return Zoo(self.root, kept, self.specs, self.digests)
 
     def spec(self, spec_id: str | None = None) -> ParamSpec:
         """The architecture of this (single-architecture) view, or of ``spec_id``."""
@@ -299,11 +312,37 @@ class Zoo:
     def _path(self, c: Checkpoint) -> Path:
         return self.root / "runs" / f"{c.run_id}.safetensors"
 
+    def _open(self, run_id: str) -> contextlib.AbstractContextManager[Any]:
+        """Open a run's tensors; the first time, check its bytes against the recorded digest."""
+        path = self.root / "runs" / f"{run_id}.safetensors"
+        if run_id not in self._verified and run_id in self.digests:
+            try:
+                digest = file_sha256(path)
+            except FileNotFoundError:
+                raise _damaged(run_id, path, "the tensors file is gone") from None
+            if digest != self.digests[run_id]:
+                raise _damaged(run_id, path, f"its bytes changed since it was written (sha256 {digest[:16]}..., recorded {self.digests[run_id][:16]}...)")
+            self._verified.add(run_id)
+        return _open_run(path, run_id)
+
+    def verify(self) -> None:
+        """Check every run of this view against the SHA-256 digest its manifest recorded.
+
+        Reads are checked the same way the first time each run is touched; this does it
+        for all at once, e.g. after copying a zoo.
+
+        Raises:
+            DamagedZooError: A run's tensor bytes differ from what was written.
+        """
+        for run_id in dict.fromkeys(c.run_id for c in self.checkpoints):
+            with self._open(run_id):
+                pass
+
     def state_dict(self, i: int | Checkpoint) -> dict[str, torch.Tensor]:
         """The full state dict of one checkpoint (ties and extras restored)."""
         c = self.checkpoints[i] if isinstance(i, int) else i
         spec = self.spec(c.spec_id)
-        with _open_run(self._path(c), c.run_id) as f:
+        with self._open(c.run_id) as f:
             stored = {name: f.get_slice(name)[c.index : c.index + 1] for name in f.keys()}
         flat, extras = spec.flatten_stacked(stored)
         return spec.unflatten(flat, extras=extras)[0]
@@ -342,7 +381,7 @@ class Zoo:
         parts: dict[str, list[torch.Tensor]] = {n: [] for n in names}
         run_order: list[tuple[str, int]] = []
         for run_id, rows in by_run.items():
-            with _open_run(self.root / "runs" / f"{run_id}.safetensors", run_id) as f:
+            with self._open(run_id) as f:
                 for n in names:
                     parts[n].append(f.get_tensor(n)[rows])
             run_order.extend((run_id, r) for r in rows)
@@ -404,7 +443,7 @@ class WeightDataset(Dataset):
             raise IndexError(f"index {i} out of range for a zoo of {len(self.zoo)} checkpoints")
         c = self.zoo[i]
         spec = self.vectorizer.spec
-        with _open_run(self.zoo._path(c), c.run_id) as f:
+        with self.zoo._open(c.run_id) as f:
             stored = {t.name: f.get_slice(t.name)[c.index : c.index + 1] for t in spec.vector_tensors}
         flat, _ = spec.flatten_stacked({**stored, **self._extras(c)})
         if self.normalizer is not None:
@@ -427,7 +466,7 @@ class WeightDataset(Dataset):
     def _extras(self, c: Checkpoint) -> dict[str, torch.Tensor]:
         if not self.vectorizer.spec.extra_tensors:
             return {}
-        with _open_run(self.zoo._path(c), c.run_id) as f:
+        with self.zoo._open(c.run_id) as f:
             return {t.name: f.get_slice(t.name)[c.index : c.index + 1] for t in self.vectorizer.spec.extra_tensors}
 
     def all(self) -> torch.Tensor:

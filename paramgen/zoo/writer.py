@@ -42,7 +42,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
-from paramgen.io import read_json, save_safetensors, write_json
+from paramgen.io import file_sha256, read_json, save_safetensors, write_json
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
 from paramgen.zoo.store import Checkpoint, Zoo, _checkpoints_of_run
 
@@ -403,6 +403,9 @@ class ZooWriter:
             epoch = max(epochs) + 1 if epoch is None else epoch
             if epoch in epochs:
                 raise ValueError(f"run {run_id!r} already holds epoch {epoch}; give another epoch or run_id")
+            recorded = record.get("tensors_sha256")
+            if recorded is not None and file_sha256(runs / f"{run_id}.safetensors") != recorded:
+                raise ValueError(f"run {run_id!r} of zoo {self.root}: its tensor bytes changed since they were written; delete its files and add it again")
             try:
                 old = load_file(runs / f"{run_id}.safetensors")
             except (SafetensorError, FileNotFoundError) as err:
@@ -432,6 +435,7 @@ class ZooWriter:
             write_json(spec_path, spec.to_dict())
         # Tensors first, manifest last: a run holds exactly the rows its JSON names.
         save_safetensors(runs / f"{run_id}.safetensors", tensors, metadata={"spec_id": spec.fingerprint})
+        record["tensors_sha256"] = file_sha256(runs / f"{run_id}.safetensors")
         write_json(manifest, record)
         if arch is not None:
             self._arch_specs.setdefault(self._arch_key(arch, arch_kwargs), (spec.fingerprint, f"{run_id}@{epoch}"))

@@ -61,6 +61,8 @@ def test_build_zoo_trains_user_tasks_and_their_subsets(tmp_path, tasks):
         assert c.metrics["test_acc"] > 0.8, c  # real learning on real data
         task = wine.subset([0, 1]) if c.task == "wine/0-1" else next(t for t in tasks if t.name == c.task)
         assert evaluate(zoo.model(c), task.test)[0] == pytest.approx(c.metrics["test_acc"], abs=1e-9)
+    assert set(zoo.digests) == {c.run_id for c in zoo}  # every run's bytes can be checked
+    zoo.verify()
     first = zoo.filter(tasks=["wine/0-1"])[0]
     assert first.arch_kwargs["num_classes"] == 2 and first.task_description.startswith("Classify chemical analyses")
     # The manifest records which data a user task held; resuming over changed data is refused.

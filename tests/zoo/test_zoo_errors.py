@@ -8,6 +8,7 @@ import shutil
 import pytest
 import torch
 
+from paramgen.io import file_sha256
 from paramgen.spec import NonFiniteWeightsError
 from paramgen.zoo import DamagedZooError, EmptyZooError, Zoo, ZooWriter
 
@@ -119,5 +120,21 @@ def test_nan_weights_in_a_zoo_name_the_checkpoint(zoo_root):
     tensors = load_file(path)
     tensors["0.bias"][0, 2] = float("inf")
     save_file(tensors, path)
+    manifest = zoo_root / "runs" / "run1.json"  # as if written so (the writers refuse NaN/Inf)
+    manifest.write_text(json.dumps({**json.loads(manifest.read_text()), "tensors_sha256": file_sha256(path)}))
     with pytest.raises(NonFiniteWeightsError, match="run1@0"):
         Zoo.open(zoo_root).flatten()
+
+
+def test_changed_tensor_bytes_are_caught_on_read(zoo_root):
+    path = zoo_root / "runs" / "run1.safetensors"
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01  # one bit of one weight: the header still parses
+    path.write_bytes(bytes(data))
+    zoo = Zoo.open(zoo_root)  # headers only: opening stays cheap
+    assert zoo.state_dict(0)["0.weight"].shape == (4, 3)  # other runs serve
+    for call in (zoo.verify, zoo.flatten, lambda: zoo.state_dict(1)):
+        with pytest.raises(DamagedZooError, match="zoo run 'run1' .*bytes changed since it was written"):
+            call()
+    with pytest.raises(ValueError, match="tensor bytes changed"):
+        ZooWriter(zoo_root).add(zoo.state_dict(0), task="t1", run_id="run1")  # nothing appended to damaged data
