@@ -214,7 +214,7 @@ def test_help(command, capsys):
         main([*command, "--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    assert text.startswith("usage: ")
+    assert text.startswith(f"usage: paramgen {' '.join(command)}".rstrip())
     expected = {(): "COMMAND", ("fit",): "[fit]", ("sample",): "--sampler", ("zoo",): "build", ("zoo", "build"): "--preset", ("demo",): "--no-progress"}
     assert expected[tuple(command)] in text
 

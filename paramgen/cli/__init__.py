@@ -276,7 +276,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if command == "zoo":
             from paramgen.zoo.__main__ import main as zoo_main
 
-            return zoo_main(rest)
+            return zoo_main(rest, prog="paramgen zoo")
         from paramgen.demo import main as demo_main
 
         return demo_main(rest, prog="paramgen demo")
