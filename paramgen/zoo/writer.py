@@ -46,7 +46,7 @@ from paramgen.io import file_sha256, read_json, save_safetensors, write_json
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
 from paramgen.zoo.store import Checkpoint, Zoo, _checkpoints_of_run
 
-__all__ = ["ZooWriter", "import_checkpoints", "read_checkpoint", "CheckpointSource"]
+__all__ = ["ZooWriter", "import_checkpoints", "read_checkpoint", "LoadedCheckpoint", "CheckpointSource"]
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +58,23 @@ _RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@=+-]*$")
 
 
 @attrs.frozen(eq=False)
-class _Read:
-    """A checkpoint read from its source, with what the source says about it."""
+class LoadedCheckpoint:
+    """A checkpoint read from its source (`read_checkpoint`), with what the source says about it.
+
+    Attributes:
+        state_dict: Its tensors by name.
+        spec: Their `ParamSpec` (floating tensors form the vector).
+        name: The path, or ``"state dict"``/``"<Class> module"``, for messages.
+        source: ``"state_dict"``, ``"module"``, ``"safetensors"``, ``"huggingface"`` or ``"peft"``.
+        arch: Architecture named by the source (a Hugging Face class), if any.
+        arch_description: Text description derived from the source, if any.
+        metadata: What the source's config records (see `read_checkpoint`).
+    """
 
     state_dict: dict[str, torch.Tensor]
     spec: ParamSpec
-    name: str  # for messages: the path, or "state dict"
-    source: str  # "state_dict", "module", "safetensors", "huggingface" or "peft"
+    name: str
+    source: str
     arch: str | None = None
     arch_description: str | None = None
     metadata: dict[str, Any] = attrs.field(factory=dict)
@@ -149,7 +159,7 @@ def _describe(spec: ParamSpec) -> str:
     return f"{len(spec.tensors)} tensors, {spec.numel} weights: {shown}{more}"
 
 
-def read_checkpoint(source: CheckpointSource) -> _Read:
+def read_checkpoint(source: CheckpointSource) -> LoadedCheckpoint:
     """Read one checkpoint from any supported source (no pickle, ever).
 
     Args:
@@ -157,7 +167,7 @@ def read_checkpoint(source: CheckpointSource) -> _Read:
             file, a Hugging Face model folder or a PEFT adapter folder.
 
     Returns:
-        The state dict with its `ParamSpec`, the source kind and the metadata the
+        A `LoadedCheckpoint`: the state dict with its `ParamSpec`, the source kind and the metadata the
         source carries (``model_type``/``architectures`` of a Hugging Face
         ``config.json``; ``r``, ``lora_alpha``, ``target_modules`` and the base model
         of a PEFT ``adapter_config.json``).
@@ -175,7 +185,7 @@ def read_checkpoint(source: CheckpointSource) -> _Read:
         from paramgen.models import describe_architecture
 
         spec = ParamSpec.from_module(source)
-        return _Read(state, spec, f"{type(source).__name__} module", "module", arch_description=describe_architecture(source))
+        return LoadedCheckpoint(state, spec, f"{type(source).__name__} module", "module", arch_description=describe_architecture(source))
     if isinstance(source, Mapping):
         if not source:
             raise ValueError("expected a non-empty state dict (tensor name -> tensor), got an empty one")
@@ -183,7 +193,7 @@ def read_checkpoint(source: CheckpointSource) -> _Read:
         if bad:
             raise TypeError(f"a state dict maps str names to tensors; entries {bad[:5]!r} do not")
         state = dict(source)
-        return _Read(state, ParamSpec.from_state_dict(state), "state dict", "state_dict")
+        return LoadedCheckpoint(state, ParamSpec.from_state_dict(state), "state dict", "state_dict")
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(
             "a checkpoint is a state dict, an nn.Module, a .safetensors file or a Hugging Face/PEFT folder; "
@@ -217,7 +227,7 @@ def read_checkpoint(source: CheckpointSource) -> _Read:
     if not state:
         raise ValueError(f"{path} holds no tensors")
     spec = ParamSpec.from_state_dict(state)
-    read = _Read(state, spec, str(path), kind, metadata={k: v for k, v in metadata.items() if v is not None})
+    read = LoadedCheckpoint(state, spec, str(path), kind, metadata={k: v for k, v in metadata.items() if v is not None})
     if kind == "huggingface":
         archs = metadata.get("architectures") or []
         arch = str(archs[0]) if archs else metadata.get("model_type")
