@@ -161,7 +161,8 @@ def load_run_task(
     if dataset in own and classes:
         if not all(part.isdigit() for part in classes.split("-")):
             raise UnknownDatasetError(f"cannot read task name {cfg.task!r}: expected '{dataset}/<c1>-<c2>-...' with class ids from {list(own[dataset].classes)}")
-        return own[dataset].subset([int(c) for c in classes.split("-")], **caps)
+        subset = own[dataset].subset([int(c) for c in classes.split("-")], **caps)
+        return subset if subset.name == cfg.task else attrs.evolve(subset, name=cfg.task)  # a Task whose dataset differs from its name
     if dataset not in DATASETS:
         raise UnknownDatasetError(
             f"run {cfg.run_id}: task {cfg.task!r} is neither a built-in dataset {list(DATASETS)} nor one of the tasks "
