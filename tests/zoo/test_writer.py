@@ -6,6 +6,8 @@ import json
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 
 from paramgen.models import build_model
@@ -64,7 +66,7 @@ def test_epochs_of_one_run_share_one_file(tmp_path):
         writer.add(states[0], task="toy", run_id="r0", epoch=2)
     with pytest.raises(ValueError, match="is on task 'toy'"):
         writer.add(states[0], task="other", run_id="r0")
-    with pytest.raises(SpecMismatchError, match="cannot join run 'r0'.*'layers.0.weight' expected shape \(8, 4\).*got shape \(5, 4\)"):
+    with pytest.raises(SpecMismatchError, match=r"cannot join run 'r0'.*'layers.0.weight' expected shape \(8, 4\).*got shape \(5, 4\)"):
         writer.add(_mlp(0, hidden=5).state_dict(), task="toy", run_id="r0")
     assert len(Zoo.open(tmp_path)) == 4  # nothing half-written by the refusals
     assert not list(tmp_path.rglob("*.tmp"))
@@ -189,3 +191,23 @@ def test_bad_checkpoints_are_refused_with_what_was_expected(tmp_path):
     with pytest.raises(SpecMismatchError, match="recorded as architecture 'mine'.*layers.0.weight"):
         writer.add(_mlp(0, hidden=5).state_dict(), task="t", arch="mine")
     assert len(Zoo.open(tmp_path / "zoo")) == 1  # only the good one went in
+
+
+@settings(max_examples=15)
+@given(
+    shapes=st.lists(st.lists(st.integers(1, 4), min_size=1, max_size=3), min_size=1, max_size=4),
+    dtype=st.sampled_from([torch.float32, torch.float16, torch.bfloat16, torch.float64]),
+    with_buffer=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_any_state_dict_round_trips_exactly(tmp_path_factory, shapes, dtype, with_buffer, seed):
+    g = torch.Generator().manual_seed(seed)
+    sd = {f"m{i}.w": torch.randn(*shape, generator=g).to(dtype) for i, shape in enumerate(shapes)}
+    if with_buffer:
+        sd["m0.steps"] = torch.randint(0, 100, (2,), generator=g)  # an integer buffer rides along as an extra
+    root = tmp_path_factory.mktemp("zoo")
+    c = ZooWriter(root).add(sd, task="t")
+    back = Zoo.open(root).state_dict(c)
+    assert list(back) == list(sd)
+    for name, t in sd.items():
+        assert back[name].dtype == t.dtype and torch.equal(back[name], t), name
