@@ -57,10 +57,16 @@ BUILTINS: dict[str, str] = {
     "ordered-set": "paramgen.conditioners.ordered:OrderedSetConditioner",
     "architecture": "paramgen.conditioners.architecture:ArchitectureConditioner",
     "concat": "paramgen.conditioners.architecture:ConcatConditioner",
-    "text-or-vector": "paramgen.lora:TextOrVectorConditioner",
+    "text-or-vector": "paramgen.lora.conditioner:TextOrVectorConditioner",
     "chunk-position": "paramgen.chunkwise:ChunkPositionConditioner",
     # other saved parts
     "accuracy-predictor": "paramgen.predictor:AccuracyPredictor",
+}
+
+
+# Built-in classes that moved: the "module:qualname" a format-1 folder recorded -> their name.
+MOVED: dict[str, str] = {
+    "paramgen.lora:TextOrVectorConditioner": "text-or-vector",  # paramgen/lora.py became a package
 }
 
 
@@ -158,6 +164,8 @@ class Registry:
 
         Only registered classes match; the path is compared as a string, never imported.
         """
+        if path in MOVED and MOVED[path] in self._builtins:
+            return MOVED[path]
         for name, known_path in self._builtins.items():
             if known_path == path:
                 return name

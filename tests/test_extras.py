@@ -85,6 +85,7 @@ def test_what_needs_the_extras_names_the_extra_to_install(tmp_path: Path) -> Non
     out = run_without_extras(
         """
         import torch
+        from paramgen.conditioners import TextConditioner
         from paramgen.lora import LoRASetup, LoRAZoo, MiniLMLoRA, TextOrVectorConditioner, pad_head, save_adapter
 
         setup = LoRASetup()
@@ -97,6 +98,7 @@ def test_what_needs_the_extras_names_the_extra_to_install(tmp_path: Path) -> Non
             "peft_config": (lambda: setup.peft_config(2), "LoRASetup.peft_config needs the package 'peft', which is not installed: pip install 'paramgen[lora]'"),
             "save_adapter": (lambda: save_adapter("unused", pad_head(adapter, setup), setup, num_labels=2, base_model_path="m"), "pip install 'paramgen[lora]'"),
             "TextOrVectorConditioner": (lambda: TextOrVectorConditioner(), "TextOrVectorConditioner needs the package 'sentence_transformers', which is not installed: pip install 'paramgen[text]'"),
+            "TextConditioner": (lambda: TextConditioner(), "TextConditioner needs the package 'sentence_transformers', which is not installed: pip install 'paramgen[text]'"),
         }
         for name, (call, message) in cases.items():
             try:

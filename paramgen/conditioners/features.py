@@ -202,14 +202,15 @@ class CLIPVisionFeatures(nn.Module):
         model: str | transformers.CLIPVisionModelWithProjection | transformers.CLIPVisionModel,
     ) -> None:
         super().__init__()
-        import transformers
+        from paramgen._optional import require
 
+        hf = require("transformers", extra="clip", feature="CLIPVisionFeatures")
         if isinstance(model, str):
-            model = transformers.CLIPVisionModelWithProjection.from_pretrained(model)
-            model.eval().requires_grad_(False)
-        if isinstance(model, transformers.CLIPVisionModelWithProjection):
+            model = hf.CLIPVisionModelWithProjection.from_pretrained(model)
+            model.eval().requires_grad_(False)  # type: ignore[union-attr]
+        if isinstance(model, hf.CLIPVisionModelWithProjection):
             projected, feature_dim = True, model.config.projection_dim
-        elif isinstance(model, transformers.CLIPVisionModel):
+        elif isinstance(model, hf.CLIPVisionModel):
             projected, feature_dim = False, model.config.hidden_size
         else:
             raise TypeError(
@@ -217,7 +218,7 @@ class CLIPVisionFeatures(nn.Module):
                 f"CLIPVisionModel, got {type(model).__name__}"
             )
         self.feature_dim = int(feature_dim)
-        self.image_size = int(model.config.image_size)  # type: ignore[arg-type]  # an int for CLIP vision models
+        self.image_size = int(model.config.image_size)  # an int for CLIP vision models
         self.features = ModuleFeatures(
             _CLIPTower(model, projected=projected),
             feature_dim=self.feature_dim,

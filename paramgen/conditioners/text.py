@@ -97,16 +97,17 @@ class TextConditioner(nn.Module):
             raise ValueError(f"TextConditioner: expected dim >= 1 or None, got {dim}")
         if batch_size < 1:
             raise ValueError(f"TextConditioner: expected batch_size >= 1, got {batch_size}")
-        from sentence_transformers import SentenceTransformer
+        from paramgen._optional import require
 
-        encoder = SentenceTransformer(str(model_path) if model_path is not None else _default_model_path(), device="cpu")
+        st = require("sentence_transformers", extra="text", feature="TextConditioner")
+        encoder = st.SentenceTransformer(str(model_path) if model_path is not None else _default_model_path(), device="cpu")
         encoder.eval().requires_grad_(False)
         # object.__setattr__ bypasses nn.Module registration: 22M frozen weights must not
         # land in state_dict, in .parameters() (optimizers) or follow .train().
         object.__setattr__(self, "_encoder", encoder)
         object.__setattr__(self, "_cache", {})
         get_dim = getattr(encoder, "get_embedding_dimension", None) or encoder.get_sentence_embedding_dimension
-        self.embedding_dim = int(get_dim())  # type: ignore[arg-type]  # None only for encoders without a fixed width
+        self.embedding_dim = int(get_dim())  # None only for encoders without a fixed width
         self.model_path = None if model_path is None else str(model_path)
         self.normalize = bool(normalize)
         self.batch_size = int(batch_size)
