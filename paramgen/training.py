@@ -911,12 +911,21 @@ def _fits(spec: Any, sd: Mapping[str, torch.Tensor]) -> bool:
 _Inputs = tuple[Any, Sequence[Any] | None, Sequence[str] | None, Sequence[str] | None]
 
 
+def _takes_task_names(conditioner: Any) -> bool:
+    """Whether raw conditions are task names (an `IndexConditioner`), so a zoo's tasks can serve as them."""
+    from paramgen.conditioners.index import IndexConditioner
+
+    return isinstance(conditioner, IndexConditioner)
+
+
 def _inputs(generator: Generator, data: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Inputs:
     """A `Zoo`, a `WeightDataset` or state dicts turned into what the stages take."""
     from paramgen.zoo.store import WeightDataset, Zoo
 
     if isinstance(data, Zoo):
         flat, tasks, archs = _from_zoo(generator, data, tasks, archs)
+        if conds is None and _takes_task_names(generator.conditioner):
+            conds = list(tasks)  # a task-indexed generator: the checkpoints' tasks are their conditions
         return flat, conds, tasks, archs
     if isinstance(data, WeightDataset):
         if tasks is not None or archs is not None:
@@ -1018,7 +1027,8 @@ def fit(
         generator: The pipeline to fit (moved to a device beforehand with
             `paramgen.Generator.to`, or by the accelerator).
         flat: The zoo. A `paramgen.zoo.Zoo` view (all its checkpoints; its tasks are the
-            ``tasks`` when those are not given; a family generator takes each
+            ``tasks`` when those are not given, and the ``conds`` too when the conditioner is
+            an `paramgen.conditioners.IndexConditioner` over task names; a family generator takes each
             checkpoint's architecture from its spec), a `paramgen.zoo.WeightDataset`
             built with the generator's vectorizer and ``normalizer=None`` (read lazily when
             the generator has no normalizer), or a sequence of state dicts (each checked

@@ -328,3 +328,22 @@ def test_fit_on_a_weight_dataset_reads_it_lazily_or_through_the_zoo(two_arch_zoo
     assert normed.normalizer.tasks == zoo.tasks  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="normalizer=None"):
         kde_generator(vec).fit(WeightDataset(zoo, vec, normalizer=normed.normalizer), progress=False)
+
+
+def test_a_task_indexed_generator_fits_on_a_zoo_without_conditions(two_arch_zoo: Any) -> None:
+    """The zoo's tasks are the conditions of an IndexConditioner over task names; any other
+    conditioner still needs conds=."""
+    from paramgen.conditioners import IndexConditioner, OrderedSetConditioner
+
+    zoo = two_arch_zoo.filter(spec_id=two_arch_zoo.spec_ids[0])
+    spec = zoo.spec()
+
+    def conditioned(cond: Any) -> Generator:
+        return Generator(vectorizer=ModelVectorizer(spec), tokenizer=IdentityTokenizer(rows=1, width=spec.numel), prior=KDEPrior(), conditioner=cond)
+
+    a = conditioned(IndexConditioner(zoo.tasks, dim=4)).fit(zoo, progress=False)
+    b = conditioned(IndexConditioner(zoo.tasks, dim=4)).fit(zoo, [c.task for c in zoo], progress=False)
+    draw = lambda gen: gen.sample_flat([zoo.tasks[0]], 2, generator=torch.Generator().manual_seed(1))  # noqa: E731
+    assert torch.equal(draw(a), draw(b))
+    with pytest.raises(ValueError, match=r"expected one raw condition per weight vector \(4\), got None"):
+        conditioned(OrderedSetConditioner(feature_dim=3, num_classes=3, per_class=2, hidden=4)).fit(zoo, progress=False)
