@@ -23,7 +23,7 @@ wine = Task.from_arrays("wine", *load_wine(return_X_y=True), standardize=True, s
 plan = [RunConfig(task=f"wine/{p}", arch="mlp", arch_kwargs={"in_features": 13, "hidden": [16]}, seed=s, train=TrainConfig(lr=1e-2, batch_size=16)) for p in ("0-1", "0-2", "1-2") for s in range(4)]
 zoo = build_zoo("my_zoo", plan, tasks=[wine], workers=1)  # 12 MLPs on 3 class pairs, resumable
 gen = d2nwg(zoo, seed=0, latent_length=8, hidden_channels=16, base_channels=16, timesteps=100)
-gen.fit(zoo, [c.task for c in zoo], tokenizer_steps=200, prior_steps=200, batch_size=6, generator=torch.Generator().manual_seed(0))
+gen.fit(zoo, tokenizer_steps=200, prior_steps=200, batch_size=6, generator=torch.Generator().manual_seed(0))
 gen = Generator.from_pretrained(gen.save_pretrained("my_generator"))
 model = gen.sample_into(zoo.model(0), ["wine/0-1"], generator=torch.Generator().manual_seed(0))
 print(evaluate(model, wine.subset([0, 1]).test))  # (accuracy, loss) of new weights for wine/0-1
