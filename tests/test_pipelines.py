@@ -259,3 +259,25 @@ def test_cond_pdiff_reproduces_the_lora_harness_generator():
     assert built.tokenizer.config() == harness.tokenizer.config() and built.prior.config() == harness.prior.config()
     assert type(built.normalizer) is type(harness.normalizer) and built.normalizer.unknown == harness.normalizer.unknown
     assert (built.vectorizer.rows, built.vectorizer.width) == (harness.vectorizer.rows, harness.vectorizer.width)
+
+
+def test_cond_pdiff_reuses_a_given_tokenizer_and_draws_nothing_for_it():
+    """Condition ablations share one fitted VAE: ``tokenizer=`` is used as is, the prior is built
+    on its latent shape, and nothing is drawn for a VAE (the prior's weights are the first draw)."""
+    sd = {"lora_A": torch.randn(4, 32), "lora_B": torch.randn(32, 4)}
+    opts = dict(condition="task", tasks=["pos", "neg"], **SMALL["cond-pdiff"])
+    first = cond_pdiff([sd], seed=0, **opts)
+    torch.manual_seed(1)
+    shared = cond_pdiff([sd], seed=None, tokenizer=first.tokenizer, **opts)
+    assert shared.tokenizer is first.tokenizer and shared.prior.shape == tuple(first.tokenizer.latent_shape)
+    torch.manual_seed(1)
+    alone = DiffusionPrior.from_config(shared.prior.config())
+    for k, v in alone.state_dict().items():
+        assert torch.equal(v, shared.prior.state_dict()[k]), k
+
+
+def test_cond_pdiff_refuses_a_tokenizer_of_another_layout():
+    sd = {"lora_A": torch.randn(4, 32), "lora_B": torch.randn(32, 4)}
+    other = VAETokenizer(rows=3, width=16, latent_channels=2, latent_length=8, hidden_channels=8)
+    with pytest.raises(ValueError, match=r"tokenizer= expects rows x width 16 x 16 \(chunk_size=16\), got 3 x 16"):
+        cond_pdiff([sd], condition=None, tokenizer=other, **SMALL["cond-pdiff"])

@@ -43,7 +43,8 @@ def build_generator(
     `paramgen.vectorize.LayerVectorizer` (each LoRA matrix and the head chunked to
     ``chunk_size``) into a 1D-conv `paramgen.tokenizers.VAETokenizer` with Gaussian noise on
     its input and latent while training, and a conditional 1D-UNet
-    `paramgen.priors.DiffusionPrior`.
+    `paramgen.priors.DiffusionPrior`: `paramgen.pipelines.cond_pdiff` with these options,
+    its weights drawn from the global random generator.
 
     Args:
         setup: The adapter layout.
@@ -54,28 +55,24 @@ def build_generator(
             ``tokenizer_steps=0``).
         normalizer: Reuse a fitted normalizer, likewise.
     """
-    from paramgen import Generator, PerTaskZScore
-    from paramgen.conditioners import OneHotConditioner
-    from paramgen.priors import DiffusionPrior
-    from paramgen.tokenizers import VAETokenizer
-    from paramgen.vectorize import LayerVectorizer
+    from paramgen.pipelines import cond_pdiff
 
-    spec = setup.spec()
-    vec = LayerVectorizer(spec, chunk_size=chunk_size)
-    tok: Any = tokenizer or VAETokenizer(  # a tokenizer module with latent_shape
-        rows=vec.rows, width=vec.width, latent_channels=latent_channels, latent_length=latent_length,
-        hidden_channels=hidden_channels, num_down=num_down, kl_weight=1e-6, input_noise=input_noise, latent_noise=latent_noise,
-    )  # fmt: skip
+    cond: Any
     if condition == "text":
-        cond: TextOrVectorConditioner | OneHotConditioner = TextOrVectorConditioner()
+        cond = TextOrVectorConditioner()
     elif condition == "onehot":
         if not keys:
             raise ValueError("a one-hot generator needs keys (the task names)")
-        cond = OneHotConditioner(list(keys))
+        cond = "task"
     else:
         raise ValueError(f"condition must be 'text' or 'onehot', got {condition!r}")
-    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, timesteps=1000, base_channels=prior_channels, channel_mults=(1, 2), ema_decay=0.995)
-    return Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=normalizer or PerTaskZScore(unknown="global"))
+    # The global generator draws the weights (seed=None), tokenizer first, then the prior.
+    return cond_pdiff(
+        setup.spec(), condition=cond, tasks=list(keys) if condition == "onehot" and keys else None, seed=None, chunk_size=chunk_size,
+        latent_channels=latent_channels, latent_length=latent_length, hidden_channels=hidden_channels, num_down=num_down,
+        prior_channels=prior_channels, input_noise=input_noise, latent_noise=latent_noise, tokenizer=tokenizer,
+        normalizer=normalizer if normalizer is not None else "per-task",
+    )  # fmt: skip
 
 
 def check_description(description: Any) -> str:
@@ -111,4 +108,3 @@ def generate_adapters(
     text = describe_condition(check_description(description), list(examples))
     g = torch.Generator().manual_seed(seed)
     return generator.sample([text], n, generator=g, tasks=[task or "__unknown__"], **sample_kwargs)
-

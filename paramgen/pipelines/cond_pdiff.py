@@ -53,6 +53,7 @@ def cond_pdiff(
     channel_mults: Sequence[int] = (1, 2),
     ema_decay: float = 0.995,
     normalizer: str | Normalizer | None = "per-task",
+    tokenizer: Any = None,
 ) -> Generator:
     """A Cond P-Diff generator (layer-wise VAE + text-conditioned latent DDPM).
 
@@ -76,7 +77,9 @@ def cond_pdiff(
     normalizer       "per-task"   harness (`paramgen.PerTaskZScore`, global for unseen tasks)
     ===============  ===========  ===============================================================
 
-    Components are built in the order tokenizer, prior, conditioner, under ``seed``.
+    Components are built in the order tokenizer, prior, conditioner, under ``seed``. A
+    ``tokenizer`` passed in is reused (condition ablations share one fitted VAE and fit with
+    ``tokenizer_steps=0``); the VAE options are then ignored and nothing is drawn for it.
 
     Args:
         source: A `paramgen.ParamSpec` (e.g. ``paramgen.lora.LoRASetup.spec()``), a
@@ -103,6 +106,8 @@ def cond_pdiff(
         ema_decay: EMA decay of the prior's sampling weights.
         normalizer: ``"per-task"``, ``"per-layer"``, ``"global"``, a ready normalizer, or
             ``None``.
+        tokenizer: A ready (e.g. fitted) tokenizer over this layout's rows, or ``None`` to
+            build the VAE.
 
     Returns:
         An unfitted `paramgen.Generator`.
@@ -110,7 +115,8 @@ def cond_pdiff(
     Raises:
         TypeError: An unknown option (the message lists the valid ones) or a source of
             the wrong kind.
-        ValueError: ``condition="task"`` without task names, or an option out of range.
+        ValueError: ``condition="task"`` without task names, a ``tokenizer`` whose rows do
+            not match the layout, or an option out of range.
         ImportError: ``condition="text"`` without sentence-transformers.
     """
     from paramgen.priors import DiffusionPrior
@@ -135,8 +141,12 @@ def cond_pdiff(
     else:
         conditioner = condition
     prior_cond = 0 if conditioner is None else conditioner_dim(conditioner, "cond_pdiff")
+    if tokenizer is not None:
+        layout = (getattr(tokenizer, "rows", None), getattr(tokenizer, "width", None))
+        if layout != (vectorizer.rows, vectorizer.width):
+            raise ValueError(f"cond_pdiff: tokenizer= expects rows x width {vectorizer.rows} x {vectorizer.width} (chunk_size={chunk_size}), got {layout[0]} x {layout[1]}")
     with local_seed(seed):
-        tok = VAETokenizer(
+        tok = tokenizer if tokenizer is not None else VAETokenizer(
             rows=vectorizer.rows, width=vectorizer.width, latent_channels=latent_channels, latent_length=latent_length,
             hidden_channels=hidden_channels, num_down=num_down, kl_weight=kl_weight, input_noise=input_noise, latent_noise=latent_noise,
         )  # fmt: skip
