@@ -6,8 +6,9 @@ an ordinary `paramgen.Generator` over rows of width ``K``; the sample's conditio
 position — its global chunk index, its tensor and the tensor's type
 (`ChunkPositionConditioner`) — optionally joined with a task or dataset condition.
 Sampling asks for every chunk of the model in batches and writes them, batch by batch,
-into a state dict or straight into a safetensors file (`paramgen.streaming.assemble`):
-one batch of rows and the tensor being written are all that is held.
+into a state dict, straight into a safetensors file (`paramgen.streaming.assemble`) or
+into a PEFT adapter folder (`paramgen.streaming.assemble_adapter`): one batch of rows and
+the tensor being written are all that is held.
 
 Each tensor is standardized with its own mean and standard deviation over the zoo
 (`ChunkStats`, computed in one streaming pass), so that LayerNorm scales near 1 and
@@ -50,7 +51,7 @@ from paramgen.generator import Generator
 from paramgen.interfaces import Conditioner, Prior, Tokenizer
 from paramgen.io import read_json, save_safetensors, write_json
 from paramgen.spec import ParamSpec
-from paramgen.streaming import assemble
+from paramgen.streaming import assemble, assemble_adapter
 from paramgen.vectorize import ModelVectorizer
 
 __all__ = ["ChunkPositionConditioner", "ChunkStats", "ChunkSamples", "ChunkwiseGenerator"]
@@ -312,6 +313,7 @@ class ChunkwiseGenerator:
         base: Mapping[str, torch.Tensor] | None = None,
         batch_size: int = 128,
         generator: torch.Generator | None = None,
+        adapter_config: Any = None,
         **sample_kwargs: Any,
     ) -> dict[str, torch.Tensor] | Path:
         """Sample one model: every chunk, ``batch_size`` chunks at a time.
@@ -319,8 +321,8 @@ class ChunkwiseGenerator:
         Args:
             cond: The task condition (a task-conditioned generator), else ``None``.
             out: A ``.safetensors`` path to stream into (written atomically; a failure
-                leaves no file); ``None`` returns a state dict whose tensors own compact
-                storage.
+                leaves no file), or with ``adapter_config`` a PEFT adapter folder;
+                ``None`` returns a state dict whose tensors own compact storage.
             base: A state dict giving the tensors the layout does not cover (a selection
                 of layers over a base model); they are passed through unchanged.
             batch_size: Chunks sampled at once. Besides the output, sampling holds one batch's
@@ -328,17 +330,27 @@ class ChunkwiseGenerator:
                 of 4096 values): 128 keeps the growth of a streamed 100M-parameter model
                 near 0.12x its fp32 size (``benchmarks.scale``).
             generator: Randomness of sampling (on the CPU or the generator's device).
+            adapter_config: A ``peft.PeftConfig`` or an ``adapter_config.json`` mapping: ``out``
+                is then a new (or empty) folder that receives ``adapter_model.safetensors``,
+                streamed, and ``adapter_config.json`` (`paramgen.streaming.assemble_adapter`:
+                a failure leaves no folder). The layout's names must be the adapter file's.
             **sample_kwargs: Passed to the prior (e.g. ``sampler="ddim"``, ``steps=50``).
         """
         self._check_ready(cond)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+        if adapter_config is not None and out is None:
+            raise ValueError("adapter_config= writes a PEFT adapter folder: pass out=FOLDER")
         covered = set(self.layout.names)
         extras = None if base is None else {k: v for k, v in base.items() if k not in covered}
         missing = [t.name for t in self.layout.spec.tensors if t.name not in covered and (extras is None or t.name not in extras)]
         if self.layout.include is not None and missing:
             raise ValueError(f"the layout covers a selection of tensors; pass base= with the others (missing e.g. {missing[:3]})")
-        return assemble(self.layout, self._batches(cond, batch_size, generator, sample_kwargs), out=out, extras=extras)
+        batches = self._batches(cond, batch_size, generator, sample_kwargs)
+        if adapter_config is not None:
+            assert out is not None
+            return assemble_adapter(self.layout, batches, out, adapter_config, extras=extras)
+        return assemble(self.layout, batches, out=out, extras=extras)
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike) -> Path:

@@ -11,12 +11,13 @@ be converted to its tensor's dtype and written to its place in the file at once.
   partial file is never left looking complete.
 - `assemble` consumes ``(chunk_ids, values)`` batches in layout order and streams them
   into a file, or builds a state dict where each tensor owns compact storage.
+- `assemble_adapter` streams them into a PEFT adapter folder
+  (``adapter_model.safetensors`` + ``adapter_config.json``), built under a temporary name
+  beside its target and renamed into place only when both files are complete.
 - `peak_rss_growth` measures how much a call raises the process's peak resident memory
   (Linux), for memory budgets of the above.
 
-Only plain safetensors files are written (``__metadata__`` ``{"format": "pt"}`` plus
-yours); a PEFT adapter folder (``adapter_model.safetensors`` + ``adapter_config.json``)
-is not produced here.
+The safetensors files are plain (``__metadata__`` ``{"format": "pt"}`` plus yours).
 
 Examples:
     >>> import tempfile, torch
@@ -52,7 +53,10 @@ from paramgen.chunks import ChunkLayout
 from paramgen.io import TMP_SUFFIX
 from paramgen.spec import NonFiniteWeightsError, SpecMismatchError
 
-__all__ = ["SafetensorsStreamWriter", "assemble", "peak_rss_growth"]
+__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "SafetensorsStreamWriter", "assemble", "assemble_adapter", "peak_rss_growth"]
+
+#: The two files of a PEFT adapter folder.
+ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
 
 _CODES = {
     torch.float64: "F64",
@@ -439,6 +443,93 @@ def assemble(
             writer.write_chunks(chunk_ids, values)
             del chunk_ids, values
         return writer.close()
+
+
+def _adapter_config(config: Any) -> dict[str, Any]:
+    """A PEFT config (a ``peft.PeftConfig`` or its ``to_dict()``) as JSON-ready data."""
+    if hasattr(config, "to_dict") and not isinstance(config, Mapping):
+        config = config.to_dict()
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        raise TypeError(f"adapter_config must be a peft config or a mapping of strings (an adapter_config.json), got {type(config).__name__}")
+    if not config.get("peft_type"):
+        raise ValueError("adapter_config has no 'peft_type' (e.g. 'LORA'); PEFT cannot load a folder without it")
+    data = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.items()}  # peft keeps target_modules as a set
+    try:
+        json.dumps(data, allow_nan=False)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"adapter_config must be JSON-serializable: {e}") from e
+    return data
+
+
+def assemble_adapter(
+    layout: ChunkLayout,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    folder: str | os.PathLike,
+    adapter_config: Any,
+    *,
+    extras: Mapping[str, torch.Tensor] | None = None,
+    check_finite: bool = True,
+) -> Path:
+    """Stream generated chunks into a PEFT adapter folder.
+
+    The weights go to ``adapter_model.safetensors`` under the layout's names (which must be
+    the adapter file's names, as `paramgen.zoo.import_checkpoints` records them from PEFT
+    folders) batch by batch, as `assemble` does; ``adapter_config.json`` is written after
+    them. Both are written in a temporary folder beside ``folder`` that is renamed into
+    place at the end: on any error (a full disk included) nothing is left, and an existing
+    ``folder`` is never half-replaced.
+
+    Args:
+        layout: The chunking the values follow.
+        batches: ``(chunk_ids, values)`` pairs, as for `assemble`.
+        folder: The adapter folder; it must not exist or be empty.
+        adapter_config: A ``peft.PeftConfig`` or the mapping of an ``adapter_config.json``
+            (it must name its ``peft_type``).
+        extras: Tensors passed through unchanged (e.g. a frozen classifier head).
+        check_finite: Raise `NonFiniteWeightsError` on NaN/Inf.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        FileExistsError: ``folder`` exists and is not an empty folder.
+        TypeError, ValueError: A config that is not JSON data or names no ``peft_type``.
+
+    Examples:
+        >>> import json, tempfile, torch
+        >>> from safetensors.torch import load_file
+        >>> from paramgen.chunks import ChunkLayout
+        >>> from paramgen.spec import ParamSpec
+        >>> layout = ChunkLayout(ParamSpec.from_state_dict({"lora_A.weight": torch.zeros(2, 3)}), 4)
+        >>> folder = assemble_adapter(layout, [(torch.arange(2), torch.ones(2, 4))], tempfile.mkdtemp() + "/ad",
+        ...                           {"peft_type": "LORA", "r": 2, "target_modules": {"query"}})
+        >>> load_file(str(folder / "adapter_model.safetensors"))["lora_A.weight"].shape
+        torch.Size([2, 3])
+        >>> json.loads((folder / "adapter_config.json").read_text())["target_modules"]
+        ['query']
+    """
+    config = _adapter_config(adapter_config)
+    folder = Path(folder)
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise FileExistsError(f"{folder} exists and is not an empty folder; an adapter folder is written whole into a new or empty one")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=TMP_SUFFIX, dir=folder.parent))
+    try:
+        assemble(layout, batches, out=tmp / ADAPTER_WEIGHTS, extras=extras, check_finite=check_finite)
+        with open(tmp / ADAPTER_CONFIG, "x") as f:
+            f.write(json.dumps(config, indent=2, allow_nan=False) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if folder.exists():
+            folder.rmdir()  # empty (checked above); os.replace cannot replace a folder otherwise
+        os.replace(tmp, folder)
+    except BaseException:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _fsync_dir(folder.parent)
+    return folder
 
 
 # --------------------------------------------------------------------------- memory

@@ -158,3 +158,87 @@ def test_sample_chunks_of_one_tensor_match_the_whole_model_sample(tmp_path: Path
     assert torch.equal(part.flatten()[: whole["0.weight"].numel()], whole["0.weight"].flatten())
     with pytest.raises(ValueError, match="chunk_ids must be"):
         gen.sample_chunks([layout.num_chunks])
+
+
+# --------------------------------------------------------------------------- PEFT folders
+_STEM = "base_model.model.bert.encoder.layer.{}.attention.self.query.{}.weight"
+
+
+def adapter_zoo(tmp_path: Path, n: int = 3) -> tuple[ChunkLayout, list[Path]]:
+    """LoRA adapters as PEFT saves them (rank 2 on a hidden size of 12, two layers)."""
+    g = torch.Generator().manual_seed(2)
+    paths = []
+    for i in range(n):
+        sd = {}
+        for layer in (0, 1):
+            sd[_STEM.format(layer, "lora_A")] = torch.randn(2, 12, generator=g)
+            sd[_STEM.format(layer, "lora_B")] = torch.randn(12, 2, generator=g) * 0.1
+        paths.append(tmp_path / f"a{i}.safetensors")
+        save_file(sd, str(paths[-1]))
+    return ChunkLayout(ParamSpec.from_state_dict(load_file(str(paths[0]))), K), paths
+
+
+ADAPTER_CONFIG = {"peft_type": "LORA", "r": 2, "lora_alpha": 4, "target_modules": ["query"], "layers_to_transform": [0, 1], "task_type": "FEATURE_EXTRACTION"}
+
+
+def test_sample_streams_into_a_peft_adapter_folder_that_peft_reads(tmp_path: Path) -> None:
+    import peft
+    from peft.utils import load_peft_weights
+
+    layout, paths = adapter_zoo(tmp_path)
+    gen = build(layout).fit(ChunkDataset(layout, paths), config=CONFIG)
+    kw = dict(sampler="ddim", steps=3, batch_size=1)
+    in_memory = gen.sample(generator=torch.Generator().manual_seed(0), **kw)
+    config = peft.LoraConfig(r=2, lora_alpha=4, target_modules=["query"], layers_to_transform=[0, 1])  # target_modules: a set
+    folder = gen.sample(out=tmp_path / "out" / "adapter", adapter_config=config, generator=torch.Generator().manual_seed(0), **kw)
+    assert folder == tmp_path / "out" / "adapter"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["adapter"]  # no temporary folder left
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    back = peft.PeftConfig.from_pretrained(str(folder))
+    assert (back.peft_type, back.r, back.lora_alpha, set(back.target_modules), back.layers_to_transform) == ("LORA", 2, 4, {"query"}, [0, 1])
+    weights = load_peft_weights(str(folder), device="cpu")
+    assert weights.keys() == in_memory.keys()
+    assert all(torch.equal(weights[k], in_memory[k]) for k in weights)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert gen.sample(out=empty, adapter_config=ADAPTER_CONFIG, **kw) == empty  # an empty folder is filled
+
+
+def test_a_failed_adapter_folder_leaves_nothing_and_bad_targets_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    layout, paths = adapter_zoo(tmp_path)
+    gen = build(layout).fit(ChunkDataset(layout, paths), config=CONFIG)
+    kw = dict(sampler="ddim", steps=3, batch_size=1)
+    out = tmp_path / "out"
+    out.mkdir()
+    real_pwrite, calls = os.pwrite, []
+
+    def pwrite(fd: int, data: memoryview, pos: int) -> int:
+        calls.append(pos)
+        if len(calls) == 3:  # header, first batch, then the disk is full
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_pwrite(fd, data, pos)
+
+    monkeypatch.setattr(os, "pwrite", pwrite)
+    with pytest.raises(OSError) as err:
+        gen.sample(out=out / "adapter", adapter_config=ADAPTER_CONFIG, **kw)
+    assert err.value.errno == errno.ENOSPC and list(out.iterdir()) == []
+    monkeypatch.undo()
+
+    taken = out / "taken"
+    taken.mkdir()
+    (taken / "keep.txt").write_text("mine")
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        gen.sample(out=taken, adapter_config=ADAPTER_CONFIG, **kw)
+    assert [p.name for p in taken.iterdir()] == ["keep.txt"]
+    with pytest.raises(ValueError, match="pass out=FOLDER"):
+        gen.sample(adapter_config=ADAPTER_CONFIG, **kw)
+    with pytest.raises(ValueError, match="no 'peft_type'"):
+        gen.sample(out=out / "a", adapter_config={"r": 2}, **kw)
+    with pytest.raises(TypeError, match="JSON-serializable"):
+        gen.sample(out=out / "a", adapter_config={"peft_type": "LORA", "r": torch.tensor(2)}, **kw)
+    with pytest.raises(TypeError, match="peft config or a mapping"):
+        gen.sample(out=out / "a", adapter_config=["LORA"], **kw)
+    assert sorted(p.name for p in out.iterdir()) == ["taken"]
