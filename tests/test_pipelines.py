@@ -281,3 +281,5 @@ def test_cond_pdiff_refuses_a_tokenizer_of_another_layout():
     other = VAETokenizer(rows=3, width=16, latent_channels=2, latent_length=8, hidden_channels=8)
     with pytest.raises(ValueError, match=r"tokenizer= expects rows x width 16 x 16 \(chunk_size=16\), got 3 x 16"):
         cond_pdiff([sd], condition=None, tokenizer=other, **SMALL["cond-pdiff"])
+    with pytest.raises(TypeError, match="tokenizer= expects a tokenizer .*got str"):
+        cond_pdiff([sd], condition=None, tokenizer="vae", **SMALL["cond-pdiff"])

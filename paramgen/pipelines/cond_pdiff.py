@@ -113,8 +113,8 @@ def cond_pdiff(
         An unfitted `paramgen.Generator`.
 
     Raises:
-        TypeError: An unknown option (the message lists the valid ones) or a source of
-            the wrong kind.
+        TypeError: An unknown option (the message lists the valid ones), a source of
+            the wrong kind, or a ``tokenizer`` that is not one.
         ValueError: ``condition="task"`` without task names, a ``tokenizer`` whose rows do
             not match the layout, or an option out of range.
         ImportError: ``condition="text"`` without sentence-transformers.
@@ -142,6 +142,8 @@ def cond_pdiff(
         conditioner = condition
     prior_cond = 0 if conditioner is None else conditioner_dim(conditioner, "cond_pdiff")
     if tokenizer is not None:
+        if not hasattr(tokenizer, "latent_shape"):
+            raise TypeError(f"cond_pdiff: tokenizer= expects a tokenizer (e.g. a fitted VAETokenizer), got {type(tokenizer).__name__}")
         layout = (getattr(tokenizer, "rows", None), getattr(tokenizer, "width", None))
         if layout != (vectorizer.rows, vectorizer.width):
             raise ValueError(f"cond_pdiff: tokenizer= expects rows x width {vectorizer.rows} x {vectorizer.width} (chunk_size={chunk_size}), got {layout[0]} x {layout[1]}")
