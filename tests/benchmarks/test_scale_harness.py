@@ -20,7 +20,7 @@ def test_scale_harness(tmp_path, monkeypatch):
 
     tiny = dict(models=("1M",), speed_steps=1, fit_steps=2, fit_runs=((1, "fp32"),), vae_channels=8, prior_channels=8,
                 vae_steps=5, prior_steps=5, samples=1, ddim_steps=1, swap_samples=1, step_counts=(2,), ddpm=False,
-                probe_tasks=("negative-or-not",), train_per_label=20, eval_per_label=20, pairs=20)
+                probe_tasks=("negative-or-not",), train_per_label=8, eval_per_label=8, pairs=16)
     data = run(scale, tmp_path, monkeypatch, tiny)
     assert data["config"]["device"] == "cpu" and data["config"]["sections"] == ["throughput", "fit", "quality", "steps"]
     rows = {(r["method"], r["metric"]): r for r in data["rows"]}
