@@ -39,6 +39,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import struct
 import sys
 import tempfile
@@ -50,7 +51,7 @@ from typing import Any, TypeVar
 import torch
 
 from paramgen.chunks import ChunkLayout
-from paramgen.io import TMP_SUFFIX
+from paramgen.io import TMP_SUFFIX, write_json
 from paramgen.spec import NonFiniteWeightsError, SpecMismatchError
 
 __all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "SafetensorsStreamWriter", "assemble", "assemble_adapter", "peak_rss_growth"]
@@ -516,16 +517,11 @@ def assemble_adapter(
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=TMP_SUFFIX, dir=folder.parent))
     try:
         assemble(layout, batches, out=tmp / ADAPTER_WEIGHTS, extras=extras, check_finite=check_finite)
-        with open(tmp / ADAPTER_CONFIG, "x") as f:
-            f.write(json.dumps(config, indent=2, allow_nan=False) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        write_json(tmp / ADAPTER_CONFIG, config)
         if folder.exists():
             folder.rmdir()  # empty (checked above); os.replace cannot replace a folder otherwise
         os.replace(tmp, folder)
     except BaseException:
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     _fsync_dir(folder.parent)
