@@ -27,3 +27,24 @@ torch.set_num_threads(1)
 def tmp_out(tmp_path):
     """A fresh output folder."""
     return tmp_path
+
+
+@pytest.fixture
+def disk_full_at_write(monkeypatch):
+    """``disk_full_at_write(n)``: the n-th ``os.pwrite`` from now on fails with ENOSPC (a full
+    disk midway through a streamed file); returns the list of write offsets seen."""
+    import errno
+
+    def arm(n: int) -> list[int]:
+        real_pwrite, calls = os.pwrite, []
+
+        def pwrite(fd, data, pos):
+            calls.append(pos)
+            if len(calls) == n:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_pwrite(fd, data, pos)
+
+        monkeypatch.setattr(os, "pwrite", pwrite)
+        return calls
+
+    return arm

@@ -204,27 +204,18 @@ def test_sample_streams_into_a_peft_adapter_folder_that_peft_reads(tmp_path: Pat
     assert gen.sample(out=empty, adapter_config=ADAPTER_CONFIG, **kw) == empty  # an empty folder is filled
 
 
-def test_a_failed_adapter_folder_leaves_nothing_and_bad_targets_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_failed_adapter_folder_leaves_nothing_and_bad_targets_are_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, disk_full_at_write) -> None:
     import errno
-    import os
 
     layout, paths = adapter_zoo(tmp_path)
     gen = build(layout).fit(ChunkDataset(layout, paths), config=CONFIG)
     kw = dict(sampler="ddim", steps=3, batch_size=1)
     out = tmp_path / "out"
     out.mkdir()
-    real_pwrite, calls = os.pwrite, []
-
-    def pwrite(fd: int, data: memoryview, pos: int) -> int:
-        calls.append(pos)
-        if len(calls) == 3:  # header, first batch, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_pwrite(fd, data, pos)
-
-    monkeypatch.setattr(os, "pwrite", pwrite)
+    calls = disk_full_at_write(3)  # header, first batch, then the disk is full
     with pytest.raises(OSError) as err:
         gen.sample(out=out / "adapter", adapter_config=ADAPTER_CONFIG, **kw)
-    assert err.value.errno == errno.ENOSPC and list(out.iterdir()) == []
+    assert err.value.errno == errno.ENOSPC and len(calls) == 3 and list(out.iterdir()) == []
     monkeypatch.undo()
 
     taken = out / "taken"

@@ -205,17 +205,9 @@ def test_writer_misuse(small, tmp_path):
 
 
 # --------------------------------------------------------------------------- full disk
-def test_full_disk_midway_leaves_no_file(small, tmp_path, monkeypatch):
+def test_full_disk_midway_leaves_no_file(small, tmp_path, disk_full_at_write):
     layout, batches = small
-    real_pwrite, calls = os.pwrite, []
-
-    def pwrite(fd, data, pos):
-        calls.append(pos)
-        if len(calls) == 3:  # header, first batch, then the disk is full
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real_pwrite(fd, data, pos)
-
-    monkeypatch.setattr(os, "pwrite", pwrite)
+    calls = disk_full_at_write(3)  # header, first batch, then the disk is full
     with pytest.raises(OSError) as err:
         assemble(layout, batches, out=tmp_path / "m.safetensors")
     assert err.value.errno == errno.ENOSPC and len(calls) == 3
