@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import struct
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -70,10 +71,45 @@ def read_json(path: str | os.PathLike) -> Any:
 
 
 def save_safetensors(path: str | os.PathLike, tensors: Mapping[str, torch.Tensor], metadata: Mapping[str, str] | None = None) -> None:
-    """Save tensors (contiguous, unshared) atomically as safetensors."""
+    """Save tensors (contiguous, unshared) atomically as safetensors; the same tensors and
+    metadata always give the same bytes.
+
+    ``safetensors`` writes the metadata in the order of a Rust hash map, which changes from
+    one call to the next; the header is rewritten with the metadata keys sorted (tensors
+    are already sorted by dtype and name, and the file holds no timestamp).
+
+    Examples:
+        >>> import tempfile, pathlib, torch
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> for name, meta in (("a", {"seed": "0", "format": "pt"}), ("b", {"format": "pt", "seed": "0"})):
+        ...     save_safetensors(folder / f"{name}.safetensors", {"w": torch.ones(2)}, metadata=meta)
+        >>> (folder / "a.safetensors").read_bytes() == (folder / "b.safetensors").read_bytes()
+        True
+    """
     clean = {k: v.detach().contiguous().clone() if _shares(v, tensors) else v.detach().contiguous() for k, v in tensors.items()}
     with atomic_path(path) as tmp:
         save_file(clean, str(tmp), metadata=dict(metadata or {}))
+        _sort_metadata(tmp)
+
+
+def _sort_metadata(path: Path) -> None:
+    """Rewrite a safetensors header in place with its ``__metadata__`` keys sorted.
+
+    Only the order of keys changes, so the compact JSON keeps its length and the tensor
+    data stays where it is; the header's padding (spaces) is kept.
+    """
+    with open(path, "r+b") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+        meta = header.get("__metadata__")
+        if not meta or len(meta) < 2:
+            return
+        header["__metadata__"] = dict(sorted(meta.items()))
+        blob = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(blob) > n:  # pragma: no cover - same keys and values in another order: never longer
+            raise RuntimeError(f"{path}: the sorted safetensors header is longer than the written one")
+        f.seek(8)
+        f.write(blob + b" " * (n - len(blob)))
 
 
 def _shares(t: torch.Tensor, tensors: Mapping[str, torch.Tensor]) -> bool:

@@ -191,7 +191,7 @@ class SafetensorsStreamWriter:
             ``num_batches_tracked``, or frozen tensors of a base model); written at open.
             Their names must not clash with the layout's.
         metadata: String metadata; ``{"format": "pt"}`` is always included (transformers
-            expects it).
+            expects it). Keys are written sorted, so the same content gives the same bytes.
         check_finite: Raise `NonFiniteWeightsError` on NaN/Inf in generated values.
 
     Raises:
@@ -242,7 +242,7 @@ class SafetensorsStreamWriter:
             entries.append((name, x.dtype, tuple(x.shape)))
         # Largest items first keeps every tensor aligned to its item size (the header is padded to 8).
         order = sorted(range(len(entries)), key=lambda i: -entries[i][1].itemsize)
-        header: dict[str, Any] = {"__metadata__": meta}
+        header: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))}  # bytes independent of the mapping's order
         starts: dict[str, int] = {}
         pos = 0
         for i in order:

@@ -109,6 +109,19 @@ def test_file_format_header_alignment_and_metadata(tmp_path):
     assert spec_from_safetensors(path).numel == 3 + 5 + 1
 
 
+def test_same_content_gives_the_same_bytes(tmp_path):
+    sd = {"w": torch.randn(3, 5, generator=torch.Generator().manual_seed(0))}
+    layout = ChunkLayout(ParamSpec.from_state_dict(sd), 4)
+    files = []
+    for i, meta in enumerate(({"seed": "1", "cond": "a"}, {"cond": "a", "seed": "1"})):
+        files.append(tmp_path / f"{i}.safetensors")
+        with SafetensorsStreamWriter(files[-1], layout, metadata=meta) as w:
+            w.write_tensor("w", sd["w"])
+    assert files[0].read_bytes() == files[1].read_bytes()
+    (n,) = struct.unpack("<Q", files[0].read_bytes()[:8])
+    assert list(json.loads(files[0].read_bytes()[8 : 8 + n])["__metadata__"]) == ["cond", "format", "seed"]
+
+
 def test_write_tensor_then_chunks_and_float_rounding(tmp_path):
     sd = {"w": torch.zeros(2, 3, dtype=torch.bfloat16), "b": torch.zeros(5, dtype=torch.float16)}
     layout = ChunkLayout(ParamSpec.from_state_dict(sd), 4)  # w: 2 chunks, b: 2 chunks
