@@ -6,9 +6,16 @@ an ordinary `paramgen.Generator` over rows of width ``K``; the sample's conditio
 position — its global chunk index, its tensor and the tensor's type
 (`ChunkPositionConditioner`) — optionally joined with a task or dataset condition.
 Sampling asks for every chunk of the model in batches and writes them, batch by batch,
-into a state dict, straight into a safetensors file (`paramgen.streaming.assemble`) or
-into a PEFT adapter folder (`paramgen.streaming.assemble_adapter`): one batch of rows and
-the tensor being written are all that is held.
+into a state dict, straight into a safetensors file (`paramgen.streaming.assemble`), into
+a Hugging Face model folder that ``transformers.AutoModel`` loads
+(`paramgen.streaming.assemble_model`) or into a PEFT adapter folder
+(`paramgen.streaming.assemble_adapter`): one batch of rows and the tensor being written
+are all that is held. The folder's ``config.json`` (or ``adapter_config.json``) is the
+one the generator records: given to `ChunkwiseGenerator.build`, or read by
+`ChunkwiseGenerator.fit` beside the checkpoints (``model.safetensors`` next to
+``config.json``, as in a Hugging Face model folder), and saved with the generator.
+The walk-through from MiniLM's checkpoint to ``AutoModel`` is the "Large models" page of
+the docs (``docs/large-models.md``).
 
 Each tensor is standardized with its own mean and standard deviation over the zoo
 (`ChunkStats`, computed in one streaming pass), so that LayerNorm scales near 1 and
@@ -35,6 +42,7 @@ Examples:
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -51,13 +59,38 @@ from paramgen.generator import Generator
 from paramgen.interfaces import Conditioner, Prior, Tokenizer
 from paramgen.io import read_json, save_safetensors, write_json
 from paramgen.spec import ParamSpec
-from paramgen.streaming import assemble, assemble_adapter
+from paramgen.streaming import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    MODEL_CONFIG,
+    MODEL_WEIGHTS,
+    adapter_config_dict,
+    assemble,
+    assemble_adapter,
+    assemble_model,
+    model_config_dict,
+)
 from paramgen.vectorize import ModelVectorizer
 
-__all__ = ["ChunkPositionConditioner", "ChunkStats", "ChunkSamples", "ChunkwiseGenerator"]
+__all__ = ["ChunkPositionConditioner", "ChunkStats", "ChunkSamples", "ChunkwiseGenerator", "is_chunkwise_folder"]
+
+logger = logging.getLogger(__name__)
 
 FORMAT = "paramgen.ChunkwiseGenerator"
 FORMAT_VERSION = 1
+META_FILE = "chunkwise.json"
+_FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # files chunk-wise sampling does not write
+
+
+def is_chunkwise_folder(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a folder written by `ChunkwiseGenerator.save_pretrained` (it holds ``chunkwise.json``).
+
+    Examples:
+        >>> import tempfile
+        >>> is_chunkwise_folder(tempfile.mkdtemp())
+        False
+    """
+    return (Path(path) / META_FILE).is_file()
 
 
 class ChunkPositionConditioner(nn.Module):
@@ -209,9 +242,22 @@ class ChunkwiseGenerator:
         generator: The `paramgen.Generator` over rows ``(1, K)``, conditioned on chunk
             positions (and a task condition if ``task_conditioned``).
         task_conditioned: Whether raw conditions are ``(chunk id, task condition)`` pairs.
+        model_config: The Hugging Face ``config.json`` of the generated model (a mapping,
+            a ``transformers`` config, or the path of the file or of its folder; see
+            `paramgen.streaming.model_config_dict`): `sample` into a folder then writes a
+            model folder that ``transformers.AutoModel`` loads.
+        adapter_config: The ``adapter_config.json`` of generated PEFT adapters (a
+            ``peft`` config or its mapping): `sample` into a folder writes an adapter folder.
+            At most one of the two.
+
+    Attributes:
+        model_config: The recorded ``config.json`` data, or ``None``.
+        adapter_config: The recorded ``adapter_config.json`` data, or ``None``.
     """
 
-    def __init__(self, layout: ChunkLayout, generator: Generator, *, task_conditioned: bool = False) -> None:
+    def __init__(
+        self, layout: ChunkLayout, generator: Generator, *, task_conditioned: bool = False, model_config: Any = None, adapter_config: Any = None
+    ) -> None:
         if (generator.vectorizer.rows, generator.vectorizer.width) != (1, layout.chunk_size):
             raise ValueError(f"the generator must make rows (1, {layout.chunk_size}), it makes ({generator.vectorizer.rows}, {generator.vectorizer.width})")
         if generator.conditioner is None:
@@ -220,6 +266,15 @@ class ChunkwiseGenerator:
         self.generator = generator
         self.task_conditioned = task_conditioned
         self.stats: ChunkStats | None = None
+        self.model_config: dict[str, Any] | None = None
+        self.adapter_config: dict[str, Any] | None = None
+        self._record(model_config, adapter_config)
+
+    def _record(self, model_config: Any, adapter_config: Any) -> None:
+        if model_config is not None and adapter_config is not None:
+            raise ValueError("a chunk-wise generator makes whole models (model_config=) or PEFT adapters (adapter_config=), not both")
+        self.model_config = None if model_config is None else model_config_dict(model_config)
+        self.adapter_config = None if adapter_config is None else adapter_config_dict(adapter_config)
 
     @classmethod
     def build(
@@ -230,14 +285,17 @@ class ChunkwiseGenerator:
         prior: Prior,
         task_conditioner: Conditioner | None = None,
         position_dim: int = 64,
+        model_config: Any = None,
+        adapter_config: Any = None,
     ) -> ChunkwiseGenerator:
         """Compose the inner generator: rows of one chunk, a position conditioner (joined
         with ``task_conditioner`` if given); ``prior.cond_dim`` must equal
-        ``position_dim`` (+ the task conditioner's ``dim``)."""
+        ``position_dim`` (+ the task conditioner's ``dim``). ``model_config`` /
+        ``adapter_config``: see the class (`fit` can also read them beside the checkpoints)."""
         position = ChunkPositionConditioner.from_layout(layout, dim=position_dim)
         conditioner: Conditioner = position if task_conditioner is None else ConcatConditioner(position, task_conditioner)  # type: ignore[arg-type]
         inner = Generator(vectorizer=ModelVectorizer(_chunk_spec(layout.chunk_size)), tokenizer=tokenizer, prior=prior, conditioner=conditioner)
-        return cls(layout, inner, task_conditioned=task_conditioner is not None)
+        return cls(layout, inner, task_conditioned=task_conditioner is not None, model_config=model_config, adapter_config=adapter_config)
 
     # ------------------------------------------------------------------ devices
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ChunkwiseGenerator:
@@ -252,6 +310,11 @@ class ChunkwiseGenerator:
     def fit(self, data: Any, *, conditions: Sequence[Any] | None = None, config: Any = None, **kwargs: Any) -> ChunkwiseGenerator:
         """Fit on a `paramgen.chunks.ChunkDataset` (its layout must be this one's).
 
+        When the generator records no ``config.json`` / ``adapter_config.json`` yet and
+        every checkpoint is a ``model.safetensors`` beside a ``config.json`` (a Hugging Face
+        model folder) or an ``adapter_model.safetensors`` beside an ``adapter_config.json``
+        (a PEFT folder), the config is recorded from there, if all checkpoints agree on it.
+
         Args:
             data: The chunks of the zoo, read lazily.
             conditions: One raw task condition per checkpoint (a task-conditioned generator).
@@ -264,6 +327,8 @@ class ChunkwiseGenerator:
             raise ValueError("the dataset's chunk layout differs from the generator's")
         if self.task_conditioned != (conditions is not None):
             raise ValueError("a task-conditioned chunk-wise generator needs conditions= (one per checkpoint); an unconditioned one takes none")
+        if self.model_config is None and self.adapter_config is None and getattr(data, "paths", None):
+            self._record(*_configs_beside(data.paths))
         self.stats = ChunkStats.fit(data)
         fit(self.generator, ChunkSamples(data, self.stats, conditions), config=config, **kwargs)
         return self
@@ -314,15 +379,22 @@ class ChunkwiseGenerator:
         batch_size: int = 128,
         generator: torch.Generator | None = None,
         adapter_config: Any = None,
+        model_config: Any = None,
         **sample_kwargs: Any,
     ) -> dict[str, torch.Tensor] | Path:
         """Sample one model: every chunk, ``batch_size`` chunks at a time.
 
         Args:
             cond: The task condition (a task-conditioned generator), else ``None``.
-            out: A ``.safetensors`` path to stream into (written atomically; a failure
-                leaves no file), or with ``adapter_config`` a PEFT adapter folder;
-                ``None`` returns a state dict whose tensors own compact storage.
+            out: ``None`` returns a state dict whose tensors own compact storage. A path
+                ending in ``.safetensors`` is a file to stream into (written atomically: a
+                failure leaves no file). Any other path is a new (or empty) folder that
+                receives, streamed, a Hugging Face model (``model.safetensors`` and
+                ``config.json``, `paramgen.streaming.assemble_model`) or a PEFT adapter
+                (``adapter_model.safetensors`` and ``adapter_config.json``,
+                `paramgen.streaming.assemble_adapter`), from ``model_config`` /
+                ``adapter_config`` or else from the config the generator records; a
+                failure leaves no folder.
             base: A state dict giving the tensors the layout does not cover (a selection
                 of layers over a base model); they are passed through unchanged.
             batch_size: Chunks sampled at once. Besides the output, sampling holds one batch's
@@ -331,53 +403,124 @@ class ChunkwiseGenerator:
                 near 0.12x its fp32 size (``benchmarks.scale``).
             generator: Randomness of sampling (on the CPU or the generator's device).
             adapter_config: A ``peft.PeftConfig`` or an ``adapter_config.json`` mapping: ``out``
-                is then a new (or empty) folder that receives ``adapter_model.safetensors``,
-                streamed, and ``adapter_config.json`` (`paramgen.streaming.assemble_adapter`:
-                a failure leaves no folder). The layout's names must be the adapter file's.
+                is an adapter folder written with it (instead of the recorded config). The
+                layout's names must be the adapter file's.
+            model_config: A Hugging Face model config (as for the class): ``out`` is a
+                model folder written with it (instead of the recorded config). The
+                layout's names must be the model file's.
             **sample_kwargs: Passed to the prior (e.g. ``sampler="ddim"``, ``steps=50``).
+
+        Raises:
+            ValueError: ``out`` names a folder and no config is given or recorded; a
+                config with ``out=None`` or a ``.safetensors`` file; ``out`` ends in
+                ``.pt``, ``.pth``, ``.bin`` or ``.ckpt``.
+            FileExistsError: The output folder exists and is not empty.
         """
         self._check_ready(cond)
         if batch_size < 1:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
-        if adapter_config is not None and out is None:
-            raise ValueError("adapter_config= writes a PEFT adapter folder: pass out=FOLDER")
+        folder = self._folder_config(out, model_config, adapter_config)
         covered = set(self.layout.names)
         extras = None if base is None else {k: v for k, v in base.items() if k not in covered}
         missing = [t.name for t in self.layout.spec.tensors if t.name not in covered and (extras is None or t.name not in extras)]
         if self.layout.include is not None and missing:
             raise ValueError(f"the layout covers a selection of tensors; pass base= with the others (missing e.g. {missing[:3]})")
         batches = self._batches(cond, batch_size, generator, sample_kwargs)
-        if adapter_config is not None:
+        if folder is not None:
             assert out is not None
-            return assemble_adapter(self.layout, batches, out, adapter_config, extras=extras)
+            kind, config = folder
+            write = assemble_model if kind == "model" else assemble_adapter
+            return write(self.layout, batches, out, config, extras=extras)
         return assemble(self.layout, batches, out=out, extras=extras)
+
+    def _folder_config(self, out: str | os.PathLike | None, model_config: Any, adapter_config: Any) -> tuple[str, dict[str, Any]] | None:
+        """``("model" | "adapter", config)`` when ``out`` is a folder; ``None`` for a dict or a file."""
+        given = "model_config=" if model_config is not None else "adapter_config=" if adapter_config is not None else None
+        if model_config is not None and adapter_config is not None:
+            raise ValueError("pass model_config= (a model folder) or adapter_config= (a PEFT adapter folder), not both")
+        if out is None:
+            if given:
+                raise ValueError(f"{given} writes a folder: pass out=FOLDER")
+            return None
+        suffix = Path(out).suffix.lower()
+        if suffix == ".safetensors":
+            if given:
+                raise ValueError(f"out={str(out)!r} is a .safetensors file; {given} writes a folder: give out a folder's name")
+            return None
+        if suffix in _FILE_SUFFIXES:
+            raise ValueError(f"out={str(out)!r}: chunk-wise sampling streams safetensors; give a .safetensors file or a folder")
+        if model_config is not None:
+            return "model", model_config_dict(model_config)
+        if adapter_config is not None:
+            return "adapter", adapter_config_dict(adapter_config)
+        if self.model_config is not None:
+            return "model", self.model_config
+        if self.adapter_config is not None:
+            return "adapter", self.adapter_config
+        raise ValueError(
+            f"out={str(out)!r} is a folder, but this chunk-wise generator records no {MODEL_CONFIG} (or {ADAPTER_CONFIG}) to write beside "
+            "the weights: pass model_config= (a Hugging Face model) or adapter_config= (a PEFT adapter), or give out a .safetensors file name"
+        )
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """``generator/`` (the inner generator), ``stats.safetensors`` and ``chunkwise.json``."""
+        """``generator/`` (the inner generator), ``stats.safetensors`` and ``chunkwise.json``
+        (layout, and the recorded model or adapter config)."""
         if self.stats is None:
             raise RuntimeError("this chunk-wise generator is not fitted: nothing to save")
         path = Path(path)
         self.generator.save_pretrained(path / "generator")
         save_safetensors(path / "stats.safetensors", self.stats.state_dict(), metadata={"format": FORMAT})
-        write_json(
-            path / "chunkwise.json",
-            {"format": FORMAT, "version": FORMAT_VERSION, "spec": self.layout.spec.to_dict(), "layout": self.layout.config(), "task_conditioned": self.task_conditioned},
-        )
+        meta = {
+            "format": FORMAT,
+            "version": FORMAT_VERSION,
+            "spec": self.layout.spec.to_dict(),
+            "layout": self.layout.config(),
+            "task_conditioned": self.task_conditioned,
+            "model_config": self.model_config,
+            "adapter_config": self.adapter_config,
+        }
+        write_json(path / META_FILE, meta)
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> ChunkwiseGenerator:
+        """Load a folder written by `save_pretrained` (see `is_chunkwise_folder`).
+
+        Examples:
+            >>> # gen = ChunkwiseGenerator.from_pretrained("minilm-generator"); gen.sample(out="minilm-sample")
+        """
         path = Path(path)
-        if not (path / "chunkwise.json").exists():
-            raise FileNotFoundError(f"{path} holds no saved chunk-wise generator (no chunkwise.json)")
-        meta = read_json(path / "chunkwise.json")
+        if not is_chunkwise_folder(path):
+            raise FileNotFoundError(f"{path} holds no saved chunk-wise generator (no {META_FILE})")
+        meta = read_json(path / META_FILE)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}/chunkwise.json is not a paramgen chunk-wise generator of version {FORMAT_VERSION}")
+            raise ValueError(f"{path}/{META_FILE} is not a paramgen chunk-wise generator of version {FORMAT_VERSION}")
         layout = ChunkLayout(ParamSpec.from_dict(meta["spec"]), **meta["layout"])
-        gen = cls(layout, Generator.from_pretrained(path / "generator", device=device), task_conditioned=bool(meta["task_conditioned"]))
+        try:  # folders saved before configs were recorded have neither key
+            configs = {"model_config": meta.get("model_config"), "adapter_config": meta.get("adapter_config")}
+            gen = cls(layout, Generator.from_pretrained(path / "generator", device=device), task_conditioned=bool(meta["task_conditioned"]), **configs)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}/{META_FILE}: {e}") from e
         stats = load_file(str(path / "stats.safetensors"))
         if stats["mean"].shape != (len(layout.tensors),) or stats["std"].shape != (len(layout.tensors),):
             raise ValueError(f"{path}/stats.safetensors does not match the layout's {len(layout.tensors)} tensors")
         gen.stats = ChunkStats(stats["mean"].double(), stats["std"].double())
         return gen
+
+
+def _configs_beside(paths: Sequence[Path]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """``(model_config, adapter_config)`` read beside checkpoints in Hugging Face or PEFT folders (or ``None``s)."""
+    for weights, config_name in ((MODEL_WEIGHTS, MODEL_CONFIG), (ADAPTER_WEIGHTS, ADAPTER_CONFIG)):
+        files = [Path(p).parent / config_name for p in paths]
+        if not all(Path(p).name == weights and f.is_file() for p, f in zip(paths, files, strict=True)):
+            continue
+        convert = model_config_dict if config_name == MODEL_CONFIG else adapter_config_dict
+        configs = [convert(read_json(f)) for f in files]
+        other = next((i for i, c in enumerate(configs) if c != configs[0]), None)
+        if other is not None:
+            logger.warning("%s and %s differ; no %s recorded (pass one to ChunkwiseGenerator.build to sample into folders)", files[0], files[other], config_name)
+            return None, None
+        logger.info("recorded %s from %s", config_name, files[0])
+        return (configs[0], None) if config_name == MODEL_CONFIG else (None, configs[0])
+    return None, None

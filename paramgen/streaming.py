@@ -12,8 +12,10 @@ be converted to its tensor's dtype and written to its place in the file at once.
 - `assemble` consumes ``(chunk_ids, values)`` batches in layout order and streams them
   into a file, or builds a state dict where each tensor owns compact storage.
 - `assemble_adapter` streams them into a PEFT adapter folder
-  (``adapter_model.safetensors`` + ``adapter_config.json``), built under a temporary name
-  beside its target and renamed into place only when both files are complete.
+  (``adapter_model.safetensors`` + ``adapter_config.json``), and `assemble_model` into a
+  Hugging Face model folder (``model.safetensors`` + ``config.json``, which
+  ``transformers.AutoModel`` loads); each is built under a temporary name beside its
+  target and renamed into place only when both files are complete.
 - `peak_rss_growth` measures how much a call raises the process's peak resident memory
   (Linux), for memory budgets of the above.
 
@@ -51,13 +53,27 @@ from typing import Any, TypeVar
 import torch
 
 from paramgen.chunks import ChunkLayout
-from paramgen.io import TMP_SUFFIX, write_json
+from paramgen.io import TMP_SUFFIX, read_json, write_json
 from paramgen.spec import NonFiniteWeightsError, SpecMismatchError
 
-__all__ = ["ADAPTER_CONFIG", "ADAPTER_WEIGHTS", "SafetensorsStreamWriter", "assemble", "assemble_adapter", "peak_rss_growth"]
+__all__ = [
+    "ADAPTER_CONFIG",
+    "ADAPTER_WEIGHTS",
+    "MODEL_CONFIG",
+    "MODEL_WEIGHTS",
+    "SafetensorsStreamWriter",
+    "adapter_config_dict",
+    "assemble",
+    "assemble_adapter",
+    "assemble_model",
+    "model_config_dict",
+    "peak_rss_growth",
+]
 
 #: The two files of a PEFT adapter folder.
 ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
+#: The two files of a Hugging Face model folder that ``AutoModel.from_pretrained`` needs.
+MODEL_WEIGHTS, MODEL_CONFIG = "model.safetensors", "config.json"
 
 _CODES = {
     torch.float64: "F64",
@@ -446,19 +462,69 @@ def assemble(
         return writer.close()
 
 
-def _adapter_config(config: Any) -> dict[str, Any]:
-    """A PEFT config (a ``peft.PeftConfig`` or its ``to_dict()``) as JSON-ready data."""
-    if hasattr(config, "to_dict") and not isinstance(config, Mapping):
-        config = config.to_dict()
+def _json_mapping(config: Mapping[str, Any], what: str) -> dict[str, Any]:
+    """``config`` as JSON-ready data (sets become sorted lists), or a `TypeError` naming ``what``."""
     if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
-        raise TypeError(f"adapter_config must be a peft config or a mapping of strings (an adapter_config.json), got {type(config).__name__}")
-    if not config.get("peft_type"):
-        raise ValueError("adapter_config has no 'peft_type' (e.g. 'LORA'); PEFT cannot load a folder without it")
+        raise TypeError(f"{what} must be a mapping of strings (the JSON file's content), got {type(config).__name__}")
     data = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.items()}  # peft keeps target_modules as a set
     try:
         json.dumps(data, allow_nan=False)
     except (TypeError, ValueError) as e:
-        raise TypeError(f"adapter_config must be JSON-serializable: {e}") from e
+        raise TypeError(f"{what} must be JSON-serializable: {e}") from e
+    return data
+
+
+def adapter_config_dict(config: Any) -> dict[str, Any]:
+    """A PEFT config (a ``peft.PeftConfig`` or the mapping of an ``adapter_config.json``) as JSON data.
+
+    Raises:
+        TypeError: Not a mapping of strings, or not JSON-serializable.
+        ValueError: No ``peft_type`` (PEFT cannot load a folder without it).
+
+    Examples:
+        >>> adapter_config_dict({"peft_type": "LORA", "target_modules": {"value", "query"}})
+        {'peft_type': 'LORA', 'target_modules': ['query', 'value']}
+    """
+    if hasattr(config, "to_dict") and not isinstance(config, Mapping):
+        config = config.to_dict()
+    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
+        raise TypeError(f"adapter_config must be a peft config or a mapping of strings (an adapter_config.json), got {type(config).__name__}")
+    data = _json_mapping(config, "adapter_config")
+    if not data.get("peft_type"):
+        raise ValueError("adapter_config has no 'peft_type' (e.g. 'LORA'); PEFT cannot load a folder without it")
+    return data
+
+
+def model_config_dict(config: Any) -> dict[str, Any]:
+    """A Hugging Face model config as the JSON data of its ``config.json``.
+
+    ``config`` is a mapping (the file's content), a ``transformers`` ``PretrainedConfig``
+    (what its ``save_pretrained`` writes), or the path of a ``config.json`` or of a model
+    folder holding one. A ``_name_or_path`` that is an absolute path (where the config was
+    loaded from on this machine) is dropped: it means nothing elsewhere.
+
+    Raises:
+        FileNotFoundError: A path with no ``config.json``.
+        TypeError: Not one of the above, or not JSON-serializable.
+        ValueError: No ``model_type`` (``AutoModel`` cannot choose a class without it).
+
+    Examples:
+        >>> model_config_dict({"model_type": "bert", "hidden_size": 384, "_name_or_path": "/home/me/minilm"})
+        {'model_type': 'bert', 'hidden_size': 384}
+    """
+    if isinstance(config, (str, os.PathLike)):
+        path = Path(config)
+        file = path / MODEL_CONFIG if path.is_dir() else path
+        if not file.is_file():
+            raise FileNotFoundError(f"model_config: no {MODEL_CONFIG} at {path}")
+        config = read_json(file)
+    elif hasattr(config, "to_json_string") and not isinstance(config, Mapping):
+        config = json.loads(config.to_json_string())  # exactly what PretrainedConfig.save_pretrained writes
+    data = _json_mapping(config, "model_config")
+    if isinstance(data.get("_name_or_path"), str) and os.path.isabs(data["_name_or_path"]):
+        del data["_name_or_path"]
+    if not data.get("model_type"):
+        raise ValueError("model_config has no 'model_type' (e.g. 'bert'); transformers' AutoModel cannot load a folder without it")
     return data
 
 
@@ -509,15 +575,84 @@ def assemble_adapter(
         >>> json.loads((folder / "adapter_config.json").read_text())["target_modules"]
         ['query']
     """
-    config = _adapter_config(adapter_config)
+    config = adapter_config_dict(adapter_config)
+    return _assemble_folder(layout, batches, folder, ADAPTER_WEIGHTS, ADAPTER_CONFIG, config, extras=extras, check_finite=check_finite, what="an adapter folder")
+
+
+def assemble_model(
+    layout: ChunkLayout,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    folder: str | os.PathLike,
+    model_config: Any,
+    *,
+    extras: Mapping[str, torch.Tensor] | None = None,
+    check_finite: bool = True,
+) -> Path:
+    """Stream generated chunks into a Hugging Face model folder that ``AutoModel`` loads.
+
+    The weights go to ``model.safetensors`` under the layout's names (the model file's
+    names: lay out a ``model.safetensors`` read with `paramgen.chunks.spec_from_safetensors`)
+    batch by batch, as `assemble` does, and the model's ``config.json`` after them, both in
+    a temporary folder beside ``folder`` renamed into place at the end: on any error (a full
+    disk included) nothing is left, and an existing ``folder`` is never half-replaced.
+    ``transformers.AutoModel.from_pretrained(folder)`` then rebuilds the model; tokenizer
+    files are not written (copy them from the original folder if a pipeline needs them).
+
+    Args:
+        layout: The chunking the values follow.
+        batches: ``(chunk_ids, values)`` pairs, as for `assemble`.
+        folder: The model folder; it must not exist or be empty.
+        model_config: The model's ``config.json``: a mapping, a ``transformers``
+            ``PretrainedConfig``, or the path of a ``config.json`` or of a folder holding
+            one (see `model_config_dict`).
+        extras: Tensors passed through unchanged (e.g. frozen tensors of a base model).
+        check_finite: Raise `NonFiniteWeightsError` on NaN/Inf.
+
+    Returns:
+        ``folder``.
+
+    Raises:
+        FileExistsError: ``folder`` exists and is not an empty folder.
+        TypeError, ValueError: A config that is not JSON data or names no ``model_type``.
+
+    Examples:
+        >>> import json, tempfile, torch
+        >>> from safetensors.torch import load_file
+        >>> from paramgen.chunks import ChunkLayout
+        >>> from paramgen.spec import ParamSpec
+        >>> layout = ChunkLayout(ParamSpec.from_state_dict({"pooler.dense.bias": torch.zeros(3)}), 4)
+        >>> folder = assemble_model(layout, [(torch.arange(1), torch.ones(1, 4))], tempfile.mkdtemp() + "/m",
+        ...                         {"model_type": "bert", "hidden_size": 3})
+        >>> sorted(p.name for p in folder.iterdir())
+        ['config.json', 'model.safetensors']
+        >>> load_file(str(folder / "model.safetensors"))["pooler.dense.bias"].tolist()
+        [1.0, 1.0, 1.0]
+    """
+    config = model_config_dict(model_config)
+    return _assemble_folder(layout, batches, folder, MODEL_WEIGHTS, MODEL_CONFIG, config, extras=extras, check_finite=check_finite, what="a model folder")
+
+
+def _assemble_folder(
+    layout: ChunkLayout,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    folder: str | os.PathLike,
+    weights_name: str,
+    config_name: str,
+    config: Mapping[str, Any],
+    *,
+    extras: Mapping[str, torch.Tensor] | None,
+    check_finite: bool,
+    what: str,
+) -> Path:
+    """Weights streamed, then the config, in a temporary folder renamed to ``folder`` when both are complete."""
     folder = Path(folder)
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"{folder} exists and is not an empty folder; an adapter folder is written whole into a new or empty one")
+        raise FileExistsError(f"{folder} exists and is not an empty folder; {what} is written whole into a new or empty one")
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=TMP_SUFFIX, dir=folder.parent))
     try:
-        assemble(layout, batches, out=tmp / ADAPTER_WEIGHTS, extras=extras, check_finite=check_finite)
-        write_json(tmp / ADAPTER_CONFIG, config)
+        assemble(layout, batches, out=tmp / weights_name, extras=extras, check_finite=check_finite)
+        write_json(tmp / config_name, config)
         if folder.exists():
             folder.rmdir()  # empty (checked above); os.replace cannot replace a folder otherwise
         os.replace(tmp, folder)

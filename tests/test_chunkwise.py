@@ -233,3 +233,141 @@ def test_a_failed_adapter_folder_leaves_nothing_and_bad_targets_are_refused(tmp_
     with pytest.raises(TypeError, match="peft config or a mapping"):
         gen.sample(out=out / "a", adapter_config=["LORA"], **kw)
     assert sorted(p.name for p in out.iterdir()) == ["taken"]
+
+
+# --------------------------------------------------------------------------- Hugging Face model folders
+def bert_folders(tmp_path: Path, n: int = 2) -> list[Path]:
+    """Tiny random BERTs saved by transformers: model.safetensors beside config.json."""
+    from transformers import BertConfig, BertModel
+
+    config = BertConfig(vocab_size=40, hidden_size=8, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16, max_position_embeddings=12)
+    folders = []
+    for i in range(n):
+        torch.manual_seed(10 + i)
+        folders.append(tmp_path / f"bert{i}")
+        BertModel(config).save_pretrained(folders[-1])
+    return folders
+
+
+def test_sample_into_a_model_folder_that_automodel_loads_strictly(tmp_path: Path) -> None:
+    from transformers import AutoModel
+
+    from paramgen.chunks import spec_from_safetensors
+
+    folders = bert_folders(tmp_path)
+    files = [f / "model.safetensors" for f in folders]
+    layout = ChunkLayout(spec_from_safetensors(files[0]), K)
+    gen = build(layout)
+    assert gen.model_config is None
+    gen.fit(ChunkDataset(layout, files), config=CONFIG)  # records the folders' config.json
+    assert gen.model_config is not None and gen.model_config["model_type"] == "bert" and gen.model_config["hidden_size"] == 8
+    kw = dict(sampler="ddim", steps=3, batch_size=16)
+    in_memory = gen.sample(generator=torch.Generator().manual_seed(0), **kw)
+    folder = gen.sample(out=tmp_path / "out" / "sampled", generator=torch.Generator().manual_seed(0), **kw)
+    assert folder == tmp_path / "out" / "sampled"
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["sampled"]  # no temporary folder left
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "model.safetensors"]
+    model, info = AutoModel.from_pretrained(str(folder), output_loading_info=True)
+    assert info == {"missing_keys": set(), "unexpected_keys": set(), "mismatched_keys": set(), "error_msgs": []}
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in in_memory.items())
+    assert not torch.equal(state["pooler.dense.weight"], AutoModel.from_pretrained(str(folders[0])).state_dict()["pooler.dense.weight"])
+
+    gen.save_pretrained(tmp_path / "g")  # the config travels with the generator
+    back = ChunkwiseGenerator.from_pretrained(tmp_path / "g")
+    assert back.model_config == gen.model_config
+    again = back.sample(out=tmp_path / "again", generator=torch.Generator().manual_seed(0), **kw)
+    assert all((again / n).read_bytes() == (folder / n).read_bytes() for n in ("config.json", "model.safetensors"))
+
+
+def test_model_config_given_checked_and_refused_where_it_makes_no_sense(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    import json
+
+    from paramgen.chunks import spec_from_safetensors
+
+    folders = bert_folders(tmp_path)
+    config = json.loads((folders[0] / "config.json").read_text())
+    files = [tmp_path / f"m{i}.safetensors" for i in range(2)]  # not in model folders: nothing to record
+    for f, src in zip(files, folders, strict=True):
+        f.write_bytes((src / "model.safetensors").read_bytes())
+    layout = ChunkLayout(spec_from_safetensors(files[0]), K)
+    gen = build(layout).fit(ChunkDataset(layout, files), config=CONFIG)
+    assert gen.model_config is None
+    kw = dict(sampler="ddim", steps=2, batch_size=64)
+    with pytest.raises(ValueError, match=r"records no config.json .*pass model_config="):
+        gen.sample(out=tmp_path / "folder", **kw)
+    assert not (tmp_path / "folder").exists()
+    out = gen.sample(out=tmp_path / "given", model_config=folders[0], **kw)  # a folder holding config.json
+    assert json.loads((out / "config.json").read_text()) == config
+    with pytest.raises(ValueError, match="no 'model_type'"):
+        gen.sample(out=tmp_path / "x", model_config={"hidden_size": 8}, **kw)
+    with pytest.raises(FileNotFoundError, match="no config.json"):
+        gen.sample(out=tmp_path / "x", model_config=tmp_path, **kw)
+    with pytest.raises(ValueError, match="model_config= writes a folder: pass out=FOLDER"):
+        gen.sample(model_config=config, **kw)
+    with pytest.raises(ValueError, match="is a .safetensors file; model_config= writes a folder"):
+        gen.sample(out=tmp_path / "m.safetensors", model_config=config, **kw)
+    with pytest.raises(ValueError, match="not both"):
+        gen.sample(out=tmp_path / "x", model_config=config, adapter_config=ADAPTER_CONFIG, **kw)
+    with pytest.raises(ValueError, match="streams safetensors; give a .safetensors file or a folder"):
+        gen.sample(out=tmp_path / "m.pt", **kw)
+    with pytest.raises(FileExistsError, match="not an empty folder"):
+        gen.sample(out=out, model_config=config, **kw)
+    assert not (tmp_path / "x").exists()
+
+    # checkpoints in model folders whose configs differ: none recorded, and the log says why
+    other = json.loads((folders[1] / "config.json").read_text())
+    (folders[1] / "config.json").write_text(json.dumps({**other, "hidden_dropout_prob": 0.3}))
+    with caplog.at_level("WARNING", logger="paramgen.chunkwise"):
+        gen = build(layout).fit(ChunkDataset(layout, [f / "model.safetensors" for f in folders]), config=CONFIG)
+    assert gen.model_config is None and "differ; no config.json recorded" in caplog.text
+
+    # given at build (a transformers config): its absolute _name_or_path is not kept
+    from transformers import AutoConfig
+
+    hf = AutoConfig.from_pretrained(str(folders[0]))
+    gen = build(layout)
+    gen = ChunkwiseGenerator(layout, gen.generator, model_config=hf)
+    assert gen.model_config is not None and gen.model_config["model_type"] == "bert" and "_name_or_path" not in gen.model_config
+    with pytest.raises(ValueError, match="not both"):
+        ChunkwiseGenerator(layout, gen.generator, model_config=hf, adapter_config=ADAPTER_CONFIG)
+
+
+def test_folders_saved_without_configs_load_and_bad_configs_name_the_file(tmp_path: Path) -> None:
+    import json
+
+    layout, paths, _ = zoo(tmp_path)
+    gen = build(layout).fit(ChunkDataset(layout, paths), config=CONFIG)
+    gen.save_pretrained(tmp_path / "g")
+    meta_file = tmp_path / "g" / "chunkwise.json"
+    meta = json.loads(meta_file.read_text())
+    assert meta["model_config"] is None and meta["adapter_config"] is None
+    for key in ("model_config", "adapter_config"):
+        del meta[key]
+    meta_file.write_text(json.dumps(meta))  # as written before configs were recorded
+    back = ChunkwiseGenerator.from_pretrained(tmp_path / "g")
+    assert back.model_config is None and back.adapter_config is None
+    meta_file.write_text(json.dumps({**meta, "model_config": {"hidden_size": 8}}))  # a hand edit
+    with pytest.raises(ValueError, match=r"chunkwise.json: model_config has no 'model_type'"):
+        ChunkwiseGenerator.from_pretrained(tmp_path / "g")
+
+
+def test_recorded_adapter_config_makes_sample_into_a_folder_a_peft_folder(tmp_path: Path) -> None:
+    import peft
+
+    from paramgen.chunkwise import is_chunkwise_folder
+
+    layout, paths = adapter_zoo(tmp_path)
+    gen = build(layout)
+    gen = ChunkwiseGenerator(layout, gen.generator, adapter_config=ADAPTER_CONFIG).fit(ChunkDataset(layout, paths), config=CONFIG)
+    gen.save_pretrained(tmp_path / "g")
+    assert is_chunkwise_folder(tmp_path / "g") and not is_chunkwise_folder(tmp_path / "g" / "generator")
+    back = ChunkwiseGenerator.from_pretrained(tmp_path / "g")
+    folder = back.sample(out=tmp_path / "adapter", sampler="ddim", steps=2, batch_size=4)
+    assert sorted(p.name for p in folder.iterdir()) == ["adapter_config.json", "adapter_model.safetensors"]
+    assert peft.PeftConfig.from_pretrained(str(folder)).r == 2
+
+    # adapters in PEFT folders: fit records their adapter_config.json
+    peft_folders = [folder, back.sample(out=tmp_path / "adapter2", sampler="ddim", steps=2, batch_size=4)]
+    fresh = build(layout).fit(ChunkDataset(layout, [f / "adapter_model.safetensors" for f in peft_folders]), config=CONFIG)
+    assert fresh.model_config is None and fresh.adapter_config == ADAPTER_CONFIG
