@@ -6,6 +6,12 @@ tensors there. These helpers draw on ``generator.device`` and move the result to
 the same seed gives the same numbers on every device. With ``generator=None`` they draw
 on ``device`` from torch's default generator for it.
 
+Floating draws are made in float32 and then cast to ``dtype``: torch draws other numbers
+for another dtype from the same seed, so drawing in the caller's dtype would make a
+generator moved to bfloat16 or float64 sample something unrelated to what it samples in
+float32. Cast from float32, the same seed gives the same noise in every dtype (rounded
+to it), and a model sampled in another precision stays close to its float32 samples.
+
 Examples:
     >>> import torch
     >>> g = torch.Generator().manual_seed(0)
@@ -15,6 +21,9 @@ Examples:
     >>> torch.equal(a, rand((4,), generator=torch.Generator().manual_seed(1)))
     True
     >>> int(randint(5, (100,), generator=g).max()) < 5
+    True
+    >>> a64 = randn((32,), generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    >>> torch.equal(a64, randn((32,), generator=torch.Generator().manual_seed(1)).double())
     True
 """
 
@@ -36,16 +45,23 @@ def _source(generator: torch.Generator | None, device: Device) -> Device:
 def randn(
     shape: Sequence[int], *, generator: torch.Generator | None, device: Device = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Standard normal noise of ``shape`` drawn from ``generator`` (on its device), on ``device``."""
-    out = torch.randn(tuple(shape), generator=generator, device=_source(generator, device), dtype=dtype)
-    return out.to(device)
+    """Standard normal noise of ``shape`` drawn from ``generator`` (on its device) in
+    float32, on ``device`` in ``dtype``."""
+    out = torch.randn(tuple(shape), generator=generator, device=_source(generator, device), dtype=torch.float32)
+    return out.to(device=device, dtype=dtype)
 
 
 def rand(
     shape: Sequence[int], *, generator: torch.Generator | None, device: Device = None, dtype: torch.dtype = torch.float32
 ) -> torch.Tensor:
-    """Uniform ``[0, 1)`` draws of ``shape`` from ``generator`` (on its device), on ``device``."""
-    return torch.rand(tuple(shape), generator=generator, device=_source(generator, device), dtype=dtype).to(device)
+    """Uniform ``[0, 1)`` draws of ``shape`` from ``generator`` (on its device) in float32,
+    on ``device`` in ``dtype``.
+
+    A draw just below 1 may round up to 1 in a coarser dtype (bfloat16, float16); callers
+    that need the open interval clamp.
+    """
+    out = torch.rand(tuple(shape), generator=generator, device=_source(generator, device), dtype=torch.float32)
+    return out.to(device=device, dtype=dtype)
 
 
 def randint(high: int, shape: Sequence[int], *, generator: torch.Generator | None, device: Device = None) -> torch.Tensor:

@@ -176,9 +176,23 @@ class Generator:
 
     # ------------------------------------------------------------------ devices
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> Generator:
-        """Move every component to ``device``; cast the networks' floating weights to ``dtype``.
+        """Move every component to ``device``; cast the components' floating weights to ``dtype``.
 
-        Normalizer statistics stay in float64 (they are applied in float64).
+        Every component then runs in ``dtype``: the inputs it is given (rows, latents,
+        conditions) and the noise it draws are cast to its weights' dtype. A diffusion
+        prior runs its sampling chain in float32 at least (float64 for ``float64``), and
+        the noise is drawn in float32 and cast, so the same seed samples nearly the same
+        weights in every dtype. Sampled state dicts keep the dtypes of the spec, whatever
+        ``dtype`` is; normalizer statistics stay in float64 (they are applied in float64).
+        Fit in float32 (with ``FitConfig(precision="bf16")`` for mixed precision) and cast
+        afterwards: fitting refuses bfloat16 or float16 weights (see `check_fittable`).
+
+        Args:
+            device: Where every component goes (``None``: where it is).
+            dtype: A floating dtype for the weights (``None``: unchanged).
+
+        Raises:
+            TypeError: ``dtype`` is not a floating dtype.
 
         Examples:
             >>> import torch
@@ -191,11 +205,15 @@ class Generator:
             >>> gen.to("cpu").device
             device(type='cpu')
         """
+        if dtype is not None and (not isinstance(dtype, torch.dtype) or not dtype.is_floating_point):
+            raise TypeError(f"Generator.to: dtype must be a floating torch.dtype (e.g. torch.bfloat16), got {dtype!r}")
         for part in (self.vectorizer, *self._components().values()):
             if isinstance(part, nn.Module):
                 part.to(device=device, dtype=dtype)
             elif callable(getattr(part, "to", None)):
-                part.to(device)
+                # Vectorizers and normalizers take dtype and keep their own (indices, float64
+                # statistics); other components (the KDE) cast to it.
+                part.to(device, dtype)
         return self
 
     @property
@@ -279,6 +297,10 @@ class Generator:
         return x, mask
 
     def _flat(self, rows: torch.Tensor, tasks: Sequence[str] | None, archs: list[str] | None = None) -> torch.Tensor | list[torch.Tensor]:
+        """Decoded rows (in the tokenizer's dtype) to flat vectors in weight scale, in the
+        vector dtype of the specs (float32, or float64 when a spec holds float64 tensors):
+        a tokenizer in bfloat16 must not round the de-normalized weights to bfloat16."""
+        rows = rows.to(torch.float64 if any(s.vector_dtype == torch.float64 for s in self.specs.values()) else torch.float32)
         if archs is None:
             return self._normalize(self.vectorizer.unpack(rows), self.spec, tasks, inverse=True)  # type: ignore[call-arg]
         out: list[torch.Tensor] = [None] * len(archs)  # type: ignore[list-item]
@@ -318,6 +340,45 @@ class Generator:
         return torch.cat([o.indices if indices else o.latents for o in outs])  # type: ignore[misc]
 
     # ------------------------------------------------------------------ fitting
+    def check_fittable(self) -> None:
+        """Refuse to fit networks whose weights are in bfloat16 or float16.
+
+        An optimizer step on half-precision weights is lost whenever it is smaller than
+        the weight's rounding step (about 0.4% of its size in bfloat16), so fitting such a
+        generator would run but learn little. Mixed precision is the way to fit fast:
+        weights in float32, ``FitConfig(precision="bf16")`` (autocast), then
+        ``generator.to(dtype=torch.bfloat16)`` to sample. float32 and float64 fit.
+
+        Raises:
+            TypeError: A component's floating weights are bfloat16 or float16 (the message
+                names the components and the remedy).
+
+        Examples:
+            >>> import torch
+            >>> from paramgen.spec import ParamSpec
+            >>> from paramgen.vectorize import ModelVectorizer
+            >>> from paramgen.tokenizers import VAETokenizer
+            >>> from paramgen.priors import KDEPrior
+            >>> tok = VAETokenizer(rows=1, width=3, latent_channels=1, latent_length=4, hidden_channels=8, num_down=1)
+            >>> gen = Generator(vectorizer=ModelVectorizer(ParamSpec.from_module(torch.nn.Linear(2, 1))), tokenizer=tok, prior=KDEPrior())
+            >>> gen.to(dtype=torch.bfloat16).check_fittable()
+            Traceback (most recent call last):
+            ...
+            TypeError: fit refuses the tokenizer in torch.bfloat16 (steps below its rounding are lost): fit in float32 ...
+        """
+        half = {torch.bfloat16, torch.float16}
+        found = {
+            role: dtype
+            for role, part in self._components().items()
+            if isinstance(part, nn.Module)
+            for dtype in {p.dtype for p in part.parameters()} & half
+        }
+        if found:
+            raise TypeError(
+                f"fit refuses the {', '.join(f'{r} in {d}' for r, d in found.items())} (steps below its rounding are lost): "
+                "fit in float32 (generator.to(dtype=torch.float32)) with FitConfig(precision='bf16') for speed, then cast to sample"
+            )
+
     def fit(
         self,
         flat: Any,
@@ -362,6 +423,7 @@ class Generator:
         """
         from paramgen.training import FitConfig, fit
 
+        self.check_fittable()
         seed = int(torch.randint(0, 2**62, (1,), generator=generator))
         cfg = FitConfig(
             tokenizer_steps=tokenizer_steps, align_steps=align_steps, prior_steps=prior_steps, batch_size=batch_size,

@@ -67,18 +67,22 @@ class LatentProjection(nn.Module):
         self.latent_proj = nn.Linear(latent_dim, out)
         self.cond_proj = nn.Identity() if proj_dim is None else nn.Linear(cond_dim, proj_dim)
 
+    def _dtype(self) -> torch.dtype:
+        return self.latent_proj.weight.dtype
+
     def latents(self, latents: torch.Tensor) -> torch.Tensor:
-        """``(M, *latent_shape)`` -> unit vectors ``(M, P)``."""
-        flat = latents.reshape(latents.shape[0], -1)  # (M, L)
+        """``(M, *latent_shape)`` -> unit vectors ``(M, P)``, in the projection's dtype."""
+        flat = latents.reshape(latents.shape[0], -1).to(self._dtype())  # (M, L)
         if flat.shape[1] != self.latent_dim:
             raise ValueError(f"LatentProjection: expected latents with {self.latent_dim} entries, got {flat.shape[1]}")
         return F.normalize(self.latent_proj(flat), dim=-1)  # (M, P)
 
     def conditions(self, cond: torch.Tensor) -> torch.Tensor:
-        """``(M, cond_dim)`` -> unit vectors ``(M, P)``."""
+        """``(M, cond_dim)`` -> unit vectors ``(M, P)``, in the projection's dtype (a
+        conditioner in another dtype meets the latents in this one)."""
         if cond.dim() != 2 or cond.shape[1] != self.cond_dim:
             raise ValueError(f"LatentProjection: expected conditions (M, {self.cond_dim}), got {tuple(cond.shape)}")
-        return F.normalize(self.cond_proj(cond), dim=-1)  # (M, P)
+        return F.normalize(self.cond_proj(cond.to(self._dtype())), dim=-1)  # (M, P)
 
 
 def _group_rows(groups: Sequence[str] | None, m: int) -> list[list[int]]:

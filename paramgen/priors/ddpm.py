@@ -243,6 +243,7 @@ class DiffusionPrior(nn.Module):
             raise NonFiniteWeightsError("latents contain NaN or Inf")
         batch = latents.shape[0]
         cond = self._check_cond(cond, batch, values=values)
+        latents = latents.to(self._device_dtype()[1])  # the weights' dtype (a no-op under autocast)
         device = latents.device
         t = randint(self.schedule.timesteps, (batch,), generator=generator, device=device)  # (B,)
         noise = randn(latents.shape, generator=generator, device=device, dtype=latents.dtype)  # (B, C, T)
@@ -307,7 +308,7 @@ class DiffusionPrior(nn.Module):
             **unknown: Any other keyword raises.
 
         Returns:
-            ``(n, C, T)`` latents.
+            ``(n, C, T)`` latents in the dtype of the prior's weights.
 
         Raises:
             TypeError: An option this prior does not take (e.g. ``temperature=``, a
@@ -341,21 +342,28 @@ class DiffusionPrior(nn.Module):
             raise ValueError(f"guidance_scale={w} needs a null condition trained with cond_dropout > 0 (this prior has cond_dropout={self.cond_dropout})")
         net, null = (self.unet, self.null_cond) if self.ema_decay == 0 else (self.ema, self.ema_null_cond)
         device, dtype = self._device_dtype()
+        # The chain runs in float32 at least (float64 for a float64 prior), as diffusers'
+        # schedulers upcast: a bfloat16 chain would round abar_t near 1 to 1 and compound
+        # rounding over the steps. The network sees its own dtype.
+        work = torch.promote_types(dtype, torch.float32)
         if cond is not None:
             cond = cond.to(device=device, dtype=dtype)
 
         def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            x = x.to(dtype)
             if w == 1.0:
-                return net(x, t, cond)
+                return net(x, t, cond).to(work)
             both = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([cond, null.to(dtype).expand(n, -1)]))  # type: ignore[list-item,union-attr]  # w != 1: cond and a null condition (checked above)
-            eps_c, eps_u = both.chunk(2)
+            eps_c, eps_u = both.to(work).chunk(2)
             return eps_u + w * (eps_c - eps_u)
 
         shape = (n, *self.shape)
         with _eval_mode(net):  # dropout off; the EMA copy is always in eval mode
             if sampler == "ddpm":
-                return ddpm_sample(eps_fn, shape, self.schedule, generator=generator, device=device, dtype=dtype)
-            return ddim_sample(
-                eps_fn, shape, self.schedule, steps=self.ddim_steps if steps is None else steps, eta=float(eta),
-                generator=generator, device=device, dtype=dtype,
-            )  # fmt: skip
+                out = ddpm_sample(eps_fn, shape, self.schedule, generator=generator, device=device, dtype=work)
+            else:
+                out = ddim_sample(
+                    eps_fn, shape, self.schedule, steps=self.ddim_steps if steps is None else steps, eta=float(eta),
+                    generator=generator, device=device, dtype=work,
+                )  # fmt: skip
+        return out.to(dtype)

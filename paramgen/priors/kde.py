@@ -65,6 +65,7 @@ class KDEPrior:
             raise ValueError(f"bandwidth must be 'scott', 'silverman' or a positive float, got {bandwidth!r}")
         self.bandwidth: Bandwidth = bandwidth if isinstance(bandwidth, str) else float(bandwidth)
         self._fitted = False
+        self._dtype: torch.dtype | None = None  # set by `to(dtype=...)`: fit keeps latents in it
 
     def __repr__(self) -> str:
         groups = f", groups={len(self.conds)}" if self._fitted else ""
@@ -80,7 +81,8 @@ class KDEPrior:
                 ``None`` for one unconditional group.
 
         Returns:
-            ``self``.
+            ``self``. The latents are kept in their own dtype, or in the dtype given to
+            `to` before fitting.
 
         Examples:
             >>> import torch
@@ -95,6 +97,8 @@ class KDEPrior:
             raise TypeError(f"expected floating latents, got {latents.dtype}")
         if not torch.isfinite(latents).all():
             raise NonFiniteWeightsError("latents contain NaN or Inf")
+        if self._dtype is not None:
+            latents = latents.to(self._dtype)
         rows = latents.shape[0]
         if cond is None:
             cond = torch.zeros(rows, 0, dtype=latents.dtype, device=latents.device)  # one group, Dc = 0
@@ -109,7 +113,7 @@ class KDEPrior:
         else:
             conds, group = torch.unique(cond, dim=0, return_inverse=True)  # (G, Dc), (M,)
         order = torch.argsort(group, stable=True)
-        self._set(latents[order].clone(), group[order].clone(), conds.to(latents.dtype))
+        self._set(latents[order].clone(), group[order].clone(), conds.to(torch.promote_types(latents.dtype, torch.float32)))
         return self
 
     def _set(self, latents: torch.Tensor, group: torch.Tensor, conds: torch.Tensor) -> None:
@@ -143,7 +147,8 @@ class KDEPrior:
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> KDEPrior:
         """Move the stored latents (and, with ``dtype``, cast them and the conditions); returns ``self``.
 
-        Samples come out on this device; conditions passed to `sample` are moved here.
+        Samples come out on this device and in this dtype; conditions passed to `sample`
+        are moved here, and a later `fit` keeps its latents in ``dtype``.
 
         Examples:
             >>> import torch
@@ -151,9 +156,15 @@ class KDEPrior:
             >>> prior.sample(2, None).dtype
             torch.float64
         """
+        if dtype is not None:
+            if not dtype.is_floating_point:
+                raise TypeError(f"KDEPrior.to: expected a floating dtype, got {dtype}")
+            self._dtype = dtype
         if self._fitted:
             self.latents = self.latents.to(device=device, dtype=dtype)
-            self.conds = self.conds.to(device=device, dtype=dtype)
+            # The conditions are keys of a nearest-neighbour lookup: at least float32, so
+            # that bfloat16 rounding cannot merge two of them (cdist has no half kernels).
+            self.conds = self.conds.to(device=device, dtype=None if dtype is None else torch.promote_types(dtype, torch.float32))
             self.scale = self.scale.to(device=device, dtype=dtype)
             self.group, self.counts, self.offsets = (t.to(device) for t in (self.group, self.counts, self.offsets))
         return self

@@ -181,7 +181,7 @@ class UNet1D(nn.Module):
             generator: Randomness for dropout while training.
 
         Returns:
-            ``(B, C, T)`` predicted noise.
+            ``(B, C, T)`` predicted noise, in the dtype of the weights.
         """
         if x.ndim != 3 or x.shape[1] != self.in_channels:
             raise ValueError(f"expected x of shape (B, {self.in_channels}, T), got {tuple(x.shape)}")
@@ -198,9 +198,13 @@ class UNet1D(nn.Module):
         if self.cond_dim > 0 and (cond is None or cond.shape != (batch, self.cond_dim)):
             raise ValueError(f"expected cond of shape ({batch}, {self.cond_dim}), got {None if cond is None else tuple(cond.shape)}")
 
-        emb = self.time_mlp(_sinusoidal_embedding(t, self.base_channels))  # (B, time_dim)
+        # Inputs follow the weights' dtype: a UNet moved to bfloat16 or float64 takes float32
+        # latents and conditions (under autocast the weights stay float32 and autocast casts).
+        dtype = self.init_conv.weight.dtype
+        x = x.to(dtype)
+        emb = self.time_mlp(_sinusoidal_embedding(t, self.base_channels).to(dtype))  # (B, time_dim)
         if cond is not None:
-            cond = cond.to(x.dtype)
+            cond = cond.to(dtype)
             assert self.cond_to_emb is not None  # cond_dim > 0, checked above
             emb = emb + self.cond_to_emb(cond)
             if self.cond_to_map is not None:

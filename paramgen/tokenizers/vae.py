@@ -142,6 +142,11 @@ class VAETokenizer(nn.Module):
         if values and not torch.isfinite(x).all():
             raise ValueError("vectorized weights contain NaN or Inf")
 
+    def _dtype(self) -> torch.dtype:
+        """The weights' dtype: inputs are cast to it (a no-op under autocast, where the
+        weights stay float32), so a tokenizer moved to bfloat16 or float64 takes float32 rows."""
+        return self.linear_in.weight.dtype
+
     def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         h = self.linear_in(rearrange(x, "b n c -> (b n) c"))
@@ -153,17 +158,19 @@ class VAETokenizer(nn.Module):
 
     # ------------------------------------------------------------------ the verbs
     def encode(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> TokenizerOutput:
-        """Posterior means ``(B, N * latent_channels, latent_length)`` (no sampling)."""
+        """Posterior means ``(B, N * latent_channels, latent_length)`` (no sampling), in the
+        dtype of the weights."""
         self._check(x)
-        mean, _ = self._moments(x)
+        mean, _ = self._moments(x.to(self._dtype()))
         return TokenizerOutput(latents=mean)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """Latents ``(B, N * latent_channels, latent_length)`` to rows ``(B, N, C)``."""
+        """Latents ``(B, N * latent_channels, latent_length)`` to rows ``(B, N, C)``, in the
+        dtype of the weights."""
         if latents.ndim != 3 or tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(f"expected latents of shape (B, {self.latent_shape[0]}, {self.latent_shape[1]}), got {tuple(latents.shape)}")
         b = latents.shape[0]
-        z = rearrange(latents, "b (n cz) tz -> (b n) cz tz", n=self.rows)
+        z = rearrange(latents.to(self._dtype()), "b (n cz) tz -> (b n) cz tz", n=self.rows)
         h = rearrange(self.decoder(z), "bn ch t -> bn (ch t)")
         return rearrange(self.linear_out(h), "(b n) c -> b n c", b=b)
 
@@ -186,6 +193,7 @@ class VAETokenizer(nn.Module):
             predictor: Frozen accuracy predictor mapping rows ``(B, N, C)`` to ``(B,)``.
         """
         self._check(x, values=host_values(x))  # no per-step device sync (see paramgen._validate)
+        x = x.to(self._dtype())
         noisy = x
         if self.training and self.input_noise > 0:
             noisy = x + self.input_noise * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)

@@ -210,6 +210,8 @@ class GumbelVQTokenizer(nn.Module):
                 )
 
     def _encode(self, x: torch.Tensor) -> torch.Tensor:
+        # Inputs follow the weights' dtype (a no-op under autocast, where they stay float32).
+        x = x.to(self.codebook.dtype)
         z_e = rearrange(self.encoder(x), "b n (l d) -> b n l d", l=self.tokens_per_chunk)  # (B, N, l, D)
         # Norm sqrt(D) (unit RMS): distances, hence logits, cannot shrink below the Gumbel
         # noise, which would make the token choice random (a collapse seen without it).
@@ -221,7 +223,7 @@ class GumbelVQTokenizer(nn.Module):
         return 2 * z_e @ cb.T - cb.pow(2).sum(-1) - self.code_dim  # (B, N, l, m)
 
     def _decode_quantized(self, z_q: torch.Tensor) -> torch.Tensor:
-        return self.decoder(rearrange(z_q, "b n l d -> b n (l d)"))  # (B, N, C)
+        return self.decoder(rearrange(z_q.to(self.codebook.dtype), "b n l d -> b n (l d)"))  # (B, N, C)
 
     # ------------------------------------------------------------------ the verbs
     def encode(self, x: torch.Tensor, *, mask: torch.Tensor | None = None) -> TokenizerOutput:
@@ -291,9 +293,10 @@ class GumbelVQTokenizer(nn.Module):
         codebook = self.codebook  # (m, D), after re-seeding
         logits = self._logits(z_e)  # (B, N, l, m)
         if training:
-            u = rand(logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
-            tiny = torch.finfo(logits.dtype).tiny
-            gumbel = -torch.log(-torch.log(u.clamp(tiny, 1.0 - 1e-7)))
+            # Gumbel noise in float32, then in the logits' dtype: a bfloat16 draw near 1 would
+            # round to 1 and give infinite noise.
+            u = rand(logits.shape, generator=generator, device=logits.device)
+            gumbel = -torch.log(-torch.log(u.clamp(torch.finfo(torch.float32).tiny, 1.0 - 1e-7))).to(logits.dtype)
             y = torch.softmax((logits + gumbel) / tau, dim=-1)  # (B, N, l, m)
             idx = y.argmax(-1)  # (B, N, l)
             if self.hard:
