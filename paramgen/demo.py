@@ -23,18 +23,14 @@ import argparse
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+from paramgen.cli._formatter import HelpFormatter
 
-from paramgen.cli.recipe import Recipe, fit_recipe
-from paramgen.data import get_task
-from paramgen.generator import Generator
-from paramgen.normalize import PerLayerZScore
-from paramgen.vectorize import ChunkVectorizer
-from paramgen.zoo import build_zoo, evaluate, preset
+if TYPE_CHECKING:
+    from paramgen.cli.recipe import Recipe
 
-__all__ = ["main", "DEMO", "SAMPLING", "recipe"]
+__all__ = ["main", "run", "add_arguments", "DEMO", "SAMPLING", "recipe"]
 
 #: The demo's fit recipe (``examples/demo.toml``, whose paths resolve against ``examples/``).
 DEMO: dict[str, Any] = {
@@ -69,19 +65,44 @@ def recipe(zoo: str, out: str, *, steps: int | None = None) -> Recipe:
         >>> r.pipeline, r.fit.tokenizer_steps, r.fit.batch_size
         ('d2nwg', 20, 8)
     """
+    from paramgen.cli.recipe import Recipe
+
     data = {**DEMO, "zoo": zoo, "out": out, "fit": dict(DEMO["fit"])}
     if steps is not None:
         data["fit"].update(tokenizer_steps=steps, prior_steps=steps)
     return Recipe.from_dict(data)
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m paramgen.demo") -> int:
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--out", default="runs/demo", help="output folder (default: runs/demo)")
-    parser.add_argument("--workers", type=int, default=2, help="zoo-building worker processes (default: 2)")
-    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per generator stage (default: 600)")
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The demo's options (standard library only: ``paramgen demo --help`` imports no torch)."""
+    parser.add_argument("--out", default="runs/demo", help="output folder")
+    parser.add_argument("--workers", type=int, default=2, help="zoo-building worker processes")
+    parser.add_argument("--steps", type=int, default=600, help="optimizer steps per generator stage")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m paramgen.demo") -> int:
+    """Parse the demo's options and `run` it."""
+    from paramgen.cli.progress import progress_bars
+
+    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=HelpFormatter)
+    add_arguments(parser)
     args = parser.parse_args(argv)
+    with progress_bars(not args.no_progress):
+        return run(args)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Build the zoo, fit, sample and report (the options of `add_arguments`)."""
+    import torch
+
+    from paramgen.cli.recipe import fit_recipe
+    from paramgen.data import get_task
+    from paramgen.generator import Generator
+    from paramgen.normalize import PerLayerZScore
+    from paramgen.vectorize import ChunkVectorizer
+    from paramgen.zoo import build_zoo, evaluate, preset
+
     progress = sys.stderr.isatty() and not args.no_progress
     torch.set_num_threads(1)  # tiny models: one thread is fastest
 

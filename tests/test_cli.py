@@ -1,7 +1,9 @@
 """The ``paramgen`` command line: ``fit`` + ``sample`` reproduce the demo's generator; bad
 configs and arguments exit with status 2 and say what was expected."""
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from paramgen import demo
-from paramgen.cli import main
+from paramgen.cli import build_parser, main
 from paramgen.cli.recipe import ConfigError, Recipe, fit_recipe, parse_override, tomllib
 from paramgen.data import get_task
 from paramgen.generator import Generator
@@ -275,3 +277,98 @@ def test_own_checkpoints_import_fit_sample(tmp_path):
     assert main(["-q", "sample", str(tmp_path / "gen"), "--cond", "wine", "--out", str(out)]) == 0
     model = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.ReLU(), torch.nn.Linear(8, 3))
     model.load_state_dict(load_file(str(out)), strict=True)
+
+
+# --------------------------------------------------------------------------- help
+def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("paramgen",)):
+    """Every parser of the command line: (command path, parser)."""
+    yield " ".join(path), parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _parsers(sub, (*path, name))
+
+
+def test_every_command_has_a_description():
+    found = dict(_parsers(build_parser()))
+    assert {"paramgen zoo build", "paramgen zoo import", "paramgen zoo info", "paramgen demo"} <= set(found)
+    assert [name for name, p in found.items() if not (p.description or "").strip()] == []
+
+
+def test_every_default_shows_once(monkeypatch):
+    monkeypatch.setenv("COLUMNS", "1000")  # one line per option
+    for name, parser in _parsers(build_parser()):
+        text = parser.format_help()
+        assert [line for line in text.splitlines() if line.count("(default:") > 1] == [], name
+    help_of = {name: p.format_help() for name, p in _parsers(build_parser())}
+    assert "torch CPU threads (default: torch's choice)\n" in help_of["paramgen fit"]
+    assert "models decoded at once (default: 256)" in help_of["paramgen sample"]
+    assert "worker processes (default: 2)" in help_of["paramgen zoo build"]
+
+
+def test_zoo_presets_listed_without_importing_them():
+    from paramgen.cli.zoo import PRESET_NAMES
+    from paramgen.zoo import PRESETS
+
+    assert PRESET_NAMES == tuple(sorted(PRESETS))
+
+
+HEAVY = ("torch", "numpy", "transformers", "sentence_transformers", "mlflow", "safetensors")
+
+
+def test_help_imports_nothing_heavy():
+    code = f"""
+import sys
+import paramgen
+assert not [m for m in {HEAVY!r} if m in sys.modules], "import paramgen"
+from paramgen.cli import build_parser, main
+for command in ([], ["fit"], ["sample"], ["zoo"], ["zoo", "build"], ["zoo", "import"], ["zoo", "info"], ["demo"]):
+    try:
+        main([*command, "--help"])
+    except SystemExit as e:
+        assert e.code == 0, command
+print(sorted(m for m in {HEAVY!r} if m in sys.modules))
+from paramgen import Generator, ParamSpec  # the public names still import, lazily
+print(Generator.__name__, ParamSpec.__module__, "torch" in sys.modules)
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[-2:] == ["[]", "Generator paramgen.spec True"]
+
+
+def test_lazy_package_keeps_its_public_names():
+    import paramgen
+
+    assert set(paramgen.__all__) <= set(dir(paramgen))
+    for name in paramgen.__all__:
+        assert getattr(paramgen, name).__name__ == name
+    with pytest.raises(AttributeError, match="has no attribute 'Nope'"):
+        paramgen.Nope  # noqa: B018
+
+
+def test_no_progress_covers_hugging_face_bars(zoo_dir, tmp_path, capsys, monkeypatch):
+    """A text-conditioned fit loads MiniLM through sentence-transformers, whose transformers
+    draw a "Loading weights" bar: --no-progress switches it off too, and only for the command."""
+    import huggingface_hub.utils as hub
+    import transformers.utils.logging as tf
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    config = _config(tmp_path, f"""zoo = "{zoo_dir}"\nout = "gen"\n[generator]\npipeline = "cond-pdiff"\ncondition = "text"\nchunk_size = 512\n
+prior_channels = 8\ntimesteps = 20\n[fit]\ntokenizer_steps = 2\nprior_steps = 2\nbatch_size = 4\n""")
+    assert main(["-q", "fit", str(config), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "Loading weights" not in err and "%|" not in err, err
+    assert tf.is_progress_bar_enabled() and not hub.are_progress_bars_disabled()  # put back afterwards
+    assert "HF_HUB_DISABLE_PROGRESS_BARS" not in os.environ
+
+
+def test_progress_switch_reaches_child_processes(monkeypatch):
+    from paramgen.cli.progress import progress_bars
+
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    monkeypatch.setenv("TQDM_DISABLE", "0")
+    show = [sys.executable, "-c", "import os; print(os.environ.get('HF_HUB_DISABLE_PROGRESS_BARS'), os.environ.get('TQDM_DISABLE'))"]
+    with progress_bars(False):
+        inside = subprocess.run(show, capture_output=True, text=True, check=True).stdout.split()
+    after = subprocess.run(show, capture_output=True, text=True, check=True).stdout.split()
+    assert inside == ["1", "1"] and after == ["None", "0"]

@@ -20,6 +20,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from paramgen.cli._formatter import HelpFormatter
+
 __all__ = ["main", "build_parser"]
 
 logger = logging.getLogger("paramgen.cli")
@@ -56,29 +58,44 @@ samples.json that lists them. The same --seed gives the same weights.
 """
 
 
-class _Formatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
-    pass
+def _sampling_options(parser: argparse.ArgumentParser) -> None:
+    p = parser.add_argument_group("sampling options (passed to the prior; each prior takes its own)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="diffusion priors: the sampler (default: the prior's)")
+    p.add_argument("--steps", type=int, default=None, help="diffusion priors: DDIM steps (default: the prior's)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="diffusion priors: classifier-free guidance weight (default: the prior's)")
+    p.add_argument("--eta", type=float, default=None, help="diffusion priors: DDIM stochasticity, 0 (deterministic) to 1 (default: the prior's)")
+    p.add_argument("--temperature", type=float, default=None, help="autoregressive priors: softmax temperature (default: the prior's)")
+    p.add_argument("--top-k", type=int, default=None, help="autoregressive priors: keep the k most likely tokens (default: the prior's)")
+
+
+def _machine_options(parser: argparse.ArgumentParser, verb: str) -> None:
+    parser.add_argument("--device", default=None, help=f"{verb} on this device (e.g. cuda); default: the CPU")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (paramgen's, transformers' and huggingface_hub's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser of every command (``zoo`` and ``demo`` pass their arguments on)."""
-    parser = argparse.ArgumentParser(prog="paramgen", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr (-vv: debug, with tracebacks)")
+    """The argument parser of every command (standard library only: ``--help`` imports no torch)."""
+    from paramgen import demo
+    from paramgen.cli import zoo
+
+    parser = argparse.ArgumentParser(prog="paramgen", description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more logging on stderr: other libraries' too (-vv: debug, with tracebacks)")
     parser.add_argument("-q", "--quiet", action="store_true", help="log warnings and errors only")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("zoo", help="build, import or summarize a zoo (paramgen zoo --help)", add_help=False)
-    sub.add_parser("demo", help="the end-to-end demo (make demo; paramgen demo --help)", add_help=False)
+    z = sub.add_parser("zoo", help="build, import or summarize a zoo (paramgen zoo --help)", description=zoo.DESCRIPTION, formatter_class=HelpFormatter)
+    zoo.add_arguments(z)
+    d = sub.add_parser("demo", help="the end-to-end demo (make demo)", description=demo.__doc__, formatter_class=HelpFormatter)
+    demo.add_arguments(d)
 
-    f = sub.add_parser("fit", help="fit a generator from a TOML config and save it", description=_FIT_HELP, formatter_class=_Formatter)
+    f = sub.add_parser("fit", help="fit a generator from a TOML config and save it", description=_FIT_HELP, formatter_class=HelpFormatter)
     f.add_argument("config", metavar="CONFIG", help="a TOML file (schema above)")
     f.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config value; dotted keys reach into tables (fit.prior_steps=20, generator.seed=1)")  # fmt: skip
     f.add_argument("--out", default=None, help="save the generator here instead of the config's out")
-    f.add_argument("--device", default=None, help="fit on this device (e.g. cuda); default: the CPU")
-    f.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    f.add_argument("--no-progress", action="store_true", help="no progress bars")
+    _machine_options(f, "fit")
 
-    s = sub.add_parser("sample", help="sample weights from a saved generator", description=_SAMPLE_HELP, formatter_class=_Formatter)
+    s = sub.add_parser("sample", help="sample weights from a saved generator", description=_SAMPLE_HELP, formatter_class=HelpFormatter)
     s.add_argument("generator", metavar="DIR", help="a folder written by paramgen fit (Generator.save_pretrained)")
     s.add_argument("--cond", action="append", default=None, metavar="COND",
                    help="a raw condition, e.g. a task name (repeat for several); omit for an unconditional generator")  # fmt: skip
@@ -94,28 +111,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-labels", type=int, default=None, help="PEFT adapters: labels of the task (default: the generated head's rows)")
     s.add_argument("--lora-alpha", type=float, default=None, help="PEFT adapters: lora_alpha written to adapter_config.json (default: LoRASetup's, 8)")
     s.add_argument("--batch-size", type=int, default=256, help="models decoded at once")
-    s.add_argument("--device", default=None, help="sample on this device (e.g. cuda); default: the CPU")
-    s.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
-    p = s.add_argument_group("sampling options (passed to the prior; each prior takes its own)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="diffusion priors: the sampler (default: the prior's)")
-    p.add_argument("--steps", type=int, default=None, help="diffusion priors: DDIM steps (default: the prior's)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="diffusion priors: classifier-free guidance weight")
-    p.add_argument("--eta", type=float, default=None, help="diffusion priors: DDIM stochasticity, 0 (deterministic) to 1")
-    p.add_argument("--temperature", type=float, default=None, help="autoregressive priors: softmax temperature")
-    p.add_argument("--top-k", type=int, default=None, help="autoregressive priors: keep the k most likely tokens")
+    _machine_options(s, "sample")
+    _sampling_options(s)
+
     return parser
 
 
 class _UsageError(Exception):
     """A bad argument or config: exit status 2."""
-
-
-def _split(argv: list[str]) -> tuple[list[str], str | None, list[str]]:
-    """Global options, the command, and its arguments (``zoo`` and ``demo`` parse their own)."""
-    for i, a in enumerate(argv):
-        if not a.startswith("-"):
-            return argv[:i], a, argv[i + 1 :]
-    return argv, None, []
 
 
 class _Stderr(logging.Handler):
@@ -143,6 +146,11 @@ def _threads(n: int | None) -> None:
         import torch
 
         torch.set_num_threads(n)
+
+
+def _positive(value: int, flag: str) -> None:
+    if value < 1:
+        raise _UsageError(f"{flag} must be a positive integer, got {value}")
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -193,23 +201,26 @@ def _per_cond(values: list[str] | None, conds: list[Any] | None, flag: str) -> l
     return values
 
 
+def _load_generator(args: argparse.Namespace) -> Any:
+    from paramgen.generator import Generator
+
+    try:
+        return Generator.from_pretrained(args.generator, device=args.device)
+    except FileNotFoundError as e:
+        raise _UsageError(str(e)) from e
+
+
 def _sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
 
     from paramgen.cli.sample import SampleError, format_of, lora_setup, output_paths, sampler_options, write_adapter, write_manifest, write_state_dict
-    from paramgen.generator import Generator
 
-    if args.num < 1:
-        raise _UsageError(f"-n/--num must be a positive integer, got {args.num}")
-    if args.batch_size < 1:
-        raise _UsageError(f"--batch-size must be a positive integer, got {args.batch_size}")
+    _positive(args.num, "-n/--num")
+    _positive(args.batch_size, "--batch-size")
     _threads(args.threads)
-    try:
-        gen = Generator.from_pretrained(args.generator, device=args.device)
-    except FileNotFoundError as e:
-        raise _UsageError(str(e)) from e
+    gen = _load_generator(args)
     conds: list[Any] | None = args.cond
     if conds and args.json_cond:
         import json
@@ -265,25 +276,30 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _zoo(args: argparse.Namespace) -> int:
+    from paramgen.zoo.__main__ import run
+
+    return run(args, prog="paramgen zoo")
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from paramgen.demo import run
+
+    return run(args)
+
+
+_COMMANDS = {"fit": _fit, "sample": _sample, "zoo": _zoo, "demo": _demo}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 failed, 2 bad usage)."""
-    args_list = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    head, command, rest = _split(args_list)
-    if command in ("zoo", "demo"):
-        args = parser.parse_args([*head, command])
-        _logging(args.verbose, args.quiet)
-        if command == "zoo":
-            from paramgen.zoo.__main__ import main as zoo_main
+    from paramgen.cli.progress import progress_bars
 
-            return zoo_main(rest, prog="paramgen zoo")
-        from paramgen.demo import main as demo_main
-
-        return demo_main(rest, prog="paramgen demo")
-    args = parser.parse_args(args_list)
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
     _logging(args.verbose, args.quiet)
     try:
-        return {"fit": _fit, "sample": _sample}[args.command](args)
+        with progress_bars(not getattr(args, "no_progress", False)):  # zoo info has no bars
+            return _COMMANDS[args.command](args)
     except _UsageError as e:
         print(f"paramgen {args.command}: error: {e}", file=sys.stderr)
         return 2

@@ -1,4 +1,4 @@
-"""Command line: ``python -m paramgen.zoo build|import|info``.
+"""Command line: ``python -m paramgen.zoo build|import|info`` (also ``paramgen zoo``).
 
     python -m paramgen.zoo build --preset cnn-fashion-digits --out zoos/cnn
     python -m paramgen.zoo import ckpts/ --task wine --out zoos/mine
@@ -6,10 +6,8 @@
     python -m paramgen.zoo import ckpts/ --metadata ckpts/meta.toml --out zoos/mine
     python -m paramgen.zoo info zoos/cnn
 
-``import`` takes ``.safetensors`` files, Hugging Face model folders, PEFT adapter folders,
-or folders of them. ``--metadata`` names a JSON or TOML file mapping each checkpoint's file
-or folder name (or its stem) to its ``task`` and anything else `ZooWriter.add` records,
-e.g. ``[seed0]`` / ``task = "wine"`` / ``epoch = 20`` / ``metrics = {test_acc = 0.97}``.
+The arguments are `paramgen.cli.zoo`'s (``--help`` imports no torch); this module runs
+the commands.
 """
 
 from __future__ import annotations
@@ -28,19 +26,41 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
+from paramgen.cli.zoo import build_parser
 from paramgen.io import read_json
-from paramgen.zoo.build import PRESETS, build_zoo, preset
+from paramgen.zoo.build import build_zoo, preset
 from paramgen.zoo.store import Zoo
 from paramgen.zoo.writer import ZooWriter, _expand
 
-__all__ = ["main"]
+__all__ = ["main", "run"]
+
+
+_NO_ACC = "n/a (no test accuracy recorded; import with --metadata giving metrics = {test_acc = ...})"
+
+
+def _summary(zoo: Zoo) -> dict[str, Any]:
+    """`Zoo.summary` with the accuracy statistics ``None`` when no checkpoint recorded a
+    test accuracy (imported checkpoints carry only the metrics given to them), and the
+    number of checkpoints that did."""
+    summary = dict(zoo.summary())
+    recorded = sum("test_acc" in c.metrics for c in zoo)
+    if recorded == 0:  # Zoo.summary's mean over no values is NaN
+        summary.update(test_acc_mean=None, test_acc_min=None)
+    return {**summary, "test_acc_recorded": recorded}
 
 
 def _info(zoo: Zoo) -> str:
-    summary = zoo.summary()
+    summary = _summary(zoo)
+    recorded = summary.pop("test_acc_recorded")
     lines = [repr(zoo)]
     for key, value in summary.items():
-        lines.append(f"  {key}: {value:.4f}" if isinstance(value, float) else f"  {key}: {value}")
+        if key.startswith("test_acc") and value is None:
+            lines.append(f"  {key}: {_NO_ACC}")
+        elif isinstance(value, float):
+            part = f" (over the {recorded} of {len(zoo)} checkpoints that recorded one)" if key.startswith("test_acc") and recorded < len(zoo) else ""
+            lines.append(f"  {key}: {value:.4f}{part}")
+        else:
+            lines.append(f"  {key}: {value}")
     return "\n".join(lines)
 
 
@@ -85,41 +105,11 @@ def _import(args: argparse.Namespace) -> Zoo:
     return writer.zoo().filter(where=lambda c: c.id in ids)
 
 
-def main(argv: Sequence[str] | None = None, *, prog: str = "python -m paramgen.zoo") -> int:
-    """Run the zoo command line; return the exit status (2 on bad input, with the reason on stderr).
-
-    Args:
-        argv: Arguments after the program name (default: ``sys.argv[1:]``).
-        prog: Program name shown in usage and error lines (``"paramgen zoo"`` from the
-            console script).
-    """
-    parser = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="train the missing runs of a preset into a zoo folder (resumable)")
-    b.add_argument("--preset", required=True, choices=sorted(PRESETS))
-    b.add_argument("--out", required=True, help="zoo folder")
-    b.add_argument("--workers", type=int, default=2, help="worker processes (default: 2)")
-    b.add_argument("--limit", type=int, default=None, help="train only the first N runs of the plan")
-    b.add_argument("--no-progress", action="store_true", help="no progress bar")
-    m = sub.add_parser(
-        "import",
-        help="write checkpoints you have (safetensors files, Hugging Face or PEFT folders) into a zoo folder",
-        description="Write checkpoints into a zoo folder: .safetensors files, Hugging Face model folders, PEFT adapter "
-        "folders, or folders of them. Pickled weights (.bin, .pt) are refused.",
-    )
-    m.add_argument("sources", nargs="+", help="checkpoint files or folders")
-    m.add_argument("--out", required=True, help="zoo folder (created if needed; existing runs are kept)")
-    m.add_argument("--task", action="append", help="task of the checkpoints: once for all, or once per source in order")
-    m.add_argument("--metadata", help="JSON or TOML file: checkpoint file/folder name (or stem) -> {task, epoch, metrics, run_id, ...}")
-    m.add_argument("--run-id", default=None, help="put every checkpoint in this one run, as successive epochs")
-    m.add_argument("--no-progress", action="store_true", help="no progress bar")
-    i = sub.add_parser("info", help="summarize a zoo folder")
-    i.add_argument("path")
-    i.add_argument("--json", action="store_true", help="print the summary as JSON")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def run(args: argparse.Namespace, *, prog: str = "python -m paramgen.zoo") -> int:
+    """Run the parsed ``build|import|info`` command; return the exit status (2 on bad input,
+    with the reason on stderr)."""
     try:
-        if args.command == "build":
+        if args.zoo_command == "build":
             runs = preset(args.preset)
             if args.limit is not None:
                 runs = runs[: args.limit]
@@ -127,15 +117,30 @@ def main(argv: Sequence[str] | None = None, *, prog: str = "python -m paramgen.z
             zoo = build_zoo(args.out, runs, workers=args.workers, progress=not args.no_progress)
             print(_info(zoo))
             print(f"  wall time: {time.perf_counter() - start:.1f} s")
-        elif args.command == "import":
+        elif args.zoo_command == "import":
             print(_info(_import(args)))
         else:
             zoo = Zoo.open(args.path)
-            print(json.dumps(zoo.summary(), indent=1) if args.json else _info(zoo))
+            print(json.dumps(_summary(zoo), indent=1, allow_nan=False) if args.json else _info(zoo))
     except (ValueError, TypeError, FileNotFoundError) as err:
-        print(f"{prog} {args.command}: error: {err}", file=sys.stderr)
+        print(f"{prog} {args.zoo_command}: error: {err}", file=sys.stderr)
         return 2
     return 0
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str = "python -m paramgen.zoo") -> int:
+    """Run the zoo command line; return the exit status (2 on bad input, with the reason on stderr).
+
+    Args:
+        argv: Arguments after the program name (default: ``sys.argv[1:]``).
+        prog: Program name shown in usage and error lines.
+    """
+    from paramgen.cli.progress import progress_bars
+
+    args = build_parser(prog).parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    with progress_bars(not getattr(args, "no_progress", False)):
+        return run(args, prog=prog)
 
 
 if __name__ == "__main__":

@@ -71,3 +71,41 @@ def test_bad_input_exits_2_with_the_reason(tmp_path, capsys):
     assert main(["info", str(tmp_path / "nothing")], prog="paramgen zoo") == 2
     err = capsys.readouterr().err
     assert err.startswith("paramgen zoo info: error: ") and "not a zoo folder" in err
+
+
+def test_info_without_recorded_accuracy_says_so(tmp_path, capsys):
+    """Imported checkpoints carry only the metrics given to them: no NaN mean, in text or JSON."""
+    src = _write_ckpts(tmp_path / "ckpts")
+    assert main(["import", str(src), "--task", "wine", "--out", str(tmp_path / "zoo"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "zoo")]) == 0
+    out = capsys.readouterr().out
+    assert "nan" not in out.lower()
+    assert "  test_acc_mean: n/a (no test accuracy recorded" in out and "  test_acc_min: n/a (no test accuracy recorded" in out
+    assert main(["info", str(tmp_path / "zoo"), "--json"]) == 0
+    text = capsys.readouterr().out
+    assert "NaN" not in text
+    summary = json.loads(text)
+    assert summary["test_acc_mean"] is None and summary["test_acc_min"] is None and summary["test_acc_recorded"] == 0
+
+
+def test_info_with_some_accuracies_says_over_how_many(tmp_path, capsys):
+    src = _write_ckpts(tmp_path / "ckpts")
+    meta = tmp_path / "meta.toml"
+    meta.write_text('[seed0]\ntask = "wine"\nmetrics = {test_acc = 0.5}\n[seed1]\ntask = "wine"\nmetrics = {test_acc = 0.75}\n[seed2]\ntask = "wine"\n')
+    assert main(["import", str(src), "--metadata", str(meta), "--out", str(tmp_path / "zoo"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["info", str(tmp_path / "zoo")]) == 0
+    out = capsys.readouterr().out
+    assert "  test_acc_mean: 0.6250 (over the 2 of 3 checkpoints that recorded one)" in out
+    assert "  test_acc_min: 0.5000 (over the 2 of 3 checkpoints that recorded one)" in out
+
+
+def test_help_names_each_subcommand_and_has_descriptions(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = capsys.readouterr().out
+    assert all(f"    {c} " in text for c in ("build", "import", "info"))
+    with pytest.raises(SystemExit):
+        main(["build", "--help"])
+    assert "Train the runs of a preset that the zoo folder lacks" in capsys.readouterr().out
