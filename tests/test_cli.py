@@ -372,3 +372,38 @@ def test_progress_switch_reaches_child_processes(monkeypatch):
         inside = subprocess.run(show, capture_output=True, text=True, check=True).stdout.split()
     after = subprocess.run(show, capture_output=True, text=True, check=True).stdout.split()
     assert inside == ["1", "1"] and after == ["None", "0"]
+
+
+# --------------------------------------------------------------------------- outputs
+@pytest.mark.parametrize("out", ["a/missing/x.safetensors", "a/missing/folder"])
+def test_sample_refuses_a_missing_parent_folder(fitted, zoo_dir, tmp_path, capsys, out):
+    gen_dir, _ = fitted
+    task = Zoo.open(zoo_dir).tasks[0]
+    assert main(["sample", str(gen_dir), "--cond", task, "--sampler", "ddim", "--steps", "2", "--out", str(tmp_path / out)]) == 2
+    err = capsys.readouterr().err
+    assert f"the folder {tmp_path / out.rpartition('/')[0]} does not exist" in err, err
+    assert list(tmp_path.iterdir()) == []  # no folder made
+    # A folder output is created when its parent exists.
+    assert main(["-q", "sample", str(gen_dir), "--cond", task, "--sampler", "ddim", "--steps", "2", "--out", str(tmp_path / "new")]) == 0
+    assert (tmp_path / "new" / "samples.json").is_file()
+
+
+def test_fit_refuses_a_missing_parent_folder(zoo_dir, tmp_path, capsys):
+    assert main(["fit", str(EXAMPLE), "--set", f"zoo={zoo_dir}", "--out", str(tmp_path / "no" / "gen")]) == 2
+    assert f"the folder {tmp_path / 'no'} does not exist" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_identical_sample_runs_write_identical_bytes(fitted, zoo_dir, tmp_path):
+    gen_dir, _ = fitted
+    tasks = Zoo.open(zoo_dir).tasks
+    conds = [a for t in tasks for a in ("--cond", t)]
+    digests = set()
+    for i in range(4):  # the metadata order was a per-call hash order: 4 runs agree by chance with p < 1%
+        one = tmp_path / f"one{i}.safetensors"
+        folder = tmp_path / f"dir{i}"
+        assert main(["-q", "sample", str(gen_dir), "--cond", tasks[0], "--seed", "3", "--sampler", "ddim", "--steps", "2", "--out", str(one)]) == 0
+        assert main(["-q", "sample", str(gen_dir), *conds, "-n", "2", "--seed", "3", "--sampler", "ddim", "--steps", "2", "--out", str(folder)]) == 0
+        files = sorted(folder.iterdir())
+        digests.add((one.read_bytes(), tuple(f.name for f in files), tuple(f.read_bytes() for f in files)))
+    assert len(digests) == 1

@@ -45,7 +45,8 @@ directory):
     prior_steps = 600
     seed = 0                       # all randomness of fitting
 
-Unknown keys are an error that lists the valid ones.
+Unknown keys are an error that lists the valid ones. The folder that receives out must
+exist (out itself is created).
 """
 
 _SAMPLE_HELP = """\
@@ -54,7 +55,8 @@ Sample weights from a saved generator and write them.
 --out FILE.safetensors (or .pt / .pth / .bin) writes one model; any other --out is a
 folder that receives <cond>-<i>.safetensors per sample (or .pt with --format pt, or one
 PEFT adapter folder <cond>-<i>/ per sample when the generator makes LoRA adapters) and a
-samples.json that lists them. The same --seed gives the same weights.
+samples.json that lists them. The folder that receives --out must exist. The same --seed
+gives the same weights, and the same command writes the same bytes.
 """
 
 
@@ -102,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json-cond", action="store_true", help='read each --cond as JSON (e.g. a ["task text", "architecture text"] pair)')
     s.add_argument("-n", "--num", type=int, default=1, help="samples per condition")
     s.add_argument("--seed", type=int, default=0, help="seeds sampling")
-    s.add_argument("--out", required=True, metavar="FILE|DIR", help="output file (one model) or folder")
+    s.add_argument("--out", required=True, metavar="FILE|DIR", help="output file (one model) or folder; its parent folder must exist")
     s.add_argument("--format", choices=("safetensors", "pt", "peft"), default=None,
                    help="file format in a folder (default: peft for a LoRA generator, else safetensors)")  # fmt: skip
     s.add_argument("--task", action="append", default=None, help="task name per --cond (one, or one per condition) for a per-task normalizer")
@@ -153,6 +155,15 @@ def _positive(value: int, flag: str) -> None:
         raise _UsageError(f"{flag} must be a positive integer, got {value}")
 
 
+def _output(out: str, flag: str = "--out") -> None:
+    """An output path's folder must exist: a typo must not create a tree of folders."""
+    from pathlib import Path
+
+    parent = Path(out).expanduser().absolute().parent
+    if not parent.is_dir():
+        raise _UsageError(f"{flag} {out}: the folder {parent} does not exist; create it first (only the output itself is created)")
+
+
 def _fit(args: argparse.Namespace) -> int:
     from paramgen.cli.recipe import ConfigError, Recipe, fit_recipe
 
@@ -162,6 +173,7 @@ def _fit(args: argparse.Namespace) -> int:
         raise _UsageError(f"{args.config}: {e}") from e
     _threads(args.threads)
     out = args.out or recipe.out
+    _output(out, "--out" if args.out else "out")
     logger.info("fitting %s on %s (%d tokenizer + %d prior steps)", recipe.pipeline, recipe.zoo, recipe.fit.tokenizer_steps, recipe.fit.prior_steps)
     try:
         gen = fit_recipe(recipe, progress=False if args.no_progress else None, device=args.device)
@@ -219,6 +231,7 @@ def _sample(args: argparse.Namespace) -> int:
 
     _positive(args.num, "-n/--num")
     _positive(args.batch_size, "--batch-size")
+    _output(args.out)
     _threads(args.threads)
     gen = _load_generator(args)
     conds: list[Any] | None = args.cond
