@@ -374,6 +374,23 @@ def test_progress_switch_reaches_child_processes(monkeypatch):
     assert inside == ["1", "1"] and after == ["None", "0"]
 
 
+# --------------------------------------------------------------------------- sampling options
+def test_sampler_options_that_would_be_ignored_are_refused(fitted, zoo_dir, tmp_path, capsys):
+    out, gen = fitted
+    task = Zoo.open(zoo_dir).tasks[0]
+    base = ["sample", str(out), "--cond", task, "--out", str(tmp_path / "x.safetensors")]
+    for extra, flag in ((["--sampler", "ddpm", "--steps", "5"], "--steps"), (["--sampler", "ddpm", "--eta", "0.5"], "--eta")):
+        assert main([*base, *extra]) == 2
+        assert f"{flag} acts with the ddim sampler only, but --sampler is ddpm; add --sampler ddim, or drop {flag}" in capsys.readouterr().err
+    # Without --sampler the prior's own default decides, as in the library.
+    code = main([*base, "--steps", "5"])
+    if gen.prior.sampler == "ddim":
+        assert code == 0
+    else:
+        assert code == 2 and "DiffusionPrior samples with ddpm by default; add --sampler ddim" in capsys.readouterr().err
+        assert list(tmp_path.iterdir()) == []  # refused before sampling
+
+
 # --------------------------------------------------------------------------- outputs
 @pytest.mark.parametrize("out", ["a/missing/x.safetensors", "a/missing/folder"])
 def test_sample_refuses_a_missing_parent_folder(fitted, zoo_dir, tmp_path, capsys, out):

@@ -222,12 +222,23 @@ def _load_generator(args: argparse.Namespace) -> Any:
         raise _UsageError(str(e)) from e
 
 
+def _sampler_kwargs(args: argparse.Namespace, prior: Any) -> dict[str, Any]:
+    """The sampling options given on the command line, checked against the prior."""
+    from paramgen.cli.sample import SampleError, sampler_options
+
+    given = {"sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta, "temperature": args.temperature, "top_k": args.top_k}
+    try:
+        return sampler_options(prior, given)
+    except SampleError as e:
+        raise _UsageError(str(e)) from e
+
+
 def _sample(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import torch
 
-    from paramgen.cli.sample import SampleError, format_of, lora_setup, output_paths, sampler_options, write_adapter, write_manifest, write_state_dict
+    from paramgen.cli.sample import SampleError, format_of, lora_setup, output_paths, write_adapter, write_manifest, write_state_dict
 
     _positive(args.num, "-n/--num")
     _positive(args.batch_size, "--batch-size")
@@ -251,15 +262,13 @@ def _sample(args: argparse.Namespace) -> int:
     if gen.family and archs is None:
         raise _UsageError(f"this generator serves a family: pass --arch (one of {sorted(gen.specs)})")
     setup = None if gen.family else lora_setup(gen.spec, alpha=args.lora_alpha)
+    kwargs = _sampler_kwargs(args, gen.prior)
     try:
         fmt, single = format_of(args.out, args.format, lora=setup is not None)
         if fmt != "peft" and (args.num_labels is not None or args.lora_alpha is not None):
             raise SampleError("--num-labels and --lora-alpha apply to PEFT adapter output only")
         if setup is not None and args.num_labels is not None and not 2 <= args.num_labels <= setup.max_labels:
             raise SampleError(f"--num-labels must lie in 2..{setup.max_labels} (the generated head's rows), got {args.num_labels}")
-        kwargs = sampler_options(
-            gen.prior, {"sampler": args.sampler, "steps": args.steps, "guidance_scale": args.guidance_scale, "eta": args.eta, "temperature": args.temperature, "top_k": args.top_k}
-        )  # fmt: skip
         total = (len(conds) if conds else 1) * args.num
         if single and total != 1:
             raise SampleError(f"--out {args.out} is one file but {total} models were asked for; give a folder")

@@ -22,7 +22,7 @@ import torch
 from paramgen.io import atomic_path, save_safetensors, write_json
 from paramgen.spec import ParamSpec
 
-__all__ = ["FORMATS", "slug", "output_paths", "write_state_dict", "lora_setup", "sampler_options", "SampleError"]
+__all__ = ["FORMATS", "SAMPLER_ONLY", "slug", "output_paths", "write_state_dict", "lora_setup", "sampler_options", "SampleError"]
 
 Format = Literal["safetensors", "pt", "peft"]
 FORMATS: tuple[Format, ...] = ("safetensors", "pt", "peft")
@@ -128,12 +128,31 @@ def write_adapter(folder: str | os.PathLike, state: Mapping[str, torch.Tensor], 
     return Path(save_adapter(folder, state, setup, num_labels=labels))
 
 
+#: Sampling options that act with one sampler of a diffusion prior only: with the other
+#: they would change nothing, so they are refused rather than ignored.
+SAMPLER_ONLY = {"steps": "ddim", "eta": "ddim"}
+
+
 def sampler_options(prior: Any, options: Mapping[str, Any]) -> dict[str, Any]:
     """Keep the options that were given and check that the prior takes them (its
-    ``SAMPLE_OPTIONS``, or else the keywords of its ``sample``).
+    ``SAMPLE_OPTIONS``, or else the keywords of its ``sample``) and that they act.
+
+    The sampler an option needs (`SAMPLER_ONLY`) is the one given, else the prior's own
+    default (its ``sampler`` attribute), so the check follows the library's defaults.
 
     Raises:
-        SampleError: an option the prior's ``sample`` does not take (naming the ones it does).
+        SampleError: an option the prior's ``sample`` does not take (naming the ones it
+            does), or one the chosen sampler would ignore (``--steps`` with DDPM).
+
+    Examples:
+        >>> from paramgen.priors import DiffusionPrior
+        >>> prior = DiffusionPrior(shape=(1, 4), timesteps=10, base_channels=8, sampler="ddpm")
+        >>> sampler_options(prior, {"sampler": "ddim", "steps": 5, "eta": None})
+        {'sampler': 'ddim', 'steps': 5}
+        >>> sampler_options(prior, {"steps": 5})
+        Traceback (most recent call last):
+        ...
+        paramgen.cli.sample.SampleError: --steps acts with the ddim sampler only, but DiffusionPrior samples with ddpm by default; add --sampler ddim, or drop --steps
     """
     given = {k: v for k, v in options.items() if v is not None}
     valid = getattr(prior, "SAMPLE_OPTIONS", None)
@@ -146,6 +165,11 @@ def sampler_options(prior: Any, options: Mapping[str, Any]) -> dict[str, Any]:
     if bad:
         flags = ", ".join("--" + k.replace("_", "-") for k in valid) or "none"
         raise SampleError(f"{type(prior).__name__} does not take --{bad[0].replace('_', '-')}; its sampling options: {flags}")
+    sampler = given.get("sampler", getattr(prior, "sampler", None))
+    for option, needs in SAMPLER_ONLY.items():
+        if option in given and sampler is not None and sampler != needs:
+            chosen = f"--sampler is {sampler}" if "sampler" in given else f"{type(prior).__name__} samples with {sampler} by default"
+            raise SampleError(f"--{option} acts with the {needs} sampler only, but {chosen}; add --sampler {needs}, or drop --{option}")
     return given
 
 
