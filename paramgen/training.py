@@ -152,7 +152,8 @@ class FitConfig:
             gradient scaler).
         grad_accum: Micro-batches per optimizer step (per process).
         seed: All randomness of fitting.
-        log_every: Steps between logged (and NaN-checked) losses.
+        log_every: Steps between logged (and NaN-checked) losses: to the ``tracker`` and
+            as INFO records of the ``paramgen.training`` logger (stage, step, loss).
         checkpoint_every: Steps between checkpoints (``None``: only with
             ``checkpoint_dir`` set, at the end of each stage).
         checkpoint_dir: Folder for checkpoints (``None``: none are written).
@@ -488,9 +489,9 @@ def _train(
         if step % config.log_every == 0 or step == steps:
             check(step)
             if run.main:
-                run.log.log_metrics(
-                    {f"{stage}/{k}": float(v) for k, v in last.items()} | {f"{stage}/lr": cast(float, sched.get_last_lr()[0])}, step=step
-                )
+                values = {k: float(v) for k, v in last.items()} | {"lr": cast(float, sched.get_last_lr()[0])}
+                run.log.log_metrics({f"{stage}/{k}": v for k, v in values.items()}, step=step)
+                logger.info("%s step %d/%d: %s", stage, step, steps, " ".join(f"{k}={v:.4g}" for k, v in values.items()))
         if config.checkpoint_every and step % config.checkpoint_every == 0 and step < steps:
             check(step)
             save(step, {"optimizer": opt, "scheduler": sched, "ema": ema, "scaler": scaler})
@@ -752,6 +753,7 @@ def _align(run: _Run, generator: Generator, enc: _Encoded) -> None:
         )
     if run.main:
         run.log.log_metrics({"align/loss_first": losses[0], "align/loss_last": losses[-1]}, step=run.config.align_steps)
+        logger.info("align step %d/%d: loss=%.4g (first step: %.4g)", run.config.align_steps, run.config.align_steps, losses[-1], losses[0])
 
 
 class _Latents(torch.utils.data.Dataset):
@@ -1045,7 +1047,8 @@ def fit(
         tasks: Task name per model (a per-task normalizer; contrastive groups).
         archs: For a family: the architecture key of each model.
         predictor: Frozen accuracy predictor for the predictor-guided VAE loss.
-        tracker: Receives losses every ``config.log_every`` steps (process 0 only).
+        tracker: Receives losses every ``config.log_every`` steps (process 0 only); the
+            same values go to the ``paramgen.training`` logger at INFO.
         resume: A checkpoint folder of an interrupted run with the same data and config,
             or the ``checkpoint_dir`` holding it; the run continues from it.
         accelerator: An ``accelerate.Accelerator`` for data-parallel fitting; created

@@ -42,11 +42,15 @@ def fitted(zoo_dir) -> tuple[Path, Generator]:
     """The generator saved by ``paramgen fit examples/demo.toml`` (shortened), and the demo's
     own function fitted in this process with the same steps."""
     out = zoo_dir.parent / "generator"
-    r = _cli("-q", "fit", str(EXAMPLE), "--set", f"zoo={zoo_dir}", "--set", f"out={out}", "--set", f"fit.tokenizer_steps={STEPS}",
+    r = _cli("fit", str(EXAMPLE), "--set", f"zoo={zoo_dir}", "--set", f"out={out}", "--set", f"fit.tokenizer_steps={STEPS}",
              "--set", f"fit.prior_steps={STEPS}", "--threads", "1", "--no-progress")  # fmt: skip
     assert r.returncode == 0, r.stderr
     assert f"saved the fitted generator to {out}" in r.stdout
     assert "it/s" not in r.stderr  # --no-progress: no tqdm bars
+    # The losses are logged by default (INFO): stage, step and the loss of each stage.
+    lines = r.stderr.splitlines()
+    for stage in ("tokenizer", "prior"):
+        assert any(line.startswith(f"{stage} step {STEPS}/{STEPS}: loss=") for line in lines), r.stderr
     gen = fit_recipe(demo.recipe(str(zoo_dir), str(zoo_dir.parent / "unused"), steps=STEPS), progress=False)
     return out, gen
 
@@ -291,7 +295,7 @@ def _parsers(parser: argparse.ArgumentParser, path: tuple[str, ...] = ("paramgen
 
 def test_every_command_has_a_description():
     found = dict(_parsers(build_parser()))
-    assert {"paramgen zoo build", "paramgen zoo import", "paramgen zoo info", "paramgen demo"} <= set(found)
+    assert {"paramgen zoo build", "paramgen zoo import", "paramgen zoo info", "paramgen eval", "paramgen demo"} <= set(found)
     assert [name for name, p in found.items() if not (p.description or "").strip()] == []
 
 
@@ -322,7 +326,7 @@ import sys
 import paramgen
 assert not [m for m in {HEAVY!r} if m in sys.modules], "import paramgen"
 from paramgen.cli import build_parser, main
-for command in ([], ["fit"], ["sample"], ["zoo"], ["zoo", "build"], ["zoo", "import"], ["zoo", "info"], ["demo"]):
+for command in ([], ["fit"], ["sample"], ["eval"], ["zoo"], ["zoo", "build"], ["zoo", "import"], ["zoo", "info"], ["demo"]):
     try:
         main([*command, "--help"])
     except SystemExit as e:
@@ -372,6 +376,68 @@ def test_progress_switch_reaches_child_processes(monkeypatch):
         inside = subprocess.run(show, capture_output=True, text=True, check=True).stdout.split()
     after = subprocess.run(show, capture_output=True, text=True, check=True).stdout.split()
     assert inside == ["1", "1"] and after == ["None", "0"]
+
+
+# --------------------------------------------------------------------------- tracking
+def test_fit_tracks_params_losses_and_config_in_mlflow(zoo_dir, tmp_path, monkeypatch, capsys):
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.chdir(tmp_path)
+    folder = tmp_path / "exp"
+    folder.mkdir()
+    config = folder / "fit.toml"
+    config.write_text(EXAMPLE.read_text() + '\n[tracking]\nexperiment = "tiny"\nrun_name = "first"\n')
+    args = ["-q", "fit", str(config), "--set", f"zoo={zoo_dir}", "--set", f"out={tmp_path / 'gen'}", "--set", "fit.tokenizer_steps=3",
+            "--set", "fit.prior_steps=3", "--set", "fit.log_every=1", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    assert sorted(p.name for p in folder.iterdir()) == ["artifacts", "fit.toml", "mlflow.db"]  # the store beside the config
+    client = MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("tiny").experiment_id])
+    assert run.info.run_name == "first" and run.info.status == "FINISHED"
+    assert run.data.params["pipeline"] == "d2nwg" and run.data.params["fit.prior_steps"] == "3" and run.data.params["generator.latent_length"] == "16"
+    for stage in ("tokenizer", "prior"):
+        history = client.get_metric_history(run.info.run_id, f"{stage}/loss")
+        assert [m.step for m in history] == [1, 2, 3] and all(m.value > 0 for m in history)
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["config.json"]
+
+
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        ("", None),
+        ('[tracking]\nbackend = "none"\n', ("none", None)),
+        ("[tracking]\n", ("mlflow", None)),
+        ('[tracking]\nuri = "sqlite:///db/m.db"\n', ("mlflow", "sqlite:///{dir}/db/m.db")),
+        ('[tracking]\nuri = "sqlite:////abs/m.db"\n', ("mlflow", "sqlite:////abs/m.db")),
+        ('[tracking]\nuri = "http://127.0.0.1:5000"\n', ("mlflow", "http://127.0.0.1:5000")),
+    ],
+)
+def test_tracking_table(tmp_path, table, expected):
+    recipe = Recipe.from_toml(_config(tmp_path, GOOD + table))
+    if expected is None:
+        assert recipe.tracking.backend == "none"
+        return
+    backend, uri = expected
+    assert recipe.tracking.backend == backend
+    assert recipe.tracking.uri == (None if uri is None else uri.format(dir=tmp_path.resolve()))
+    assert recipe.tracking.root == str(tmp_path.resolve())  # the default store: mlflow.db beside the config
+
+
+def test_tracking_uri_override_resolves_against_the_working_directory(tmp_path, monkeypatch):
+    (tmp_path / "configs").mkdir()
+    config = _config(tmp_path / "configs", GOOD + '[tracking]\nuri = "sqlite:///there.db"\n')
+    monkeypatch.chdir(tmp_path)
+    assert Recipe.from_toml(config).tracking.uri == f"sqlite:///{tmp_path.resolve() / 'configs' / 'there.db'}"
+    recipe = Recipe.from_toml(config, ["tracking.uri=sqlite:///here.db"])
+    assert recipe.tracking.uri == f"sqlite:///{tmp_path.resolve() / 'here.db'}"
+
+
+def test_fit_tracking_none_writes_no_store(zoo_dir, tmp_path):
+    config = _config(tmp_path, EXAMPLE.read_text() + '\n[tracking]\nbackend = "none"\n')
+    assert main(["-q", "fit", str(config), "--set", f"zoo={zoo_dir}", "--set", f"out={tmp_path / 'gen'}", "--set", "fit.tokenizer_steps=1",
+                 "--set", "fit.prior_steps=1", "--no-progress"]) == 0  # fmt: skip
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fit.toml", "gen"]
 
 
 # --------------------------------------------------------------------------- sampling options
@@ -424,3 +490,89 @@ def test_identical_sample_runs_write_identical_bytes(fitted, zoo_dir, tmp_path):
         files = sorted(folder.iterdir())
         digests.add((one.read_bytes(), tuple(f.name for f in files), tuple(f.read_bytes() for f in files)))
     assert len(digests) == 1
+
+
+# --------------------------------------------------------------------------- eval
+def test_eval_scores_samples_originals_and_baselines(fitted, zoo_dir, tmp_path, capsys):
+    from paramgen.novelty import nearest_l2
+
+    out, gen = fitted
+    zoo = Zoo.open(zoo_dir)
+    report_path = tmp_path / "eval.json"
+    assert main(["-q", "eval", str(out), "--zoo", str(zoo_dir), "-n", "3", "--seed", "1", "--sampler", "ddim", "--steps", "5", "--out", str(report_path)]) == 0
+    table = capsys.readouterr().out.splitlines()
+    assert table[0].split() == ["test", "accuracy", "originals", "generated", "noisy", "ckpt", "ckpt", "mean", "gaussian"]
+    assert [line.split()[0] for line in table[1:3]] == list(zoo.tasks) and table[3].startswith("mean over tasks")
+    report = json.loads(report_path.read_text())
+    assert list(report["tasks"]) == list(zoo.tasks) and report["sampling"] == {"sampler": "ddim", "steps": 5} and report["condition"] == "task"
+    # Generated: the samples `paramgen sample` draws with the same seed, scored on the task's test split.
+    expected = gen.sample(list(zoo.tasks), 3, generator=torch.Generator().manual_seed(1), sampler="ddim", steps=5)
+    flat, _ = zoo.flatten()
+    for t, (task, row) in enumerate(report["tasks"].items()):
+        test = get_task(task).test
+        assert row["test_examples"] == len(test)
+        # Originals: re-evaluated, they score what the zoo recorded.
+        assert row["originals"]["test_acc"] == pytest.approx([c.metrics["test_acc"] for c in zoo if c.task == task])
+        mine = []
+        for sd in expected[3 * t : 3 * t + 3]:
+            model = zoo.model(0)
+            model.load_state_dict(sd, strict=True)
+            mine.append(evaluate(model, test)[0])
+        assert row["generated"]["test_acc"] == pytest.approx(mine)
+        vectors, _ = gen.spec.flatten(expected[3 * t : 3 * t + 3])
+        assert row["generated"]["novelty_l2"] == pytest.approx(nearest_l2(vectors, flat)[0].tolist(), rel=1e-5)
+        for method in ("noisy_checkpoint", "checkpoint_mean", "gaussian"):
+            assert len(row[method]["test_acc"]) == len(row[method]["novelty_l2"]) == len(row[method]["wrong_iou"]) == 3
+            assert all(0.0 <= a <= 1.0 for a in row[method]["test_acc"])
+        # The noise baseline sits as far from the zoo as the generated models (median).
+        gen_med, noise_med = (sorted(row[m]["novelty_l2"])[1] for m in ("generated", "noisy_checkpoint"))
+        assert noise_med == pytest.approx(gen_med, rel=0.35) and row["noise_sigma"] > 0
+        # Two checkpoints per task: each "mean" is the average of both.
+        own = flat[[i for i, c in enumerate(zoo) if c.task == task]]
+        assert row["mean_of"] == 2
+        assert row["checkpoint_mean"]["novelty_l2"] == pytest.approx([float((own[0] - own[1]).norm() / 2)] * 3, rel=1e-4)
+    assert report["mean"]["generated"] == pytest.approx(sum(sum(r["generated"]["test_acc"]) / 3 for r in report["tasks"].values()) / 2)
+
+
+def test_eval_unconditional_generator_scores_its_samples_on_every_task(zoo_dir, tmp_path, capsys):
+    config = _config(tmp_path, f"""zoo = "{zoo_dir}"\nout = "gen"\n[generator]\npipeline = "d2nwg"\ncondition = "none"\nlatent_length = 8\n
+hidden_channels = 8\nbase_channels = 8\ntimesteps = 20\n[fit]\ntokenizer_steps = 2\nprior_steps = 2\nbatch_size = 4\nprogress = false\n""")
+    assert main(["-q", "fit", str(config)]) == 0
+    assert main(["-q", "eval", str(tmp_path / "gen"), "--zoo", str(zoo_dir), "-n", "2", "--out", str(tmp_path / "e.json")]) == 0
+    report = json.loads((tmp_path / "e.json").read_text())
+    rows = list(report["tasks"].values())
+    assert report["condition"] == "none" and len(rows) == 2
+    assert rows[0]["generated"]["novelty_l2"] == rows[1]["generated"]["novelty_l2"]  # the same samples
+    assert rows[0]["mean_of"] == 4  # baselines from the whole zoo
+    assert main(["eval", str(tmp_path / "gen"), "--zoo", str(zoo_dir), "--condition", "task"]) == 2
+    assert "this generator is unconditional: omit --condition" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--task", "digits/9-9"], "task 'digits/9-9' is not in the zoo; its tasks: digits/"),
+        (["--condition", "none"], "this generator is conditioned: pass --condition task, text or text+arch"),
+        (["--condition", "text"], "the generator does not take the zoo's 'text' conditions"),
+        (["--out", "{tmp}/no/e.json"], "the folder {tmp}/no does not exist"),
+        (["--temperature", "0.5"], "DiffusionPrior does not take --temperature"),
+        (["-n", "0"], "-n/--num must be a positive integer, got 0"),
+        (["--zoo", "{tmp}/nothing"], "is not a zoo folder"),
+    ],
+)
+def test_eval_bad_arguments_exit_2(fitted, zoo_dir, tmp_path, capsys, extra, message):
+    out, _ = fitted
+    args = ["eval", str(out), "--zoo", str(zoo_dir), *[a.format(tmp=tmp_path) for a in extra]]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("paramgen eval: error: ") and message.format(tmp=tmp_path) in err, err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_eval_refuses_a_zoo_of_another_architecture(fitted, tmp_path, capsys):
+    from paramgen.zoo import ZooWriter
+
+    out, _ = fitted
+    ZooWriter(tmp_path / "other").add(torch.nn.Linear(3, 2), task="digits/0-1")
+    assert main(["eval", str(out), "--zoo", str(tmp_path / "other")]) == 2
+    assert "the generator makes weights of another architecture than the zoo's" in capsys.readouterr().err

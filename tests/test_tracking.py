@@ -41,3 +41,40 @@ def test_mlflow_env_override(tmp_path, monkeypatch):
     with MLflowLogger("unit-test-env", root=tmp_path / "unused") as log:
         log.log_metrics({"x": 1.0})
     assert log.tracking_uri == uri and (tmp_path / "other.db").exists()
+
+
+def test_fit_logs_what_the_tracker_gets_at_info(caplog):
+    """`paramgen fit` shows losses through logging: the values the tracker receives, as
+    INFO records of paramgen.training naming stage, step and loss."""
+    import logging
+
+    import torch
+
+    from paramgen import Generator, ModelVectorizer, ParamSpec
+    from paramgen.priors import DiffusionPrior
+    from paramgen.tokenizers import VAETokenizer
+    from paramgen.training import FitConfig, fit
+
+    class Recorder(NullLogger):
+        def __init__(self) -> None:
+            self.rows: list[tuple[int | None, dict[str, float]]] = []
+
+        def log_metrics(self, metrics, *, step=None):  # noqa: ANN001
+            self.rows.append((step, dict(metrics)))
+
+    torch.manual_seed(0)
+    spec = ParamSpec.from_module(torch.nn.Linear(4, 3))
+    tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=2, latent_length=4, hidden_channels=8, num_down=1)
+    gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=DiffusionPrior(shape=tok.latent_shape, base_channels=8, channel_mults=(1,), timesteps=20))
+    tracker = Recorder()
+    with caplog.at_level(logging.INFO, logger="paramgen.training"):
+        fit(gen, torch.randn(8, spec.numel), config=FitConfig(tokenizer_steps=4, prior_steps=4, batch_size=4, log_every=2, progress=False), tracker=tracker)
+    lines = [r.getMessage() for r in caplog.records if r.name == "paramgen.training" and r.levelno == logging.INFO]
+    expected = []
+    for step, metrics in tracker.rows:
+        stage = next(iter(metrics)).split("/")[0]
+        values = " ".join(f"{k.split('/', 1)[1]}={v:.4g}" for k, v in metrics.items())
+        expected.append(f"{stage} step {step}/4: {values}")
+    assert [(s, next(iter(m)).split("/")[0]) for s, m in tracker.rows] == [(2, "tokenizer"), (4, "tokenizer"), (2, "prior"), (4, "prior")]
+    assert lines == expected
+    assert all(" loss=" in line for line in lines)

@@ -1,9 +1,10 @@
-"""The ``paramgen`` command line: build and inspect zoos, fit generators, sample weights.
+"""The ``paramgen`` command line: build and inspect zoos, fit generators, sample and score weights.
 
     paramgen zoo build --preset tiny --out runs/demo/zoo
     paramgen zoo info runs/demo/zoo
     paramgen fit examples/demo.toml --set zoo=runs/demo/zoo --set out=runs/demo/generator
     paramgen sample runs/demo/generator --cond digits/0-2-4-6-7 -n 2 --seed 1 --sampler ddim --steps 50 --out samples/
+    paramgen eval runs/demo/generator --zoo runs/demo/zoo --sampler ddim --steps 50 --out runs/demo/eval.json
     paramgen demo
 
 ``python -m paramgen`` and ``python -m paramgen.cli`` run the same. ``paramgen COMMAND
@@ -44,6 +45,11 @@ directory):
     tokenizer_steps = 600          # any paramgen.training.FitConfig field
     prior_steps = 600
     seed = 0                       # all randomness of fitting
+    log_every = 100                # steps between logged losses (INFO, shown by default)
+    [tracking]                     # optional: params, losses and config to MLflow
+    backend = "mlflow"             # mlflow (default in this table) | none
+    uri = "sqlite:///mlflow.db"    # default: $MLFLOW_TRACKING_URI, else mlflow.db beside the config
+    experiment = "paramgen-fit"    # and optionally run_name = "..."
 
 Unknown keys are an error that lists the valid ones. The folder that receives out must
 exist (out itself is created).
@@ -57,6 +63,28 @@ folder that receives <cond>-<i>.safetensors per sample (or .pt with --format pt,
 PEFT adapter folder <cond>-<i>/ per sample when the generator makes LoRA adapters) and a
 samples.json that lists them. The folder that receives --out must exist. The same --seed
 gives the same weights, and the same command writes the same bytes.
+"""
+
+
+_EVAL_HELP = """\
+Score a saved generator against the zoo it was fitted on, with the memorization baselines.
+
+For each task of the zoo (or each --task), samples -n models conditioned on the task, then
+scores on the task's test split (the split the zoo's runs were tested on):
+
+    originals          the zoo's checkpoints of the task, re-evaluated
+    generated          the generator's samples
+    noisy checkpoint   a random original plus Gaussian noise, its scale matched so that the
+                       noisy models lie as far from the zoo as the generated ones
+                       (paramgen.novelty.matched_sigma, noisy_checkpoints)
+    checkpoint mean    averages of min(16, originals) random originals (checkpoint_mean)
+    gaussian           per-coordinate Gaussians fitted to the originals (elementwise_gaussian)
+
+A generator earns its keep where it beats these at the same novelty. Prints one row per
+task (mean test accuracy) and the median distance of each method's models to their nearest
+zoo checkpoint; --out writes every model's accuracy, distance and wrong-prediction overlap
+as JSON. An unconditional generator's samples are scored on every task, against baselines
+drawn from the whole zoo.
 """
 
 
@@ -116,6 +144,19 @@ def build_parser() -> argparse.ArgumentParser:
     _machine_options(s, "sample")
     _sampling_options(s)
 
+    e = sub.add_parser("eval", help="score a generator's samples against the zoo's originals and memorization baselines", description=_EVAL_HELP,
+                       formatter_class=HelpFormatter)  # fmt: skip
+    e.add_argument("generator", metavar="DIR", help="a folder written by paramgen fit (Generator.save_pretrained)")
+    e.add_argument("--zoo", required=True, help="the zoo folder the generator was fitted on")
+    e.add_argument("--task", action="append", default=None, help="score this task only (repeat for several; default: every task of the zoo)")
+    e.add_argument("--condition", choices=("task", "text", "text+arch", "none"), default=None,
+                   help="what the generator is conditioned on, read from the task's checkpoints as in the fit config (default: task, or none for an unconditional generator)")  # fmt: skip
+    e.add_argument("-n", "--num", type=int, default=8, help="samples per task (and models per baseline)")
+    e.add_argument("--seed", type=int, default=0, help="seeds sampling and the baselines")
+    e.add_argument("--out", default=None, metavar="FILE.json", help="write every model's scores here as JSON; its folder must exist")
+    e.add_argument("--batch-size", type=int, default=256, help="models decoded at once")
+    _machine_options(e, "sample")
+    _sampling_options(e)
     return parser
 
 
@@ -124,21 +165,35 @@ class _UsageError(Exception):
 
 
 class _Stderr(logging.Handler):
-    """Writes to the current ``sys.stderr`` (looked up at each record, not kept)."""
+    """Writes to the current ``sys.stderr`` (looked up at each record, not kept); through
+    ``tqdm.write`` once tqdm is loaded, so that a record does not break a progress bar."""
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
-            sys.stderr.write(self.format(record) + "\n")
+            text = self.format(record)
+            bars = sys.modules.get("tqdm")
+            if bars is not None:
+                bars.tqdm.write(text, file=sys.stderr)
+            else:
+                sys.stderr.write(text + "\n")
         except Exception:  # logging's own convention: report, never raise
             self.handleError(record)
 
 
 def _logging(verbose: int, quiet: bool) -> None:
-    """Log to stderr, unless the process configured logging already (then it is left as is)."""
-    level = logging.WARNING if quiet else logging.DEBUG if verbose > 1 else logging.INFO
+    """Log to stderr, unless the process configured logging already (then it is left as is).
+
+    paramgen's records (progress, losses) at INFO, other libraries' at WARNING; ``-v`` adds
+    other libraries' INFO and the logger names, ``-vv`` debug records, ``-q`` only warnings.
+    """
+    root = logging.getLogger()
+    if root.handlers:
+        return
     handler = _Stderr()
     handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s" if verbose else "%(message)s"))
-    logging.basicConfig(level=level, handlers=[handler])
+    root.addHandler(handler)
+    root.setLevel(logging.WARNING if quiet or not verbose else logging.INFO if verbose == 1 else logging.DEBUG)
+    logging.getLogger("paramgen").setLevel(logging.WARNING if quiet else logging.INFO if verbose < 2 else logging.DEBUG)
 
 
 def _threads(n: int | None) -> None:
@@ -174,14 +229,31 @@ def _fit(args: argparse.Namespace) -> int:
     _threads(args.threads)
     out = args.out or recipe.out
     _output(out, "--out" if args.out else "out")
-    logger.info("fitting %s on %s (%d tokenizer + %d prior steps)", recipe.pipeline, recipe.zoo, recipe.fit.tokenizer_steps, recipe.fit.prior_steps)
     try:
-        gen = fit_recipe(recipe, progress=False if args.no_progress else None, device=args.device)
-    except FileNotFoundError as e:
-        raise _UsageError(str(e)) from e
-    except ConfigError as e:
-        raise _UsageError(f"{args.config}: {e}") from e
-    saved = gen.save_pretrained(out)
+        tracker = recipe.tracking.logger(tags={"paramgen.command": "fit", "paramgen.config": str(args.config)})
+    except ImportError as e:
+        raise _UsageError(f"{args.config}: [tracking] backend = {recipe.tracking.backend!r}: {e}") from e
+    status = "FAILED"
+    try:
+        tracker.log_params(recipe.params())
+        logger.info("fitting %s on %s (%d tokenizer + %d prior steps)", recipe.pipeline, recipe.zoo, recipe.fit.tokenizer_steps, recipe.fit.prior_steps)
+        try:
+            gen = fit_recipe(recipe, progress=False if args.no_progress else None, device=args.device, tracker=tracker)
+        except FileNotFoundError as e:
+            raise _UsageError(str(e)) from e
+        except ConfigError as e:
+            raise _UsageError(f"{args.config}: {e}") from e
+        saved = gen.save_pretrained(out)
+        tracker.log_artifact(saved / "config.json")
+        status = "FINISHED"
+    finally:
+        from paramgen.tracking import MLflowLogger
+
+        if isinstance(tracker, MLflowLogger):  # a failed fit shows as FAILED in the MLflow UI
+            tracker.close(status=status)
+            logger.info("tracked as run %s of experiment %r in %s", tracker.run_id, recipe.tracking.experiment, tracker.tracking_uri)
+        else:
+            tracker.close()
     print(f"saved the fitted generator to {saved}")
     return 0
 
@@ -298,6 +370,31 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from paramgen.cli.evaluate import EvalError, evaluate_generator, format_table
+    from paramgen.io import write_json
+
+    _positive(args.num, "-n/--num")
+    _positive(args.batch_size, "--batch-size")
+    if args.out is not None:
+        _output(args.out)
+    _threads(args.threads)
+    gen = _load_generator(args)
+    kwargs = _sampler_kwargs(args, gen.prior)
+    try:
+        report = evaluate_generator(
+            gen, args.zoo, n=args.num, seed=args.seed, tasks=args.task, condition=args.condition, batch_size=args.batch_size, sample_kwargs=kwargs,
+        )  # fmt: skip
+    except EvalError as e:
+        raise _UsageError(str(e)) from e
+    report = {"generator": str(args.generator), **report}
+    print(format_table(report))
+    if args.out is not None:
+        write_json(args.out, report)
+        logger.info("wrote the scores of every model to %s", args.out)
+    return 0
+
+
 def _zoo(args: argparse.Namespace) -> int:
     from paramgen.zoo.__main__ import run
 
@@ -310,7 +407,7 @@ def _demo(args: argparse.Namespace) -> int:
     return run(args)
 
 
-_COMMANDS = {"fit": _fit, "sample": _sample, "zoo": _zoo, "demo": _demo}
+_COMMANDS = {"fit": _fit, "sample": _sample, "eval": _eval, "zoo": _zoo, "demo": _demo}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

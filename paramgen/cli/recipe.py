@@ -13,6 +13,10 @@ generator exactly. The TOML schema (relative paths resolve against the file's fo
     latent_length = 16             # any other key: an option of the pipeline
     [fit]                          # starts from the pipeline's fit_config() (the paper's defaults)
     tokenizer_steps = 600          # any paramgen.training.FitConfig field
+    [tracking]                     # optional: report params and losses to MLflow
+    backend = "mlflow"             # mlflow (the default in this table) | none
+    uri = "sqlite:///mlflow.db"    # default: $MLFLOW_TRACKING_URI, else mlflow.db beside the config
+    experiment = "paramgen-fit"
 
 Examples:
     >>> recipe = Recipe.from_dict({"zoo": "zoo", "out": "gen", "generator": {"pipeline": "d2nwg", "latent_length": 8},
@@ -32,10 +36,11 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import attrs
 
+from paramgen.tracking import Logger, MLflowLogger, NullLogger
 from paramgen.training import FitConfig
 
 if sys.version_info >= (3, 11):
@@ -43,9 +48,12 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["CONDITIONS", "ConfigError", "Recipe", "fit_recipe", "fit_defaults", "pipelines", "parse_override"]
+__all__ = ["CONDITIONS", "BACKENDS", "ConfigError", "Recipe", "Tracking", "fit_recipe", "fit_defaults", "pipelines", "parse_override"]
 
-_TOP = ("zoo", "out", "generator", "fit")
+_TOP = ("zoo", "out", "generator", "fit", "tracking")
+_TRACKING = ("backend", "uri", "experiment", "run_name")
+#: The ``[tracking]`` backends: MLflow (the ``tracking`` extra), or nothing.
+BACKENDS = ("mlflow", "none")
 _GENERATOR = ("pipeline", "condition", "seed", "tasks")
 _PATHS = ("zoo", "out")
 
@@ -96,6 +104,76 @@ def _path(value: Any, key: str, base: Path) -> str:
     return str(path if path.is_absolute() else base / path)
 
 
+def _sqlite_uri(uri: str, base: Path) -> str:
+    """A ``sqlite:///relative.db`` URI made absolute against ``base`` (other URIs as given)."""
+    head = "sqlite:///"
+    if uri.startswith(head) and uri != head + ":memory:" and not Path(uri[len(head) :]).expanduser().is_absolute():
+        return head + str(base.resolve() / uri[len(head) :])
+    return uri
+
+
+@attrs.frozen(kw_only=True)
+class Tracking:
+    """Where `paramgen fit` reports its configuration and losses (the ``[tracking]`` table).
+
+    Attributes:
+        backend: ``"mlflow"`` (a `paramgen.tracking.MLflowLogger`; needs the ``tracking``
+            extra) or ``"none"``.
+        uri: The MLflow tracking URI (``sqlite:///x.db`` relative paths resolved), or
+            ``None``: ``MLFLOW_TRACKING_URI`` if set, else the sqlite store
+            ``<root>/mlflow.db``.
+        root: Folder of the default store (the config's folder).
+        experiment: MLflow experiment name.
+        run_name: MLflow run name (``None``: MLflow picks one).
+
+    Examples:
+        >>> Tracking.from_table({"uri": "sqlite:///runs/mlflow.db"}, base=Path("/data")).uri
+        'sqlite:////data/runs/mlflow.db'
+        >>> Tracking.from_table({"backend": "wandb"}, base=Path("."))
+        Traceback (most recent call last):
+        ...
+        paramgen.cli.recipe.ConfigError: [tracking] backend must be one of 'mlflow', 'none', got 'wandb'
+    """
+
+    backend: Literal["mlflow", "none"] = "none"
+    uri: str | None = None
+    root: str = "."
+    experiment: str = "paramgen-fit"
+    run_name: str | None = None
+
+    @classmethod
+    def from_table(cls, table: Mapping[str, Any], *, base: Path) -> Tracking:
+        """The ``[tracking]`` table checked; a table without ``backend`` means MLflow.
+
+        Raises:
+            ConfigError: an unknown key (naming the valid ones) or a bad value.
+        """
+        bad = sorted(set(table) - set(_TRACKING))
+        if bad:
+            raise ConfigError(f"[tracking] has no key {bad[0]!r}; valid keys: {', '.join(_TRACKING)}")
+        backend = table.get("backend", "mlflow")
+        if backend not in BACKENDS:
+            raise ConfigError(f"[tracking] backend must be one of {', '.join(repr(b) for b in BACKENDS)}, got {backend!r}")
+        for key in ("uri", "experiment", "run_name"):
+            if key in table and (not isinstance(table[key], str) or not table[key]):
+                raise ConfigError(f"[tracking] {key} must be a non-empty string, got {table[key]!r}")
+        uri = table.get("uri")
+        return cls(
+            backend=backend, uri=None if uri is None else _sqlite_uri(uri, base), root=str(base), experiment=table.get("experiment", "paramgen-fit"),
+            run_name=table.get("run_name"),
+        )  # fmt: skip
+
+    def logger(self, *, tags: Mapping[str, str] | None = None) -> Logger:
+        """A new run of the backend (`paramgen.tracking.NullLogger` for ``"none"``).
+
+        Raises:
+            ImportError: ``"mlflow"`` without mlflow installed (naming the extra).
+        """
+        if self.backend == "none":
+            return NullLogger()
+        return MLflowLogger(self.experiment, run_name=self.run_name, root=self.root, tracking_uri=self.uri, tags=tags)
+
+
 @attrs.frozen(kw_only=True)
 class Recipe:
     """One fit: zoo in, fitted generator out.
@@ -112,6 +190,7 @@ class Recipe:
         options: Further keyword options of the pipeline.
         fit: The training configuration: the pipeline's ``fit_config()`` defaults with
             the config's ``[fit]`` values over them.
+        tracking: Where the fit reports (no ``[tracking]`` table: nowhere).
     """
 
     zoo: str
@@ -122,6 +201,13 @@ class Recipe:
     tasks: tuple[str, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
     options: dict[str, Any] = attrs.field(factory=dict)
     fit: FitConfig = attrs.field(factory=FitConfig)
+    tracking: Tracking = attrs.field(factory=Tracking)
+
+    def params(self) -> dict[str, Any]:
+        """The recipe as flat ``name -> value`` params for a tracker (``generator.*`` and
+        ``fit.*`` for the tables)."""
+        head = {"zoo": self.zoo, "out": self.out, "pipeline": self.pipeline, "condition": self.condition, "seed": self.seed, "tasks": self.tasks}
+        return head | {f"generator.{k}": v for k, v in self.options.items()} | {f"fit.{k}": v for k, v in self.fit.to_dict().items()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], *, base: str | os.PathLike = ".") -> Recipe:
@@ -168,9 +254,10 @@ class Recipe:
             config = fit_defaults(name)(**fit)
         except (TypeError, ValueError) as e:
             raise ConfigError(f"[fit]: {e}") from e
+        tracking = Tracking.from_table(_table(data, "tracking"), base=root) if "tracking" in data else Tracking()
         return cls(
             zoo=_path(data["zoo"], "zoo", root), out=_path(data["out"], "out", root), pipeline=name, condition=condition,
-            seed=seed, tasks=tasks, options=gen, fit=config,
+            seed=seed, tasks=tasks, options=gen, fit=config, tracking=tracking,
         )  # fmt: skip
 
     @classmethod
@@ -198,6 +285,8 @@ class Recipe:
                 value = str(Path(value).expanduser().resolve())
             elif key == "fit.checkpoint_dir" and isinstance(value, str):
                 value = str(Path(value).expanduser().resolve())
+            elif key == "tracking.uri" and isinstance(value, str):
+                value = _sqlite_uri(value, Path.cwd())
             _assign(data, key, value)
         return cls.from_dict(data, base=base)
 
@@ -241,13 +330,15 @@ def _check_options(name: str, builder: Callable[..., Any], options: Mapping[str,
         raise ConfigError(f"[generator] pipeline {name!r} has no option {bad[0]!r}; valid options: {', '.join(_GENERATOR[1:] + tuple(valid))}")
 
 
-def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | None = None) -> Any:
+def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | None = None, tracker: Logger | None = None) -> Any:
     """Open the zoo, build the recipe's pipeline over it and fit it; nothing is saved.
 
     Args:
         recipe: What to fit.
         progress: Overrides ``recipe.fit.progress`` when given.
         device: Fit on this device (default: the CPU).
+        tracker: Receives the losses (`paramgen.training.fit`); the caller opens and
+            closes it (e.g. ``recipe.tracking.logger()``).
 
     Returns:
         The fitted `paramgen.Generator`.
@@ -271,7 +362,7 @@ def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | No
         raise ConfigError(f"[generator]: {e}") from e
     if device is not None:
         generator.to(device)
-    return fit(generator, zoo, _conditions(zoo, recipe.condition), config=config)
+    return fit(generator, zoo, _conditions(zoo, recipe.condition), config=config, tracker=tracker)
 
 
 def _conditions(zoo: Any, condition: str) -> list[Any] | None:
