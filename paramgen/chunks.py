@@ -186,7 +186,7 @@ class ChunkLayout:
     ``chunk_starts`` (``(T + 1,)``) holds the global id of each tensor's first chunk and,
     last, `num_chunks`.
 
-    Args:
+    Attributes:
         spec: The architecture.
         chunk_size: Values per chunk (``K``).
         include: Names of the tensors to chunk (e.g. a spectrum selector's choice); they

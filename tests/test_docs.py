@@ -48,3 +48,19 @@ def test_the_marker_is_read_from_the_first_line_only():
     assert continues("\n# (continues the previous block)\n")
     assert not continues("import torch  # continues\n")
     assert not continues("x = 1\n# continues the block above\n")
+
+
+ROOT = DOCS.parent
+NAV_PAGE = re.compile(r"^\s*- (?:[^\n]*: )?([\w./-]+\.md)\s*$", re.MULTILINE)
+NOT_API = {"demo"}  # the module behind `make demo` / `paramgen demo`, a script
+
+
+def test_every_page_is_in_the_nav_and_every_public_module_has_an_api_page():
+    nav = set(NAV_PAGE.findall((ROOT / "mkdocs.yml").read_text()))
+    pages = {str(p.relative_to(DOCS)) for p in DOCS.rglob("*.md")}
+    assert sorted(pages - nav) == [], "pages missing from mkdocs.yml's nav"
+    assert sorted(nav - pages) == [], "nav entries without a page"
+    api = "\n".join(p.read_text() for p in (DOCS / "api").glob("*.md"))
+    modules = {p.stem for p in (ROOT / "paramgen").iterdir() if not p.name.startswith("_") and (p.suffix == ".py" or (p / "__init__.py").is_file())}
+    missing = sorted(m for m in modules - NOT_API if not re.search(rf"^::: paramgen\.{m}\b", api, re.MULTILINE))
+    assert missing == [], "public modules without an API page (docs/api/*.md)"
