@@ -146,6 +146,37 @@ def _tensor_tuple(values: Iterable[TensorSpec]) -> tuple[TensorSpec, ...]:
     return tuple(values)
 
 
+# PyTorch registers a module's own tensors in this order (Linear, Conv, norms, BatchNorm's statistics).
+_LEAF_ORDER = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
+
+
+def _canonical_key(name: str) -> tuple[Any, ...]:
+    """Sort key of a tensor name: its module path with numbers compared as numbers
+    (``layer.2`` before ``layer.10``), then the module's own tensors in PyTorch's order."""
+    module, _, leaf = name.rpartition(".")
+    path = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in module.split(".")) if module else ()
+    rank = _LEAF_ORDER.index(leaf) if leaf in _LEAF_ORDER else len(_LEAF_ORDER)
+    return (path, rank, leaf)
+
+
+def _laid_out(entries: Sequence[TensorSpec]) -> ParamSpec:
+    """A spec of ``entries`` in this order: layer indices and vector offsets recomputed
+    (a tied entry takes its target's role and offset)."""
+    layers: dict[str, int] = {}
+    out: list[TensorSpec] = []
+    offset = 0
+    for t in entries:
+        layer = layers.setdefault(t.module, len(layers))
+        if t.tied_to is not None:
+            target = next(e for e in out if e.name == t.tied_to)
+            out.append(attrs.evolve(t, layer=layer, role=target.role, offset=target.offset))
+            continue
+        out.append(attrs.evolve(t, layer=layer, offset=offset if t.role == "vector" else -1))
+        if t.role == "vector":
+            offset += t.numel
+    return ParamSpec(tensors=tuple(out), layers=tuple(layers))
+
+
 @attrs.frozen
 class ParamSpec:
     """A model's tensors and how they map to a flat weight vector.
@@ -325,10 +356,62 @@ class ParamSpec:
             raise ValueError(f"no vector tensor matches include={include} exclude={exclude}")
         return ParamSpec(tensors=tuple(entries), layers=self.layers)
 
+    def canonical(self) -> ParamSpec:
+        """The same tensors in canonical order, for sources whose order means nothing.
+
+        A safetensors or PEFT adapter file stores tensors sorted by name
+        (``classifier.bias`` before ``classifier.weight``), a module registers them in its
+        own order; the same architecture read from both must lay out the same vector. The
+        canonical order sorts modules by name, numbers as numbers (``layer.2`` before
+        ``layer.10``), and puts each module's own tensors in PyTorch's order (``weight``,
+        ``bias``, BatchNorm's ``running_mean``, ``running_var``, ``num_batches_tracked``,
+        then any other by name). Tied copies follow the tensor they share. Two specs hold
+        the same tensors exactly when their canonical forms have the same `fingerprint`.
+
+        Examples:
+            >>> import torch
+            >>> a = ParamSpec.from_state_dict({"fc.bias": torch.zeros(2), "fc.weight": torch.zeros(2, 3)})
+            >>> b = ParamSpec.from_state_dict({"fc.weight": torch.zeros(2, 3), "fc.bias": torch.zeros(2)})
+            >>> a.fingerprint == b.fingerprint, a.canonical().fingerprint == b.canonical().fingerprint
+            (False, True)
+            >>> a.canonical().names
+            ('fc.weight', 'fc.bias')
+        """
+        stored = sorted((t for t in self.tensors if t.tied_to is None), key=lambda t: _canonical_key(t.name))
+        ties: dict[str, list[TensorSpec]] = {}
+        for t in self.tensors:
+            if t.tied_to is not None:
+                ties.setdefault(t.tied_to, []).append(t)
+        ordered = [e for t in stored for e in (t, *sorted(ties.get(t.name, ()), key=lambda x: _canonical_key(x.name)))]
+        return _laid_out(ordered)
+
+    def with_shapes(self, shapes: Mapping[str, Sequence[int]]) -> ParamSpec:
+        """The same layout with some tensors resized (offsets recomputed), e.g. a
+        classification head padded to more rows.
+
+        Raises:
+            KeyError: A name that is not in this spec.
+
+        Examples:
+            >>> import torch
+            >>> spec = ParamSpec.from_state_dict({"head.weight": torch.zeros(2, 4), "head.bias": torch.zeros(2)})
+            >>> spec.with_shapes({"head.weight": (3, 4), "head.bias": (3,)}).numel
+            15
+        """
+        unknown = sorted(set(shapes) - set(self.names))
+        if unknown:
+            raise KeyError(f"with_shapes: {unknown[:5]} are not in this spec; it has {list(self.names[:5])}...")
+        return _laid_out([attrs.evolve(t, shape=shapes[t.name]) if t.name in shapes else t for t in self.tensors])
+
     # ----------------------------------------------------------------- checks
     @property
     def fingerprint(self) -> str:
-        """Short hash of names, shapes, dtypes and roles: equal specs, equal fingerprints."""
+        """Short hash of names, shapes, dtypes and roles, in order: equal layouts, equal fingerprints.
+
+        The order is part of it, since it fixes where each tensor sits in the flat vector.
+        Where order means nothing (tensors read from a file), compare
+        ``canonical().fingerprint`` instead, or lay out the spec canonically (`canonical`).
+        """
         payload = json.dumps([[t.name, list(t.shape), t.dtype, t.role, t.tied_to] for t in self.tensors])
         return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
@@ -350,7 +433,11 @@ class ParamSpec:
                     f"spec is for another architecture: {name!r} expected shape {a.shape} {a.dtype} "
                     f"({a.role}), got shape {b.shape} {b.dtype} ({b.role})"
                 )
-        raise SpecMismatchError("spec differs in tensor order")
+        at = next(i for i, (a, b) in enumerate(zip(self.tensors, other.tensors, strict=True)) if a.name != b.name)
+        raise SpecMismatchError(
+            f"spec holds the same tensors in another order (position {at}: {self.tensors[at].name!r} here, "
+            f"{other.tensors[at].name!r} there), so their flat vectors differ; lay both out with ParamSpec.canonical()"
+        )
 
     def check_state_dict(self, state_dict: Mapping[str, torch.Tensor], *, which: int | None = None) -> None:
         """Raise `SpecMismatchError` naming the first key or tensor of ``state_dict`` that

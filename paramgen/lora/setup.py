@@ -18,7 +18,7 @@ Examples:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import attrs
@@ -28,11 +28,12 @@ from paramgen._convert import str_tuple
 from paramgen._optional import require
 from paramgen.spec import ParamSpec
 
-__all__ = ["BASE_MODEL_ID", "AdapterError", "LoRASetup", "pad_head", "unpad_head"]
+__all__ = ["BASE_MODEL_ID", "AdapterError", "LoRASetup", "find_head", "pad_head", "pad_rows", "unpad_head"]
 
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
 _PREFIX = "base_model.model."
 _HEAD = ("classifier.weight", "classifier.bias")
+_HEAD_MODULES = ("classifier", "score")  # what PEFT's SEQ_CLS models add to modules_to_save
 
 
 class AdapterError(ValueError):
@@ -111,8 +112,10 @@ class LoRASetup:
         return out
 
     def spec(self) -> ParamSpec:
-        """The zoo's vector layout: LoRA tensors then the padded head (adapter-file names)."""
-        return ParamSpec.from_state_dict({k: torch.zeros(s) for k, s in self.shapes().items()})
+        """The zoo's vector layout: LoRA tensors then the padded head (adapter-file names),
+        laid out canonically (`paramgen.ParamSpec.canonical`), as a zoo import of the
+        adapter files lays them out."""
+        return ParamSpec.from_state_dict({k: torch.zeros(s) for k, s in self.shapes().items()}).canonical()
 
     def peft_config(self, num_labels: int | None = None) -> Any:
         """The ``peft.LoraConfig`` of this setup (head in ``modules_to_save``).
@@ -135,16 +138,54 @@ class LoRASetup:
         return cls(**dict(data))
 
 
+def find_head(shapes: Mapping[str, Sequence[int]]) -> tuple[str, str | None] | None:
+    """The classification head of a PEFT sequence-classification adapter, from its tensors' shapes.
+
+    PEFT saves the head (``modules_to_save``: ``classifier``, or ``score`` for decoder
+    models) as ``base_model.model.<head>.weight``, one row per label, and its bias if any.
+
+    Args:
+        shapes: Tensor name -> shape, e.g. of an ``adapter_model.safetensors``.
+
+    Returns:
+        ``(weight name, bias name or None)``, or ``None`` when there is no such head.
+
+    Examples:
+        >>> find_head({"base_model.model.classifier.weight": (2, 384), "base_model.model.classifier.bias": (2,)})
+        ('base_model.model.classifier.weight', 'base_model.model.classifier.bias')
+    """
+    for module in _HEAD_MODULES:
+        weight, bias = f"{_PREFIX}{module}.weight", f"{_PREFIX}{module}.bias"
+        if weight in shapes and len(shapes[weight]) == 2:
+            rows = shapes[weight][0]
+            return weight, bias if bias in shapes and tuple(shapes[bias]) == (rows,) else None
+    return None
+
+
+def pad_rows(tensors: Mapping[str, torch.Tensor], head: tuple[str, str | None], rows: int) -> dict[str, torch.Tensor]:
+    """Zero-pad a head (`find_head`) to ``rows`` rows; other tensors are kept as they are.
+
+    Raises:
+        AdapterError: The head has more than ``rows`` rows.
+    """
+    out = dict(tensors)
+    for name in head:
+        if name is None:
+            continue
+        x = out[name]
+        if x.shape[0] > rows:
+            raise AdapterError(f"the head {name} has {x.shape[0]} rows (labels), more than the {rows} it is padded to")
+        out[name] = torch.cat([x, x.new_zeros(rows - x.shape[0], *x.shape[1:])])
+    return out
+
+
 def pad_head(adapter: Mapping[str, torch.Tensor], setup: LoRASetup) -> dict[str, torch.Tensor]:
     """Zero-pad the head of an adapter to ``setup.max_labels`` rows (the zoo layout)."""
     out = {k: v.detach().float() for k, v in adapter.items()}
-    w, b = out[_PREFIX + _HEAD[0]], out[_PREFIX + _HEAD[1]]
-    k = w.shape[0]
+    k = out[_PREFIX + _HEAD[0]].shape[0]
     if k > setup.max_labels:
         raise AdapterError(f"the head has {k} labels, the setup allows at most {setup.max_labels}")
-    out[_PREFIX + _HEAD[0]] = torch.cat([w, w.new_zeros(setup.max_labels - k, w.shape[1])])
-    out[_PREFIX + _HEAD[1]] = torch.cat([b, b.new_zeros(setup.max_labels - k)])
-    return out
+    return pad_rows(out, (_PREFIX + _HEAD[0], _PREFIX + _HEAD[1]), setup.max_labels)
 
 
 def unpad_head(adapter: Mapping[str, torch.Tensor], num_labels: int) -> dict[str, torch.Tensor]:
