@@ -34,6 +34,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing import get_context
@@ -308,13 +309,14 @@ def build_zoo(
     if len(set(ids)) != len(ids):
         dup = sorted({i for i in ids if ids.count(i) > 1})
         raise ValueError(f"the plan repeats runs {dup[:3]}")
+    # Every run is checked before anything is created or trained: unknown tasks, classes of
+    # your own tasks, architectures that cannot be built, changed data under a finished run.
+    _check_plan(runs, own)
+    _check_resumed(root, runs, own)
+    created = [p for p in (root, *root.parents) if not p.exists()]
     (root / "runs").mkdir(parents=True, exist_ok=True)
     for stale in root.rglob(f"*{TMP_SUFFIX}"):  # left by an interrupted build
         stale.unlink()
-    for cfg in runs:  # unknown tasks and classes of your own tasks fail here, before any training
-        if cfg.task.partition("/")[0] not in DATASETS:
-            load_run_task(cfg, tasks=own)
-    _check_resumed(root, runs, own)
     write_json(root / "plan.json", [r.to_dict() for r in runs])
     todo = [r for r in runs if not (root / "runs" / f"{r.run_id}.json").exists()]
     log = tracker or NullLogger()
@@ -333,27 +335,60 @@ def build_zoo(
         bar.update(1)
 
     try:
-        if workers <= 1 or len(todo) <= 1:
-            datasets: dict[str, Task] = {}
-            for cfg in todo:
-                finish(run_one(cfg, datasets=datasets, data_root=data_root, tasks=own))
-        else:
-            ctx = get_context("spawn")  # fork after torch has started threads can deadlock
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(1, own)) as pool:
-                pending = {pool.submit(_worker, cfg, data_root) for cfg in todo}
-                try:
-                    while pending:
-                        finished, pending = wait(pending, return_when=FIRST_COMPLETED)
-                        for fut in finished:
-                            finish(fut.result())
-                except BaseException:
-                    for fut in pending:
-                        fut.cancel()
-                    raise
+        _train(todo, finish, workers=workers, data_root=data_root, own=own)
+    except BaseException:
+        if done == 0 and created:  # a new zoo that got no run: leave no skeleton behind
+            shutil.rmtree(created[-1], ignore_errors=True)
+        elif todo:
+            logger.error(
+                "zoo %s: the build stopped after %d of %d runs to train; the finished runs are kept, and building again "
+                "trains only the missing ones", root, done, len(todo),
+            )  # fmt: skip
+        raise
     finally:
         bar.close()
     planned = set(ids)
     return Zoo.open(root).filter(where=lambda c: c.run_id in planned)  # other runs in the folder stay out
+
+
+def _check_plan(runs: Sequence[RunConfig], own: Mapping[str, Task]) -> None:
+    """Refuse a plan with a task that does not exist or an architecture that cannot be built,
+    naming the run, before anything is written."""
+    built: set[str] = set()
+    for cfg in runs:
+        dataset, _, classes = cfg.task.partition("/")
+        task = load_run_task(cfg, tasks=own) if dataset not in DATASETS else None  # built-in datasets load in the workers
+        num_classes = task.num_classes if task is not None else len(classes.split("-")) if classes else 2
+        key = json.dumps([cfg.arch, dict(cfg.arch_kwargs), num_classes], sort_keys=True)
+        if key in built:
+            continue
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):  # no weights, no draw from the caller's generator
+                build_model(cfg.arch, num_classes=num_classes, **cfg.arch_kwargs)
+        except (TypeError, ValueError, KeyError) as err:
+            raise ValueError(f"run {cfg.run_id}: cannot build architecture {cfg.arch!r} with {dict(cfg.arch_kwargs)}: {err}") from None
+        built.add(key)
+
+
+def _train(todo: Sequence[RunConfig], finish: Any, *, workers: int, data_root: str | None, own: Mapping[str, Task]) -> None:
+    """Train the runs, in this process or in ``workers`` spawned ones, handing each result to ``finish``."""
+    if workers <= 1 or len(todo) <= 1:
+        datasets: dict[str, Task] = {}
+        for cfg in todo:
+            finish(run_one(cfg, datasets=datasets, data_root=data_root, tasks=own))
+        return
+    ctx = get_context("spawn")  # fork after torch has started threads can deadlock
+    with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=_init_worker, initargs=(1, own)) as pool:
+        pending = {pool.submit(_worker, cfg, data_root) for cfg in todo}
+        try:
+            while pending:
+                finished, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for fut in finished:
+                    finish(fut.result())
+        except BaseException:
+            for fut in pending:
+                fut.cancel()
+            raise
 
 
 # ----------------------------------------------------------------------------- presets

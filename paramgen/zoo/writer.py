@@ -8,9 +8,11 @@ Nothing is ever unpickled: ``.bin``/``.pt`` weights are refused with a message t
 how to convert them.
 
 Each run is one file of stacked checkpoints (``runs/<run_id>.safetensors``) and its
-manifest (``runs/<run_id>.json``), both written atomically, manifest last, exactly as
-`paramgen.zoo.build_zoo` writes them: adding an epoch to a run rewrites its tensor file
-with one more row and then its manifest, so the zoo is readable after every `add`.
+manifest (``runs/<run_id>.json``), as `paramgen.zoo.build_zoo` writes them: adding an
+epoch to a run rewrites its tensor file with one more row and then its manifest. A write
+is all or nothing: every checkpoint is read and checked first, every file is then staged
+in a hidden folder of the zoo and renamed into place, manifests last; a failure leaves the
+zoo as it was.
 
 Examples:
     >>> import tempfile, torch
@@ -26,12 +28,15 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import math
 import os
 import re
+import shutil
+import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -170,7 +175,9 @@ def read_checkpoint(source: CheckpointSource) -> LoadedCheckpoint:
         A `LoadedCheckpoint`: the state dict with its `ParamSpec`, the source kind and the metadata the
         source carries (``model_type``/``architectures`` of a Hugging Face
         ``config.json``; ``r``, ``lora_alpha``, ``target_modules`` and the base model
-        of a PEFT ``adapter_config.json``).
+        of a PEFT ``adapter_config.json``, and the rows of its classification head as
+        ``num_labels``). The spec of a file lays its tensors out canonically
+        (`paramgen.ParamSpec.canonical`): their order in a file means nothing.
 
     Raises:
         FileNotFoundError: A path that does not exist.
@@ -226,7 +233,15 @@ def read_checkpoint(source: CheckpointSource) -> LoadedCheckpoint:
         )
     if not state:
         raise ValueError(f"{path} holds no tensors")
-    spec = ParamSpec.from_state_dict(state)
+    # A file's tensor order means nothing (safetensors sorts by name): lay it out canonically,
+    # so the same architecture read from any file or from paramgen.lora.LoRASetup matches.
+    spec = ParamSpec.from_state_dict(state).canonical()
+    if kind == "peft":
+        from paramgen.lora.setup import find_head
+
+        head = find_head({k: tuple(v.shape) for k, v in state.items()})
+        if head is not None:
+            metadata["num_labels"] = int(state[head[0]].shape[0])
     read = LoadedCheckpoint(state, spec, str(path), kind, metadata={k: v for k, v in metadata.items() if v is not None})
     if kind == "huggingface":
         archs = metadata.get("architectures") or []
@@ -268,12 +283,164 @@ def _check_json(data: Mapping[str, Any], what: str) -> dict[str, Any]:
     return dict(data)
 
 
+@attrs.define(eq=False)
+class _Planned:
+    """One checkpoint of `ZooWriter.add_all` as the validation pass found it (no tensors kept)."""
+
+    source: CheckpointSource
+    name: str
+    task: str
+    run_id: str
+    auto_id: bool
+    epoch: int | None
+    digest: str
+    spec: ParamSpec  # as read: a file's canonically, a state dict's or module's in its order
+    head: tuple[str, str | None] | None  # a PEFT adapter's classification head, padded to the widest
+    metrics: dict[str, float]
+    extra: dict[str, Any]
+    fields: dict[str, Any]  # the run's record entries: dataset, task_description, arch, ...
+    padded: ParamSpec | None = None  # spec with the head padded (set once every source is read)
+    spec_id: str = ""
+
+
+def _stored(read: LoadedCheckpoint) -> dict[str, torch.Tensor]:
+    """The tensors a zoo stores (no frozen or tied copies), ``(1, *shape)``, in the source's order."""
+    keep = {t.name for t in read.spec.tensors if t.role != "frozen" and t.tied_to is None}
+    return {name: t.detach().cpu().unsqueeze(0) for name, t in read.state_dict.items() if name in keep}
+
+
+def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
+    digest = hashlib.sha256()
+    for name, t in tensors.items():
+        t = t.contiguous()
+        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return digest.hexdigest()
+
+
+def _head_group(spec: ParamSpec, head: tuple[str, str | None]) -> str:
+    """What adapters share when they differ only in their head's rows (labels)."""
+    rest = sorted([t.name, list(t.shape), t.dtype, t.role, t.tied_to] for t in spec.tensors if t.name not in head)
+    return json.dumps([rest, list(head), list(spec[head[0]].shape[1:])])
+
+
+def _padded(spec: ParamSpec, head: tuple[str, str | None], rows: int) -> ParamSpec:
+    return spec.with_shapes({name: (rows, *spec[name].shape[1:]) for name in head if name is not None})
+
+
+def _fit_rows(stacked: Mapping[str, torch.Tensor], spec: ParamSpec) -> dict[str, torch.Tensor]:
+    """Stacked tensors ``(E, *shape)`` with any head zero-padded to ``spec``'s rows."""
+    out = dict(stacked)
+    for t in spec.tensors:
+        x = out.get(t.name)
+        if x is not None and tuple(x.shape[1:]) != t.shape:
+            out[t.name] = torch.cat([x, x.new_zeros(x.shape[0], t.shape[0] - x.shape[1], *x.shape[2:])], dim=1)
+    return out
+
+
+def _differs(expected: ParamSpec, got: ParamSpec) -> str:
+    """The first difference between two architectures (in ``expected``'s order; called only
+    when their tensors differ, not just their order)."""
+    try:
+        expected.check_compatible(got)
+    except SpecMismatchError as err:
+        return str(err).removeprefix("spec is for another architecture: ")
+    return "the same tensors"
+
+
+class _Transaction:
+    """Files staged in a hidden folder of the zoo, then renamed into place together.
+
+    A failure before `commit` leaves the zoo as it was (a zoo folder made for it is
+    removed again); a failure during `commit` puts back every file it had replaced.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.created: list[Path] = []
+        self.files: list[tuple[Path, Path]] = []  # (staged, target), in commit order
+        self.keep = False
+
+    def __enter__(self) -> _Transaction:
+        missing, p = [], self.root
+        while not p.exists():
+            missing.append(p)
+            p = p.parent
+        try:
+            for folder in [*reversed(missing), self.root / "runs", self.root / "specs"]:
+                if not folder.exists():
+                    folder.mkdir()
+                    self.created.append(folder)
+            self.stage = Path(tempfile.mkdtemp(prefix=".import-", dir=self.root))
+        except BaseException:
+            self._remove_created()
+            raise
+        return self
+
+    def path(self, target: Path) -> Path:
+        """Where to write the new content of ``target`` until `commit`."""
+        staged = self.stage / f"{len(self.files)}-{target.name}"
+        self.files.append((staged, target))
+        return staged
+
+    def commit(self) -> None:
+        done: list[tuple[Path, Path | None]] = []
+        try:
+            for i, (staged, target) in enumerate(self.files):
+                backup = None
+                if target.exists():
+                    backup = self.stage / f"old-{i}-{target.name}"
+                    os.replace(target, backup)
+                done.append((target, backup))
+                os.replace(staged, target)
+        except BaseException:
+            for target, backup in reversed(done):
+                try:
+                    if backup is not None:
+                        os.replace(backup, target)
+                    else:
+                        target.unlink(missing_ok=True)
+                except OSError as err:  # keep the stage: it holds what could not be put back
+                    self.keep = True
+                    logger.error("zoo %s: could not put %s back (%s); its previous content is %s", self.root, target, err, backup)
+            raise
+        self.created = []  # the zoo is whole now: keep its folders
+
+    def _remove_created(self) -> None:
+        for folder in reversed(self.created):
+            with contextlib.suppress(OSError):  # only empty folders go: never anything of someone else's
+                folder.rmdir()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
+        if not self.keep:
+            shutil.rmtree(self.stage, ignore_errors=True)
+        if exc_type is not None:
+            self._remove_created()
+
+
 class ZooWriter:
     """Writes checkpoints you already have into a zoo folder that `Zoo.open` reads.
 
+    Every write is all or nothing: `add_all` reads and checks every checkpoint before it
+    writes any, and a failure leaves the folder exactly as it was (no runs, and no folder
+    when it did not exist before).
+
+    Checkpoints whose tensor order means nothing (files) are laid out canonically
+    (`paramgen.ParamSpec.canonical`), and a checkpoint with the tensors of a run already in
+    the zoo shares that run's architecture (spec id), whatever its order. PEFT adapters
+    that differ only in the rows of their classification head (tasks with 2 and 3 labels)
+    are one architecture: their heads are zero-padded to the widest (as
+    `paramgen.lora.LoRAZoo` pads them), runs already in the zoo included, and each
+    checkpoint records its ``num_labels``.
+
     Args:
-        root: The zoo folder; created if needed. Runs already there are kept, and new
-            checkpoints may join them.
+        root: The zoo folder; created by the first write. Runs already there are kept,
+            and new checkpoints may join them.
+        mixed_architectures: Accept checkpoints of several architectures in one zoo (a
+            family, selected with ``zoo.filter(spec_id=...)``). By default every
+            checkpoint must have the architecture of the zoo's runs, or of the first one
+            written, and another one is refused naming the differing tensor: a zoo of one
+            architecture is what a generator fits.
 
     Examples:
         >>> import tempfile, torch
@@ -284,172 +451,326 @@ class ZooWriter:
         ('run-0@5', True)
     """
 
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, mixed_architectures: bool = False) -> None:
         self.root = Path(root)
-        (self.root / "runs").mkdir(parents=True, exist_ok=True)
-        (self.root / "specs").mkdir(parents=True, exist_ok=True)
-        # (arch, arch_kwargs) -> (spec_id, checkpoint id) of the zoo's runs: named
-        # architectures must keep one set of tensors across runs.
-        self._arch_specs: dict[str, tuple[str, str]] = {}
-        for path in sorted((self.root / "runs").glob("*.json")):
-            for c in _checkpoints_of_run(read_json(path), path)[:1]:
-                if c.arch is not None:
-                    self._arch_specs.setdefault(self._arch_key(c.arch, c.arch_kwargs), (c.spec_id, c.id))
+        self.mixed_architectures = bool(mixed_architectures)
+        self._runs: dict[str, dict[str, Any]] = {}
+        self._specs: dict[str, ParamSpec] = {}
+        runs = self.root / "runs"
+        for path in sorted(runs.glob("*.json")) if runs.is_dir() else []:
+            record = read_json(path)
+            _checkpoints_of_run(record, path)  # a damaged manifest is named now, before anything is added
+            self._runs[path.stem] = record
 
     @staticmethod
     def _arch_key(arch: str, arch_kwargs: Mapping[str, Any]) -> str:
         return json.dumps([arch, dict(arch_kwargs)], sort_keys=True)
 
     def _spec(self, spec_id: str) -> ParamSpec:
-        return ParamSpec.from_dict(read_json(self.root / "specs" / f"{spec_id}.json"))
+        if spec_id not in self._specs:
+            path = self.root / "specs" / f"{spec_id}.json"
+            try:
+                self._specs[spec_id] = ParamSpec.from_dict(read_json(path))
+            except (OSError, ValueError) as err:
+                raise ValueError(f"zoo {self.root}: the architecture file {path} is unreadable ({err}); delete the runs that use it and import them again") from None
+        return self._specs[spec_id]
 
-    def add(
-        self,
-        checkpoint: CheckpointSource,
-        *,
-        task: str,
-        run_id: str | None = None,
-        epoch: int | None = None,
-        metrics: Mapping[str, float] | None = None,
-        arch: str | None = None,
-        arch_kwargs: Mapping[str, Any] | None = None,
-        arch_description: str | None = None,
-        task_description: str | None = None,
-        dataset: str | None = None,
-        seed: int | None = None,
-        hyperparameters: Mapping[str, Any] | None = None,
-        **metadata: Any,
-    ) -> Checkpoint:
+    def add(self, checkpoint: CheckpointSource, *, task: str, **options: Any) -> Checkpoint:
         """Add one checkpoint to the zoo (atomically) and return its zoo record.
 
         Args:
             checkpoint: A state dict, an ``nn.Module``, a ``.safetensors`` file, a Hugging
                 Face model folder or a PEFT adapter folder (see `read_checkpoint`).
             task: Task name the checkpoint was trained on, e.g. ``"wine"``.
-            run_id: Training run it belongs to: checkpoints of one run (epochs) share
-                one tensor file and must share one architecture. ``None`` makes a run
-                of this checkpoint alone, named from the task and a hash of the
-                weights (adding the same weights again returns the stored record).
-            epoch: Epochs trained; default: one more than the run's last (0 first).
-            metrics: Finite numbers, e.g. ``{"test_acc": 0.97}``.
-            arch: Architecture name; a `paramgen.models` name lets `Zoo.model` rebuild
-                it (default: the Hugging Face class, or none). Runs of one ``arch``
-                with equal ``arch_kwargs`` must have the same tensors.
-            arch_kwargs: Its keyword arguments.
-            arch_description: Text description (default: derived from the source).
-            task_description: Natural-language description of the task (default:
-                the task name).
-            dataset: Dataset of the task (default: the task name before ``/``).
-            seed: Training seed, if known.
-            hyperparameters: Training configuration, if known.
-            **metadata: Anything else to record with the run (JSON values).
+            **options: ``run_id``, ``epoch``, ``metrics``, ``arch``, ``arch_kwargs``,
+                ``arch_description``, ``task_description``, ``dataset``, ``seed``,
+                ``hyperparameters`` and any other metadata, as `add_all` takes them.
 
         Returns:
             The checkpoint as `Zoo.open` will read it.
 
         Raises:
-            ValueError: Bad or empty weights, NaN/Inf weights, a run whose tensors
-                differ from this checkpoint's (naming the first differing tensor), an
-                epoch already in the run, bad metrics or run id.
+            ValueError: See `add_all`.
             FileNotFoundError: A path that does not exist.
         """
+        return self.add_all([(checkpoint, {"task": task, **options})])[0]
+
+    def add_all(self, entries: Sequence[tuple[CheckpointSource, Mapping[str, Any]]], *, progress: bool = False) -> list[Checkpoint]:
+        """Add several checkpoints, all or nothing, and return their zoo records in order.
+
+        Every checkpoint is read and checked first (readable, finite, its options valid,
+        its architecture the zoo's unless ``mixed_architectures``, its run joinable); then
+        every file is written and renamed into place. A failure leaves the zoo exactly as
+        it was, and the error names the checkpoint and what was expected.
+
+        Args:
+            entries: ``(checkpoint, options)`` pairs; ``options`` holds the keywords of
+                one checkpoint:
+
+                - ``task`` (required): the task name it was trained on, e.g. ``"wine"``.
+                - ``run_id``: the training run it belongs to; checkpoints of one run
+                  (epochs) share one tensor file and one architecture. Without it, a
+                  checkpoint is a run of its own named from its task and a hash of its
+                  weights (the same weights again give the stored record).
+                - ``epoch``: epochs trained; default one more than the run's last (0 first).
+                - ``metrics``: finite numbers, e.g. ``{"test_acc": 0.97}``.
+                - ``arch``, ``arch_kwargs``: the architecture's name (a `paramgen.models`
+                  name lets `Zoo.model` rebuild it; default the Hugging Face class) and
+                  keyword arguments; runs of one ``arch`` with equal ``arch_kwargs`` must
+                  have the same tensors.
+                - ``arch_description``, ``task_description``, ``dataset`` (default: the
+                  task name before ``/``), ``seed``, ``hyperparameters``.
+                - anything else: metadata recorded with the run (JSON values).
+            progress: Show progress bars (reading, then writing).
+
+        Returns:
+            One `Checkpoint` per entry, as `Zoo.open` will read it.
+
+        Raises:
+            ValueError: An unreadable, empty or non-finite checkpoint, bad options, another
+                architecture than the zoo's (`paramgen.spec.SpecMismatchError`, naming the
+                first differing tensor and both shapes), a run it cannot join, an epoch
+                already in its run.
+            FileNotFoundError: A path that does not exist.
+        """
+        from tqdm.auto import tqdm
+
+        entries = list(entries)
+        if not entries:
+            raise ValueError("no checkpoints to add: entries is empty")
+        plans = [self._read(source, dict(options)) for source, options in tqdm(entries, desc="read", disable=not progress)]
+        specs, repad = self._resolve(plans)
+        written = self._write(plans, specs, repad, progress)
+        out = []
+        for plan in plans:
+            record = written.get(plan.run_id) or self._runs[plan.run_id]
+            found = _checkpoints_of_run(record, self.root / "runs" / f"{plan.run_id}.json")
+            out.append(next(c for c in found if c.epoch == plan.epoch))
+        return out
+
+    # ------------------------------------------------------------------ validation
+    def _read(self, source: CheckpointSource, options: dict[str, Any]) -> _Planned:
+        """Read one checkpoint and check its options; nothing is written and no tensors are kept."""
+        read = read_checkpoint(source)
+        task = options.pop("task", None)
         if not isinstance(task, str) or not task:
-            raise ValueError(f"task must be a non-empty str naming what the checkpoint was trained on, got {task!r}")
-        read = read_checkpoint(checkpoint)
-        spec = read.spec
-        stored_names = [t.name for t in spec.tensors if t.role != "frozen" and t.tied_to is None]
-        tensors = {name: read.state_dict[name].detach().cpu().unsqueeze(0) for name in stored_names}  # (1, *shape)
+            raise ValueError(f"checkpoint {read.name}: task must be a non-empty str naming what it was trained on, got {task!r}")
+        run_id, epoch = options.pop("run_id", None), options.pop("epoch", None)
+        metrics = _check_metrics(options.pop("metrics", None), read.name)
+        arch = options.pop("arch", None)
+        arch = read.arch if arch is None else arch
+        arch_kwargs = _check_json(options.pop("arch_kwargs", None) or {}, "arch_kwargs")
+        hyperparameters = _check_json(options.pop("hyperparameters", None) or {}, "hyperparameters")
+        seed = options.pop("seed", None)
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise TypeError(f"checkpoint {read.name}: seed must be an int or None, got {seed!r}")
+        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
+            raise ValueError(f"checkpoint {read.name}: epoch must be an int >= 0 or None, got {epoch!r}")
+        dataset, task_description, arch_description = options.pop("dataset", None), options.pop("task_description", None), options.pop("arch_description", None)
+        extra = _check_json({**read.metadata, **options, "source": read.source}, "metadata")
+        tensors = _stored(read)
         try:
-            spec.flatten_stacked(tensors)
+            read.spec.flatten_stacked(tensors)
         except NonFiniteWeightsError as err:
             raise NonFiniteWeightsError(f"checkpoint {read.name}: {err}") from None
-        metrics = _check_metrics(metrics, read.name)
-        extra = _check_json({**read.metadata, **metadata, "source": read.source}, "metadata")
-        arch = read.arch if arch is None else arch
-        arch_kwargs = _check_json(arch_kwargs or {}, "arch_kwargs")
-        hyperparameters = _check_json(hyperparameters or {}, "hyperparameters")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise TypeError(f"seed must be an int or None, got {seed!r}")
-        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
-            raise ValueError(f"epoch must be an int >= 0 or None, got {epoch!r}")
+        digest = _digest(tensors)
         auto_id = run_id is None
         if run_id is None:
-            digest = hashlib.sha256()
-            for name in stored_names:
-                t = tensors[name].contiguous()
-                digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-                digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-            run_id = f"{_slug(task)}__{digest.hexdigest()[:12]}"
+            run_id = f"{_slug(task)}__{digest[:12]}"
         elif not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-            raise ValueError(f"run_id must be a file-name-safe str (letters, digits, '._@=+-'), got {run_id!r}")
-        if arch is not None:
-            key = self._arch_key(arch, arch_kwargs)
-            known = self._arch_specs.get(key)
-            if known is not None and known[0] != spec.fingerprint:
-                try:
-                    self._spec(known[0]).check_compatible(spec)
-                except SpecMismatchError as err:
-                    raise SpecMismatchError(
-                        f"checkpoint {read.name} is recorded as architecture {arch!r} {arch_kwargs} like {known[1]}, "
-                        f"but its tensors differ: {err}"
-                    ) from None
+            raise ValueError(f"checkpoint {read.name}: run_id must be a file-name-safe str (letters, digits, '._@=+-'), got {run_id!r}")
+        head = None
+        if read.source == "peft":
+            from paramgen.lora.setup import find_head
 
-        runs = self.root / "runs"
-        manifest = runs / f"{run_id}.json"
-        if manifest.exists():
-            record = read_json(manifest)
-            existing = _checkpoints_of_run(record, manifest)
-            if auto_id:
-                logger.info("checkpoint %s is already in zoo %s as %s", read.name, self.root, existing[0].id)
-                return existing[0]
-            if record["spec_id"] != spec.fingerprint:
-                try:
-                    self._spec(record["spec_id"]).check_compatible(spec)
-                except SpecMismatchError as err:
-                    raise SpecMismatchError(f"checkpoint {read.name} cannot join run {run_id!r}: {err}") from None
-            if record["task"] != task:
-                raise ValueError(f"run {run_id!r} is on task {record['task']!r}; checkpoint {read.name} says {task!r}")
-            epochs = [c.epoch for c in existing]
-            epoch = max(epochs) + 1 if epoch is None else epoch
-            if epoch in epochs:
-                raise ValueError(f"run {run_id!r} already holds epoch {epoch}; give another epoch or run_id")
-            recorded = record.get("tensors_sha256")
-            if recorded is not None and file_sha256(runs / f"{run_id}.safetensors") != recorded:
-                raise ValueError(f"run {run_id!r} of zoo {self.root}: its tensor bytes changed since they were written; delete its files and add it again")
-            try:
-                old = load_file(runs / f"{run_id}.safetensors")
-            except (SafetensorError, FileNotFoundError) as err:
-                raise ValueError(f"run {run_id!r} of zoo {self.root} is damaged ({err}); delete its files and add it again") from None
-            index = len(next(iter(old.values())))
-            tensors = {name: torch.cat([old[name], tensors[name]]) for name in stored_names}  # (E + 1, *shape)
-            record["checkpoints"].append({"epoch": epoch, "index": index, "metrics": metrics, "imported_from": read.name})
-            record["metadata"] = {**record.get("metadata", {}), **extra}
-        else:
-            epoch = 0 if epoch is None else epoch
-            record = {
-                "run_id": run_id,
-                "task": task,
-                "dataset": task.partition("/")[0] if dataset is None else dataset,
-                "task_description": task if task_description is None else task_description,
-                "arch": arch,
-                "arch_kwargs": arch_kwargs,
-                "arch_description": arch_description or read.arch_description or _describe(spec),
-                "seed": seed,
-                "hyperparameters": hyperparameters,
-                "spec_id": spec.fingerprint,
-                "metadata": extra,
-                "checkpoints": [{"epoch": epoch, "index": 0, "metrics": metrics, "imported_from": read.name}],
-            }
-        spec_path = self.root / "specs" / f"{spec.fingerprint}.json"
-        if not spec_path.exists():
-            write_json(spec_path, spec.to_dict())
-        # Tensors first, manifest last: a run holds exactly the rows its JSON names.
-        save_safetensors(runs / f"{run_id}.safetensors", tensors, metadata={"spec_id": spec.fingerprint})
-        record["tensors_sha256"] = file_sha256(runs / f"{run_id}.safetensors")
-        write_json(manifest, record)
-        if arch is not None:
-            self._arch_specs.setdefault(self._arch_key(arch, arch_kwargs), (spec.fingerprint, f"{run_id}@{epoch}"))
-        return next(c for c in _checkpoints_of_run(record, manifest) if c.epoch == epoch)
+            head = find_head({t.name: t.shape for t in read.spec.tensors})
+        fields = {
+            "dataset": task.partition("/")[0] if dataset is None else dataset,
+            "task_description": task if task_description is None else task_description,
+            "arch": arch,
+            "arch_kwargs": arch_kwargs,
+            "arch_description": arch_description or read.arch_description or _describe(read.spec),
+            "seed": seed,
+            "hyperparameters": hyperparameters,
+        }
+        return _Planned(source, read.name, task, run_id, auto_id, epoch, digest, read.spec, head, metrics, extra, fields)
+
+    def _resolve(self, plans: list[_Planned]) -> tuple[dict[str, ParamSpec], dict[str, str]]:
+        """Pad heads, give every checkpoint its spec id and epoch, and check that they fit
+        the zoo and each other. Returns the specs by id, and the zoo's runs whose heads must
+        be padded further (run id -> their new spec id)."""
+        from paramgen.lora.setup import find_head
+
+        # 1. PEFT heads: one width per group of adapters that differ only in their head's rows.
+        widths: dict[str, int] = {}
+        heads: dict[str, tuple[str, tuple[str, str | None]]] = {}  # the zoo's adapter runs: run id -> (group, head)
+        for run_id, record in self._runs.items():
+            spec = self._spec(record["spec_id"])
+            head = find_head({t.name: t.shape for t in spec.tensors}) if record.get("metadata", {}).get("source") == "peft" else None
+            if head is not None:
+                heads[run_id] = (_head_group(spec, head), head)
+                widths[heads[run_id][0]] = max(widths.get(heads[run_id][0], 0), spec[head[0]].shape[0])
+        for plan in plans:
+            if plan.head is not None:
+                group = _head_group(plan.spec, plan.head)
+                widths[group] = max(widths.get(group, 0), plan.spec[plan.head[0]].shape[0])
+        for plan in plans:
+            plan.padded = plan.spec if plan.head is None else _padded(plan.spec, plan.head, widths[_head_group(plan.spec, plan.head)])
+        narrow = {run_id: (group, head) for run_id, (group, head) in heads.items() if self._spec(self._runs[run_id]["spec_id"])[head[0]].shape[0] < widths[group]}
+
+        # 2. Spec ids: the tensors of a spec in the zoo, in any order, take its id.
+        specs: dict[str, ParamSpec] = {}
+        by_tensors: dict[str, str] = {}  # canonical fingerprint -> spec id
+
+        def spec_id(spec: ParamSpec, sid: str) -> str:
+            sid = by_tensors.setdefault(spec.canonical().fingerprint, sid)
+            specs.setdefault(sid, spec)
+            return sid
+
+        run_ids = {run_id: spec_id(self._spec(r["spec_id"]), r["spec_id"]) for run_id, r in self._runs.items() if run_id not in narrow}
+        repad = {}
+        for run_id, (group, head) in narrow.items():
+            wide = _padded(self._spec(self._runs[run_id]["spec_id"]), head, widths[group])
+            run_ids[run_id] = repad[run_id] = spec_id(wide, wide.fingerprint)
+        for plan in plans:
+            assert plan.padded is not None
+            plan.spec_id = spec_id(plan.padded, plan.padded.fingerprint)
+
+        # 3. Runs: joinable (undamaged, one task, one architecture) and new epochs.
+        epochs: dict[str, list[int]] = {}
+        first: dict[str, _Planned] = {}
+        for plan in plans:
+            found = self._runs.get(plan.run_id)
+            manifest = self.root / "runs" / f"{plan.run_id}.json"
+            if plan.auto_id and (found is not None or plan.run_id in first):  # the same weights are in the zoo, or twice here
+                plan.epoch = _checkpoints_of_run(found, manifest)[0].epoch if found is not None else first[plan.run_id].epoch
+                logger.info("checkpoint %s is already in zoo %s as %s@%s", plan.name, self.root, plan.run_id, plan.epoch)
+                continue
+            run_task, run_spec = (found["task"], run_ids[plan.run_id]) if found is not None else (None, None)
+            if found is None and plan.run_id in first:
+                run_task, run_spec = first[plan.run_id].task, first[plan.run_id].spec_id
+            if run_spec is not None and run_spec != plan.spec_id:
+                raise SpecMismatchError(f"checkpoint {plan.name} cannot join run {plan.run_id!r}: {_differs(specs[run_spec], specs[plan.spec_id])}")
+            if run_task is not None and run_task != plan.task:
+                raise ValueError(f"run {plan.run_id!r} is on task {run_task!r}; checkpoint {plan.name} says {plan.task!r}")
+            if plan.run_id not in epochs:
+                epochs[plan.run_id] = [] if found is None else [c.epoch for c in _checkpoints_of_run(found, manifest)]
+            taken = epochs[plan.run_id]
+            plan.epoch = (max(taken) + 1 if taken else 0) if plan.epoch is None else plan.epoch
+            if plan.epoch in taken:
+                raise ValueError(f"run {plan.run_id!r} already holds epoch {plan.epoch}; give checkpoint {plan.name} another epoch or run_id")
+            taken.append(plan.epoch)
+            first.setdefault(plan.run_id, plan)
+        for run_id in dict.fromkeys([*(r for r in epochs if r in self._runs), *repad]):  # runs to rewrite: damaged ones are refused now
+            self._check_digest(run_id)
+
+        # 4. Named architectures keep one set of tensors across runs.
+        named: dict[str, tuple[str, str]] = {}  # arch key -> (spec id, where it was seen)
+        for run_id, record in self._runs.items():
+            if record["arch"] is not None:
+                named.setdefault(self._arch_key(record["arch"], record["arch_kwargs"]), (run_ids[run_id], f"run {run_id}"))
+        for plan in plans:
+            arch, kwargs = plan.fields["arch"], plan.fields["arch_kwargs"]
+            if arch is not None:
+                sid, where = named.setdefault(self._arch_key(arch, kwargs), (plan.spec_id, f"checkpoint {plan.name}"))
+                if sid != plan.spec_id:
+                    raise SpecMismatchError(f"checkpoint {plan.name} is recorded as architecture {arch!r} {kwargs} like {where}, but its tensors differ: {_differs(specs[sid], specs[plan.spec_id])}")
+
+        # 5. One architecture per zoo, unless asked for several.
+        if not self.mixed_architectures:
+            zoo_specs = dict(zip(run_ids.values(), run_ids.keys(), strict=True))  # spec id -> a run of it
+            where, expected = (f"the zoo's run {next(iter(zoo_specs.values()))}", next(iter(zoo_specs))) if zoo_specs else (f"checkpoint {plans[0].name}", plans[0].spec_id)
+            for plan in plans:
+                if plan.spec_id != expected and plan.spec_id not in zoo_specs:
+                    raise SpecMismatchError(
+                        f"checkpoint {plan.name} is another architecture than {where}: {_differs(specs[expected], specs[plan.spec_id])}; "
+                        "a zoo holds one architecture unless it is written with mixed_architectures=True (--mixed-architectures)"
+                    )
+            # LoRA adapters compute alpha / r * B @ A: the same tensors with another alpha are another function.
+            alphas = [(r["metadata"]["lora_alpha"], f"the zoo's run {run_id}") for run_id, r in self._runs.items() if "lora_alpha" in r.get("metadata", {})]
+            alphas += [(p.extra["lora_alpha"], f"checkpoint {p.name}") for p in plans if "lora_alpha" in p.extra]
+            for alpha, where in alphas:
+                if alpha != alphas[0][0]:
+                    raise ValueError(
+                        f"{where} is a LoRA adapter with lora_alpha={alpha}, {alphas[0][1]} has lora_alpha={alphas[0][0]}: the same tensors "
+                        "compute another update; a zoo holds one architecture unless it is written with mixed_architectures=True (--mixed-architectures)"
+                    )
+        return specs, repad
+
+    def _check_digest(self, run_id: str) -> None:
+        """Refuse to rewrite a run whose tensor file changed since its manifest was written."""
+        path = self.root / "runs" / f"{run_id}.safetensors"
+        recorded = self._runs[run_id].get("tensors_sha256")
+        try:
+            changed = recorded is not None and file_sha256(path) != recorded
+        except FileNotFoundError:
+            raise ValueError(f"run {run_id!r} of zoo {self.root} is damaged (its tensor file is gone); delete runs/{run_id}.json and add it again") from None
+        if changed:
+            raise ValueError(f"run {run_id!r} of zoo {self.root}: its tensor bytes changed since they were written; delete its files and add it again")
+
+    # ------------------------------------------------------------------ writing
+    def _tensors(self, plan: _Planned) -> dict[str, torch.Tensor]:
+        """The checkpoint's stored tensors, read again (as checked) and its head padded: ``(1, *shape)``."""
+        tensors = _stored(read_checkpoint(plan.source))
+        if _digest(tensors) != plan.digest:
+            raise ValueError(f"checkpoint {plan.name} changed while it was being imported; import it again")
+        return _fit_rows(tensors, plan.padded)  # type: ignore[arg-type]
+
+    def _write(self, plans: list[_Planned], specs: Mapping[str, ParamSpec], repad: Mapping[str, str], progress: bool) -> dict[str, dict[str, Any]]:
+        """Stage every file, then rename them into place together; returns the new manifests by run id."""
+        from tqdm.auto import tqdm
+
+        rows: dict[str, list[_Planned]] = {}
+        for plan in plans:
+            if not (plan.auto_id and (plan.run_id in self._runs or plan.run_id in rows)):  # stored already
+                rows.setdefault(plan.run_id, []).append(plan)
+        touched = list(dict.fromkeys([*rows, *repad]))
+        if not touched:
+            return {}
+        records: dict[str, dict[str, Any]] = {}
+        new_specs: set[str] = set()
+        with _Transaction(self.root) as tx:
+            for run_id in tqdm(touched, desc="write", disable=not progress):
+                old = self._runs.get(run_id)
+                sid = repad.get(run_id) or (old["spec_id"] if old is not None else rows[run_id][0].spec_id)
+                spec = specs.get(sid) or self._spec(sid)
+                parts: list[dict[str, torch.Tensor]] = []
+                if old is not None:
+                    try:
+                        parts.append(_fit_rows(load_file(self.root / "runs" / f"{run_id}.safetensors"), spec))
+                    except SafetensorError as err:
+                        raise ValueError(f"run {run_id!r} of zoo {self.root} is damaged ({err}); delete its files and add it again") from None
+                    record = json.loads(json.dumps(old))  # a copy: the writer's view changes only once committed
+                else:
+                    first = rows[run_id][0]
+                    record = {"run_id": run_id, "task": first.task, **first.fields, "spec_id": sid, "metadata": {}, "checkpoints": []}
+                index = len(next(iter(parts[0].values()))) if parts else 0
+                for plan in rows.get(run_id, []):
+                    parts.append(self._tensors(plan))
+                    record["checkpoints"].append({"epoch": plan.epoch, "index": index, "metrics": plan.metrics, "imported_from": plan.name})
+                    record["metadata"] = {**record["metadata"], **plan.extra}
+                    index += 1
+                if run_id in repad:
+                    record["spec_id"] = sid
+                    if "num_labels" not in record["metadata"]:  # imported before heads were padded: its rows were its labels
+                        old_spec = self._spec(self._runs[run_id]["spec_id"])
+                        record["metadata"]["num_labels"] = next(old_spec[t.name].shape[0] for t in spec.tensors if t.shape != old_spec[t.name].shape)
+                names = [t.name for t in spec.tensors if t.role != "frozen" and t.tied_to is None]
+                staged = tx.path(self.root / "runs" / f"{run_id}.safetensors")
+                save_safetensors(staged, {n: torch.cat([p[n] for p in parts]) for n in names}, metadata={"spec_id": sid})  # (E, *shape)
+                record["tensors_sha256"] = file_sha256(staged)
+                records[run_id] = record
+                new_specs.add(sid)
+            for sid in sorted(new_specs):
+                path = self.root / "specs" / f"{sid}.json"
+                if not path.exists():
+                    write_json(tx.path(path), specs[sid].to_dict())
+            for run_id, record in records.items():  # manifests last: a run is in the zoo exactly when its JSON is
+                write_json(tx.path(self.root / "runs" / f"{run_id}.json"), record)
+            tx.commit()
+        self._runs.update(records)
+        self._specs.update({sid: specs[sid] for sid in new_specs if sid in specs})
+        return records
 
     def zoo(self) -> Zoo:
         """The zoo folder as written so far (`Zoo.open`)."""
@@ -490,9 +811,14 @@ def import_checkpoints(
     sources: CheckpointSource | Sequence[CheckpointSource],
     *,
     tasks: str | Sequence[str] | Mapping[str, str],
+    mixed_architectures: bool = False,
+    progress: bool = False,
     **common: Any,
 ) -> Zoo:
-    """Write many checkpoints into a zoo and return the zoo view of them.
+    """Write many checkpoints into a zoo, all or nothing, and return the zoo view of them.
+
+    Every source is read and checked before anything is written (`ZooWriter.add_all`): a
+    bad one leaves the zoo exactly as it was, and the error names it.
 
     Args:
         root: Zoo folder (created if needed).
@@ -501,6 +827,10 @@ def import_checkpoints(
         tasks: One task for all, one per source (in order), or a mapping from a
             source's file or folder name (``"seed0.safetensors"``; a state dict's
             position ``"0"``) to its task.
+        mixed_architectures: Accept several architectures in the zoo (see `ZooWriter`);
+            by default a checkpoint of another architecture than the others, or than the
+            zoo's runs, is refused naming the differing tensor and both shapes.
+        progress: Show progress bars.
         **common: Keywords of `ZooWriter.add` for every checkpoint (``run_id=`` puts
             them all in one run, as successive epochs).
 
@@ -509,7 +839,7 @@ def import_checkpoints(
 
     Raises:
         ValueError: No sources, a count of tasks that does not match, a source with
-            no task, or anything `ZooWriter.add` refuses (naming the checkpoint).
+            no task, or anything `ZooWriter.add_all` refuses (naming the checkpoint).
 
     Examples:
         >>> import tempfile, torch
@@ -537,7 +867,7 @@ def import_checkpoints(
         task_of = list(tasks)
         if len(task_of) != len(items):
             raise ValueError(f"got {len(task_of)} tasks for {len(items)} checkpoints; expected one task per checkpoint, or one str for all")
-    writer = ZooWriter(root)
-    added = [writer.add(source, task=task, **common) for source, task in zip(items, task_of, strict=True)]
+    writer = ZooWriter(root, mixed_architectures=mixed_architectures)
+    added = writer.add_all([(source, {**common, "task": task}) for source, task in zip(items, task_of, strict=True)], progress=progress)
     ids = {c.id for c in added}
     return writer.zoo().filter(where=lambda c: c.id in ids)

@@ -79,7 +79,12 @@ def test_a_folder_of_safetensors_files_and_several_architectures(tmp_path):
         save_file(_mlp(s).state_dict(), src / f"small{s}.safetensors")
         save_file(_mlp(s, hidden=6).state_dict(), src / f"wide{s}.safetensors")
     (src / "notes.txt").write_text("not a checkpoint")
-    zoo = import_checkpoints(tmp_path / "zoo", src, tasks={"small0": "a", "small1": "b", "wide0": "a", "wide1": "b"})
+    tasks = {"small0": "a", "small1": "b", "wide0": "a", "wide1": "b"}
+    mismatch = r"wide0.safetensors is another architecture than checkpoint .*small0.safetensors: 'head.weight' expected shape \(3, 8\).*got shape \(3, 6\).*mixed_architectures=True"
+    with pytest.raises(SpecMismatchError, match=mismatch):
+        import_checkpoints(tmp_path / "zoo", src, tasks=tasks)
+    assert not (tmp_path / "zoo").exists()  # nothing written, not even the folder
+    zoo = import_checkpoints(tmp_path / "zoo", src, tasks=tasks, mixed_architectures=True)
     assert len(zoo) == 4 and len(zoo.spec_ids) == 2 and zoo.tasks == ("a", "b")
     assert {c.metadata["source"] for c in zoo} == {"safetensors"}
     with pytest.raises(ValueError, match="2 architectures"):
