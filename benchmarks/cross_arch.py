@@ -237,7 +237,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     archs_of = [k for k, _ in pairs]
 
     # 3a. The GPT's sampling temperature, chosen on the *validation* splits of seen members.
-    options: dict[str, Any] = {}
+    # The VAE + DDPM variant samples with DDPM-1000, as its committed rows did.
+    options: dict[str, Any] = {"sampler": "ddpm"} if args.components == "vae-ddpm" else {}
     if args.components == "vq-gpt" and len(size["temperatures"]) > 1:
         val_acc = {}
         seen_idx = [i for i, (k, _) in enumerate(pairs) if k in seen]

@@ -54,7 +54,7 @@ from torch import nn
 
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer
 from paramgen.io import file_sha256, read_json, save_safetensors, write_json
-from paramgen.normalize import GlobalScale, Normalizer, PerTaskZScore, normalizer_from_config
+from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore, normalizer_from_config
 from paramgen.registry import UnregisteredComponentError, registry
 from paramgen.spec import ParamSpec, SpecMismatchError
 from paramgen.tracking import Logger
@@ -455,6 +455,7 @@ class Generator:
         """
         self._require_fitted()
         _positive_int(batch_size, "batch_size")
+        self._check_tasks_used(tasks)
         arch_list = self._check_archs(archs, len(flat))
         x, mask = self._rows(flat, tasks, arch_list)
         if self.discrete:
@@ -489,18 +490,25 @@ class Generator:
             tasks: Task name per condition, for a per-task normalizer
                 (`paramgen.normalize.PerTaskZScore`); not needed when the conditions are
                 themselves task names the normalizer has seen (they are then the tasks).
+                Refused by a generator whose normalizer uses no tasks.
             archs: For a family: the architecture key of each condition.
             batch_size: Models decoded at once (a positive integer).
-            **sample_kwargs: Passed to ``prior.sample`` (e.g. ``sampler="ddim"``, ``steps=50``).
+            **sample_kwargs: Passed to ``prior.sample``, which acts on each or raises
+                naming it (e.g. ``steps=20``: DDIM steps; with ``sampler="ddpm"`` it
+                raises). A `paramgen.priors.DiffusionPrior` samples with DDIM, 50 steps,
+                by default.
 
         Raises:
             ValueError: ``n`` or ``batch_size`` is not a positive integer; a per-task
-                normalizer lacks the tasks; ``tasks`` or ``archs`` do not match the conditions.
+                normalizer lacks the tasks; ``tasks`` or ``archs`` do not match the
+                conditions, or are given to a generator that does not use them.
+            TypeError: A sampling option the prior does not take (named, with the valid ones).
             NotFittedError: The generator is not fitted.
         """
         self._require_fitted()
         _positive_int(n, "n")
         _positive_int(batch_size, "batch_size")
+        self._check_tasks_used(tasks)
         c = self.condition(cond)
         if c is not None:
             c = c.to(self.device)
@@ -530,6 +538,15 @@ class Generator:
                 "log-normalized running_var): the prior is likely undertrained"
             )
         return flat
+
+    def _check_tasks_used(self, tasks: Sequence[str] | None) -> None:
+        """``tasks=`` only selects a per-task normalizer's statistics: refuse them where
+        nothing would read them (no normalizer, or a built-in one without per-task
+        statistics), rather than ignore them."""
+        if tasks is None or not (self.normalizer is None or isinstance(self.normalizer, (PerLayerZScore, GlobalScale))):
+            return
+        has = "no normalizer" if self.normalizer is None else f"a {type(self.normalizer).__name__} normalizer"
+        raise ValueError(f"tasks= selects a per-task normalizer's statistics, but this generator has {has}, which uses no tasks: drop tasks=")
 
     def _tasks_for(self, cond: Any, tasks: Sequence[str] | None, b: int) -> Sequence[str] | None:
         """The tasks a per-task normalizer needs: ``tasks``, or the conditions when they
@@ -580,6 +597,8 @@ class Generator:
         or, for a family, the spec of ``arch``)."""
         if self.family and arch is None:
             raise ValueError(f"this generator serves a family: pass arch= (one of {sorted(self.specs)})")
+        if not self.family and arch is not None:
+            raise ValueError(f"arch={arch!r} picks a member of a family generator; this one has a single architecture: drop arch=")
         spec = self.specs[arch] if self.family else self.spec  # type: ignore[index]
         if self.family:
             kwargs["archs"] = [arch]

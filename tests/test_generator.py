@@ -131,6 +131,30 @@ def test_wrong_condition_kind_or_size_is_refused(fitted):
         fitted.sample(None)
 
 
+def test_every_argument_of_sample_acts_or_is_refused(fitted):
+    """No keyword is taken and ignored: DDIM steps act without naming the sampler (DDIM is
+    the default), and what a generator cannot use raises naming it."""
+    cond = cond_for(fitted)
+    tasks = cond if isinstance(fitted.normalizer, PerTaskZScore) else None
+    draw = lambda **kw: fitted.sample_flat(cond, 2, generator=torch.Generator().manual_seed(0), tasks=tasks, **kw)  # noqa: E731
+    if isinstance(fitted.prior, DiffusionPrior):
+        assert torch.equal(draw(steps=5), draw(sampler="ddim", steps=5))
+        assert not torch.equal(draw(steps=5), draw())
+        assert not torch.equal(draw(), draw(sampler="ddpm"))
+        with pytest.raises(ValueError, match=r"steps=5 acts with the DDIM sampler only.*sampler='ddpm'"):
+            draw(sampler="ddpm", steps=5)
+    else:
+        with pytest.raises(TypeError, match=r"KDEPrior\.sample got steps=5; valid options: none"):
+            draw(steps=5)
+    if tasks is None:  # a normalizer without per-task statistics would ignore tasks=
+        with pytest.raises(ValueError, match=rf"tasks= selects a per-task normalizer's statistics, but this generator has a {type(fitted.normalizer).__name__} normalizer"):
+            fitted.sample_flat(cond, 1, tasks=["a"] * (len(cond) if cond else 1))
+        with pytest.raises(ValueError, match="uses no tasks: drop tasks="):
+            fitted.reconstruct(zoo_vectors()[0][:2], tasks=["a", "a"])
+    with pytest.raises(ValueError, match=r"arch='mlp' picks a member of a family generator; this one has a single architecture"):
+        fitted.sample_into(NET, cond[:1] if cond else None, arch="mlp")
+
+
 def test_image_set_condition_of_wrong_feature_size_is_refused():
     vec = ModelVectorizer(SPEC)
     tok = IdentityTokenizer(rows=1, width=SPEC.numel)

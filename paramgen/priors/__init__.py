@@ -1,7 +1,8 @@
 """Generative priors over latents ``(B, C, T)``: latent diffusion and a KDE baseline.
 
 - `DiffusionPrior`: D2NWG's latent DDPM, a `UNet1D` denoiser composed with a
-  `LinearSchedule`; DDPM or DDIM sampling, EMA weights, classifier-free guidance.
+  `LinearSchedule`; DDIM (default, `DEFAULT_DDIM_STEPS` = 50 steps) or DDPM sampling,
+  EMA weights, classifier-free guidance.
 - `KDEPrior`: Schürholt et al.'s S_KDE baseline, a Gaussian KDE per condition.
 
 Both implement `paramgen.interfaces.Prior` and save as ``config()`` (JSON) plus
@@ -14,10 +15,10 @@ Examples:
     (True, True)
 """
 
-from paramgen.priors.ddpm import DiffusionPrior
+from paramgen.priors.ddpm import DEFAULT_DDIM_STEPS, DiffusionPrior
 from paramgen.priors.gpt import GPTPrior
 from paramgen.priors.kde import KDEPrior
 from paramgen.priors.schedule import LinearSchedule, ddim_sample, ddpm_sample
 from paramgen.priors.unet1d import UNet1D
 
-__all__ = ["DiffusionPrior", "GPTPrior", "KDEPrior", "LinearSchedule", "UNet1D", "ddim_sample", "ddpm_sample"]
+__all__ = ["DEFAULT_DDIM_STEPS", "DiffusionPrior", "GPTPrior", "KDEPrior", "LinearSchedule", "UNet1D", "ddim_sample", "ddpm_sample"]

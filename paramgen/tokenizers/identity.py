@@ -49,7 +49,8 @@ class IdentityTokenizer:
         self._check(latents)
         return latents
 
-    def loss(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, **_: Any) -> TokenizerOutput:
+    def loss(self, x: torch.Tensor, *, mask: torch.Tensor | None = None, generator: torch.Generator | None = None) -> TokenizerOutput:
+        """No loss: nothing to train (``mask`` and ``generator`` are the protocol's; nothing is drawn)."""
         self._check(x)
         return TokenizerOutput(latents=x, loss=None)
 

@@ -190,8 +190,11 @@ class VAETokenizer(nn.Module):
                 excluded from the reconstruction loss.
             generator: Randomness of the reparameterization and the noise (on the CPU
                 or on ``x``'s device).
-            predictor: Frozen accuracy predictor mapping rows ``(B, N, C)`` to ``(B,)``.
+            predictor: Frozen accuracy predictor mapping rows ``(B, N, C)`` to ``(B,)``;
+                needs ``predictor_weight > 0`` (else it would be ignored, and raises).
         """
+        if predictor is not None and self.predictor_weight <= 0:
+            raise ValueError("VAETokenizer.loss got a predictor, but predictor_weight=0 would ignore it: build the tokenizer with predictor_weight > 0")
         self._check(x, values=host_values(x))  # no per-step device sync (see paramgen._validate)
         x = x.to(self._dtype())
         noisy = x
@@ -211,7 +214,7 @@ class VAETokenizer(nn.Module):
         kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         total = mse + self.kl_weight * kl
         metrics: dict[str, torch.Tensor | float] = {"recon_mse": mse.detach(), "kl": kl.detach()}
-        if predictor is not None and self.predictor_weight > 0:
+        if predictor is not None:
             guide = (predictor(recon) - predictor(x).detach()).pow(2).mean()
             total = total + self.predictor_weight * guide
             metrics["predictor_mse"] = guide.detach()

@@ -63,7 +63,9 @@ def test_kde_prior_has_no_options(kde):
         (dict(guidance_scale="2"), r"guidance_scale must be a finite number, got '2'"),
         (dict(guidance_scale=float("nan")), r"guidance_scale must be a finite number, got nan"),
         (dict(sampler="ddim", eta=1.5), r"eta must be a number in \[0, 1\], got 1\.5"),
-        (dict(sampler="ddim", eta=None), r"eta must be a number in \[0, 1\], got None"),
+        (dict(sampler="ddim", eta="0.5"), r"eta must be a number in \[0, 1\], got '0\.5'"),
+        (dict(sampler="ddpm", steps=5), r"steps=5 acts with the DDIM sampler only, but this call samples with DDPM \(sampler='ddpm'\)"),
+        (dict(sampler="ddpm", eta=0.0), r"eta=0\.0 acts with the DDIM sampler only, but this call samples with DDPM"),
     ],
 )
 def test_diffusion_prior_wrong_option_values(ddpm, kwargs, match):
@@ -105,3 +107,101 @@ def test_generator_sample_passes_options_to_the_prior_and_the_prior_names_the_ba
     assert len(gen.sample(None, 2, generator=_gen(0), sampler="ddim", steps=3, eta=0.5)) == 2
     with pytest.raises(TypeError, match=r"DiffusionPrior\.sample got top_k=5; valid options: sampler, steps, guidance_scale, eta"):
         gen.sample(None, 2, top_k=5)
+
+
+# --- no option is ignored: each one given changes the samples, or raises naming it -------
+@pytest.fixture(scope="module")
+def guided() -> DiffusionPrior:
+    """A prior with a null condition (guidance acts) whose weights are not the zero init."""
+    torch.manual_seed(0)
+    prior = DiffusionPrior(shape=(2, 8), cond_dim=3, timesteps=20, base_channels=8, channel_mults=(1,), ema_decay=0.0, cond_dropout=0.2)
+    with torch.no_grad():  # the last convolution starts at zero: make eps depend on the condition
+        for p in prior.unet.final_conv.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=_gen(5)))
+    return prior
+
+
+@pytest.fixture(scope="module")
+def sharp_gpt() -> GPTPrior:
+    """A GPT whose logits are not all near zero (the N(0, 0.02) init samples nearly uniformly,
+    where a temperature may change no token)."""
+    torch.manual_seed(0)
+    prior = GPTPrior(vocab_size=8, length=6, cond_dim=3, d_model=16, heads=2, layers=1)
+    with torch.no_grad():
+        prior.head.weight.mul_(100.0)
+    return prior
+
+
+OPTION_VALUES = {
+    "sampler": ["ddpm", "ddim"],
+    "steps": [3, 20],
+    "guidance_scale": [0.0, 3.0],
+    "eta": [0.5, 1.0],
+    "temperature": [0.3, 3.0],
+    "top_k": [1, 2],
+}
+
+
+def _prior_cases() -> list[tuple[str, dict]]:
+    """Base calls each option is added to: every sampler a diffusion call can end up with."""
+    return [("guided", {}), ("guided", {"sampler": "ddpm"}), ("guided", {"sampler": "ddim"}), ("guided", {"sampler": "ddim", "steps": 5}), ("sharp_gpt", {}), ("kde", {})]
+
+
+@pytest.mark.parametrize(("prior_name", "base"), _prior_cases(), ids=lambda v: str(v))
+def test_every_sampling_option_acts_or_raises_naming_it(prior_name: str, base: dict, request: pytest.FixtureRequest) -> None:
+    """The class of "sample(..., steps=20) without sampler='ddim' is DDPM-1000": a keyword
+    accepted and then ignored. For every option of every prior, a call with it either
+    raises an error naming it or samples something else than the call without it."""
+    prior = request.getfixturevalue(prior_name)
+    cond = torch.eye(3)[[0, 1]]
+    reference = prior.sample(2, cond, generator=_gen(3), **base)
+    checked = 0
+    for name, values in OPTION_VALUES.items():
+        if name in base:
+            continue
+        for value in values:
+            kwargs = {**base, name: value}
+            try:
+                out = prior.sample(2, cond, generator=_gen(3), **kwargs)
+            except (TypeError, ValueError) as e:
+                assert f"{name}=" in str(e), f"{type(prior).__name__}.sample({kwargs}) raised without naming {name}: {e}"
+                continue
+            default = getattr(prior, name, None)
+            if name == "steps" and base.get("sampler", prior.sampler) == "ddim":
+                default = prior.ddim_steps
+            if value == default:  # the value the call without it uses: nothing to change
+                continue
+            assert not torch.equal(out, reference), f"{type(prior).__name__}.sample ignored {name}={value!r} (with {base})"
+            checked += 1
+    assert checked or prior_name == "kde"
+
+
+def test_the_default_sampler_is_ddim_with_50_steps() -> None:
+    prior = DiffusionPrior(shape=(1, 4), timesteps=1000, base_channels=8, channel_mults=(1,), ema_decay=0.0)
+    assert (prior.sampler, prior.ddim_steps) == ("ddim", 50)
+    with torch.no_grad():
+        for p in prior.unet.final_conv.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=_gen(5)))
+    default = prior.sample(2, generator=_gen(1))
+    assert torch.equal(default, prior.sample(2, generator=_gen(1), sampler="ddim", steps=50))
+    assert not torch.equal(default, prior.sample(2, generator=_gen(1), sampler="ddpm"))
+    # A chain shorter than 50 steps takes all its steps; a saved config keeps its sampler.
+    assert DiffusionPrior(shape=(1, 4), timesteps=20, base_channels=8).ddim_steps == 20
+    old = DiffusionPrior.from_config({**prior.config(), "sampler": "ddpm", "ddim_steps": 50})
+    assert (old.sampler, old.ddim_steps) == ("ddpm", 50)
+
+
+def test_steps_without_a_sampler_act_on_the_default_ddim_and_raise_on_a_ddpm_default() -> None:
+    """The issue's case: ``steps=20`` alone was DDPM-1000, identical to no steps at all."""
+    torch.manual_seed(0)
+    prior = DiffusionPrior(shape=(1, 4), timesteps=100, base_channels=8, channel_mults=(1,), ema_decay=0.0)
+    with torch.no_grad():
+        for p in prior.unet.final_conv.parameters():
+            p.copy_(0.1 * torch.randn(p.shape, generator=_gen(5)))
+    assert torch.equal(prior.sample(2, generator=_gen(1), steps=20), prior.sample(2, generator=_gen(1), sampler="ddim", steps=20))
+    assert not torch.equal(prior.sample(2, generator=_gen(1), steps=20), prior.sample(2, generator=_gen(1)))
+    ddpm_default = DiffusionPrior.from_config({**prior.config(), "sampler": "ddpm"})
+    with pytest.raises(ValueError, match=r"steps=20 acts with the DDIM sampler only, but this call samples with DDPM \(the prior's default sampler\); pass sampler='ddim', or drop steps"):
+        ddpm_default.sample(2, steps=20)
+    with pytest.raises(ValueError, match=r"eta=0\.5 acts with the DDIM sampler only"):
+        ddpm_default.sample(2, eta=0.5)

@@ -88,6 +88,14 @@ def test_predictor_guided_loss():
     assert predictor[1].weight.grad is not None  # gradients flow through g(x_hat)
 
 
+def test_a_predictor_the_loss_would_ignore_is_refused():
+    predictor = nn.Sequential(nn.Flatten(), nn.Linear(60, 1), nn.Flatten(0))
+    with pytest.raises(ValueError, match=r"got a predictor, but predictor_weight=0 would ignore it"):
+        small_vae().loss(torch.randn(4, 3, 20), predictor=predictor)
+    with pytest.raises(TypeError, match="predictor"):  # no loss to guide: not swallowed either
+        IdentityTokenizer(rows=3, width=20).loss(torch.randn(4, 3, 20), predictor=predictor)
+
+
 def test_vae_config_and_weights_roundtrip(tmp_path):
     vae = small_vae(kl_weight=1e-4).eval()
     save_file(vae.state_dict(), tmp_path / "w.safetensors")
