@@ -63,6 +63,12 @@ folder that receives <cond>-<i>.safetensors per sample (or .pt with --format pt,
 PEFT adapter folder <cond>-<i>/ per sample when the generator makes LoRA adapters) and a
 samples.json that lists them. The folder that receives --out must exist. The same --seed
 gives the same weights, and the same command writes the same bytes.
+
+A chunk-wise generator's folder (ChunkwiseGenerator.save_pretrained) streams each sample:
+--out FILE.safetensors is one model; a folder receives <cond>-<i>/ per sample, a Hugging
+Face model folder (config.json + model.safetensors, for AutoModel.from_pretrained) or a
+PEFT adapter folder, whichever config the generator records (--format safetensors:
+<cond>-<i>.safetensors files instead); --batch-size counts chunks.
 """
 
 
@@ -126,7 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     _machine_options(f, "fit")
 
     s = sub.add_parser("sample", help="sample weights from a saved generator", description=_SAMPLE_HELP, formatter_class=HelpFormatter)
-    s.add_argument("generator", metavar="DIR", help="a folder written by paramgen fit (Generator.save_pretrained)")
+    s.add_argument("generator", metavar="DIR", help="a folder written by paramgen fit (Generator.save_pretrained) or by ChunkwiseGenerator.save_pretrained")
     s.add_argument("--cond", action="append", default=None, metavar="COND",
                    help="a raw condition, e.g. a task name (repeat for several); omit for an unconditional generator")  # fmt: skip
     s.add_argument("--json-cond", action="store_true", help='read each --cond as JSON (e.g. a ["task text", "architecture text"] pair)')
@@ -316,6 +322,10 @@ def _sample(args: argparse.Namespace) -> int:
     _positive(args.batch_size, "--batch-size")
     _output(args.out)
     _threads(args.threads)
+    from paramgen.chunkwise import is_chunkwise_folder
+
+    if is_chunkwise_folder(args.generator):
+        return _sample_chunkwise(args)
     gen = _load_generator(args)
     conds: list[Any] | None = args.cond
     if conds and args.json_cond:
@@ -367,6 +377,70 @@ def _sample(args: argparse.Namespace) -> int:
     if not single:
         write_manifest(args.out, rows)
     logger.info("wrote %d sample(s) from %s", len(paths), args.generator)
+    return 0
+
+
+def _sample_chunkwise(args: argparse.Namespace) -> int:
+    """``paramgen sample`` on a folder of ChunkwiseGenerator.save_pretrained: each sample
+    streamed into a .safetensors file, or into a Hugging Face model folder (config.json) or
+    a PEFT adapter folder (adapter_config.json), whichever config the generator records."""
+    import json
+    from pathlib import Path
+
+    import torch
+
+    from paramgen.chunkwise import ChunkwiseGenerator
+    from paramgen.cli.sample import output_paths, write_manifest
+
+    for flag, given in (("--format pt", args.format == "pt"), ("--task", args.task), ("--arch", args.arch), ("--num-labels", args.num_labels), ("--lora-alpha", args.lora_alpha)):
+        if given:
+            raise _UsageError(f"{flag} does not apply to a chunk-wise generator (it writes .safetensors files, Hugging Face model folders or PEFT adapter folders)")
+    suffix = Path(args.out).suffix.lower()
+    if suffix in (".pt", ".pth", ".bin"):
+        raise _UsageError(f"--out {args.out}: a chunk-wise generator streams safetensors: give --out FILE.safetensors or a folder")
+    gen = ChunkwiseGenerator.from_pretrained(args.generator, device=args.device)
+    conds: list[Any] | None = args.cond
+    if conds and args.json_cond:
+        try:
+            conds = [json.loads(c) for c in conds]
+        except json.JSONDecodeError as e:
+            raise _UsageError(f"--json-cond: a --cond is not JSON ({e})") from e
+    if gen.task_conditioned and not conds:
+        raise _UsageError("this chunk-wise generator is task-conditioned: pass --cond (e.g. a task name) at least once")
+    if not gen.task_conditioned and conds:
+        raise _UsageError("this chunk-wise generator is unconditional: omit --cond")
+    kwargs = _sampler_kwargs(args, gen.generator.prior)
+    single = suffix == ".safetensors"
+    total = (len(conds) if conds else 1) * args.num
+    if single and total != 1:
+        raise _UsageError(f"--out {args.out} is one file but {total} models were asked for; give a folder")
+    if single and args.format not in (None, "safetensors"):
+        raise _UsageError(f"--out {args.out} is a .safetensors file but --format is {args.format!r}")
+    if args.format == "peft" and gen.adapter_config is None:
+        raise _UsageError("--format peft: this chunk-wise generator records no adapter_config.json (build it with adapter_config=, or fit it on PEFT adapter folders)")
+    files = single or args.format == "safetensors"
+    if not files and gen.model_config is None and gen.adapter_config is None:
+        raise _UsageError(
+            "this chunk-wise generator records no config.json nor adapter_config.json, so it cannot write model or adapter folders: "
+            "give --out FILE.safetensors, or --format safetensors for one file per sample in the folder"
+        )
+    if conds:
+        try:  # an unknown task name is a usage error, found before sampling
+            gen.generator.condition([(0, c) for c in conds])
+        except (KeyError, ValueError, TypeError) as e:
+            raise _UsageError(f"--cond: {e.args[0] if isinstance(e, KeyError) and e.args else e}") from e
+    paths = [args.out] if single else output_paths(conds or [], args.num, args.out, "safetensors" if files else "peft")  # "peft": folder names, no suffix
+    base = _load_base(args.base) if args.base else None
+    rng = torch.Generator(device=gen.device).manual_seed(args.seed)
+    rows = []
+    for k, path in enumerate(paths):
+        cond = None if not conds else conds[k // args.num]
+        gen.sample(cond, out=path, base=base, batch_size=args.batch_size, generator=rng, **kwargs)
+        rows.append({"file": Path(path).name, "cond": cond, "sample": k % args.num})
+        print(path)
+    if not single:
+        write_manifest(args.out, rows)
+    logger.info("wrote %d sample(s) from the chunk-wise generator %s", len(paths), args.generator)
     return 0
 
 
