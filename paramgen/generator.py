@@ -41,6 +41,8 @@ Examples:
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -76,6 +78,24 @@ class NotFittedError(RuntimeError):
     """A generator was used before `Generator.fit` or `Generator.from_pretrained`."""
 
 
+class _WeightsMismatch(Exception):
+    """Saved weights that do not fit the rebuilt component (internal, reported as ValueError)."""
+
+
+def _check_definition(config: Mapping[str, Any], config_path: Path, names: Mapping[str, str], stats: LatentStats) -> None:
+    """Refuse a ``config.json`` whose definition no longer matches its ``config_sha256``."""
+    digest = config.get("config_sha256")
+    if digest is None:
+        logger.warning("%s records no config digest (saved by an older paramgen): edits to it cannot be detected", config_path)
+        return
+    if not isinstance(digest, str) or digest != _definition_sha256(config, names, stats):
+        raise ValueError(
+            f"{config_path} was edited after saving: its spec, vectorizer, components or latent statistics no longer match "
+            "the digest recorded when it was saved (config_sha256). The weights belong to the saved configuration: "
+            "restore it, or build the generator you want and fit it"
+        )
+
+
 def _require(obj: Any, protocol: type, role: str) -> None:
     if not isinstance(obj, protocol):
         verbs = sorted(n for n in vars(protocol) if not n.startswith("_")) + sorted(getattr(protocol, "__annotations__", {}))
@@ -99,6 +119,47 @@ def _need(config: Mapping[str, Any], key: str, where: str) -> Any:
     if not isinstance(config, Mapping) or key not in config:
         raise ValueError(f"{where} lacks the key {key!r}")
     return config[key]
+
+
+def _definition_sha256(config: Mapping[str, Any], names: Mapping[str, str], stats: LatentStats) -> str:
+    """SHA-256 of the canonical JSON of what defines a saved generator: its spec, spec id,
+    vectorizer, components (registered names and configs) and latent statistics.
+
+    It is computed from a parsed ``config.json`` after the component names are resolved and
+    the latent statistics read, so it does not depend on the file's layout: a format-1
+    folder (class paths, separate latent mean and scale) of the same generator has the
+    same digest, and so does a re-indented file.
+    """
+    definition = {
+        "spec": config.get("spec"),
+        "spec_id": config.get("spec_id"),
+        "vectorizer": config.get("vectorizer"),
+        "components": {
+            role: ({} if role == "normalizer" else {"name": names[role]}) | {"config": entry["config"]}
+            for role, entry in config["components"].items()
+        },
+        "latent_stats": attrs.asdict(stats),
+    }
+    canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+#: Tensors a weights-mismatch error lists before it only counts the rest.
+_SHOWN_TENSORS = 3
+
+
+def _weights_mismatch(part: nn.Module, saved: Mapping[str, torch.Tensor]) -> str | None:
+    """A short account of how ``saved`` tensors do not fit ``part`` (``None`` if they fit):
+    the first differing tensors with their saved and built shapes, and a count, instead of
+    ``load_state_dict``'s dump of every one."""
+    built = {k: tuple(v.shape) for k, v in part.state_dict().items()}
+    have = {k: tuple(v.shape) for k, v in saved.items()}
+    names = [*built, *(k for k in have if k not in built)]  # the module's order, then extra saved tensors
+    diffs = [f"{k[:100]} saved {have.get(k, 'missing')} vs built {built.get(k, 'absent')}".replace("'", "") for k in names if have.get(k) != built.get(k)]
+    if not diffs:
+        return None
+    more = f"; and {len(diffs) - _SHOWN_TENSORS} more" if len(diffs) > _SHOWN_TENSORS else ""
+    return f"{len(diffs)} of {len(names)} tensors differ ({'; '.join(diffs[:_SHOWN_TENSORS])}{more})"
 
 
 def _positive_int(value: Any, name: str) -> int:
@@ -617,7 +678,12 @@ class Generator:
         return {k: v for k, v in parts.items() if v is not None}
 
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``weights.safetensors`` (each atomically; config last)."""
+        """Write ``config.json`` and ``weights.safetensors`` (each atomically; config last).
+
+        ``config.json`` records two SHA-256 digests that `from_pretrained` checks: of the
+        weights file (``weights_sha256``) and of what defines the generator
+        (``config_sha256``: spec, vectorizer, components and latent statistics).
+        """
         self._require_fitted()
         path = Path(path)
         config: dict[str, Any] = {
@@ -637,6 +703,12 @@ class Generator:
             config["components"][role] = entry
             for key, value in part.state_dict().items():
                 tensors[f"{role}.{key}"] = value.detach().cpu()
+        # What loading rebuilds, as the file will hold it (JSON turns tuples into lists): a
+        # config edited after saving (timesteps, widths) is refused instead of silently
+        # loading into another generator.
+        written = json.loads(json.dumps(config, allow_nan=False))
+        names = {role: entry["name"] for role, entry in written["components"].items() if role != "normalizer"}
+        config["config_sha256"] = _definition_sha256(written, names, self.latent_stats)
         save_safetensors(path / "weights.safetensors", tensors, metadata={"format": FORMAT})
         # safetensors has no checksum: the digest lets loading refuse corrupted bytes.
         config["weights_sha256"] = file_sha256(path / "weights.safetensors")
@@ -650,10 +722,14 @@ class Generator:
         """Rebuild a generator saved by `save_pretrained`, from registered components only.
 
         Loading is strict: the weights file must match the SHA-256 digest recorded in
-        ``config.json`` (folders saved before the digest existed load with a warning),
-        every tensor group in the weights needs its component entry (a normalizer's
-        statistics without their ``normalizer`` entry would sample at the wrong scale),
-        and every component's weights must be complete.
+        ``config.json``, and what defines the generator (spec, vectorizer, components,
+        latent statistics) must match the digest of the config as it was saved, so a
+        hand-edited ``config.json`` (e.g. the prior's ``timesteps``) is refused rather than
+        loaded into another generator (folders saved before either digest existed load
+        with a warning). Every tensor group in the weights needs its component entry (a
+        normalizer's statistics without their ``normalizer`` entry would sample at the
+        wrong scale), and every component's weights must be complete and of the shapes
+        its config builds (the error names the first differing tensors and counts them).
 
         Args:
             path: The folder.
@@ -666,8 +742,9 @@ class Generator:
             paramgen.registry.UnregisteredComponentError: the config names a component that
                 is not registered (nothing named by the file is imported).
             ValueError: not a paramgen generator, an unknown format version, a missing
-                key (named, with the file), invalid latent statistics, weights that do not
-                match their digest or their entries.
+                key (named, with the file), invalid latent statistics, a config edited after
+                saving, weights that do not match their digest, their entries or the
+                components their config builds.
         """
         path = Path(path)
         config_path, weights_path = path / "config.json", path / "weights.safetensors"
@@ -757,6 +834,7 @@ class Generator:
                 f"{path}/weights.safetensors holds {', '.join(orphans)} tensors but {config_path} has no entry for "
                 f"{'it' if len(orphans) == 1 else 'them'} under 'components'"
             )
+        _check_definition(config, config_path, names, latent_stats)
         parts: dict[str, Any] = {}
         for role, entry in config["components"].items():
             sub = {k.removeprefix(f"{role}."): v for k, v in state.items() if k.startswith(f"{role}.")}
@@ -768,12 +846,19 @@ class Generator:
                     continue
                 part = registry.build(names[role], entry["config"])
                 if isinstance(part, nn.Module):
+                    if (mismatch := _weights_mismatch(part, sub)) is not None:
+                        raise _WeightsMismatch(mismatch)
                     part.load_state_dict(sub, strict=True)
                     part.eval()
                 else:
                     part.load_state_dict(sub)
             except KeyError as e:
                 raise ValueError(f"{config_path}: the {role} config lacks the key {e.args[0]!r}") from e
+            except _WeightsMismatch as e:
+                raise ValueError(
+                    f"{path}: the {role}'s saved weights do not fit the {role} its entry in config.json builds: {e}. "
+                    "The config was edited after saving, or the weights belong to another generator"
+                ) from None
             except (RuntimeError, ValueError, TypeError) as e:
                 raise ValueError(f"{path}: the {role} cannot be rebuilt from its entry in config.json and its weights: {e}") from e
             parts[role] = part

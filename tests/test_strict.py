@@ -9,13 +9,14 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 from torch import nn
 
 from paramgen import Generator, LayerVectorizer, ModelVectorizer, ParamSpec, PerTaskZScore
@@ -53,9 +54,13 @@ def saved(fitted: Generator, tmp_path: Path) -> Path:
     return fitted.save_pretrained(tmp_path / "gen")
 
 
-def edit(path: Path, change: Any) -> None:
+def edit(path: Path, change: Any, *, digest: bool = True) -> None:
+    """Change ``config.json``; ``digest=False`` also drops its ``config_sha256``, as in a
+    folder saved before the digest (whose other checks must still hold on their own)."""
     config = json.loads((path / "config.json").read_text())
     change(config)
+    if not digest:
+        config.pop("config_sha256", None)
     (path / "config.json").write_text(json.dumps(config))
 
 
@@ -79,7 +84,7 @@ def test_a_normalizer_entry_without_its_statistics_is_refused(saved: Path) -> No
     # A generator saved without a normalizer, given a normalizer entry: nothing to load.
     gen = kde().fit(zoo(), TASKS, progress=False)
     path = gen.save_pretrained(saved.parent / "plain")
-    edit(path, lambda c: c["components"].update(normalizer={"config": {"type": "per_task", "unknown": "error", "tasks": ["a"], "dim": 26}}))
+    edit(path, lambda c: c["components"].update(normalizer={"config": {"type": "per_task", "unknown": "error", "tasks": ["a"], "dim": 26}}), digest=False)
     with pytest.raises(ValueError, match="the normalizer cannot be rebuilt.*statistics are missing"):
         Generator.from_pretrained(path)
 
@@ -138,10 +143,95 @@ def to_version_1(config: dict) -> None:
     ],
 )
 def test_a_missing_key_is_named_with_the_file(saved: Path, change: Any, key: str) -> None:
-    edit(saved, change)
+    edit(saved, change, digest=False)  # with the digest, the edit itself is refused (below)
     with pytest.raises(ValueError, match=rf"config.json.*{key}") as info:
         Generator.from_pretrained(saved)
     assert str(saved) in str(info.value)
+
+
+# --------------------------------------------------------------------------- hand-edited configs
+EDITED = "was edited after saving: its spec, vectorizer, components or latent statistics no longer match"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda c: c["components"]["prior"]["config"].update(bandwidth=0.5),
+        lambda c: c["components"]["conditioner"]["config"].update(keys=["b", "a"]),  # same shapes, other meaning
+        lambda c: c["components"]["normalizer"]["config"].update(unknown="global"),
+        lambda c: c["latent_stats"].update(mean=0.5),
+        lambda c: c.update(spec_id="0" * 16),
+        lambda c: c["vectorizer"].update(length=c["vectorizer"]["length"] + 1),
+    ],
+    ids=["prior", "conditioner keys", "normalizer", "latent stats", "spec id", "vectorizer"],
+)
+def test_a_config_edited_after_saving_is_refused(saved: Path, change: Any) -> None:
+    edit(saved, change)
+    with pytest.raises(ValueError, match=EDITED) as info:
+        Generator.from_pretrained(saved)
+    assert str(saved / "config.json") in str(info.value) and len(str(info.value)) < 400
+
+
+def _diffusion_folder(tmp_path: Path) -> Path:
+    """A saved VAE-free diffusion generator (the issue's edits are the prior's)."""
+    torch.manual_seed(0)
+    prior = DiffusionPrior(shape=(1, SPEC.numel), timesteps=1000, base_channels=16, channel_mults=(1, 2), ema_decay=0.0)
+    gen = Generator(vectorizer=ModelVectorizer(SPEC), tokenizer=IdentityTokenizer(rows=1, width=SPEC.numel), prior=prior)
+    gen.fit(zoo(), prior_steps=1, batch_size=4, progress=False, generator=torch.Generator().manual_seed(0))
+    return gen.save_pretrained(tmp_path / "ddpm")
+
+
+def test_the_prior_timesteps_edited_from_1000_to_50_are_refused(tmp_path: Path) -> None:
+    """The issue's case: a shorter schedule fits the same weights and loaded silently."""
+    path = _diffusion_folder(tmp_path)
+    edit(path, lambda c: c["components"]["prior"]["config"].update(timesteps=50))
+    with pytest.raises(ValueError, match=EDITED):
+        Generator.from_pretrained(path)
+
+
+def test_weights_that_do_not_fit_the_rebuilt_component_give_a_short_error(tmp_path: Path) -> None:
+    """The issue's other case: base_channels edited (digest removed, as in an older folder)
+    gave one line and ~270 lines of size-mismatch dump. Now: the first tensors and a count."""
+    path = _diffusion_folder(tmp_path)
+    edit(path, lambda c: c["components"]["prior"]["config"].update(base_channels=8), digest=False)
+    with pytest.raises(ValueError) as info:
+        Generator.from_pretrained(path)
+    message = str(info.value)
+    assert len(message) < 600 and "\n" not in message and "size mismatch" not in message
+    assert re.search(r"the prior's saved weights do not fit the prior its entry in config\.json builds: (\d+) of (\d+) tensors differ", message)
+    assert re.search(r"unet\.time_mlp\.0\.weight saved \(64, 16\) vs built \(32, 8\)", message)  # a tensor, both shapes
+    assert re.search(r"and \d+ more\)", message)
+
+
+def test_missing_or_extra_tensors_are_named_too(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    tok = IdentityTokenizer(rows=1, width=SPEC.numel)
+    gen = Generator(vectorizer=ModelVectorizer(SPEC), tokenizer=tok, prior=KDEPrior(), conditioner=IndexConditioner(["a", "b"], dim=4))
+    path = gen.fit(zoo(), TASKS, progress=False).save_pretrained(tmp_path / "g")
+    weights = load_file(path / "weights.safetensors")
+    weights["conditioner.extra"] = torch.zeros(2)
+    save_file(weights, path / "weights.safetensors")
+    edit(path, lambda c: c.pop("weights_sha256"))
+    with pytest.raises(ValueError, match=r"1 of 2 tensors differ \(extra saved \(2,\) vs built absent\)") as info:
+        Generator.from_pretrained(path)
+    assert len(str(info.value)) < 400
+
+
+def test_an_older_folder_without_the_config_digest_loads_with_a_warning(fitted: Generator, saved: Path, caplog: pytest.LogCaptureFixture) -> None:
+    edit(saved, lambda c: None, digest=False)
+    with caplog.at_level(logging.WARNING, logger="paramgen.generator"):
+        again = Generator.from_pretrained(saved)
+    assert "records no config digest" in caplog.text
+    assert torch.equal(samples(again), samples(fitted))
+
+
+def test_the_digest_follows_the_definition_not_the_file_layout(fitted: Generator, saved: Path) -> None:
+    """A format-1 rewrite of the same generator, or another indentation, keeps its digest."""
+    text = (saved / "config.json").read_text()
+    (saved / "config.json").write_text(json.dumps(json.loads(text), indent=4, sort_keys=True))
+    assert torch.equal(samples(Generator.from_pretrained(saved)), samples(fitted))
+    edit(saved, to_version_1)
+    assert torch.equal(samples(Generator.from_pretrained(saved)), samples(fitted))
 
 
 def test_missing_weights_are_refused(saved: Path) -> None:
