@@ -144,8 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--task", action="append", default=None, help="task name per --cond (one, or one per condition) for a per-task normalizer")
     s.add_argument("--arch", action="append", default=None, help="architecture per --cond (one, or one per condition) for a family generator")
     s.add_argument("--base", default=None, help="a safetensors or PyTorch state dict supplying tensors the generator does not make")
-    s.add_argument("--num-labels", type=int, default=None, help="PEFT adapters: labels of the task (default: the generated head's rows)")
-    s.add_argument("--lora-alpha", type=float, default=None, help="PEFT adapters: lora_alpha written to adapter_config.json (default: LoRASetup's, 8)")
+    s.add_argument("--num-labels", type=int, default=None,
+                   help="PEFT adapters: labels of the task (default: the task's, as fit recorded them from the zoo in adapter_export.json; else the generated head's rows)")  # fmt: skip
+    s.add_argument("--lora-alpha", type=float, default=None,
+                   help="PEFT adapters: lora_alpha written to adapter_config.json (default: the zoo's adapters', from adapter_export.json; else LoRASetup's, 8)")  # fmt: skip
     s.add_argument("--batch-size", type=int, default=256, help="models decoded at once")
     _machine_options(s, "sample")
     _sampling_options(s)
@@ -250,6 +252,7 @@ def _fit(args: argparse.Namespace) -> int:
         except ConfigError as e:
             raise _UsageError(f"{args.config}: {e}") from e
         saved = gen.save_pretrained(out)
+        _save_adapter_export(recipe.zoo, saved)
         tracker.log_artifact(saved / "config.json")
         status = "FINISHED"
     finally:
@@ -262,6 +265,16 @@ def _fit(args: argparse.Namespace) -> int:
             tracker.close()
     print(f"saved the fitted generator to {saved}")
     return 0
+
+
+def _save_adapter_export(zoo: str, folder: Any) -> None:
+    """Beside a generator fitted on PEFT adapters: their lora_alpha, base model and each task's labels."""
+    from paramgen.lora import AdapterExport
+    from paramgen.zoo import Zoo
+
+    export = AdapterExport.from_zoo(Zoo.open(zoo))  # None unless the zoo holds PEFT adapters
+    if export is not None:
+        export.save(folder)
 
 
 def _load_base(path: str) -> dict[str, Any]:
@@ -343,7 +356,16 @@ def _sample(args: argparse.Namespace) -> int:
     archs = _per_cond(args.arch, conds, "--arch")
     if gen.family and archs is None:
         raise _UsageError(f"this generator serves a family: pass --arch (one of {sorted(gen.specs)})")
-    setup = None if gen.family else lora_setup(gen.spec, alpha=args.lora_alpha)
+    export = None
+    if not gen.family:
+        from paramgen.lora import AdapterExport
+
+        try:
+            export = AdapterExport.load(args.generator)  # each task's labels, lora_alpha, base model: None unless fitted on PEFT adapters
+        except ValueError as e:
+            raise _UsageError(str(e)) from e
+    alpha = args.lora_alpha if args.lora_alpha is not None or export is None else export.lora_alpha
+    setup = None if gen.family else lora_setup(gen.spec, alpha=alpha)
     kwargs = _sampler_kwargs(args, gen.prior)
     try:
         fmt, single = format_of(args.out, args.format, lora=setup is not None)
@@ -369,7 +391,8 @@ def _sample(args: argparse.Namespace) -> int:
     for k, (path, state) in enumerate(zip(paths, states, strict=True)):
         cond = None if not conds else conds[k // args.num]
         if fmt == "peft":
-            write_adapter(path, state, setup, args.num_labels)
+            labels = args.num_labels if args.num_labels is not None or export is None else export.labels(cond, tasks[k // args.num] if tasks else None)
+            write_adapter(path, state, setup, labels, base_model=None if export is None else export.base_model)
         else:
             write_state_dict(path, state, fmt, metadata={"format": "pt", "cond": str(cond), "seed": str(args.seed)})
         rows.append({"file": Path(path).name, "cond": cond, "sample": k % args.num})

@@ -115,17 +115,19 @@ def lora_setup(spec: ParamSpec, *, alpha: float | None = None) -> Any:
     )  # fmt: skip
     if alpha is not None:
         setup = attrs.evolve(setup, alpha=alpha)
-    return setup if setup.spec().fingerprint == spec.fingerprint else None
+    # The same tensors in any order (a generator fitted on a zoo imported before layouts were canonical).
+    return setup if setup.spec().canonical().fingerprint == spec.canonical().fingerprint else None
 
 
-def write_adapter(folder: str | os.PathLike, state: Mapping[str, torch.Tensor], setup: Any, num_labels: int | None) -> Path:
-    """Write one PEFT adapter folder (`paramgen.lora.save_adapter`)."""
+def write_adapter(folder: str | os.PathLike, state: Mapping[str, torch.Tensor], setup: Any, num_labels: int | None, *, base_model: str | None = None) -> Path:
+    """Write one PEFT adapter folder (`paramgen.lora.save_adapter`); ``base_model`` is
+    recorded as its base (default: the setup's, MiniLM's name)."""
     from paramgen.lora import save_adapter
 
     labels = setup.max_labels if num_labels is None else num_labels
     if not 2 <= labels <= setup.max_labels:
         raise SampleError(f"--num-labels must lie in 2..{setup.max_labels} (the generated head's rows), got {labels}")
-    return Path(save_adapter(folder, state, setup, num_labels=labels))
+    return Path(save_adapter(folder, state, setup, num_labels=labels, base_model_path=base_model))
 
 
 #: Sampling options that act with one sampler of a diffusion prior only: with the other

@@ -58,6 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     m.add_argument("--task", action="append", help="task of the checkpoints: once for all, or once per source in order")
     m.add_argument("--metadata", help="JSON or TOML file: checkpoint file/folder name (or stem) -> {task, epoch, metrics, run_id, ...}")
     m.add_argument("--run-id", default=None, help="put every checkpoint in this one run, as successive epochs")
+    m.add_argument("--mixed-architectures", action="store_true",
+                   help="accept checkpoints of several architectures in the zoo (a family); by default another architecture than the others' or the zoo's is refused")  # fmt: skip
     m.add_argument("--no-progress", action="store_true", help="no progress bars")
     i = sub.add_parser("info", help="summarize a zoo folder", description=_INFO, formatter_class=HelpFormatter)
     i.add_argument("path", help="zoo folder")

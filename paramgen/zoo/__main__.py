@@ -90,18 +90,18 @@ def _import(args: argparse.Namespace) -> Zoo:
     for i, source in enumerate(args.sources):
         task = tasks[0] if len(tasks) == 1 else tasks[i] if tasks else None
         items.extend((Path(str(p)), task) for p in _expand(source))
-    writer = ZooWriter(args.out)
-    from tqdm.auto import tqdm
-
-    ids = set()
-    for path, task in tqdm(items, desc="import", disable=args.no_progress):
+    entries: list[tuple[Path, dict[str, Any]]] = []
+    for path, task in items:
         entry = dict(metadata.get(path.name, metadata.get(path.stem, {})))
-        task = entry.pop("task", task)
-        if task is None:
+        entry.setdefault("task", task)
+        if entry["task"] is None:
             raise ValueError(f"no task for {path}: give --task, or a 'task' for {path.name!r} in --metadata")
         if args.run_id is not None:
             entry.setdefault("run_id", args.run_id)
-        ids.add(writer.add(path, task=task, **entry).id)
+        entries.append((path, entry))
+    # All or nothing: every source is read and checked before anything is written.
+    writer = ZooWriter(args.out, mixed_architectures=args.mixed_architectures)
+    ids = {c.id for c in writer.add_all(entries, progress=not args.no_progress)}
     return writer.zoo().filter(where=lambda c: c.id in ids)
 
 
