@@ -1072,6 +1072,7 @@ def fit(
     config = config or FitConfig()
     if not isinstance(config, FitConfig):
         raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+    generator.check_fittable()
     flat, conds, tasks, archs = _inputs(generator, flat, conds, tasks, archs)
     zoo = _check_zoo(generator, flat, conds, tasks, archs)
     run = _Run(generator, config, tracker, accelerator)

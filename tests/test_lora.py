@@ -321,3 +321,13 @@ def test_adapter_config_names_the_base_model_portably_and_loading_finds_it(model
     # Folders written before (an absolute path to the packaged MiniLM) still load.
     (folder / "adapter_config.json").write_text(json.dumps({**config, "base_model_name_or_path": _minilm_path()}))
     assert load_adapter(folder, setup)[1] == 3 and resolve_base_model(folder) == _minilm_path()
+
+
+def test_generate_adapters_uses_task_only_with_a_per_task_normalizer(tasks, fitted):
+    zoo, gen = fitted
+    task = tasks["negative-vs-positive"]
+    plain = build_generator(zoo.setup, hidden_channels=8, prior_channels=8, normalizer="per-layer")
+    plain.fit(zoo.flat, [tasks[t].condition() for t in zoo.tasks], tokenizer_steps=1, prior_steps=1, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False)
+    assert len(generate_adapters(plain, task.description, task.examples(2), n=1, seed=3, steps=2)) == 1
+    with pytest.raises(ValueError, match="task='negative-vs-positive' is for a generator with a per-task normalizer"):
+        generate_adapters(plain, task.description, task.examples(2), n=1, task=task.name, seed=3)

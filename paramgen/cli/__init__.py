@@ -96,8 +96,8 @@ drawn from the whole zoo.
 
 def _sampling_options(parser: argparse.ArgumentParser) -> None:
     p = parser.add_argument_group("sampling options (passed to the prior; each prior takes its own)")
-    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="diffusion priors: the sampler (default: the prior's)")
-    p.add_argument("--steps", type=int, default=None, help="diffusion priors: DDIM steps (default: the prior's)")
+    p.add_argument("--sampler", choices=("ddpm", "ddim"), default=None, help="diffusion priors: the sampler (default: the prior's; ddim unless an older folder recorded ddpm)")
+    p.add_argument("--steps", type=int, default=None, help="diffusion priors: DDIM steps (default: the prior's, 50)")
     p.add_argument("--guidance-scale", type=float, default=None, help="diffusion priors: classifier-free guidance weight (default: the prior's)")
     p.add_argument("--eta", type=float, default=None, help="diffusion priors: DDIM stochasticity, 0 (deterministic) to 1 (default: the prior's)")
     p.add_argument("--temperature", type=float, default=None, help="autoregressive priors: softmax temperature (default: the prior's)")

@@ -51,7 +51,7 @@ class TextOrVectorConditioner(nn.Module):
             if isinstance(r, torch.Tensor):
                 if r.shape != (self.dim,):
                     raise ValueError(f"TextOrVectorConditioner: expected condition vectors of shape ({self.dim},), got {tuple(r.shape)}")
-                out.append(r.float())
+                out.append(r.to(self.text._anchor))
             else:
                 out.append(next(emb))
         return torch.stack(out)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from paramgen.lora.conditioner import TextOrVectorConditioner
+from paramgen.normalize import PerTaskZScore
 from paramgen.lora.setup import LoRASetup
 
 __all__ = ["build_generator", "check_description", "generate_adapters"]
@@ -107,4 +108,8 @@ def generate_adapters(
 
     text = describe_condition(check_description(description), list(examples))
     g = torch.Generator().manual_seed(seed)
-    return generator.sample([text], n, generator=g, tasks=[task or "__unknown__"], **sample_kwargs)
+    if isinstance(generator.normalizer, PerTaskZScore):
+        sample_kwargs["tasks"] = [task or "__unknown__"]
+    elif task is not None:
+        raise ValueError(f"task={task!r} is for a generator with a per-task normalizer (PerTaskZScore); this one has {type(generator.normalizer).__name__}")
+    return generator.sample([text], n, generator=g, **sample_kwargs)

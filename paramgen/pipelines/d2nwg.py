@@ -61,8 +61,8 @@ def d2nwg(
     ema_decay: float = 0.995,
     cond_dropout: float = 0.0,
     guidance_scale: float = 1.0,
-    sampler: Literal["ddpm", "ddim"] = "ddpm",
-    ddim_steps: int = 50,
+    sampler: Literal["ddpm", "ddim"] = "ddim",
+    ddim_steps: int | None = None,
     normalizer: str | Normalizer | None = "per-layer",
 ) -> Generator:
     """A D2NWG generator (VAE + latent DDPM) for the architecture of ``source``.
@@ -122,8 +122,8 @@ def d2nwg(
             training (0: no guidance).
         guidance_scale: Default guidance weight at sampling (needs ``cond_dropout > 0``
             unless 1).
-        sampler: Default sampler, ``"ddpm"`` or ``"ddim"``.
-        ddim_steps: Default DDIM steps.
+        sampler: Default sampler, ``"ddim"`` (``DEFAULT_DDIM_STEPS`` = 50 steps) or ``"ddpm"``.
+        ddim_steps: Default DDIM steps (``None``: 50, or ``timesteps`` when shorter).
         normalizer: ``"per-layer"`` (`paramgen.PerLayerZScore`), ``"per-task"``
             (`paramgen.PerTaskZScore` with a global fallback), ``"global"``, a ready
             normalizer, or ``None``.
