@@ -16,8 +16,8 @@ import torch
 from torch import nn
 
 from paramgen.lora.conditioner import TextOrVectorConditioner
-from paramgen.normalize import PerTaskZScore
 from paramgen.lora.setup import LoRASetup
+from paramgen.normalize import PerTaskZScore
 
 __all__ = ["build_generator", "check_description", "generate_adapters"]
 
