@@ -16,11 +16,6 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(p for p in DOCS.glob("*.md") if "```python" in p.read_text())
 CONTINUES = re.compile(r"#[^\n]*\bcontinues\b", re.IGNORECASE)
 
-#: Pages whose blocks still share one namespace without saying so. Mark each block that
-#: continues (``# continues the block above`` as its first line), then remove the page here.
-ONE_SESSION = {"own-zoo.md", "pipelines.md", "training.md"}
-
-
 def blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
@@ -37,7 +32,7 @@ def test_page_code_runs(page, tmp_path, monkeypatch):
     for i, block in enumerate(blocks(page)):
         if i == 0 and continues(block):
             pytest.fail(f"{page.name}: its first Python block says it continues, but nothing comes before it")
-        if not continues(block) and page.name not in ONE_SESSION:
+        if not continues(block):
             namespace = {}  # a new session: the block must hold its own imports and names
         namespace.setdefault("__name__", "__main__")
         exec(compile(block, f"{page.name} (Python block {i + 1})", "exec"), namespace)
