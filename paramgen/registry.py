@@ -57,7 +57,7 @@ BUILTINS: dict[str, str] = {
     "ordered-set": "paramgen.conditioners.ordered:OrderedSetConditioner",
     "architecture": "paramgen.conditioners.architecture:ArchitectureConditioner",
     "concat": "paramgen.conditioners.architecture:ConcatConditioner",
-    "text-or-vector": "paramgen.lora.conditioner:TextOrVectorConditioner",
+    "text-or-vector": "paramgen.conditioners.text_or_vector:TextOrVectorConditioner",
     "chunk-position": "paramgen.chunkwise:ChunkPositionConditioner",
     # other saved parts
     "accuracy-predictor": "paramgen.predictor:AccuracyPredictor",
@@ -67,6 +67,7 @@ BUILTINS: dict[str, str] = {
 # Built-in classes that moved: the "module:qualname" a format-1 folder recorded -> their name.
 MOVED: dict[str, str] = {
     "paramgen.lora:TextOrVectorConditioner": "text-or-vector",  # paramgen/lora.py became a package
+    "paramgen.lora.conditioner:TextOrVectorConditioner": "text-or-vector",  # then moved to conditioners/
 }
 
 

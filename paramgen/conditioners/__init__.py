@@ -18,6 +18,8 @@ generator saves it as config + safetensors and rebuilds it.
   heads whose output rows must follow the condition's classes.
 - `TextConditioner`: a frozen MiniLM embedding of a task description
   (`describe_condition` writes Cond P-Diff's description + examples).
+- `TextOrVectorConditioner` (`paramgen.conditioners.text_or_vector`): a text, or a
+  condition vector passed through (how Cond P-Diff interpolates two task conditions).
 
 Examples:
     >>> import torch
@@ -41,6 +43,7 @@ from paramgen.conditioners.ordered import OrderedSetConditioner
 from paramgen.conditioners.setfeatures import set_features
 from paramgen.conditioners.settransformer import ISAB, MAB, PMA, SAB, SetTransformer
 from paramgen.conditioners.text import TextConditioner, describe_condition
+from paramgen.conditioners.text_or_vector import TextOrVectorConditioner
 
 __all__ = [
     "ArchitectureConditioner",
@@ -65,4 +68,5 @@ __all__ = [
     "mobilenet_features",
     "TextConditioner",
     "describe_condition",
+    "TextOrVectorConditioner",
 ]

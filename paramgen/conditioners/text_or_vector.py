@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from paramgen._optional import require
+from paramgen.conditioners.text import TextConditioner
 
 __all__ = ["TextOrVectorConditioner"]
 
@@ -31,8 +32,6 @@ class TextOrVectorConditioner(nn.Module):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__()
-        from paramgen.conditioners import TextConditioner
-
         require("sentence_transformers", extra="text", feature="TextOrVectorConditioner")
         if kwargs.get("dim") is not None:
             raise ValueError("TextOrVectorConditioner passes vectors through; use dim=None")

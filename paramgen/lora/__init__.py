@@ -17,8 +17,8 @@ The pieces, one module each, in the order a user meets them:
   PEFT adapters needs to write its samples as adapters (each task's labels, ``lora_alpha``,
   the base model).
 - `paramgen.lora.zoo`: `LoRAZoo`, checkpoints as stacked tensors plus a JSON manifest.
-- `paramgen.lora.conditioner`: `TextOrVectorConditioner`, a text condition or a
-  condition vector (how two task conditions are interpolated).
+- `TextOrVectorConditioner` (a text condition or a condition vector, how two task
+  conditions are interpolated) lives in `paramgen.conditioners`; it is re-exported here.
 - `paramgen.lora.generate`: `build_generator` (the Cond P-Diff generator) and
   `generate_adapters` (adapters for a task given in words).
 
@@ -32,8 +32,8 @@ Examples:
     7299
 """
 
+from paramgen.conditioners.text_or_vector import TextOrVectorConditioner
 from paramgen.lora.adapters import load_adapter, load_peft_model, resolve_base_model, save_adapter
-from paramgen.lora.conditioner import TextOrVectorConditioner
 from paramgen.lora.export import AdapterExport
 from paramgen.lora.generate import build_generator, check_description, generate_adapters
 from paramgen.lora.minilm import Features, MiniLMLoRA
