@@ -28,15 +28,18 @@ import logging
 import math
 import os
 import platform
+import re
 import resource
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["parser", "RunSetup", "mean_ci", "Results", "environment", "parallel_map", "first_per_class", "capped"]
+__all__ = ["parser", "RunSetup", "mean_ci", "Results", "environment", "parallel_map", "first_per_class", "capped", "peak_rss_growth"]
+
+T = TypeVar("T")
 
 
 def parser(harness: str, description: str) -> argparse.ArgumentParser:
@@ -292,3 +295,41 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+# --------------------------------------------------------------------------- memory
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
+    if match is None:  # pragma: no cover
+        raise RuntimeError(f"/proc/self/status has no {field}")
+    return int(match.group(1))
+
+
+def peak_rss_growth(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, int]:
+    """Call ``fn`` and return ``(result, bytes)``: how far peak RSS rose above RSS before the call.
+
+    Linux only: resets the process's high-water mark by writing ``5`` to
+    ``/proc/self/clear_refs``, then reads ``VmHWM``. The figure counts every thread of
+    the process and file pages mapped by the call (e.g. mmapped reads); memory freed
+    before the call but kept by the allocator can hide part of a growth, so measure in a
+    fresh process for exact budgets (as `benchmarks.scale` does).
+
+    Raises:
+        RuntimeError: The platform cannot reset the high-water mark.
+
+    Examples:
+        >>> import torch
+        >>> _, grew = peak_rss_growth(lambda: torch.ones(2**25).sum())  # 128 MiB, freed at once
+        >>> grew >= 0  # in a warm process the allocator may serve it from memory it kept
+        True
+    """
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError as e:
+        raise RuntimeError(f"peak_rss_growth needs Linux's /proc/self/clear_refs: {e}") from e
+    before = _status_kib("VmRSS")
+    result = fn(*args, **kwargs)
+    peak = _status_kib("VmHWM")
+    return result, max(0, peak - before) * 1024

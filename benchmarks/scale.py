@@ -114,14 +114,13 @@ def minilm_path() -> Path:
 
 def write_synthetic(path: Path, layers: int, width: int, seed: int) -> Path:
     """A stack of ``layers`` Linear(width, width) layers, streamed tensor by tensor to ``path``."""
-    from paramgen.chunks import ChunkLayout
+    from paramgen.formats.safetensors import SafetensorsStreamWriter
     from paramgen.spec import ParamSpec
-    from paramgen.streaming import SafetensorsStreamWriter
 
     shapes = {f"layers.{i}.{kind}": ((width, width) if kind == "weight" else (width,)) for i in range(layers) for kind in ("weight", "bias")}
-    layout = ChunkLayout(ParamSpec.from_state_dict({k: torch.empty(s, device="meta") for k, s in shapes.items()}), 4096)
+    spec = ParamSpec.from_state_dict({k: torch.empty(s, device="meta") for k, s in shapes.items()})
     g = torch.Generator().manual_seed(seed)
-    with SafetensorsStreamWriter(path, layout) as writer:
+    with SafetensorsStreamWriter(path, spec.vector_tensors) as writer:
         for name, shape in shapes.items():
             writer.write_tensor(name, torch.randn(shape, generator=g) / width**0.5)
     return path

@@ -55,7 +55,7 @@ def build_chunkwise(layout: Any, *, vae_channels: int, prior_channels: int, time
 def sample_run(args: argparse.Namespace) -> dict[str, Any]:
     """Time one whole-model ``sample`` on ``args.device``; peak host-RSS growth (and, on CUDA,
     peak device-memory growth) from just before the call."""
-    from paramgen.streaming import peak_rss_growth
+    from benchmarks.common import peak_rss_growth
 
     device = torch.device(args.device)
     gen = speed_generator(args.model, chunk_size=args.chunk_size, vae_channels=args.vae_channels, prior_channels=args.prior_channels).to(device)

@@ -39,9 +39,7 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import os
-import struct
 import sys
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
@@ -53,6 +51,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from paramgen.formats.safetensors import read_header
 from paramgen.spec import ParamSpec, SpecMismatchError, TensorSpec
 
 __all__ = [
@@ -61,25 +60,7 @@ __all__ = [
     "ChunkDataset",
     "module_type",
     "spec_from_safetensors",
-    "SAFETENSORS_DTYPES",
 ]
-
-# safetensors dtype codes <-> ParamSpec dtype names (the ones ParamSpec supports).
-SAFETENSORS_DTYPES: dict[str, str] = {
-    "F64": "float64",
-    "F32": "float32",
-    "F16": "float16",
-    "BF16": "bfloat16",
-    "I64": "int64",
-    "I32": "int32",
-    "I16": "int16",
-    "I8": "int8",
-    "U8": "uint8",
-    "BOOL": "bool",
-}
-
-_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
-_DTYPE_IS_FLOAT = {name: getattr(torch, name).is_floating_point for name in SAFETENSORS_DTYPES.values()}
 
 
 # --------------------------------------------------------------------------- names
@@ -338,56 +319,6 @@ class ChunkLayout:
 
 
 # --------------------------------------------------------------------------- safetensors headers
-def _read_header(path: Path) -> tuple[dict[str, dict[str, Any]], dict[str, str], int]:
-    """The tensors, metadata and data start (byte offset) of a safetensors file, from its header only.
-
-    Checks that the file is as long as the header says, so a truncated or padded file
-    fails here with its name rather than deep inside a reader.
-    """
-    try:
-        size = path.stat().st_size
-        with path.open("rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise ValueError(f"{path}: not a safetensors file (only {size} bytes)")
-            (n,) = struct.unpack("<Q", head)
-            if n > min(_MAX_HEADER, size - 8):
-                raise ValueError(f"{path}: not a safetensors file or truncated (header of {n} bytes, file of {size})")
-            raw = f.read(n)
-    except OSError as e:
-        raise ValueError(f"{path}: cannot read safetensors file: {e}") from e
-    try:
-        header = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ValueError(f"{path}: not a safetensors file (header is not JSON: {e})") from e
-    if not isinstance(header, dict):
-        raise ValueError(f"{path}: not a safetensors file (header is not a JSON object)")
-    metadata = header.pop("__metadata__", None) or {}
-    end = 0
-    for name, info in header.items():
-        try:
-            start, stop = (int(x) for x in info["data_offsets"])
-            _ = info["dtype"], list(info["shape"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: malformed safetensors header entry {name!r}: {info!r}") from e
-        end = max(end, stop)
-    data = size - 8 - n
-    if data < end:
-        raise ValueError(
-            f"{path}: truncated safetensors file: its header describes {end} bytes of tensor data, "
-            f"the file holds {data}"
-        )
-    if data > end:
-        raise ValueError(f"{path}: corrupt safetensors file: {data - end} bytes past the last tensor")
-    return header, metadata, 8 + n
-
-
-def _header_dtype(path: Path, name: str, code: str) -> str:
-    if code not in SAFETENSORS_DTYPES:
-        raise TypeError(f"{path}: tensor {name!r} has dtype {code}, expected one of {sorted(SAFETENSORS_DTYPES)}")
-    return SAFETENSORS_DTYPES[code]
-
-
 def spec_from_safetensors(
     path: str | os.PathLike, *, include: Sequence[str] | None = None, exclude: Sequence[str] = ()
 ) -> ParamSpec:
@@ -409,10 +340,13 @@ def spec_from_safetensors(
         [('n', (), 'int64', 'extra'), ('w', (3, 2), 'float32', 'vector')]
     """
     path = Path(path)
-    header, _, _ = _read_header(path)
-    entries = sorted(header.items(), key=lambda kv: tuple(kv[1]["data_offsets"]))
+    entries = sorted(read_header(path).tensors.values(), key=lambda e: (e.start, e.stop))
+    try:
+        dtypes = {entry.name: entry.dtype for entry in entries}
+    except TypeError as err:
+        raise TypeError(f"{path}: {err}") from None
     state: dict[str, torch.Tensor] = {}
-    small = [name for name, info in entries if not _DTYPE_IS_FLOAT[_header_dtype(path, name, info["dtype"])]]
+    small = [name for name, dtype in dtypes.items() if not dtype.is_floating_point]
     values = {}
     if small:
         from safetensors import SafetensorError, safe_open
@@ -420,13 +354,11 @@ def spec_from_safetensors(
         try:
             with safe_open(str(path), framework="pt") as f:
                 values = {name: f.get_tensor(name) for name in small}
-        except SafetensorError as e:
-            raise ValueError(f"{path}: not a readable safetensors file: {e}") from e
-    for name, info in entries:
-        dtype = getattr(torch, _header_dtype(path, name, info["dtype"]))
-        state[name] = values[name] if name in values else torch.empty(info["shape"], dtype=dtype, device="meta")
+        except SafetensorError as err:
+            raise ValueError(f"{path}: not a readable safetensors file: {err}") from err
+    for entry in entries:
+        state[entry.name] = values[entry.name] if entry.name in values else torch.empty(entry.shape, dtype=dtypes[entry.name], device="meta")
     return ParamSpec.from_state_dict(state, include=include, exclude=exclude)
-
 
 
 def _check_tensors(
@@ -572,10 +504,10 @@ class ChunkDataset(Dataset):
         for path in self.paths:
             if not path.is_file():
                 raise ValueError(f"ChunkDataset: checkpoint {path} does not exist or is not a file")
-            header, _, data_start = _read_header(path)
-            found = {name: (tuple(info["shape"]), SAFETENSORS_DTYPES.get(info["dtype"], info["dtype"])) for name, info in header.items()}
+            tensors = read_header(path).tensors
+            found = {name: (e.shape, e.dtype_name) for name, e in tensors.items()}
             _check_tensors(f"checkpoint {path}", layout, found, strict=strict)
-            self._starts.append([data_start + int(header[t.name]["data_offsets"][0]) for t in layout.tensors])
+            self._starts.append([tensors[t.name].start for t in layout.tensors])
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._pid = os.getpid()
 

@@ -59,17 +59,9 @@ from paramgen.generator import Generator
 from paramgen.interfaces import Conditioner, Prior, Tokenizer
 from paramgen.io import read_json, save_safetensors, write_json
 from paramgen.spec import ParamSpec
-from paramgen.streaming import (
-    ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
-    MODEL_CONFIG,
-    MODEL_WEIGHTS,
-    adapter_config_dict,
-    assemble,
-    assemble_adapter,
-    assemble_model,
-    model_config_dict,
-)
+from paramgen.formats.hf import MODEL_CONFIG, MODEL_WEIGHTS, model_config_dict
+from paramgen.formats.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config_dict
+from paramgen.streaming import assemble, assemble_adapter, assemble_model
 from paramgen.vectorize import ModelVectorizer
 
 __all__ = ["ChunkPositionConditioner", "ChunkStats", "ChunkSamples", "ChunkwiseGenerator", "is_chunkwise_folder"]
@@ -244,7 +236,7 @@ class ChunkwiseGenerator:
         task_conditioned: Whether raw conditions are ``(chunk id, task condition)`` pairs.
         model_config: The Hugging Face ``config.json`` of the generated model (a mapping,
             a ``transformers`` config, or the path of the file or of its folder; see
-            `paramgen.streaming.model_config_dict`): `sample` into a folder then writes a
+            `paramgen.formats.hf.model_config_dict`): `sample` into a folder then writes a
             model folder that ``transformers.AutoModel`` loads.
         adapter_config: The ``adapter_config.json`` of generated PEFT adapters (a
             ``peft`` config or its mapping): `sample` into a folder writes an adapter folder.

@@ -1,25 +1,22 @@
-"""Write generated chunks straight to a safetensors file, or into compact tensors.
+"""Generated chunks back into tensors: a state dict, a safetensors file, a model or adapter folder.
 
 A large model generated chunk by chunk (`paramgen.chunks.ChunkLayout`) never needs to
-exist as one flat vector: its safetensors header (names, dtypes, shapes, offsets) is
-known from the layout before the first value is generated, so every batch of chunks can
-be converted to its tensor's dtype and written to its place in the file at once.
+exist as one flat vector: batches of ``(chunk ids, values)`` arrive in layout order, are
+cut at tensor boundaries (the padding of a tensor's last chunk dropped) and go, batch by
+batch, to their place in the output.
 
-- `SafetensorsStreamWriter` writes a temporary file in the target's folder, checks on
-  `~SafetensorsStreamWriter.close` that every byte arrived, fsyncs and renames it into
-  place; on any error (a full disk included) the temporary file is removed, so a
-  partial file is never left looking complete.
-- `assemble` consumes ``(chunk_ids, values)`` batches in layout order and streams them
-  into a file, or builds a state dict where each tensor owns compact storage.
-- `assemble_adapter` streams them into a PEFT adapter folder
-  (``adapter_model.safetensors`` + ``adapter_config.json``), and `assemble_model` into a
-  Hugging Face model folder (``model.safetensors`` + ``config.json``, which
-  ``transformers.AutoModel`` loads); each is built under a temporary name beside its
-  target and renamed into place only when both files are complete.
-- `peak_rss_growth` measures how much a call raises the process's peak resident memory
-  (Linux), for memory budgets of the above.
+- `assemble` builds a state dict where each tensor owns compact storage, or streams the
+  chunks into a safetensors file (`paramgen.formats.safetensors.SafetensorsStreamWriter`:
+  written under a temporary name, renamed into place when complete).
+- `assemble_model` streams them into a Hugging Face model folder (``model.safetensors`` +
+  ``config.json``, which ``transformers.AutoModel`` loads; `paramgen.formats.hf`), and
+  `assemble_adapter` into a PEFT adapter folder (``adapter_model.safetensors`` +
+  ``adapter_config.json``; `paramgen.formats.peft`); each folder is built under a
+  temporary name beside its target and renamed into place only when both files are
+  complete.
 
-The safetensors files are plain (``__metadata__`` ``{"format": "pt"}`` plus yours).
+The files themselves (dtype table, header, stream writer, folder layouts) are
+`paramgen.formats`'s business; this module knows chunks.
 
 Examples:
     >>> import tempfile, torch
@@ -38,57 +35,19 @@ Examples:
 
 from __future__ import annotations
 
-import json
 import os
-import re
-import shutil
-import struct
-import sys
-import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
-from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Protocol
 
 import torch
 
 from paramgen.chunks import ChunkLayout
-from paramgen.io import TMP_SUFFIX, read_json, write_json
+from paramgen.formats import hf, peft
+from paramgen.formats.safetensors import SafetensorsStreamWriter, _all_finite
 from paramgen.spec import NonFiniteWeightsError, SpecMismatchError
 
-__all__ = [
-    "ADAPTER_CONFIG",
-    "ADAPTER_WEIGHTS",
-    "MODEL_CONFIG",
-    "MODEL_WEIGHTS",
-    "SafetensorsStreamWriter",
-    "adapter_config_dict",
-    "assemble",
-    "assemble_adapter",
-    "assemble_model",
-    "model_config_dict",
-    "peak_rss_growth",
-]
-
-#: The two files of a PEFT adapter folder.
-ADAPTER_WEIGHTS, ADAPTER_CONFIG = "adapter_model.safetensors", "adapter_config.json"
-#: The two files of a Hugging Face model folder that ``AutoModel.from_pretrained`` needs.
-MODEL_WEIGHTS, MODEL_CONFIG = "model.safetensors", "config.json"
-
-_CODES = {
-    torch.float64: "F64",
-    torch.float32: "F32",
-    torch.float16: "F16",
-    torch.bfloat16: "BF16",
-    torch.int64: "I64",
-    torch.int32: "I32",
-    torch.int16: "I16",
-    torch.int8: "I8",
-    torch.uint8: "U8",
-    torch.bool: "BOOL",
-}
-
-T = TypeVar("T")
+__all__ = ["assemble", "assemble_adapter", "assemble_model"]
 
 
 class _Cursor:
@@ -140,26 +99,6 @@ class _Cursor:
             t += 1
         self.next = first + b
 
-    def whole(self, name: str, tensor: torch.Tensor) -> int:
-        """Validate a whole tensor given at the cursor; return its index."""
-        layout = self.layout
-        if self.next >= layout.num_chunks:
-            raise ValueError(f"every tensor is written already; got {name!r}")
-        t = int(layout.tensor_ids[self.next])
-        spec = layout.tensors[t]
-        if self.next != self._starts[t]:
-            raise ValueError(f"tensor {spec.name!r} is half written by write_chunks; cannot write {name!r} whole now")
-        if name != spec.name:
-            raise ValueError(f"tensors must arrive in layout order: expected {spec.name!r} next, got {name!r}")
-        if tuple(tensor.shape) != spec.shape:
-            raise SpecMismatchError(f"tensor {name!r}: expected shape {spec.shape}, got {tuple(tensor.shape)}")
-        if not tensor.is_floating_point():
-            raise TypeError(f"tensor {name!r}: expected a floating tensor, got {tensor.dtype}")
-        if self.check_finite and not _all_finite(tensor):
-            raise NonFiniteWeightsError(f"tensor {name!r} contains NaN or Inf")
-        self.next = self._starts[t + 1]
-        return t
-
     def check_complete(self) -> None:
         layout = self.layout
         if self.next < layout.num_chunks:
@@ -170,229 +109,32 @@ class _Cursor:
             )
 
 
-def _all_finite(x: torch.Tensor) -> bool:
-    """No NaN/Inf in ``x``, without a mask as large as ``x`` in the common case.
+class _Sink(Protocol):
+    """Where a tensor's runs of values go: a `SafetensorsStreamWriter` or a `_DictSink`."""
 
-    A NaN or an infinity makes the sum non-finite, so a finite sum proves every value
-    finite; only a non-finite sum (or an overflow of huge finite values) needs the
-    exact elementwise check.
-    """
-    return bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all())
+    def write(self, name: str, values: torch.Tensor, *, start: int = 0) -> None: ...
 
 
-def _as_bytes(x: torch.Tensor) -> memoryview:
-    """Little-endian bytes of a CPU tensor, without a copy when it is contiguous."""
-    return memoryview(x.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # type: ignore[arg-type]  # ndarray has the buffer protocol; numpy declares __buffer__ only for Python >= 3.12
+def _feed(layout: ChunkLayout, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], sink: _Sink, *, check_finite: bool) -> None:
+    """Every batch, in layout order, into ``sink``; raises if a chunk is out of order or missing."""
+    cursor = _Cursor(layout, check_finite=check_finite)
+    for chunk_ids, values in batches:
+        _write_batch(cursor, sink, chunk_ids, values)
+        del chunk_ids, values  # free this batch before the caller makes the next one
+    cursor.check_complete()
 
 
-class SafetensorsStreamWriter:
-    """A safetensors file written piece by piece, in layout order, then renamed into place.
-
-    The header is computed from the layout (and ``extras``) up front; data then arrives
-    as batches of chunks (`write_chunks`) or whole tensors (`write_tensor`), each
-    converted from the generated floats to its tensor's dtype and written at its offset
-    in a temporary file next to ``path``. Only the current batch is held in memory.
-    Tensors are laid out in the file by decreasing item size (as ``safetensors`` does),
-    so every tensor is aligned for zero-copy loaders.
-
-    `close` checks that every chunk was written, fsyncs and renames atomically; any
-    error before that (use it as a context manager) removes the temporary file. The
-    file's space is reserved at open (``posix_fallocate`` where the filesystem has it),
-    so a full disk usually fails before any generation work is spent.
-
-    Args:
-        path: Target file.
-        layout: The generated tensors and their chunking.
-        extras: Further tensors stored as given (integer buffers such as
-            ``num_batches_tracked``, or frozen tensors of a base model); written at open.
-            Their names must not clash with the layout's.
-        metadata: String metadata; ``{"format": "pt"}`` is always included (transformers
-            expects it). Keys are written sorted, so the same content gives the same bytes.
-        check_finite: Raise `NonFiniteWeightsError` on NaN/Inf in generated values.
-
-    Raises:
-        OSError: The file cannot be written (full disk, permissions); nothing is left.
-
-    Examples:
-        >>> import tempfile, torch
-        >>> from safetensors.torch import load_file
-        >>> from paramgen.chunks import ChunkLayout
-        >>> from paramgen.spec import ParamSpec
-        >>> net = torch.nn.Linear(4, 2)
-        >>> layout = ChunkLayout(ParamSpec.from_module(net), 8)
-        >>> path = tempfile.mkdtemp() + "/net.safetensors"
-        >>> with SafetensorsStreamWriter(path, layout) as w:
-        ...     for name, x in net.state_dict().items():
-        ...         w.write_tensor(name, x)
-        >>> torch.equal(load_file(path)["weight"], net.weight)
-        True
-    """
-
-    def __init__(
-        self,
-        path: str | os.PathLike,
-        layout: ChunkLayout,
-        *,
-        extras: Mapping[str, torch.Tensor] | None = None,
-        metadata: Mapping[str, str] | None = None,
-        check_finite: bool = True,
-    ) -> None:
-        if sys.byteorder != "little":  # pragma: no cover - safetensors is little-endian
-            raise RuntimeError("SafetensorsStreamWriter needs a little-endian machine")
-        self.path = Path(path)
-        self.layout = layout
-        self._cursor = _Cursor(layout, check_finite=check_finite)
-        extras = dict(extras or {})
-        clash = [name for name in extras if name in set(layout.names)]
-        if clash:
-            raise ValueError(f"extras {clash[:3]} clash with generated tensors of the layout")
-        meta = {"format": "pt"}
-        for k, v in (metadata or {}).items():
-            if not isinstance(k, str) or not isinstance(v, str):
-                raise TypeError(f"safetensors metadata must map strings to strings, got {k!r}: {v!r}")
-            meta[k] = v
-        entries: list[tuple[str, torch.dtype, tuple[int, ...]]] = [(t.name, t.torch_dtype, t.shape) for t in layout.tensors]
-        for name, x in extras.items():
-            if not isinstance(x, torch.Tensor) or x.dtype not in _CODES:
-                raise TypeError(f"extra {name!r}: expected a tensor of dtype {sorted(map(str, _CODES))}, got {x!r:.80}")
-            entries.append((name, x.dtype, tuple(x.shape)))
-        # Largest items first keeps every tensor aligned to its item size (the header is padded to 8).
-        order = sorted(range(len(entries)), key=lambda i: -entries[i][1].itemsize)
-        header: dict[str, Any] = {"__metadata__": dict(sorted(meta.items()))}  # bytes independent of the mapping's order
-        starts: dict[str, int] = {}
-        pos = 0
-        for i in order:
-            name, dtype, shape = entries[i]
-            n = dtype.itemsize
-            for s in shape:
-                n *= s
-            header[name] = {"dtype": _CODES[dtype], "shape": list(shape), "data_offsets": [pos, pos + n]}
-            starts[name] = pos
-            pos += n
-        blob = json.dumps(header, separators=(",", ":")).encode()
-        blob += b" " * (-len(blob) % 8)
-        base = 8 + len(blob)
-        self.size = base + pos  # bytes of the finished file
-        self._positions = [base + starts[t.name] for t in layout.tensors]
-        self._itemsizes = [t.torch_dtype.itemsize for t in layout.tensors]
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=self.path.name + ".", suffix=TMP_SUFFIX, dir=self.path.parent)
-        self._fd: int | None = fd
-        self.tmp_path = Path(name)
-        try:
-            _reserve(fd, self.size)
-            self._write_at(0, memoryview(struct.pack("<Q", len(blob)) + blob))
-            for name_, x in extras.items():
-                self._write_at(base + starts[name_], _as_bytes(x))
-        except BaseException:
-            self.abort()
-            raise
-
-    # ------------------------------------------------------------------ writing
-    def _write_at(self, pos: int, data: memoryview) -> None:
-        if self._fd is None:
-            raise ValueError(f"writer for {self.path} is closed")
-        while len(data):
-            n = os.pwrite(self._fd, data, pos)
-            if n <= 0:  # pragma: no cover - pwrite raises rather than returning 0 on a regular file
-                raise OSError(f"short write to {self.tmp_path}")
-            data = data[n:]
-            pos += n
-
-    def write_chunks(self, chunk_ids: torch.Tensor, values: torch.Tensor) -> None:
-        """Write the next chunks: ``chunk_ids`` ``(B,)`` consecutive in layout order, ``values`` ``(B, K)``.
-
-        Padding (past a tensor's end) is dropped; values are cast to each tensor's dtype
-        (round to nearest even, as ``Tensor.to``).
-        """
-        self._live()
-        for t, start, flat in self._cursor.runs(chunk_ids, values):
-            data = flat.to(self.layout.tensors[t].torch_dtype)
-            self._write_at(self._positions[t] + start * self._itemsizes[t], _as_bytes(data))
-
-    def write_tensor(self, name: str, tensor: torch.Tensor) -> None:
-        """Write the next tensor of the layout whole (cast to its dtype)."""
-        self._live()
-        t = self._cursor.whole(name, tensor)
-        self._write_at(self._positions[t], _as_bytes(tensor.to(self.layout.tensors[t].torch_dtype)))
-
-    def _live(self) -> None:
-        if self._fd is None:
-            raise ValueError(f"writer for {self.path} is closed")
-
-    # ------------------------------------------------------------------ finishing
-    def close(self) -> Path:
-        """Check completeness, fsync, rename into place; returns ``path``.
-
-        Raises:
-            ValueError: Chunks are missing (the temporary file is removed).
-        """
-        self._live()
-        try:
-            self._cursor.check_complete()
-            assert self._fd is not None
-            os.fsync(self._fd)
-            os.close(self._fd)
-            self._fd = None
-            os.replace(self.tmp_path, self.path)
-        except BaseException:
-            self.abort()
-            raise
-        _fsync_dir(self.path.parent)
-        return self.path
-
-    def abort(self) -> None:
-        """Close and remove the temporary file; ``path`` is left untouched."""
-        if self._fd is not None:
-            try:
-                os.close(self._fd)
-            finally:
-                self._fd = None
-        self.tmp_path.unlink(missing_ok=True)
-
-    def __enter__(self) -> SafetensorsStreamWriter:
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        if exc_type is not None:
-            self.abort()
-        elif self._fd is not None:
-            self.close()
-
-
-def _reserve(fd: int, size: int) -> None:
-    """Reserve disk space so that a full disk fails now, not after the generation work."""
-    if not hasattr(os, "posix_fallocate") or size == 0:
-        return
-    try:
-        os.posix_fallocate(fd, 0, size)
-    except OSError as e:
-        import errno
-
-        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL, errno.ENOSYS, getattr(errno, "ENOTSUP", -1)):
-            raise
-
-
-def _fsync_dir(folder: Path) -> None:
-    """Make the rename durable (best effort: not every platform can open a folder)."""
-    try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # pragma: no cover
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # pragma: no cover
-        pass
-    finally:
-        os.close(fd)
+def _write_batch(cursor: _Cursor, sink: _Sink, chunk_ids: torch.Tensor, values: torch.Tensor) -> None:
+    """One batch into ``sink`` (a function of its own: no view of the batch outlives it)."""
+    for t, start, flat in cursor.runs(chunk_ids, values):
+        sink.write(cursor.layout.tensors[t].name, flat, start=start)
 
 
 class _DictSink:
     """`assemble`'s in-memory target: one compact tensor per layout tensor."""
 
-    def __init__(self, layout: ChunkLayout, *, extras: Mapping[str, torch.Tensor] | None, check_finite: bool) -> None:
+    def __init__(self, layout: ChunkLayout, *, extras: Mapping[str, torch.Tensor] | None) -> None:
         self.layout = layout
-        self._cursor = _Cursor(layout, check_finite=check_finite)
         clash = [name for name in (extras or {}) if name in set(layout.names)]
         if clash:
             raise ValueError(f"extras {clash[:3]} clash with generated tensors of the layout")
@@ -404,13 +146,11 @@ class _DictSink:
         # glibc's heap (peak 1.9x the model's size instead of 1.1x, measured on 100M fp32).
         self._out = {t.name: torch.empty(t.shape, dtype=t.torch_dtype) for t in layout.tensors}
 
-    def write_chunks(self, chunk_ids: torch.Tensor, values: torch.Tensor) -> None:
-        for t, start, flat in self._cursor.runs(chunk_ids, values):
-            spec = self.layout.tensors[t]
-            self._out[spec.name].view(-1)[start : start + flat.numel()] = flat.to(spec.torch_dtype).cpu()
+    def write(self, name: str, values: torch.Tensor, *, start: int = 0) -> None:
+        out = self._out[name]
+        out.view(-1)[start : start + values.numel()] = values.to(out.dtype).cpu()
 
     def close(self) -> dict[str, torch.Tensor]:
-        self._cursor.check_complete()
         return {**self._out, **self._extras}
 
 
@@ -430,7 +170,8 @@ def assemble(
         batches: ``(chunk_ids (B,), values (B, K))`` pairs covering every chunk once, in
             layout order (batch sizes may vary, batches may cross tensors).
         out: ``None`` builds a dict (layout order, then ``extras``); a path streams into
-            that file through `SafetensorsStreamWriter` and returns the path.
+            that file through `paramgen.formats.safetensors.SafetensorsStreamWriter` and
+            returns the path.
         extras: Tensors passed through unchanged (integer buffers, frozen tensors).
         metadata: safetensors metadata (only with ``out``).
         check_finite: Raise `NonFiniteWeightsError` on NaN/Inf.
@@ -450,82 +191,13 @@ def assemble(
     if out is None:
         if metadata:
             raise ValueError("metadata is only stored in files; pass out=path or drop metadata")
-        sink = _DictSink(layout, extras=extras, check_finite=check_finite)
-        for chunk_ids, values in batches:
-            sink.write_chunks(chunk_ids, values)
-            del chunk_ids, values  # free this batch before the caller makes the next one
+        sink = _DictSink(layout, extras=extras)
+        _feed(layout, batches, sink, check_finite=check_finite)
         return sink.close()
-    with SafetensorsStreamWriter(out, layout, extras=extras, metadata=metadata, check_finite=check_finite) as writer:
-        for chunk_ids, values in batches:
-            writer.write_chunks(chunk_ids, values)
-            del chunk_ids, values
+    # The cursor checks finiteness (naming generated values); the writer need not again.
+    with SafetensorsStreamWriter(out, layout.tensors, extras=extras, metadata=metadata, check_finite=False) as writer:
+        _feed(layout, batches, writer, check_finite=check_finite)
         return writer.close()
-
-
-def _json_mapping(config: Mapping[str, Any], what: str) -> dict[str, Any]:
-    """``config`` as JSON-ready data (sets become sorted lists), or a `TypeError` naming ``what``."""
-    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
-        raise TypeError(f"{what} must be a mapping of strings (the JSON file's content), got {type(config).__name__}")
-    data = {k: sorted(v) if isinstance(v, (set, frozenset)) else v for k, v in config.items()}  # peft keeps target_modules as a set
-    try:
-        json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as e:
-        raise TypeError(f"{what} must be JSON-serializable: {e}") from e
-    return data
-
-
-def adapter_config_dict(config: Any) -> dict[str, Any]:
-    """A PEFT config (a ``peft.PeftConfig`` or the mapping of an ``adapter_config.json``) as JSON data.
-
-    Raises:
-        TypeError: Not a mapping of strings, or not JSON-serializable.
-        ValueError: No ``peft_type`` (PEFT cannot load a folder without it).
-
-    Examples:
-        >>> adapter_config_dict({"peft_type": "LORA", "target_modules": {"value", "query"}})
-        {'peft_type': 'LORA', 'target_modules': ['query', 'value']}
-    """
-    if hasattr(config, "to_dict") and not isinstance(config, Mapping):
-        config = config.to_dict()
-    if not isinstance(config, Mapping) or not all(isinstance(k, str) for k in config):
-        raise TypeError(f"adapter_config must be a peft config or a mapping of strings (an adapter_config.json), got {type(config).__name__}")
-    data = _json_mapping(config, "adapter_config")
-    if not data.get("peft_type"):
-        raise ValueError("adapter_config has no 'peft_type' (e.g. 'LORA'); PEFT cannot load a folder without it")
-    return data
-
-
-def model_config_dict(config: Any) -> dict[str, Any]:
-    """A Hugging Face model config as the JSON data of its ``config.json``.
-
-    ``config`` is a mapping (the file's content), a ``transformers`` ``PretrainedConfig``
-    (what its ``save_pretrained`` writes), or the path of a ``config.json`` or of a model
-    folder holding one. A ``_name_or_path`` that is an absolute path (where the config was
-    loaded from on this machine) is dropped: it means nothing elsewhere.
-
-    Raises:
-        FileNotFoundError: A path with no ``config.json``.
-        TypeError: Not one of the above, or not JSON-serializable.
-        ValueError: No ``model_type`` (``AutoModel`` cannot choose a class without it).
-
-    Examples:
-        >>> model_config_dict({"model_type": "bert", "hidden_size": 384, "_name_or_path": "/home/me/minilm"})
-        {'model_type': 'bert', 'hidden_size': 384}
-    """
-    if isinstance(config, (str, os.PathLike)):
-        path = Path(config)
-        file = path / MODEL_CONFIG if path.is_dir() else path
-        if not file.is_file():
-            raise FileNotFoundError(f"model_config: no {MODEL_CONFIG} at {path}")
-        config = read_json(file)
-    elif hasattr(config, "to_json_string") and not isinstance(config, Mapping):
-        config = json.loads(config.to_json_string())  # exactly what PretrainedConfig.save_pretrained writes
-    data = _json_mapping(config, "model_config")
-    if isinstance(data.get("_name_or_path"), str) and os.path.isabs(data["_name_or_path"]):
-        del data["_name_or_path"]
-    if not data.get("model_type"):
-        raise ValueError("model_config has no 'model_type' (e.g. 'bert'); transformers' AutoModel cannot load a folder without it")
-    return data
 
 
 def assemble_adapter(
@@ -575,8 +247,9 @@ def assemble_adapter(
         >>> json.loads((folder / "adapter_config.json").read_text())["target_modules"]
         ['query']
     """
-    config = adapter_config_dict(adapter_config)
-    return _assemble_folder(layout, batches, folder, ADAPTER_WEIGHTS, ADAPTER_CONFIG, config, extras=extras, check_finite=check_finite, what="an adapter folder")
+    with peft.stream_adapter(folder, layout.tensors, adapter_config, extras=extras, check_finite=False) as writer:
+        _feed(layout, batches, writer, check_finite=check_finite)
+    return Path(folder)
 
 
 def assemble_model(
@@ -604,7 +277,7 @@ def assemble_model(
         folder: The model folder; it must not exist or be empty.
         model_config: The model's ``config.json``: a mapping, a ``transformers``
             ``PretrainedConfig``, or the path of a ``config.json`` or of a folder holding
-            one (see `model_config_dict`).
+            one (see `paramgen.formats.hf.model_config_dict`).
         extras: Tensors passed through unchanged (e.g. frozen tensors of a base model).
         check_finite: Raise `NonFiniteWeightsError` on NaN/Inf.
 
@@ -628,74 +301,6 @@ def assemble_model(
         >>> load_file(str(folder / "model.safetensors"))["pooler.dense.bias"].tolist()
         [1.0, 1.0, 1.0]
     """
-    config = model_config_dict(model_config)
-    return _assemble_folder(layout, batches, folder, MODEL_WEIGHTS, MODEL_CONFIG, config, extras=extras, check_finite=check_finite, what="a model folder")
-
-
-def _assemble_folder(
-    layout: ChunkLayout,
-    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-    folder: str | os.PathLike,
-    weights_name: str,
-    config_name: str,
-    config: Mapping[str, Any],
-    *,
-    extras: Mapping[str, torch.Tensor] | None,
-    check_finite: bool,
-    what: str,
-) -> Path:
-    """Weights streamed, then the config, in a temporary folder renamed to ``folder`` when both are complete."""
-    folder = Path(folder)
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        raise FileExistsError(f"{folder} exists and is not an empty folder; {what} is written whole into a new or empty one")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=TMP_SUFFIX, dir=folder.parent))
-    try:
-        assemble(layout, batches, out=tmp / weights_name, extras=extras, check_finite=check_finite)
-        write_json(tmp / config_name, config)
-        if folder.exists():
-            folder.rmdir()  # empty (checked above); os.replace cannot replace a folder otherwise
-        os.replace(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    _fsync_dir(folder.parent)
-    return folder
-
-
-# --------------------------------------------------------------------------- memory
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        match = re.search(rf"^{field}:\s+(\d+) kB", f.read(), re.MULTILINE)
-    if match is None:  # pragma: no cover
-        raise RuntimeError(f"/proc/self/status has no {field}")
-    return int(match.group(1))
-
-
-def peak_rss_growth(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T, int]:
-    """Call ``fn`` and return ``(result, bytes)``: how far peak RSS rose above RSS before the call.
-
-    Linux only: resets the process's high-water mark by writing ``5`` to
-    ``/proc/self/clear_refs``, then reads ``VmHWM``. The figure counts every thread of
-    the process and file pages mapped by the call (e.g. mmapped reads); memory freed
-    before the call but kept by the allocator can hide part of a growth, so measure in a
-    fresh process for exact budgets.
-
-    Raises:
-        RuntimeError: The platform cannot reset the high-water mark.
-
-    Examples:
-        >>> import torch
-        >>> _, grew = peak_rss_growth(lambda: torch.ones(2**25).sum())  # 128 MiB, freed at once
-        >>> grew >= 0  # in a warm process the allocator may serve it from memory it kept
-        True
-    """
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError as e:
-        raise RuntimeError(f"peak_rss_growth needs Linux's /proc/self/clear_refs: {e}") from e
-    before = _status_kib("VmRSS")
-    result = fn(*args, **kwargs)
-    peak = _status_kib("VmHWM")
-    return result, max(0, peak - before) * 1024
+    with hf.stream_model(folder, layout.tensors, model_config, extras=extras, check_finite=False) as writer:
+        _feed(layout, batches, writer, check_finite=check_finite)
+    return Path(folder)

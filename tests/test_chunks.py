@@ -13,9 +13,10 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
+from benchmarks.common import peak_rss_growth
 from paramgen.chunks import ChunkDataset, ChunkLayout, _flat_slices, module_type, spec_from_safetensors
 from paramgen.spec import ParamSpec, SpecMismatchError
-from paramgen.streaming import assemble, peak_rss_growth
+from paramgen.streaming import assemble
 
 
 def bits_equal(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -400,7 +401,7 @@ def test_minilm_module_spec_with_legacy_buffer(minilm_file):
 @pytest.mark.slow
 def test_100m_model_sample_reads_little_memory(tmp_path):
     """A ~100M-parameter (400 MB) file: sampling chunks grows peak RSS far below the file size."""
-    from paramgen.streaming import SafetensorsStreamWriter
+    from paramgen.formats.safetensors import SafetensorsStreamWriter
 
     shapes = {f"layers.{i}.{kind}.weight": (2048, 2048) for i in range(12) for kind in ("q", "k")}
     shapes["embed.weight"] = (32003, 128)
@@ -413,7 +414,7 @@ def test_100m_model_sample_reads_little_memory(tmp_path):
     def tensor(i, t):
         return torch.randn(t.shape, generator=torch.Generator().manual_seed(i))
 
-    with SafetensorsStreamWriter(path, layout) as writer:  # one tensor in memory at a time
+    with SafetensorsStreamWriter(path, layout.tensors) as writer:  # one tensor in memory at a time
         for i, t in enumerate(layout.tensors):
             writer.write_tensor(t.name, tensor(i, t))
     size = path.stat().st_size

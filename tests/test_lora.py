@@ -210,7 +210,7 @@ def _saved_config(tmp_path, name: str = "a"):
 @pytest.mark.parametrize(
     "change, match",
     [
-        (lambda c: [c], r"expected a JSON object .*got a JSON list"),
+        (lambda c: [c], r"adapter_config.json must hold a JSON object, got a JSON list"),
         (lambda c: {**c, "r": "four"}, r"'r' must be an integer LoRA rank, got 'four'"),
         (lambda c: {**c, "r": 4.0}, r"'r' must be an integer LoRA rank, got 4.0"),
         (lambda c: {**c, "lora_alpha": None}, r"'lora_alpha' must be a finite number, got None"),
@@ -258,7 +258,7 @@ def test_unreadable_or_non_finite_adapter_files_are_refused(tmp_path):
         load_adapter(folder)
     folder, _ = _saved_config(tmp_path, "b")
     (folder / "adapter_model.safetensors").write_bytes(b"\x00" * 16)
-    with pytest.raises(AdapterError, match="adapter_model.safetensors: not a readable safetensors file"):
+    with pytest.raises(AdapterError, match="adapter_model.safetensors is not a readable safetensors file"):
         load_adapter(folder)
     from safetensors.torch import load_file, save_file
 
@@ -284,7 +284,6 @@ def test_format_1_text_generator_naming_the_old_module_path_loads(fitted, tasks,
         name = entry.pop("name", None)
         if name is not None:
             entry["class"] = BUILTINS[name]
-    assert config["components"]["conditioner"]["class"] == "paramgen.lora.conditioner:TextOrVectorConditioner"
     config["components"]["conditioner"]["class"] = "paramgen.lora:TextOrVectorConditioner"
     stats = config.pop("latent_stats")
     config["latent_mean"], config["latent_scale"] = stats["mean"], stats["scale"]

@@ -1,4 +1,4 @@
-"""SafetensorsStreamWriter and assemble: streamed safetensors files and compact state dicts."""
+"""assemble (chunks into compact state dicts or streamed files) and the safetensors stream writer."""
 
 from __future__ import annotations
 
@@ -18,8 +18,11 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from paramgen.chunks import ChunkDataset, ChunkLayout, spec_from_safetensors
+from paramgen.formats.safetensors import SafetensorsStreamWriter, _all_finite
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
-from paramgen.streaming import SafetensorsStreamWriter, assemble
+from paramgen.streaming import assemble
+
+ROOT = Path(__file__).resolve().parents[1]
 
 FLOATS = [torch.float32, torch.bfloat16, torch.float16, torch.float64]
 
@@ -86,9 +89,9 @@ def test_state_dict_to_chunks_to_file_and_dict_is_bit_exact(shapes, dtypes, chun
 
 def test_file_format_header_alignment_and_metadata(tmp_path):
     sd = {"a.half": torch.randn(3, dtype=torch.float16), "b.float": torch.randn(5), "c.bf": torch.randn(1, dtype=torch.bfloat16)}
-    layout = ChunkLayout(ParamSpec.from_state_dict(sd), 4)
+    tensors = ParamSpec.from_state_dict(sd).vector_tensors
     path = tmp_path / "m.safetensors"
-    with SafetensorsStreamWriter(path, layout, metadata={"generator": "d2nwg"}, extras={"n": torch.tensor([1, 2], dtype=torch.int64)}) as w:
+    with SafetensorsStreamWriter(path, tensors, metadata={"generator": "d2nwg"}, extras={"n": torch.tensor([1, 2], dtype=torch.int64)}) as w:
         for name, x in sd.items():
             w.write_tensor(name, x.float())  # generated values are float32; the writer casts
     raw = path.read_bytes()
@@ -111,24 +114,24 @@ def test_file_format_header_alignment_and_metadata(tmp_path):
 
 def test_same_content_gives_the_same_bytes(tmp_path):
     sd = {"w": torch.randn(3, 5, generator=torch.Generator().manual_seed(0))}
-    layout = ChunkLayout(ParamSpec.from_state_dict(sd), 4)
+    tensors = ParamSpec.from_state_dict(sd).vector_tensors
     files = []
     for i, meta in enumerate(({"seed": "1", "cond": "a"}, {"cond": "a", "seed": "1"})):
         files.append(tmp_path / f"{i}.safetensors")
-        with SafetensorsStreamWriter(files[-1], layout, metadata=meta) as w:
+        with SafetensorsStreamWriter(files[-1], tensors, metadata=meta) as w:
             w.write_tensor("w", sd["w"])
     assert files[0].read_bytes() == files[1].read_bytes()
     (n,) = struct.unpack("<Q", files[0].read_bytes()[:8])
     assert list(json.loads(files[0].read_bytes()[8 : 8 + n])["__metadata__"]) == ["cond", "format", "seed"]
 
 
-def test_write_tensor_then_chunks_and_float_rounding(tmp_path):
+def test_write_tensor_then_runs_and_float_rounding(tmp_path):
     sd = {"w": torch.zeros(2, 3, dtype=torch.bfloat16), "b": torch.zeros(5, dtype=torch.float16)}
-    layout = ChunkLayout(ParamSpec.from_state_dict(sd), 4)  # w: 2 chunks, b: 2 chunks
     w = torch.tensor([[1.0, 2.0, 3.0], [4.0, 5.0, 1.00390625]])  # last: halfway in bf16 -> rounds to even (1.0)
-    with SafetensorsStreamWriter(tmp_path / "m.safetensors", layout) as writer:
+    with SafetensorsStreamWriter(tmp_path / "m.safetensors", ParamSpec.from_state_dict(sd).vector_tensors) as writer:
+        writer.write("b", torch.tensor([1.0, 2, 3, 4]))  # tensors in any order, a tensor's runs in order
         writer.write_tensor("w", w)
-        writer.write_chunks(torch.tensor([2, 3]), torch.tensor([[1.0, 2, 3, 4], [1 / 3, 99, 99, 99]]))
+        writer.write("b", torch.tensor([1 / 3]), start=4)
     out = load_file(tmp_path / "m.safetensors")
     assert bits_equal(out["w"], w.to(torch.bfloat16))
     assert out["w"][1, 2].item() == 1.0
@@ -163,19 +166,25 @@ def test_out_of_order_missing_or_malformed_chunks_raise_and_leave_nothing(small,
     assert leftovers(tmp_path) == []
 
 
-def test_write_tensor_order_and_shape_checked(small, tmp_path):
-    layout, batches = small
-    with pytest.raises(ValueError, match="expected 'x' next, got 'y'"):
-        with SafetensorsStreamWriter(tmp_path / "m.safetensors", layout) as w:
-            w.write_tensor("y", torch.zeros(3, 3))
-    with pytest.raises(SpecMismatchError, match="expected shape \\(10,\\)"):
-        with SafetensorsStreamWriter(tmp_path / "m.safetensors", layout) as w:
-            w.write_tensor("x", torch.zeros(9))
-    with pytest.raises(ValueError, match="half written"):
-        with SafetensorsStreamWriter(tmp_path / "m.safetensors", layout) as w:
-            w.write_chunks(*batches[0])
-            w.write_tensor("x", torch.zeros(10))
-    assert leftovers(tmp_path) == []
+def test_writer_checks_names_shapes_and_the_order_of_runs(tmp_path):
+    tensors = ParamSpec.from_state_dict({"x": torch.zeros(10), "y": torch.zeros(3, 3)}).vector_tensors
+    cases = [
+        (lambda w: w.write_tensor("z", torch.zeros(2)), KeyError, "'z' is not a tensor of this file"),
+        (lambda w: w.write_tensor("x", torch.zeros(9)), SpecMismatchError, "expected shape \\(10,\\)"),
+        (lambda w: (w.write("x", torch.zeros(4)), w.write_tensor("x", torch.zeros(10))), ValueError, "written already \\(4 of 10"),
+        (lambda w: w.write("x", torch.zeros(4), start=2), ValueError, "expected a run from value 0, got one from 2"),
+        (lambda w: (w.write("x", torch.zeros(4)), w.write("x", torch.zeros(4), start=6)), ValueError, "from value 4, got one from 6"),
+        (lambda w: w.write("x", torch.zeros(11)), ValueError, "a run of 11 from value 0 goes past its end"),
+        (lambda w: w.write("x", torch.zeros(2, 2)), SpecMismatchError, "flat values"),
+        (lambda w: w.write("x", torch.zeros(4, dtype=torch.int64)), TypeError, "floating values"),
+        (lambda w: w.write("x", torch.tensor([0.0, float("nan")])), NonFiniteWeightsError, "'x'"),
+        (lambda w: w.write_tensor("x", torch.zeros(10)), ValueError, "incomplete: 1 of 2 tensors .* 'y' \\(9 values missing\\)"),
+    ]
+    for act, error, match in cases:
+        with pytest.raises(error, match=match):
+            with SafetensorsStreamWriter(tmp_path / "m.safetensors", tensors) as w:
+                act(w)
+        assert leftovers(tmp_path) == [], match
 
 
 def test_non_finite_values_raise_and_leave_nothing(small, tmp_path):
@@ -202,17 +211,19 @@ def test_existing_target_survives_a_failed_write(small, tmp_path):
 def test_writer_misuse(small, tmp_path):
     layout, batches = small
     with pytest.raises(ValueError, match="clash"):
-        SafetensorsStreamWriter(tmp_path / "m.safetensors", layout, extras={"x": torch.zeros(1)})
+        SafetensorsStreamWriter(tmp_path / "m.safetensors", layout.tensors, extras={"x": torch.zeros(1)})
     with pytest.raises(TypeError, match="metadata"):
-        SafetensorsStreamWriter(tmp_path / "m.safetensors", layout, metadata={"a": 1})
+        SafetensorsStreamWriter(tmp_path / "m.safetensors", layout.tensors, metadata={"a": 1})
+    with pytest.raises(TypeError, match="TensorSpec"):
+        SafetensorsStreamWriter(tmp_path / "m.safetensors", layout)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="only stored in files"):
         assemble(layout, batches, metadata={"a": "b"})
-    writer = SafetensorsStreamWriter(tmp_path / "m.safetensors", layout)
-    for b in batches:
-        writer.write_chunks(*b)
+    writer = SafetensorsStreamWriter(tmp_path / "m.safetensors", layout.tensors)
+    writer.write_tensor("x", torch.zeros(10))
+    writer.write_tensor("y", torch.zeros(3, 3))
     assert writer.close() == tmp_path / "m.safetensors"
     with pytest.raises(ValueError, match="closed"):
-        writer.write_chunks(*batches[0])
+        writer.write("x", torch.zeros(1))
     writer.abort()  # after close: harmless, keeps the finished file
     assert leftovers(tmp_path) == ["m.safetensors"]
 
@@ -235,7 +246,7 @@ def test_full_disk_at_reservation_leaves_no_file(small, tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "posix_fallocate", fallocate)
     with pytest.raises(OSError, match="No space"):
-        SafetensorsStreamWriter(tmp_path / "m.safetensors", layout)
+        SafetensorsStreamWriter(tmp_path / "m.safetensors", layout.tensors)
     assert leftovers(tmp_path) == []
 
 
@@ -270,11 +281,11 @@ def test_peak_rss_growth_sees_a_transient_allocation():
     import sys
 
     code = (
-        "import torch; from paramgen.streaming import peak_rss_growth; "
+        "import torch; from benchmarks.common import peak_rss_growth; "
         "_, grew = peak_rss_growth(lambda: torch.ones(2**24).sum()); "  # 64 MiB, freed before returning
         "_, idle = peak_rss_growth(lambda: None); print(grew, idle)"
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True, cwd=ROOT)
     grew, idle = map(int, out.stdout.split())
     assert grew >= 56 * 2**20
     assert idle < 8 * 2**20
@@ -285,7 +296,8 @@ import json, sys, torch
 from safetensors import safe_open
 from paramgen.chunks import ChunkLayout
 from paramgen.spec import ParamSpec
-from paramgen.streaming import assemble, peak_rss_growth
+from benchmarks.common import peak_rss_growth
+from paramgen.streaming import assemble
 
 torch.set_num_threads(1)
 mode, path = sys.argv[1], sys.argv[2]
@@ -324,7 +336,7 @@ def test_100m_model_streams_within_memory_budgets(tmp_path):
     ratios = {}
     for mode in ("file", "dict"):  # dict also checks the file against the in-memory result
         done = subprocess.run(
-            [sys.executable, "-c", _BUDGET_SCRIPT, mode, str(path)], capture_output=True, text=True, timeout=600
+            [sys.executable, "-c", _BUDGET_SCRIPT, mode, str(path)], capture_output=True, text=True, timeout=600, cwd=ROOT
         )
         assert done.returncode == 0, done.stderr[-2000:]
         result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -349,6 +361,4 @@ def test_100m_model_streams_within_memory_budgets(tmp_path):
     ],
 )
 def test_finite_check_is_exact(x, finite):
-    from paramgen.streaming import _all_finite
-
     assert _all_finite(x) is finite

@@ -1,11 +1,13 @@
-"""PEFT adapter folders out and in: `save_adapter` and `load_adapter`.
+"""PEFT adapter folders of a `LoRASetup` out and in: `save_adapter` and `load_adapter`.
 
 A folder is ``adapter_config.json`` + ``adapter_model.safetensors``, head included, that
-``PeftModel.from_pretrained(base, folder)`` loads. `load_adapter` reads any such folder
-made for the expected `LoRASetup` and refuses, naming the file, the key and what was
-expected, one that does not fit: another base model, rank, alpha, target modules or
-layers, a malformed config, or a PEFT option whose math paramgen does not implement
-(DoRA, rsLoRA, per-module ranks, ...), rather than load it and compute something else.
+``PeftModel.from_pretrained(base, folder)`` loads; the files themselves are read and
+written by `paramgen.formats.peft`. This module checks what they mean: `load_adapter`
+reads any such folder made for the expected `LoRASetup` and refuses, naming the file, the
+key and what was expected, one that does not fit: another base model, rank, alpha, target
+modules or layers, a malformed config, or a PEFT option whose math paramgen does not
+implement (DoRA, rsLoRA, per-module ranks, ...), rather than load it and compute something
+else.
 
 Saving needs ``peft`` (its ``LoraConfig`` writes the config); loading does not.
 """
@@ -21,8 +23,9 @@ from typing import Any
 import torch
 
 from paramgen._optional import require
-from paramgen.io import read_json, save_safetensors, write_json
-from paramgen.lora.setup import _HEAD, _HEAD_MODULES, _PREFIX, AdapterError, LoRASetup, _minilm_path, find_head, pad_head, unpad_head
+from paramgen.formats import peft as peft_format
+from paramgen.formats.safetensors import read_header
+from paramgen.lora.setup import _HEAD, _PREFIX, AdapterError, LoRASetup, _minilm_path, pad_head, unpad_head
 
 __all__ = ["save_adapter", "load_adapter", "resolve_base_model", "load_peft_model"]
 
@@ -53,8 +56,11 @@ def save_adapter(
     ``PeftModel.from_pretrained(AutoModelForSequenceClassification.from_pretrained(base,
     num_labels=num_labels), folder)`` restores the whole classifier.
 
+    The folder is written whole (`paramgen.formats.peft.write_adapter`): an earlier
+    adapter folder there is replaced, a folder holding anything else is refused.
+
     Args:
-        folder: Output folder (created).
+        folder: Output folder (created, or an earlier adapter folder replaced).
         adapter: Adapter tensors by adapter-file name (head padded or not).
         setup: The layout; the tensors must match it.
         num_labels: Labels of the task; the head is cut to this many rows.
@@ -68,6 +74,7 @@ def save_adapter(
 
     Raises:
         AdapterError: Tensors that do not match ``setup`` or are not finite.
+        FileExistsError: ``folder`` holds other files than an adapter's.
         ImportError: peft is not installed (``pip install 'paramgen[lora]'``).
     """
     tensors = unpad_head(adapter, num_labels)
@@ -83,17 +90,7 @@ def save_adapter(
     config["base_model_name_or_path"] = base_model_path or setup.base_model
     config["inference_mode"] = True
     config["modules_to_save"] = ["classifier"]
-    config = {k: (sorted(v) if isinstance(v, set) else v) for k, v in config.items()}
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    save_safetensors(folder / "adapter_model.safetensors", {k: v.detach().float().contiguous() for k, v in tensors.items()}, metadata={"format": "pt"})
-    write_json(folder / "adapter_config.json", config)
-    return folder
-
-
-def _plain(name: str) -> str:
-    """A tensor name as PEFT saves it without the adapter's name (older versions kept it)."""
-    return name.replace(".modules_to_save.default.", ".").replace(".default.", ".")
+    return peft_format.write_adapter(folder, {k: v.detach().float() for k, v in tensors.items()}, config)
 
 
 def _same_base(recorded: str | None, setup: LoRASetup) -> bool:
@@ -159,7 +156,7 @@ def _check_config(path: Path, config: Any, setup: LoRASetup) -> None:
         raise AdapterError(f"{path}: expected bias 'none' (no trained biases), got {bias!r}; paramgen's LoRA layout has no bias tensors")
     saved = config.get("modules_to_save")
     names = [] if saved is None else _names(saved)
-    if names is None or not set(names) <= set(_HEAD_MODULES):
+    if names is None or not set(names) <= set(peft_format.HEAD_MODULES):
         raise AdapterError(f"{path}: expected modules_to_save to hold only the classification head ['classifier'], got {saved!r}")
     for key, what in _UNSUPPORTED.items():
         if config.get(key):
@@ -193,26 +190,16 @@ def load_adapter(folder: str | os.PathLike, setup: LoRASetup | None = None) -> t
         ...
         FileNotFoundError: ... is not a PEFT adapter folder: adapter_config.json is missing
     """
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     setup = setup or LoRASetup()
     folder = Path(folder)
-    for name in ("adapter_config.json", "adapter_model.safetensors"):
-        if not (folder / name).is_file():
-            raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: {name} is missing")
-    path = folder / "adapter_config.json"
     try:
-        config = read_json(path)
-    except ValueError as err:
+        tensors, config = peft_format.read_adapter(folder)
+    except FileNotFoundError:
+        raise
+    except ValueError as err:  # a config that is not a JSON object, or unreadable weights
         raise AdapterError(str(err)) from err
-    _check_config(path, config, setup)
-    weights = folder / "adapter_model.safetensors"
-    try:
-        tensors = load_file(str(weights))
-    except SafetensorError as err:
-        raise AdapterError(f"{weights}: not a readable safetensors file ({err})") from err
-    tensors = {_plain(k): v for k, v in tensors.items()}
+    _check_config(folder / peft_format.ADAPTER_CONFIG, config, setup)
+    weights = folder / peft_format.ADAPTER_WEIGHTS
     head = _PREFIX + _HEAD[0]
     if head not in tensors:
         raise AdapterError(f"{folder}: the adapter holds no classification head ({head}); save it with modules_to_save=['classifier']")
@@ -249,14 +236,14 @@ def resolve_base_model(folder: str | os.PathLike) -> str:
         '/models/bert'
     """
     folder = Path(folder)
-    path = folder / "adapter_config.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"{folder} is not a PEFT adapter folder: adapter_config.json is missing")
+    path = folder / peft_format.ADAPTER_CONFIG
     try:
-        config = read_json(path)
+        config = peft_format.read_adapter_config(folder)
+    except FileNotFoundError:
+        raise
     except ValueError as err:
         raise AdapterError(str(err)) from err
-    base = config.get("base_model_name_or_path") if isinstance(config, dict) else None
+    base = config.get("base_model_name_or_path")
     if not isinstance(base, str) or not base:
         raise AdapterError(f"{path}: expected 'base_model_name_or_path' to name the base model, got {base!r}")
     if base == LoRASetup().base_model:
@@ -281,15 +268,13 @@ def load_peft_model(folder: str | os.PathLike, *, num_labels: int | None = None)
     Examples:
         >>> model = load_peft_model("adapters/sst2-0")  # doctest: +SKIP
     """
-    from safetensors import safe_open
-
     transformers = require("transformers", extra="lora", feature="load_peft_model")
     peft = require("peft", extra="lora", feature="load_peft_model")
     base_path = resolve_base_model(folder)
     if num_labels is None:
-        with safe_open(str(Path(folder) / "adapter_model.safetensors"), framework="pt") as f:
-            shapes = {_plain(k): tuple(f.get_slice(k).get_shape()) for k in f.keys()}
-        head = find_head(shapes)
+        entries = read_header(Path(folder) / peft_format.ADAPTER_WEIGHTS).tensors.values()
+        shapes = {peft_format.plain_name(e.name): e.shape for e in entries}
+        head = peft_format.find_head(shapes)
         if head is None:
             raise AdapterError(f"{folder}: the adapter holds no classification head; pass num_labels=")
         num_labels = shapes[head[0]][0]

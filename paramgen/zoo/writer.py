@@ -47,6 +47,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file
 from torch import nn
 
+from paramgen.formats import hf, peft
+from paramgen.formats.safetensors import read_tensors
 from paramgen.io import file_sha256, read_json, save_safetensors, write_json
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
 from paramgen.zoo.store import Checkpoint, Zoo, _checkpoints_of_run
@@ -93,40 +95,9 @@ def _refuse_pickle(path: Path) -> ValueError:
     )
 
 
-def _load_safetensors(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        return load_file(path)
-    except SafetensorError as err:
-        raise ValueError(f"{path} is not a readable safetensors file ({err})") from None
-
-
-def _read_object(path: Path) -> dict[str, Any]:
-    data = read_json(path)
-    if not isinstance(data, dict):
-        raise ValueError(f"{path} must hold a JSON object, got a JSON {type(data).__name__}")
-    return data
-
-
 def _read_huggingface(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    index = folder / "model.safetensors.index.json"
-    if index.exists():
-        weight_map = _read_object(index).get("weight_map")
-        if not isinstance(weight_map, dict) or not weight_map:
-            raise ValueError(f"{index} must have a non-empty 'weight_map' object (tensor name -> shard file)")
-        state: dict[str, torch.Tensor] = {}
-        for shard in sorted(set(weight_map.values())):
-            shard_path = folder / str(shard)
-            if Path(str(shard)).name != str(shard) or not shard_path.is_file():
-                raise FileNotFoundError(f"{index} names shard {shard!r}, which is not a file in {folder}")
-            state.update(_load_safetensors(shard_path))
-        missing = sorted(set(weight_map) - set(state))
-        if missing:
-            raise ValueError(f"{index} lists tensors {missing[:5]} that no shard holds")
-        state = {name: state[name] for name in weight_map}  # the index's order
-    else:
-        state = _load_safetensors(folder / "model.safetensors")
-    config_path = folder / "config.json"
-    config = _read_object(config_path) if config_path.exists() else {}
+    state, config = hf.read_model(folder)
+    config = config or {}
     metadata: dict[str, Any] = {"model_type": config.get("model_type"), "architectures": config.get("architectures")}
     if config:
         metadata["config"] = config
@@ -134,10 +105,8 @@ def _read_huggingface(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, 
 
 
 def _read_peft(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    config_path = folder / "adapter_config.json"
-    if not config_path.exists():
-        raise FileNotFoundError(f"{folder} has adapter_model.safetensors but no adapter_config.json beside it")
-    config = _read_object(config_path)
+    state, config = peft.read_adapter(folder)
+    config_path = folder / peft.ADAPTER_CONFIG
     r = config.get("r")
     if not isinstance(r, int) or isinstance(r, bool) or r < 1:
         raise ValueError(f"{config_path}: 'r' must be a positive int, got {r!r}")
@@ -147,7 +116,6 @@ def _read_peft(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     targets = config.get("target_modules")
     if isinstance(targets, list):
         targets = sorted(str(t) for t in targets)  # PEFT saves a set: its order is arbitrary
-    state = _load_safetensors(folder / "adapter_model.safetensors")
     metadata = {
         "peft_type": config.get("peft_type"),
         "r": r,
@@ -214,12 +182,12 @@ def read_checkpoint(source: CheckpointSource) -> LoadedCheckpoint:
             raise _refuse_pickle(path)
         if path.suffix != ".safetensors":
             raise ValueError(f"expected a .safetensors file, got {path}")
-        state = _load_safetensors(path)
+        state = read_tensors(path)
         kind, metadata = "safetensors", dict[str, Any]()
-    elif (path / "adapter_model.safetensors").exists():
+    elif peft.is_adapter_folder(path):
         state, metadata = _read_peft(path)
         kind = "peft"
-    elif (path / "model.safetensors").exists() or (path / "model.safetensors.index.json").exists():
+    elif hf.is_model_folder(path):
         state, metadata = _read_huggingface(path)
         kind = "huggingface"
     else:
@@ -237,9 +205,7 @@ def read_checkpoint(source: CheckpointSource) -> LoadedCheckpoint:
     # so the same architecture read from any file or from paramgen.lora.LoRASetup matches.
     spec = ParamSpec.from_state_dict(state).canonical()
     if kind == "peft":
-        from paramgen.lora.setup import find_head
-
-        head = find_head({k: tuple(v.shape) for k, v in state.items()})
+        head = peft.find_head({k: tuple(v.shape) for k, v in state.items()})
         if head is not None:
             metadata["num_labels"] = int(state[head[0]].shape[0])
     read = LoadedCheckpoint(state, spec, str(path), kind, metadata={k: v for k, v in metadata.items() if v is not None})
@@ -581,9 +547,7 @@ class ZooWriter:
             raise ValueError(f"checkpoint {read.name}: run_id must be a file-name-safe str (letters, digits, '._@=+-'), got {run_id!r}")
         head = None
         if read.source == "peft":
-            from paramgen.lora.setup import find_head
-
-            head = find_head({t.name: t.shape for t in read.spec.tensors})
+            head = peft.find_head({t.name: t.shape for t in read.spec.tensors})
         fields = {
             "dataset": task.partition("/")[0] if dataset is None else dataset,
             "task_description": task if task_description is None else task_description,
@@ -599,14 +563,12 @@ class ZooWriter:
         """Pad heads, give every checkpoint its spec id and epoch, and check that they fit
         the zoo and each other. Returns the specs by id, and the zoo's runs whose heads must
         be padded further (run id -> their new spec id)."""
-        from paramgen.lora.setup import find_head
-
         # 1. PEFT heads: one width per group of adapters that differ only in their head's rows.
         widths: dict[str, int] = {}
         heads: dict[str, tuple[str, tuple[str, str | None]]] = {}  # the zoo's adapter runs: run id -> (group, head)
         for run_id, record in self._runs.items():
             spec = self._spec(record["spec_id"])
-            head = find_head({t.name: t.shape for t in spec.tensors}) if record.get("metadata", {}).get("source") == "peft" else None
+            head = peft.find_head({t.name: t.shape for t in spec.tensors}) if record.get("metadata", {}).get("source") == "peft" else None
             if head is not None:
                 heads[run_id] = (_head_group(spec, head), head)
                 widths[heads[run_id][0]] = max(widths.get(heads[run_id][0], 0), spec[head[0]].shape[0])
@@ -778,7 +740,7 @@ class ZooWriter:
 
 
 def _is_checkpoint_folder(path: Path) -> bool:
-    return any((path / name).exists() for name in ("model.safetensors", "model.safetensors.index.json", "adapter_model.safetensors"))
+    return hf.is_model_folder(path) or peft.is_adapter_folder(path)
 
 
 def _expand(sources: CheckpointSource | Sequence[CheckpointSource]) -> list[CheckpointSource]:
