@@ -40,19 +40,17 @@ import attrs
 import torch
 
 from benchmarks.common import Results, RunSetup, capped, parallel_map
-from paramgen import FamilyVectorizer, Generator
+from paramgen import Generator
 from paramgen.conditioners import ArchitectureConditioner, ConcatConditioner, TextConditioner
 from paramgen.data import Split, Task
 from paramgen.models import build_model
 from paramgen.normalize import GlobalScale
-from paramgen.pipelines import igpg
-from paramgen.priors import DiffusionPrior
-from paramgen.tokenizers import VAETokenizer
+from paramgen.pipelines import d2nwg, igpg
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, load_run_task, train_classifier
 from paramgen.zoo.build import subset_runs
 from paramgen.zoo.train import predict_many
 
-__all__ = ["main", "SIZES", "FAMILY"]
+__all__ = ["main", "SIZES", "FAMILY", "make_generator"]
 
 logger = logging.getLogger(__name__)
 
@@ -137,8 +135,8 @@ def arch_key(arch: str, kwargs: dict[str, Any]) -> str:
 
 
 def make_generator(kind: str, spec_of: dict[str, Any], conditioner: Any, layout: str, size: dict[str, Any]) -> Generator:
-    """The generator of one kind (``"vq-gpt"``: `paramgen.pipelines.igpg`; ``"vae-ddpm"``: D2NWG's
-    components over the same family); the rest of the harness is shared.
+    """The generator of one kind (``"vq-gpt"``: `paramgen.pipelines.igpg`; ``"vae-ddpm"``:
+    `paramgen.pipelines.d2nwg` over the same family); the rest of the harness is shared.
 
     Module initialization draws from the process's generator (``seed=None``), seeded by the run setup.
     """
@@ -151,10 +149,10 @@ def make_generator(kind: str, spec_of: dict[str, Any], conditioner: Any, layout:
             context=size["context"], d_model=size["d_model"], layers=size["layers"], heads=4, normalizer=normalizer,
         )  # fmt: skip
     if kind == "vae-ddpm":
-        fam = FamilyVectorizer.modelwise(spec_of) if layout == "model" else FamilyVectorizer.chunked(spec_of, chunk_size=size["chunk_size"], layerwise=True)
-        tok = VAETokenizer(rows=fam.rows, width=fam.width, latent_channels=1, latent_length=8, hidden_channels=32, kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=conditioner.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
-        return Generator(vectorizer=fam, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=normalizer)
+        return d2nwg(
+            spec_of, condition=conditioner, seed=None, chunk_size=None if layout == "model" else size["chunk_size"], layerwise=True,
+            latent_channels=1, latent_length=8, hidden_channels=32, normalizer=normalizer,
+        )  # fmt: skip
     raise ValueError(f"components must be 'vq-gpt' or 'vae-ddpm', got {kind!r}")
 
 

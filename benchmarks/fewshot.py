@@ -43,6 +43,7 @@ Every hyperparameter choice uses validation-class episodes only.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Sequence
@@ -54,13 +55,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import Results, parser
-from paramgen import Generator, ModelVectorizer, PerLayerZScore
+from paramgen import Generator
 from paramgen.conditioners.ordered import OrderedSetConditioner
 from paramgen.data.episodes import ClassPool, Episodes, fewshot_pool, gather, sample_episodes
 from paramgen.heads import fit_heads, head_accuracy, head_cross_entropy, head_spec, logistic_regression_heads, prototype_head
 from paramgen.models import Conv4
-from paramgen.priors import DiffusionPrior
-from paramgen.tokenizers import VAETokenizer
+from paramgen.pipelines import d2nwg
 
 __all__ = [
     "main",
@@ -69,6 +69,7 @@ __all__ = [
     "generate_heads",
     "select_by_support",
     "generated_method",
+    "make_generator",
 ]
 
 logger = logging.getLogger(__name__)
@@ -313,6 +314,15 @@ def build_zoo(feats: Sequence[torch.Tensor], size: dict[str, Any], *, seed: int)
     return {"w": torch.cat(ws), "b": torch.cat(bs), "classes": classes, "heldout_acc": torch.cat(accs), "conds": conds, "task_of_row": task_of_row}
 
 
+def make_generator(spec: Any, feature_dim: int, size: dict[str, Any]) -> Generator:
+    """`paramgen.pipelines.d2nwg` with the class-order support-set encoder (`OrderedSetConditioner`,
+    built by d2nwg between the VAE and the prior) at ``size``; weights from the process's
+    generator (``seed=None``), seeded by the script."""
+    cond = functools.partial(OrderedSetConditioner, feature_dim=feature_dim, num_classes=WAY, per_class=size.get("cond_per_class", 16), hidden=128)
+    return d2nwg(spec, condition=cond, seed=None, latent_length=16, hidden_channels=size["vae_channels"], cond_dropout=size.get("cond_dropout", 0.0),
+                 guidance_scale=size.get("guidance", 1.0))  # fmt: skip
+
+
 def fit_generator(zoo: dict[str, Any], feature_dim: int, size: dict[str, Any], *, seed: int, progress: bool = False) -> Generator:
     """The head generator: z-scoring, weight VAE, latent DDPM conditioned on ordered support sets."""
     spec = head_spec(feature_dim, WAY)
@@ -326,11 +336,7 @@ def fit_generator(zoo: dict[str, Any], feature_dim: int, size: dict[str, Any], *
         scale = float((w * nc_w).sum() / nc_w.pow(2).sum())  # least-squares scale over the zoo
         w, b = w - scale * nc_w, b - scale * nc_b
     flat, _ = spec.flatten_stacked({"weight": w, "bias": b})  # (M, D)
-    tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=16, hidden_channels=size["vae_channels"], kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-    cond = OrderedSetConditioner(feature_dim=feature_dim, num_classes=WAY, per_class=size.get("cond_per_class", 16), hidden=128)
-    dropout, guidance = size.get("cond_dropout", 0.0), size.get("guidance", 1.0)
-    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995, cond_dropout=dropout, guidance_scale=guidance)
-    gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
+    gen = make_generator(spec, feature_dim, size)
     tasks = [f"task{i}" for i in zoo["task_of_row"]]
     gen.fit(
         flat, zoo["conds"], tasks=tasks, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],

@@ -51,13 +51,13 @@ from paramgen.lora import (
     LoRAZoo,
     MiniLMLoRA,
     TextTask,
-    build_generator,
     load_adapter,
     save_adapter,
     text_tasks,
     unpad_head,
 )
 from paramgen.novelty import nearest_l2, wrong_prediction_iou
+from paramgen.pipelines import cond_pdiff
 
 __all__ = ["main", "SIZES"]
 
@@ -190,14 +190,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     cond_text = [tasks[t].condition(pair=j % n_pairs) for j, t in enumerate(zoo_tasks)]
     cond_desc = [tasks[t].description for t in zoo_tasks]
     start = time.perf_counter()
-    gen = build_generator(setup, hidden_channels=size["vae_channels"], prior_channels=size["prior_channels"])
+    gen = cond_pdiff(setup.spec(), seed=None, hidden_channels=size["vae_channels"], prior_channels=size["prior_channels"])
     gen.fit(flat, cond_text, tasks=zoo_tasks, tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(2), progress=False)
     fit_s = time.perf_counter() - start
     res.add("generator", "all", "fit_s", fit_s)
     gen.save_pretrained(out / "generator")
     ablation: dict[str, Any] = {"description + examples": gen}
     for kind, conds in (("description", cond_desc), ("one-hot", list(zoo_tasks))):
-        other = build_generator(setup, condition="onehot" if kind == "one-hot" else "text", keys=seen, prior_channels=size["prior_channels"], tokenizer=gen.tokenizer, normalizer=gen.normalizer)
+        onehot = kind == "one-hot"
+        other = cond_pdiff(
+            setup.spec(), condition="task" if onehot else "text", tasks=list(seen) if onehot else None, seed=None, prior_channels=size["prior_channels"],
+            tokenizer=gen.tokenizer, normalizer=gen.normalizer,
+        )  # fmt: skip
         other.fit(flat, conds, tasks=zoo_tasks, tokenizer_steps=0, prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(3), progress=False)
         ablation[kind] = other
 

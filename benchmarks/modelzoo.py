@@ -16,7 +16,9 @@ Rows (test accuracy unless named otherwise):
 - ``generated``: samples conditioned on the task (DDPM, 1000 steps); ``reconstruction``: the VAE alone.
 - ``generated DDIM-50``: the same prior sampled with 50 DDIM steps (vs 1000 DDPM steps),
   with the wall-time ratio.
-- ``kde latent``: S_KDE, a kernel density in the same latent space (same tokenizer).
+- ``kde latent``: S_KDE, a kernel density in the same latent space (same tokenizer). The
+  generator is built by `paramgen.pipelines.d2nwg`; this row is an ablation of the prior,
+  so it alone composes the fitted generator's parts with a `paramgen.priors.KDEPrior` by hand.
 - ``noise 0.06`` / ``noise 0.12`` / ``noise matched``: a training checkpoint plus Gaussian
   noise (std relative to each tensor's scale; ``matched``: as far from the training set as
   the generated models), ``mean of 16`` (or of all the task's checkpoints when fewer),
@@ -39,8 +41,8 @@ import attrs
 import torch
 
 from benchmarks.common import Results, RunSetup, capped, parallel_map
-from paramgen import Generator, ModelVectorizer, PerLayerZScore
-from paramgen.conditioners import ImageSetConditioner, mobilenet_features, set_features
+from paramgen import Generator, ParamSpec
+from paramgen.conditioners import mobilenet_features, set_features
 from paramgen.data import Split, Task
 from paramgen.models import build_model
 from paramgen.novelty import (
@@ -52,13 +54,13 @@ from paramgen.novelty import (
     tensor_scale,
     wrong_prediction_iou,
 )
-from paramgen.priors import DiffusionPrior, KDEPrior
-from paramgen.tokenizers import VAETokenizer
+from paramgen.pipelines import d2nwg
+from paramgen.priors import KDEPrior
 from paramgen.zoo import RunConfig, TrainConfig, Zoo, build_zoo, load_run_task, preset, train_classifier
 from paramgen.zoo.build import subset_runs
 from paramgen.zoo.train import predict_many
 
-__all__ = ["main", "SIZES"]
+__all__ = ["main", "SIZES", "make_generator"]
 
 logger = logging.getLogger(__name__)
 
@@ -118,6 +120,13 @@ def accuracies(zoo: Zoo, flat: torch.Tensor, split: Split) -> tuple[torch.Tensor
     return (preds == split.y).float().mean(1), preds
 
 
+def make_generator(spec: ParamSpec, feature_dim: int, size: dict[str, Any]) -> Generator:
+    """D2NWG conditioned on image sets of ``feature_dim`` features (`paramgen.pipelines.d2nwg`,
+    its defaults but for the VAE width of ``size``); weights from the process's generator
+    (``seed=None``), seeded by the run setup."""
+    return d2nwg(spec, condition="dataset", feature_dim=feature_dim, seed=None, hidden_channels=size["vae_channels"])
+
+
 def _finetune_job(job: dict[str, Any]) -> list[float]:
     """Worker: fine-tune one model; test accuracy at epoch 0 and at each requested epoch."""
     from paramgen.zoo import evaluate
@@ -174,17 +183,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     conds = [feats[t] for t in tasks_of]
 
     # 3. One generator for all tasks: VAE + contrastively aligned set encoder + latent DDPM.
-    vec = ModelVectorizer(spec)
-    tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=32, hidden_channels=size["vae_channels"], kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-    cond = ImageSetConditioner(feature_dim=extractor.feature_dim, dim=64)
-    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
-    gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
+    gen = make_generator(spec, extractor.feature_dim, size)
     start = timer()
     gen.fit(flat, conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
             batch_size=64, prior_lr=1e-3, generator=g(2), progress=False)
     fit_s = timer() - start
     # S_KDE: the same tokenizer, normalizer and (frozen) conditioner, a KDE prior.
-    kde = Generator(vectorizer=vec, tokenizer=tok, prior=KDEPrior(), conditioner=cond, normalizer=gen.normalizer)
+    kde = Generator(vectorizer=gen.vectorizer, tokenizer=gen.tokenizer, prior=KDEPrior(), conditioner=gen.conditioner, normalizer=gen.normalizer)
     kde.fit(flat, conds, tasks=tasks_of, tokenizer_steps=0, generator=g(3), progress=False)
 
     # 4. Samples for every task at once (n per condition, in task order).

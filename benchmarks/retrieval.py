@@ -39,13 +39,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import Results, RunSetup
-from benchmarks.modelzoo import accuracies, capped
+from benchmarks.modelzoo import accuracies, capped, make_generator
 from benchmarks.modelzoo import plan as image_plan
-from paramgen import Generator, ModelVectorizer, PerLayerZScore
-from paramgen.conditioners import ImageSetConditioner, mobilenet_features, set_features
+from paramgen.conditioners import mobilenet_features, set_features
 from paramgen.models import build_model
-from paramgen.priors import DiffusionPrior
-from paramgen.tokenizers import VAETokenizer
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, load_run_task
 from paramgen.zoo.build import subset_runs
 from paramgen.zoo.train import train_classifier
@@ -141,11 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row_conds.append(draws[t][seen.get(t, 0) % size["draws"]])
             seen[t] = seen.get(t, 0) + 1
 
-        vec = ModelVectorizer(spec)
-        tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=32, hidden_channels=size["vae_channels"], kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-        cond = ImageSetConditioner(feature_dim=row_conds[0].shape[-1], dim=64)
-        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
-        gen = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
+        gen = make_generator(spec, row_conds[0].shape[-1], size)
         start = time.perf_counter()
         gen.fit(flat, row_conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
                 batch_size=64, prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)

@@ -43,13 +43,9 @@ def speed_generator(path: str | os.PathLike, *, chunk_size: int, vae_channels: i
 
 def build_chunkwise(layout: Any, *, vae_channels: int, prior_channels: int, timesteps: int = 1000) -> Any:
     """The D2NWG chunk-index generator of this harness: a chunk VAE and a latent DDPM on chunk positions."""
-    from paramgen.chunkwise import ChunkwiseGenerator
-    from paramgen.priors import DiffusionPrior
-    from paramgen.tokenizers import VAETokenizer
+    from paramgen.pipelines import chunkwise
 
-    tok = VAETokenizer(rows=1, width=layout.chunk_size, latent_channels=4, latent_length=32, hidden_channels=vae_channels, num_down=2, kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-2)
-    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=64, base_channels=prior_channels, channel_mults=(1, 2), timesteps=timesteps, ema_decay=0.995)
-    return ChunkwiseGenerator.build(layout, tokenizer=tok, prior=prior, position_dim=64)
+    return chunkwise(layout, seed=None, hidden_channels=vae_channels, base_channels=prior_channels, timesteps=timesteps)
 
 
 def sample_run(args: argparse.Namespace) -> dict[str, Any]:
@@ -106,19 +102,15 @@ class _StepClock:
 
 def fit_run(args: argparse.Namespace) -> dict[str, Any] | None:
     """Steps/s of the modelzoo generator (VAE + ImageSetConditioner + DiffusionPrior) on random inputs."""
-    from paramgen import Generator, ModelVectorizer, ParamSpec, PerLayerZScore
-    from paramgen.conditioners import ImageSetConditioner
+    from paramgen import ParamSpec
     from paramgen.models import build_model
-    from paramgen.priors import DiffusionPrior
-    from paramgen.tokenizers import VAETokenizer
+    from paramgen.pipelines import d2nwg
     from paramgen.training import FitConfig, fit
 
     torch.manual_seed(0)
     spec = ParamSpec.from_module(build_model("convnet", num_classes=5, channels=[8, 16]))  # the zoo's CNN
-    tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=32, hidden_channels=args.vae_channels, kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-    cond = ImageSetConditioner(feature_dim=1280, dim=64)  # MobileNetV2 features, as in modelzoo
-    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=64, channel_mults=(1, 2), ema_decay=0.995)
-    gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec)).to(args.device)
+    # modelzoo's generator over MobileNetV2's 1280 features (benchmarks.modelzoo.make_generator)
+    gen = d2nwg(spec, condition="dataset", feature_dim=1280, seed=None, hidden_channels=args.vae_channels).to(args.device)
     g = torch.Generator().manual_seed(1)
     m = 256  # checkpoints; 16 tasks of 5 classes x 5 shots of 1280-d features
     flat = 0.1 * torch.randn(m, spec.numel, generator=g).abs() + 1e-3  # positive: running_var is log-normalized

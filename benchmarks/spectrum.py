@@ -53,13 +53,12 @@ from benchmarks.common import Results, parser
 from paramgen.chunks import ChunkDataset, ChunkLayout
 from paramgen.chunkwise import ChunkwiseGenerator
 from paramgen.lora import TextTask, text_tasks
-from paramgen.priors import DiffusionPrior
+from paramgen.pipelines import chunkwise
 from paramgen.selectors import GreedyRefiner, LayerSNR, SpectrumSelector, layer_type
 from paramgen.spec import ParamSpec
-from paramgen.tokenizers import VAETokenizer
 from paramgen.training import FitConfig
 
-__all__ = ["SIZES", "Classifier", "Split", "main", "matched_noise", "refine", "run_task", "short_name"]
+__all__ = ["SIZES", "Classifier", "Split", "main", "make_generator", "matched_noise", "refine", "run_task", "short_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -163,14 +162,19 @@ def fine_tune(model: Classifier, train: Split, *, steps: int, batch: int, keep: 
 
 
 # ----------------------------------------------------------------------------- generator
+def make_generator(layout: ChunkLayout, size: Mapping[str, Any]) -> ChunkwiseGenerator:
+    """`paramgen.pipelines.chunkwise` at ``size`` (no noise augmentation in the VAE); weights
+    from the process's generator (``seed=None``)."""
+    return chunkwise(
+        layout, seed=None, latent_channels=size["latent_channels"], latent_length=size["latent_length"], hidden_channels=size["vae_channels"],
+        input_noise=0.0, latent_noise=0.0, position_dim=size["position_dim"], base_channels=size["prior_channels"],
+    )  # fmt: skip
+
+
 def fit_generator(layout: ChunkLayout, zoo: Sequence[Mapping[str, torch.Tensor]], size: Mapping[str, Any], seed: int) -> ChunkwiseGenerator:
     """The chunk-index generator (VAE + latent DDPM conditioned on chunk position) fitted on ``zoo``."""
     torch.manual_seed(seed)  # module initialization
-    tok = VAETokenizer(rows=1, width=layout.chunk_size, latent_channels=size["latent_channels"], latent_length=size["latent_length"],
-                       hidden_channels=size["vae_channels"], num_down=2)  # fmt: skip
-    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=size["position_dim"], base_channels=size["prior_channels"],
-                           channel_mults=(1, 2), ema_decay=0.995)  # fmt: skip
-    gen = ChunkwiseGenerator.build(layout, tokenizer=tok, prior=prior, position_dim=size["position_dim"])
+    gen = make_generator(layout, size)
     config = FitConfig(tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], batch_size=size["fit_batch"],
                        tokenizer_lr=1e-3, prior_lr=1e-3, schedule="cosine", warmup_steps=10, seed=seed, progress=False)  # fmt: skip
     return gen.fit(ChunkDataset.from_state_dicts(layout, list(zoo)), config=config)

@@ -65,14 +65,13 @@ from safetensors.torch import load_file
 from torch import nn
 
 from benchmarks.common import Results, RunSetup, first_per_class
-from paramgen import Generator, ModelVectorizer, PerLayerZScore
-from paramgen.conditioners import ImageSetConditioner, mobilenet_features
+from paramgen import Generator
+from paramgen.conditioners import mobilenet_features
 from paramgen.data import load_dataset
 from paramgen.heads import class_condition, class_means, head_accuracy, match_classes, prototype_head, train_linear_head
 from paramgen.io import save_safetensors
-from paramgen.priors import DiffusionPrior
+from paramgen.pipelines import d2nwg
 from paramgen.spec import ParamSpec
-from paramgen.tokenizers import VAETokenizer
 
 __all__ = ["main", "SIZES", "conditions_of", "make_conditions", "generate_heads", "row_generator"]
 
@@ -187,10 +186,7 @@ def make_conditions(feats: dict, tasks: Sequence[tuple[str, tuple[int, ...]]], s
 def row_generator(feature_dim: int, size: dict[str, Any]) -> Generator:
     """D2NWG's pipeline for one head row ``[W[k], b[k]]``: z-scoring, weight VAE, image-set encoder, latent DDPM."""
     spec = ParamSpec.from_module(nn.Linear(feature_dim, 1))
-    tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=4, latent_length=32, hidden_channels=size["vae_channels"], kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-1)
-    cond = ImageSetConditioner(feature_dim=2 * feature_dim, dim=64)
-    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, base_channels=32, channel_mults=(1, 2), ema_decay=0.995)
-    return Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerLayerZScore(spec))
+    return d2nwg(spec, condition="dataset", feature_dim=2 * feature_dim, seed=None, hidden_channels=size["vae_channels"], base_channels=32)
 
 
 def generate_heads(gen: Generator, cond: torch.Tensor, n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:

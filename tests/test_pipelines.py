@@ -10,7 +10,7 @@ from torch import nn
 
 from paramgen import FitConfig, Generator, ModelVectorizer, ParamSpec, PerLayerZScore
 from paramgen.conditioners import IndexConditioner
-from paramgen.pipelines import FIT_CONFIGS, PIPELINES, cond_pdiff, d2nwg, igpg
+from paramgen.pipelines import FIT_CONFIGS, PIPELINES, chunkwise, cond_pdiff, d2nwg, igpg
 from paramgen.priors import DiffusionPrior, GPTPrior
 from paramgen.tokenizers import GumbelVQTokenizer, VAETokenizer
 from paramgen.vectorize import FamilyVectorizer, LayerVectorizer
@@ -22,6 +22,7 @@ SMALL = {
     "d2nwg": dict(latent_length=8, hidden_channels=16, base_channels=16, timesteps=50),
     "cond-pdiff": dict(chunk_size=16, hidden_channels=16, prior_channels=16, timesteps=50),
     "igpg": dict(codebook_size=16, tokens_per_chunk=4, hidden=32, d_model=16, layers=1, heads=2),
+    "chunkwise": dict(chunk_size=8, latent_length=8, hidden_channels=8, base_channels=8, timesteps=50, position_dim=8, cond_dim=8),
 }
 
 
@@ -35,6 +36,7 @@ def _spec() -> ParamSpec:
 
 
 def _states(gen: Generator) -> dict[str, dict[str, torch.Tensor]]:
+    gen = getattr(gen, "generator", gen)  # a ChunkwiseGenerator: its inner generator
     out = {"tokenizer": gen.tokenizer.state_dict(), "prior": gen.prior.state_dict()}
     if gen.conditioner is not None:
         out["conditioner"] = gen.conditioner.state_dict()
@@ -50,8 +52,8 @@ def _assert_same(a: Generator, b: Generator) -> None:
             assert torch.equal(sa[part][k], sb[part][k]), f"{part}.{k}"
 
 
-def test_pipelines_registry_names_the_three_builders():
-    assert PIPELINES == {"d2nwg": d2nwg, "cond-pdiff": cond_pdiff, "igpg": igpg}
+def test_pipelines_registry_names_the_four_builders():
+    assert PIPELINES == {"d2nwg": d2nwg, "cond-pdiff": cond_pdiff, "igpg": igpg, "chunkwise": chunkwise}
     assert set(FIT_CONFIGS) == set(PIPELINES)
 
 
@@ -89,6 +91,7 @@ def test_builders_neither_read_nor_change_the_global_rng(name):
     b = builder(_spec(), condition="task", tasks=TASKS, seed=3, **options)
     _assert_same(a, b)
     c = builder(_spec(), condition="task", tasks=TASKS, seed=4, **options)
+    a, c = getattr(a, "generator", a), getattr(c, "generator", c)  # a ChunkwiseGenerator: its inner generator
     assert not torch.equal(a.prior.state_dict()[next(iter(a.prior.state_dict()))], c.prior.state_dict()[next(iter(c.prior.state_dict()))]) or not torch.equal(
         next(iter(a.tokenizer.parameters())), next(iter(c.tokenizer.parameters()))
     )
@@ -247,18 +250,88 @@ def test_igpg_normalizer_is_the_harness_fan_in_scale():
 
 
 def test_cond_pdiff_reproduces_the_lora_harness_generator():
-    """``paramgen.lora.build_generator`` (what ``benchmarks.lora`` fits) and ``cond_pdiff`` with
-    the harness's ``prior_channels`` give equal weights and configs under the same seed."""
-    from paramgen.lora import LoRASetup, build_generator
+    """``benchmarks.lora``'s generator (``cond_pdiff(setup.spec(), seed=None, ...)``, formerly
+    ``paramgen.lora.build_generator``) is its hand wiring under the same global seed."""
+    from paramgen.conditioners import OneHotConditioner
+    from paramgen.lora import LoRASetup
+    from paramgen.normalize import PerTaskZScore
 
     setup, keys = LoRASetup(), ["negative-or-not", "positive-or-not"]
+    spec = setup.spec()
     torch.manual_seed(0)
-    harness = build_generator(setup, condition="onehot", keys=keys, prior_channels=32)
-    built = cond_pdiff(setup.spec(), condition="task", tasks=keys, seed=0, prior_channels=32)
+    vec = LayerVectorizer(spec, chunk_size=1536)
+    tok = VAETokenizer(rows=vec.rows, width=vec.width, latent_channels=2, latent_length=16, hidden_channels=32, num_down=1, kl_weight=1e-6, input_noise=1e-3, latent_noise=1e-3)
+    cond = OneHotConditioner(keys)
+    prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, timesteps=1000, base_channels=32, channel_mults=(1, 2), ema_decay=0.995)
+    harness = Generator(vectorizer=vec, tokenizer=tok, prior=prior, conditioner=cond, normalizer=PerTaskZScore(unknown="global"))
+    torch.manual_seed(0)
+    built = cond_pdiff(spec, condition="task", tasks=keys, seed=None, prior_channels=32)
     _assert_same(harness, built)
     assert built.tokenizer.config() == harness.tokenizer.config() and built.prior.config() == harness.prior.config()
     assert type(built.normalizer) is type(harness.normalizer) and built.normalizer.unknown == harness.normalizer.unknown
     assert (built.vectorizer.rows, built.vectorizer.width) == (harness.vectorizer.rows, harness.vectorizer.width)
+
+
+def test_lora_has_no_second_cond_pdiff_builder():
+    import paramgen.lora
+
+    assert not hasattr(paramgen.lora, "build_generator")
+
+
+@pytest.mark.parametrize("name", sorted(PIPELINES))
+def test_fit_defaults_restate_no_fitconfig_default(name):
+    """A pipeline's ``FIT_DEFAULTS`` holds only what differs from `FitConfig`: a default lives once."""
+    module = inspect.getmodule(FIT_CONFIGS[name])
+    plain = FitConfig()
+    restated = {k: v for k, v in module.FIT_DEFAULTS.items() if getattr(plain, k) == v}
+    assert not restated, f"{name} restates FitConfig's defaults {restated}"
+
+
+def test_fit_config_is_one_shared_function_per_pipeline():
+    from paramgen.pipelines import _common
+
+    for name, fit_config in FIT_CONFIGS.items():
+        assert fit_config.__code__ is _common.fit_config_for({}, "x", "m").__code__, name
+        assert inspect.getmodule(fit_config).fit_config is fit_config
+
+
+def test_d2nwg_takes_a_family_like_igpg():
+    family = {"big": _spec(), "small": ParamSpec.from_state_dict({"w": torch.zeros(3, 2)})}
+    gen = d2nwg(family, condition=None, normalizer="global", **SMALL["d2nwg"])
+    assert isinstance(gen.vectorizer, FamilyVectorizer) and gen.vectorizer.width == _spec().numel
+    layer = d2nwg(family, condition=None, normalizer="global", chunk_size=4, layerwise=True, **SMALL["d2nwg"])
+    assert isinstance(layer.vectorizer, FamilyVectorizer) and layer.vectorizer.width == 4
+    with pytest.raises(ValueError, match="normalizer='per-layer' needs one architecture; use 'global' for a family"):
+        d2nwg(family, condition=None, **SMALL["d2nwg"])
+
+
+def test_d2nwg_reuses_a_fitted_tokenizer_and_checks_its_layout():
+    first = d2nwg(_spec(), tasks=TASKS, seed=0, **SMALL["d2nwg"])
+    torch.manual_seed(1)
+    before = torch.get_rng_state()
+    shared = d2nwg(_spec(), tasks=TASKS, seed=None, tokenizer=first.tokenizer, **SMALL["d2nwg"])
+    assert shared.tokenizer is first.tokenizer
+    torch.set_rng_state(before)  # nothing drawn for a VAE: the prior's weights are the first draw
+    prior = DiffusionPrior(shape=first.tokenizer.latent_shape, cond_dim=64, timesteps=50, base_channels=16, channel_mults=(1, 2), ema_decay=0.995)
+    assert all(torch.equal(a, b) for a, b in zip(prior.state_dict().values(), shared.prior.state_dict().values(), strict=True))
+    with pytest.raises(ValueError, match=r"d2nwg: tokenizer= expects rows x width 4 x 14 \(chunk_size=14\), got 1 x 48"):
+        d2nwg(_spec(), tasks=TASKS, chunk_size=14, tokenizer=first.tokenizer, **SMALL["d2nwg"])
+    with pytest.raises(TypeError, match="d2nwg: tokenizer= expects a tokenizer"):
+        d2nwg(_spec(), tasks=TASKS, tokenizer=nn.Linear(2, 2), **SMALL["d2nwg"])
+
+
+def test_d2nwg_builds_a_conditioner_from_a_callable_under_its_seed():
+    import functools
+
+    from paramgen.conditioners import ImageSetConditioner
+
+    make = functools.partial(ImageSetConditioner, feature_dim=5, dim=7)
+    a = d2nwg(_spec(), condition=make, seed=3, **SMALL["d2nwg"])
+    b = d2nwg(_spec(), condition=make, seed=3, **SMALL["d2nwg"])
+    assert isinstance(a.conditioner, ImageSetConditioner) and a.prior.cond_dim == 7
+    _assert_same(a, b)
+    dataset = d2nwg(_spec(), condition="dataset", feature_dim=5, cond_dim=7, seed=3, **SMALL["d2nwg"])
+    _assert_same(a, dataset)  # "dataset" is that callable: same order, same draws
 
 
 def test_cond_pdiff_reuses_a_given_tokenizer_and_draws_nothing_for_it():

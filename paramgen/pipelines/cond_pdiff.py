@@ -3,8 +3,8 @@
 `cond_pdiff` composes per-task z-scoring, a `paramgen.LayerVectorizer` (each tensor in
 rows of ``chunk_size``), a 1D-conv `paramgen.tokenizers.VAETokenizer` with noise on its
 input and latent while training, and a conditional 1D-UNet
-`paramgen.priors.DiffusionPrior`, the generator ``paramgen.lora.build_generator`` makes
-for ``benchmarks.lora``. The VAE's rows and width, the prior's shape and condition size
+`paramgen.priors.DiffusionPrior`: the generator ``benchmarks.lora`` fits (with
+``seed=None``) and the one `paramgen.lora.generate_adapters` samples from. The VAE's rows and width, the prior's shape and condition size
 are inferred.
 
 Examples:
@@ -23,14 +23,14 @@ from typing import Any, Literal
 
 from paramgen.generator import Generator
 from paramgen.normalize import Normalizer
-from paramgen.pipelines._common import Source, conditioner_dim, fit_config_with, local_seed, normalizer_of, read_source, strict_options, task_names
-from paramgen.training import FitConfig
+from paramgen.pipelines._common import Source, check_tokenizer, conditioner_dim, fit_config_for, local_seed, normalizer_of, read_source, strict_options, task_names
 
 __all__ = ["FIT_DEFAULTS", "cond_pdiff", "fit_config"]
 
-#: Training defaults (`paramgen.training.FitConfig` fields) of ``benchmarks.lora``'s default
-#: size: 2000 VAE steps, 4000 prior steps, batches of 64, prior learning rate 1e-3.
-FIT_DEFAULTS: dict[str, Any] = dict(tokenizer_steps=2000, align_steps=0, prior_steps=4000, batch_size=64, tokenizer_lr=1e-3, prior_lr=1e-3)
+#: Training defaults of ``benchmarks.lora``'s default size where they differ from
+#: `paramgen.training.FitConfig`'s: 4000 prior steps at learning rate 1e-3 (FitConfig's
+#: 2000 VAE steps, batches of 64 and VAE learning rate 1e-3 are the harness's too).
+FIT_DEFAULTS: dict[str, Any] = dict(prior_steps=4000, prior_lr=1e-3)
 
 
 @strict_options
@@ -57,7 +57,8 @@ def cond_pdiff(
 ) -> Generator:
     """A Cond P-Diff generator (layer-wise VAE + text-conditioned latent DDPM).
 
-    The defaults are ``paramgen.lora.build_generator``'s, which ``benchmarks.lora`` uses:
+    The defaults are ``benchmarks.lora``'s (its sizes set ``hidden_channels`` and
+    ``prior_channels``):
 
     ===============  ===========  ===============================================================
     option           default      source
@@ -71,7 +72,7 @@ def cond_pdiff(
     input_noise      1e-3         paper (noise augmentation on the autoencoder's input)
     latent_noise     1e-3         paper (amplitude 0.001 on the latent)
     timesteps        1000         paper
-    prior_channels   64           ``build_generator`` (``benchmarks.lora``'s sizes pass 32)
+    prior_channels   64           harness (its default size passes 32)
     channel_mults    (1, 2)       harness
     ema_decay        0.995        harness
     normalizer       "per-task"   harness (`paramgen.PerTaskZScore`, global for unseen tasks)
@@ -85,7 +86,7 @@ def cond_pdiff(
         source: A `paramgen.ParamSpec` (e.g. ``paramgen.lora.LoRASetup.spec()``), a
             `paramgen.zoo.Zoo` of one architecture, or a sequence of state dicts.
         condition: ``"text"``: a MiniLM embedding of each raw condition, a text (or a
-            vector passed through; ``paramgen.lora.TextOrVectorConditioner``, needs
+            vector passed through; `paramgen.conditioners.TextOrVectorConditioner`, needs
             ``pip install 'paramgen[text]'``); ``"task"``: a one-hot vector per task name
             (`paramgen.conditioners.OneHotConditioner`, the paper's ablation); ``None``:
             unconditional; or a ready conditioner.
@@ -127,7 +128,7 @@ def cond_pdiff(
     vectorizer = LayerVectorizer(spec, chunk_size=chunk_size)
     conditioner: Any
     if condition == "text":
-        from paramgen.lora import TextOrVectorConditioner
+        from paramgen.conditioners import TextOrVectorConditioner
 
         conditioner = TextOrVectorConditioner()  # no trainable weights: nothing drawn
     elif condition == "task":
@@ -142,11 +143,7 @@ def cond_pdiff(
         conditioner = condition
     prior_cond = 0 if conditioner is None else conditioner_dim(conditioner, "cond_pdiff")
     if tokenizer is not None:
-        if not hasattr(tokenizer, "latent_shape"):
-            raise TypeError(f"cond_pdiff: tokenizer= expects a tokenizer (e.g. a fitted VAETokenizer), got {type(tokenizer).__name__}")
-        layout = (getattr(tokenizer, "rows", None), getattr(tokenizer, "width", None))
-        if layout != (vectorizer.rows, vectorizer.width):
-            raise ValueError(f"cond_pdiff: tokenizer= expects rows x width {vectorizer.rows} x {vectorizer.width} (chunk_size={chunk_size}), got {layout[0]} x {layout[1]}")
+        check_tokenizer(tokenizer, vectorizer.rows, vectorizer.width, "cond_pdiff", f"chunk_size={chunk_size}")
     with local_seed(seed):
         tok = tokenizer if tokenizer is not None else VAETokenizer(
             rows=vectorizer.rows, width=vectorizer.width, latent_channels=latent_channels, latent_length=latent_length,
@@ -160,20 +157,5 @@ def cond_pdiff(
     return Generator(vectorizer=vectorizer, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=norm)
 
 
-def fit_config(**overrides: Any) -> FitConfig:
-    """Cond P-Diff's training defaults (`FIT_DEFAULTS`) as a `paramgen.training.FitConfig`.
-
-    Args:
-        **overrides: Any `FitConfig` field.
-
-    Returns:
-        The config.
-
-    Raises:
-        TypeError: An unknown field (the message lists the valid ones).
-
-    Examples:
-        >>> fit_config().prior_steps
-        4000
-    """
-    return fit_config_with(FIT_DEFAULTS, overrides)
+#: ``fit_config(**overrides)``: `FIT_DEFAULTS` as a `paramgen.training.FitConfig`.
+fit_config = fit_config_for(FIT_DEFAULTS, "Cond P-Diff", __name__)

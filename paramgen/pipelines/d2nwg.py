@@ -21,21 +21,24 @@ Examples:
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
+from torch import nn
+
 from paramgen.generator import Generator
 from paramgen.normalize import Normalizer
-from paramgen.pipelines._common import Source, conditioner_dim, fit_config_with, local_seed, normalizer_of, read_source, strict_options, task_names
-from paramgen.training import FitConfig
+from paramgen.pipelines._common import Source, check_tokenizer, conditioner_dim, fit_config_for, local_seed, normalizer_of, read_family, strict_options, task_names
 
 __all__ = ["FIT_DEFAULTS", "d2nwg", "fit_config"]
 
-#: Training defaults (`paramgen.training.FitConfig` fields) of ``benchmarks.modelzoo``'s
-#: default size: 4000 VAE steps, 8000 prior steps, batches of 64, prior learning rate 1e-3
-#: (the paper's 1e-4 trains too slowly at these step counts). The harnesses with a dataset
-#: conditioner add ``align_steps=1000`` (D2NWG's contrastive alignment, Alg. 2).
-FIT_DEFAULTS: dict[str, Any] = dict(tokenizer_steps=4000, align_steps=0, prior_steps=8000, batch_size=64, tokenizer_lr=1e-3, prior_lr=1e-3)
+#: Training defaults of ``benchmarks.modelzoo``'s default size where they differ from
+#: `paramgen.training.FitConfig`'s: 4000 VAE steps, 8000 prior steps, prior learning rate
+#: 1e-3 (the paper's 1e-4 trains too slowly at these step counts); batches of 64 and VAE
+#: learning rate 1e-3 are FitConfig's. The harnesses with a dataset conditioner add
+#: ``align_steps=1000`` (D2NWG's contrastive alignment, Alg. 2).
+FIT_DEFAULTS: dict[str, Any] = dict(tokenizer_steps=4000, prior_steps=8000, prior_lr=1e-3)
 
 
 @strict_options
@@ -46,6 +49,7 @@ def d2nwg(
     tasks: Sequence[str] | None = None,
     seed: int | None = 0,
     chunk_size: int | None = None,
+    layerwise: bool = False,
     latent_channels: int = 4,
     latent_length: int = 32,
     hidden_channels: int = 64,
@@ -64,8 +68,9 @@ def d2nwg(
     sampler: Literal["ddpm", "ddim"] = "ddim",
     ddim_steps: int | None = None,
     normalizer: str | Normalizer | None = "per-layer",
+    tokenizer: Any = None,
 ) -> Generator:
-    """A D2NWG generator (VAE + latent DDPM) for the architecture of ``source``.
+    """A D2NWG generator (VAE + latent DDPM) for the architecture of ``source``, or a family.
 
     The defaults are those the D2NWG harnesses share (``benchmarks.modelzoo``,
     ``zeroshot``, ``retrieval``; the paper's values where it gives them, METHODS.md):
@@ -88,23 +93,36 @@ def d2nwg(
     normalizer          "per-layer"   harnesses (`paramgen.PerLayerZScore`)
     ==================  ============  ==========================================================
 
-    Components are built in the order tokenizer, prior, conditioner, under ``seed``.
+    Components are built under ``seed`` in the order tokenizer, conditioner
+    (``"dataset"`` or one built by a callable ``condition``), prior, and last the task
+    embedding of ``condition="task"`` (its place in earlier versions, kept so that a seed
+    gives the same generator as before). A ``tokenizer`` passed in is reused (e.g. a fitted
+    VAE shared by ablations, fitted on with ``tokenizer_steps=0``); the VAE options are then
+    ignored and nothing is drawn for it.
 
     Args:
-        source: A `paramgen.ParamSpec`, a `paramgen.zoo.Zoo` of one architecture (its
-            spec; its tasks for ``condition="task"``) or a sequence of state dicts (the
-            spec of the first).
+        source: A `paramgen.ParamSpec`, a `paramgen.zoo.Zoo` (its spec, or a family keyed
+            by spec id when it holds several architectures; its tasks for
+            ``condition="task"``), a mapping of architecture keys to specs (a family: one
+            generator for all, `paramgen.FamilyVectorizer`, fitted with ``archs=`` naming
+            each model's key), or a sequence of state dicts (the spec of the first).
         condition: ``"task"``: an `paramgen.conditioners.IndexConditioner` of ``cond_dim``
             over ``tasks`` (raw conditions are task names); ``"dataset"``: D2NWG's
             `paramgen.conditioners.ImageSetConditioner` of ``cond_dim`` over image features
-            of ``feature_dim`` grouped by class; ``None``: unconditional; or a ready
+            of ``feature_dim`` grouped by class; ``None``: unconditional; a callable
+            that takes no argument and returns a conditioner (e.g. a
+            ``functools.partial`` of a conditioner class: built under ``seed`` after the
+            tokenizer); or a ready
             conditioner (its ``dim`` sets the prior's condition size).
         tasks: Task names for ``condition="task"`` (default: the zoo's).
         seed: Seeds the components' initialization on a local random state: the global
             one is neither read nor changed. ``None`` draws from the global generator
             (a script that owns its process).
-        chunk_size: ``None``: one row per model (`paramgen.ModelVectorizer`); an int:
-            rows of that many weights (`paramgen.ChunkVectorizer`).
+        chunk_size: ``None``: one row per model (`paramgen.ModelVectorizer`; for a
+            family, each member zero-padded to the largest); an int: rows of that many
+            weights (`paramgen.ChunkVectorizer`).
+        layerwise: With ``chunk_size``: cut each tensor on its own
+            (`paramgen.LayerVectorizer`) instead of the whole flattened model.
         latent_channels: VAE latent channels.
         latent_length: VAE latent length.
         hidden_channels: VAE trunk width.
@@ -126,17 +144,21 @@ def d2nwg(
         ddim_steps: Default DDIM steps (``None``: 50, or ``timesteps`` when shorter).
         normalizer: ``"per-layer"`` (`paramgen.PerLayerZScore`), ``"per-task"``
             (`paramgen.PerTaskZScore` with a global fallback), ``"global"``, a ready
-            normalizer, or ``None``.
+            normalizer, or ``None``. A family needs one scale for all members
+            (``"global"`` or a ready one, e.g. ``GlobalScale(fan_in=True)``).
+        tokenizer: A ready (e.g. fitted) tokenizer over this layout's rows, or ``None``
+            to build the VAE.
 
     Returns:
         An unfitted `paramgen.Generator`; fit it with ``paramgen.training.fit(gen, ...,
         config=fit_config())`` or ``gen.fit(...)``.
 
     Raises:
-        TypeError: An unknown option (the message lists the valid ones) or a source of
-            the wrong kind.
+        TypeError: An unknown option (the message lists the valid ones), a source of
+            the wrong kind, or a ``tokenizer`` that is not one.
         ValueError: ``condition="task"`` without task names, ``"dataset"`` without
-            ``feature_dim``, or an option out of range.
+            ``feature_dim``, ``normalizer="per-layer"`` for a family, a ``tokenizer``
+            whose rows do not match the layout, or an option out of range.
 
     Examples:
         >>> import torch
@@ -147,63 +169,55 @@ def d2nwg(
     """
     from paramgen.priors import DiffusionPrior
     from paramgen.tokenizers import VAETokenizer
-    from paramgen.vectorize import ChunkVectorizer, ModelVectorizer
+    from paramgen.vectorize import ChunkVectorizer, FamilyVectorizer, LayerVectorizer, ModelVectorizer
 
-    spec, zoo_tasks = read_source(source)
-    vectorizer = ModelVectorizer(spec) if chunk_size is None else ChunkVectorizer(spec, chunk_size=chunk_size)
+    family, spec, zoo_tasks = read_family(source)
+    vectorizer: Any
+    if family is not None:
+        vectorizer = FamilyVectorizer.modelwise(family) if chunk_size is None else FamilyVectorizer.chunked(family, chunk_size=chunk_size, layerwise=layerwise)
+    else:
+        assert spec is not None  # read_family gives a family or a spec
+        if chunk_size is None:
+            vectorizer = ModelVectorizer(spec)
+        else:
+            vectorizer = LayerVectorizer(spec, chunk_size=chunk_size) if layerwise else ChunkVectorizer(spec, chunk_size=chunk_size)
+    build_conditioner = None
     if condition == "task":
         names = task_names(tasks, zoo_tasks, "d2nwg")
-        prior_cond = cond_dim
     elif condition == "dataset":
         if feature_dim is None:
             raise ValueError("d2nwg(condition='dataset') needs feature_dim, the size of the image features")
-        prior_cond = cond_dim
-    elif condition is None:
-        prior_cond = 0
+        from paramgen.conditioners import ImageSetConditioner
+
+        build_conditioner = functools.partial(ImageSetConditioner, feature_dim=feature_dim, dim=cond_dim)
     elif isinstance(condition, str):
         raise ValueError(f"d2nwg: condition must be 'task', 'dataset', None or a Conditioner, got {condition!r}")
-    else:
-        prior_cond = conditioner_dim(condition, "d2nwg")
+    elif condition is not None and not isinstance(condition, nn.Module) and callable(condition):
+        build_conditioner = condition
+    elif condition is not None:
+        conditioner_dim(condition, "d2nwg")
+    if tokenizer is not None:
+        check_tokenizer(tokenizer, vectorizer.rows, vectorizer.width, "d2nwg", f"chunk_size={chunk_size}")
     with local_seed(seed):
-        tok = VAETokenizer(
+        tok = tokenizer if tokenizer is not None else VAETokenizer(
             rows=vectorizer.rows, width=vectorizer.width, latent_channels=latent_channels, latent_length=latent_length,
             hidden_channels=hidden_channels, num_down=num_down, kl_weight=kl_weight, input_noise=input_noise, latent_noise=latent_noise,
         )  # fmt: skip
+        conditioner: Any = None if condition == "task" else condition
+        if build_conditioner is not None:
+            conditioner = build_conditioner()
+        prior_cond = cond_dim if condition == "task" else 0 if conditioner is None else conditioner_dim(conditioner, "d2nwg")
         prior = DiffusionPrior(
             shape=tok.latent_shape, cond_dim=prior_cond, timesteps=timesteps, base_channels=base_channels, channel_mults=tuple(channel_mults),
             ema_decay=ema_decay, cond_dropout=cond_dropout, guidance_scale=guidance_scale, sampler=sampler, ddim_steps=ddim_steps,
         )  # fmt: skip
-        conditioner: Any
         if condition == "task":
             from paramgen.conditioners import IndexConditioner
 
             conditioner = IndexConditioner(names, dim=cond_dim)
-        elif condition == "dataset":
-            from paramgen.conditioners import ImageSetConditioner
-
-            assert feature_dim is not None  # checked above
-            conditioner = ImageSetConditioner(feature_dim=feature_dim, dim=cond_dim)
-        else:
-            conditioner = condition
         norm = normalizer_of(normalizer, spec, "d2nwg")
     return Generator(vectorizer=vectorizer, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=norm)
 
 
-def fit_config(**overrides: Any) -> FitConfig:
-    """D2NWG's training defaults (`FIT_DEFAULTS`) as a `paramgen.training.FitConfig`.
-
-    Args:
-        **overrides: Any `FitConfig` field.
-
-    Returns:
-        The config.
-
-    Raises:
-        TypeError: An unknown field (the message lists the valid ones).
-
-    Examples:
-        >>> cfg = fit_config(prior_steps=100)
-        >>> cfg.tokenizer_steps, cfg.prior_steps, cfg.prior_lr
-        (4000, 100, 0.001)
-    """
-    return fit_config_with(FIT_DEFAULTS, overrides)
+#: ``fit_config(**overrides)``: `FIT_DEFAULTS` as a `paramgen.training.FitConfig`.
+fit_config = fit_config_for(FIT_DEFAULTS, "D2NWG", __name__)

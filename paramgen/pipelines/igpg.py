@@ -19,30 +19,19 @@ Examples:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any, Literal
 
 from paramgen.generator import Generator
 from paramgen.normalize import GlobalScale, Normalizer
-from paramgen.pipelines._common import Source, conditioner_dim, fit_config_with, local_seed, normalizer_of, read_source, strict_options, task_names
-from paramgen.spec import ParamSpec
-from paramgen.training import FitConfig
+from paramgen.pipelines._common import Source, conditioner_dim, fit_config_for, local_seed, normalizer_of, read_family, strict_options, task_names
 
 __all__ = ["FIT_DEFAULTS", "fit_config", "igpg"]
 
-#: Training defaults (`paramgen.training.FitConfig` fields) of ``benchmarks.cross_arch``'s
-#: default size: 4000 VQ steps at learning rate 3e-4, 5000 GPT steps at 1e-3, batches of 32.
-FIT_DEFAULTS: dict[str, Any] = dict(tokenizer_steps=4000, align_steps=0, prior_steps=5000, batch_size=32, tokenizer_lr=3e-4, prior_lr=1e-3)
-
-
-def _family(source: Source) -> tuple[dict[str, ParamSpec] | None, ParamSpec | None, tuple[str, ...] | None]:
-    """``(family, spec, tasks)``: a family of several architectures, or one spec."""
-    if isinstance(source, Mapping) and source and all(isinstance(v, ParamSpec) for v in source.values()):
-        return {str(k): v for k, v in source.items()}, None, None
-    if hasattr(source, "spec_ids") and hasattr(source, "specs") and len(source.spec_ids) > 1:  # a paramgen.zoo.Zoo of a family
-        return {i: source.specs[i] for i in source.spec_ids}, None, tuple(source.tasks)
-    spec, tasks = read_source(source)
-    return None, spec, tasks
+#: Training defaults of ``benchmarks.cross_arch``'s default size where they differ from
+#: `paramgen.training.FitConfig`'s: 4000 VQ steps at learning rate 3e-4, GPT learning rate
+#: 1e-3, batches of 32 (FitConfig's 5000 prior steps are the harness's too).
+FIT_DEFAULTS: dict[str, Any] = dict(tokenizer_steps=4000, batch_size=32, tokenizer_lr=3e-4, prior_lr=1e-3)
 
 
 @strict_options
@@ -140,7 +129,7 @@ def igpg(
     from paramgen.tokenizers import GumbelVQTokenizer
     from paramgen.vectorize import FamilyVectorizer, LayerVectorizer, ModelVectorizer
 
-    family, spec, zoo_tasks = _family(source)
+    family, spec, zoo_tasks = read_family(source)
     vectorizer: Any
     if family is not None:
         vectorizer = FamilyVectorizer.modelwise(family) if chunk_size is None else FamilyVectorizer.chunked(family, chunk_size=chunk_size, layerwise=True)
@@ -183,20 +172,5 @@ def igpg(
     return Generator(vectorizer=vectorizer, tokenizer=tok, prior=prior, conditioner=conditioner, normalizer=norm)
 
 
-def fit_config(**overrides: Any) -> FitConfig:
-    """IGPG's training defaults (`FIT_DEFAULTS`) as a `paramgen.training.FitConfig`.
-
-    Args:
-        **overrides: Any `FitConfig` field.
-
-    Returns:
-        The config.
-
-    Raises:
-        TypeError: An unknown field (the message lists the valid ones).
-
-    Examples:
-        >>> fit_config(batch_size=8).batch_size, fit_config().tokenizer_lr
-        (8, 0.0003)
-    """
-    return fit_config_with(FIT_DEFAULTS, overrides)
+#: ``fit_config(**overrides)``: `FIT_DEFAULTS` as a `paramgen.training.FitConfig`.
+fit_config = fit_config_for(FIT_DEFAULTS, "IGPG", __name__)
