@@ -225,8 +225,8 @@ def sample_chunks(gen: Any, names: Sequence[str], g: torch.Generator, **kwargs: 
         t = layout.tensor_index(name)
         ids = list(layout.chunks_of(t))
         z = gen.generator.sample_flat(ids, 1, generator=g, batch_size=512, **kwargs)  # (B, K) standardized
-        values = z.double() * gen.stats.std[t] + gen.stats.mean[t]
-        out[name] = values.reshape(-1)[: layout.tensors[t].numel].reshape(layout.tensors[t].shape).float()
+        values = gen.stats.inverse_chunks(z, ids)  # (B, K) at the tensor's scale, float32
+        out[name] = values.reshape(-1)[: layout.tensors[t].numel].reshape(layout.tensors[t].shape)
     return out
 
 
@@ -237,15 +237,13 @@ def reconstruction(gen: Any, data: Any) -> dict[str, torch.Tensor]:
     from paramgen.streaming import assemble
 
     rows = ChunkSamples(data, gen.stats)
-    std, mean, tensor_of = gen.stats.std, gen.stats.mean, gen.layout.tensor_ids
 
     def batches():
         for s in range(0, len(rows), 512):
             ids = torch.arange(s, min(s + 512, len(rows)))
             x = torch.cat([rows[i]["x"] for i in ids.tolist()])  # (B, K)
             z = gen.generator.reconstruct(x)  # (B, K) standardized
-            t = tensor_of[ids]
-            yield ids, (z.double() * std[t, None] + mean[t, None]).float()
+            yield ids, gen.stats.inverse_chunks(z, ids)
 
     return assemble(gen.layout, batches())
 

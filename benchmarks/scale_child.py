@@ -27,14 +27,15 @@ __all__ = ["speed_generator", "sample_run", "fit_run"]
 def speed_generator(path: str | os.PathLike, *, chunk_size: int, vae_channels: int, prior_channels: int) -> Any:
     """An untrained `ChunkwiseGenerator` over the layout of the checkpoint at ``path``, ready to sample."""
     from paramgen.chunks import ChunkLayout, spec_from_safetensors
-    from paramgen.chunkwise import ChunkStats
+    from paramgen.normalize import ChunkStats
 
     layout = ChunkLayout(spec_from_safetensors(path), chunk_size)
     gen = build_chunkwise(layout, vae_channels=vae_channels, prior_channels=prior_channels)
     # Untrained: unit statistics and the freshly initialized networks stand in for fitted ones
     # (the library has no public "untrained but samplable" switch; a speed test needs no more).
     t = len(layout.tensors)
-    gen.stats = ChunkStats(torch.zeros(t, dtype=torch.float64), torch.full((t,), 0.02, dtype=torch.float64))
+    gen.stats = ChunkStats(layout)
+    gen.stats.load_state_dict({"mean": torch.zeros(t, dtype=torch.float64), "std": torch.full((t,), 0.02, dtype=torch.float64)})
     gen.generator.fitted = True
     for part in (gen.generator.tokenizer, gen.generator.prior, gen.generator.conditioner):
         part.eval()

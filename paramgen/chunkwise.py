@@ -18,8 +18,15 @@ The walk-through from MiniLM's checkpoint to ``AutoModel`` is the "Large models"
 the docs (``docs/large-models.md``).
 
 Each tensor is standardized with its own mean and standard deviation over the zoo
-(`ChunkStats`, computed in one streaming pass), so that LayerNorm scales near 1 and
-attention weights near 0.05 become one distribution of values.
+(`paramgen.normalize.ChunkStats`, a normalizer fitted in one streaming pass), so that
+LayerNorm scales near 1 and attention weights near 0.05 become one distribution of values.
+
+A fitted chunk-wise generator saves in the registry format of `paramgen.Generator`
+(`ChunkwiseGenerator.save_pretrained`): a ``config.json`` naming its format, the model's
+spec, its normalizer (``"per_chunk"``, with the layout) and the configs of the folders it
+writes, with SHA-256 digests of its definition and of ``weights.safetensors`` (the
+normalizer's statistics); the inner generator is a `paramgen.Generator` folder,
+``generator/``, as diffusers keeps a pipeline's models in subfolders.
 
 Examples:
     >>> import torch
@@ -42,47 +49,70 @@ Examples:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 from safetensors.torch import load_file
 from torch import nn
 
 from paramgen.chunks import ChunkLayout
 from paramgen.conditioners.architecture import ConcatConditioner
-from paramgen.generator import Generator
-from paramgen.interfaces import Conditioner, Prior, Tokenizer
-from paramgen.io import read_json, save_safetensors, write_json
-from paramgen.spec import ParamSpec
 from paramgen.formats.hf import MODEL_CONFIG, MODEL_WEIGHTS, model_config_dict
 from paramgen.formats.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_config_dict
+from paramgen.generator import Generator
+from paramgen.interfaces import Conditioner, Prior, Tokenizer
+from paramgen.io import file_sha256, json_sha256, read_json, save_safetensors, write_json
+from paramgen.normalize import ChunkStats, normalizer_from_config
+from paramgen.spec import ParamSpec
 from paramgen.streaming import assemble, assemble_adapter, assemble_model
 from paramgen.vectorize import ModelVectorizer
 
-__all__ = ["ChunkPositionConditioner", "ChunkStats", "ChunkSamples", "ChunkwiseGenerator", "is_chunkwise_folder"]
+__all__ = ["ChunkPositionConditioner", "ChunkSamples", "ChunkwiseGenerator", "is_chunkwise_folder"]
 
 logger = logging.getLogger(__name__)
 
 FORMAT = "paramgen.ChunkwiseGenerator"
-FORMAT_VERSION = 1
-META_FILE = "chunkwise.json"
+# 2: config.json + weights.safetensors (the normalizer's statistics) + generator/, with
+#    digests, as a Generator's folder (the registry format).
+# 1: chunkwise.json + stats.safetensors + generator/.
+FORMAT_VERSION = 2
+_READABLE_VERSIONS = (1, 2)
+CONFIG_FILE, WEIGHTS_FILE, GENERATOR_FOLDER = "config.json", "weights.safetensors", "generator"
+_V1_META, _V1_STATS = "chunkwise.json", "stats.safetensors"
 _FILE_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt")  # files chunk-wise sampling does not write
 
 
+def _saved_format(path: Path) -> object:
+    """The ``"format"`` a folder's ``config.json`` names (``None`` if it has none or is unreadable)."""
+    try:
+        config = read_json(path / CONFIG_FILE)
+    except (OSError, ValueError):
+        return None
+    return config.get("format") if isinstance(config, dict) else None
+
+
 def is_chunkwise_folder(path: str | os.PathLike) -> bool:
-    """Whether ``path`` is a folder written by `ChunkwiseGenerator.save_pretrained` (it holds ``chunkwise.json``).
+    """Whether ``path`` is a folder written by `ChunkwiseGenerator.save_pretrained`: its
+    ``config.json`` names the chunk-wise format (or, saved before format 2, it holds
+    ``chunkwise.json``).
 
     Examples:
         >>> import tempfile
         >>> is_chunkwise_folder(tempfile.mkdtemp())
         False
     """
-    return (Path(path) / META_FILE).is_file()
+    path = Path(path)
+    return (path / _V1_META).is_file() or _saved_format(path) == FORMAT
+
+
+def _definition_sha256(config: dict[str, Any]) -> str:
+    """SHA-256 of what defines a saved chunk-wise generator (its config but the digests)."""
+    return json_sha256({k: v for k, v in config.items() if k not in ("config_sha256", "weights_sha256")})
 
 
 class ChunkPositionConditioner(nn.Module):
@@ -155,69 +185,26 @@ class ChunkPositionConditioner(nn.Module):
         return self.mlp(h)
 
 
-@attrs.frozen(eq=False)
-class ChunkStats:
-    """Mean and standard deviation of each tensor of a layout over a zoo (float64, ``(T,)``).
-
-    Examples:
-        >>> import torch
-        >>> from paramgen.chunks import ChunkDataset, ChunkLayout
-        >>> from paramgen.spec import ParamSpec
-        >>> sd = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([10.0, 10.0, 10.0])}
-        >>> layout = ChunkLayout(ParamSpec.from_state_dict(sd), 2)
-        >>> stats = ChunkStats.fit(ChunkDataset.from_state_dicts(layout, [sd]))
-        >>> stats.mean.tolist(), stats.std.tolist()
-        ([2.0, 10.0], [1.0, 1.0])
-    """
-
-    mean: torch.Tensor
-    std: torch.Tensor
-
-    @classmethod
-    def fit(cls, data: Any, *, batch_size: int = 256, num_workers: int = 0) -> ChunkStats:
-        """One pass over a `paramgen.chunks.ChunkDataset`; a constant tensor gets std 1."""
-        t = len(data.layout.tensors)
-        total = torch.zeros(t, dtype=torch.float64)
-        sq = torch.zeros(t, dtype=torch.float64)
-        count = torch.zeros(t, dtype=torch.float64)
-        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
-        for batch in loader:
-            v = batch["values"].double() * batch["mask"]  # (B, K)
-            tid = batch["tensor"]
-            total.index_add_(0, tid, v.sum(1))
-            sq.index_add_(0, tid, v.pow(2).sum(1))
-            count.index_add_(0, tid, batch["mask"].sum(1).double())
-        mean = total / count
-        var = (sq / count - mean.pow(2)).clamp_min(0.0)
-        std = var.sqrt()
-        std = torch.where(std > 1e-8 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
-        return cls(mean, std)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"mean": self.mean, "std": self.std}
-
-
 class ChunkSamples(torch.utils.data.Dataset):
     """A `paramgen.chunks.ChunkDataset` as training samples for `paramgen.training.fit`.
 
-    Item ``i``: ``"x"`` the chunk standardized by its tensor's statistics, ``(1, K)``, zero
-    on padding; ``"mask"`` ``(1, K)``; ``"cond"`` its chunk id, or ``(chunk id, task
-    condition)`` when ``conditions`` gives one raw condition per checkpoint.
+    Item ``i``: ``"x"`` the chunk standardized by its tensor's statistics
+    (`paramgen.normalize.ChunkStats.transform_chunks`), ``(1, K)``, zero on padding;
+    ``"mask"`` ``(1, K)``; ``"cond"`` its chunk id, or ``(chunk id, task condition)`` when
+    ``conditions`` gives one raw condition per checkpoint.
     """
 
     def __init__(self, data: Any, stats: ChunkStats, conditions: Sequence[Any] | None = None) -> None:
         if conditions is not None and len(conditions) != data.num_checkpoints:
             raise ValueError(f"expected one condition per checkpoint ({data.num_checkpoints}), got {len(conditions)}")
         self.data, self.stats, self.conditions = data, stats, conditions
-        self.mean, self.std = stats.mean.float(), stats.std.float()
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.data[i]
-        t = item["tensor"]
-        x = ((item["values"].float() - self.mean[t]) / self.std[t]) * item["mask"]  # (K,)
+        x = self.stats.transform_chunks(item["values"][None], [item["chunk"]])[0] * item["mask"]  # (K,)
         cond = item["chunk"] if self.conditions is None else (item["chunk"], self.conditions[item["checkpoint"]])
         return {"x": x[None], "mask": item["mask"][None], "cond": cond}
 
@@ -291,7 +278,11 @@ class ChunkwiseGenerator:
 
     # ------------------------------------------------------------------ devices
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ChunkwiseGenerator:
+        """Move the inner generator (and cast its weights to ``dtype``) and the statistics
+        (which stay float64) to ``device``."""
         self.generator.to(device, dtype)
+        if self.stats is not None:
+            self.stats.to(device)
         return self
 
     @property
@@ -321,7 +312,7 @@ class ChunkwiseGenerator:
             raise ValueError("a task-conditioned chunk-wise generator needs conditions= (one per checkpoint); an unconditioned one takes none")
         if self.model_config is None and self.adapter_config is None and getattr(data, "paths", None):
             self._record(*_configs_beside(data.paths))
-        self.stats = ChunkStats.fit(data)
+        self.stats = ChunkStats(self.layout).fit_chunks(data)
         fit(self.generator, ChunkSamples(data, self.stats, conditions), config=config, **kwargs)
         return self
 
@@ -351,10 +342,7 @@ class ChunkwiseGenerator:
         raw: list[Any] = ids.tolist() if not self.task_conditioned else [(i, cond) for i in ids.tolist()]
         z = self.generator.sample_flat(raw, 1, generator=generator, batch_size=len(raw), **sample_kwargs)  # (B, K) standardized
         assert self.stats is not None and isinstance(z, torch.Tensor)
-        device = z.device
-        t = self.layout.tensor_ids[ids].to(device)  # (B,)
-        mean, std = self.stats.mean.to(device)[t, None], self.stats.std.to(device)[t, None]
-        return (z.double() * std + mean).float()
+        return self.stats.inverse_chunks(z, ids)
 
     def _batches(self, cond: Any, batch_size: int, generator: torch.Generator | None, kwargs: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.layout.num_chunks, batch_size):
@@ -456,48 +444,118 @@ class ChunkwiseGenerator:
 
     # ------------------------------------------------------------------ persistence
     def save_pretrained(self, path: str | os.PathLike) -> Path:
-        """``generator/`` (the inner generator), ``stats.safetensors`` and ``chunkwise.json``
-        (layout, and the recorded model or adapter config)."""
+        """Save in the registry format of `paramgen.Generator`, ``config.json`` last.
+
+        - ``generator/``: the inner generator (`paramgen.Generator.save_pretrained`);
+        - ``weights.safetensors``: the normalizer's statistics (``normalizer.mean``,
+          ``normalizer.std``);
+        - ``config.json``: the format and its version, the model's spec, the components
+          (the ``"per_chunk"`` normalizer, with the layout), whether the generator is
+          task-conditioned, the recorded model or adapter config, and SHA-256 digests of
+          this definition (``config_sha256``) and of the weights (``weights_sha256``),
+          which `from_pretrained` checks.
+        """
         if self.stats is None:
             raise RuntimeError("this chunk-wise generator is not fitted: nothing to save")
         path = Path(path)
-        self.generator.save_pretrained(path / "generator")
-        save_safetensors(path / "stats.safetensors", self.stats.state_dict(), metadata={"format": FORMAT})
-        meta = {
+        self.generator.save_pretrained(path / GENERATOR_FOLDER)
+        tensors = {f"normalizer.{k}": v.detach().cpu() for k, v in self.stats.state_dict().items()}
+        save_safetensors(path / WEIGHTS_FILE, tensors, metadata={"format": FORMAT})
+        config: dict[str, Any] = {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "spec": self.layout.spec.to_dict(),
-            "layout": self.layout.config(),
+            "spec_id": self.layout.spec.fingerprint,
             "task_conditioned": self.task_conditioned,
             "model_config": self.model_config,
             "adapter_config": self.adapter_config,
+            "components": {"normalizer": {"config": self.stats.config()}},
+            "generator": GENERATOR_FOLDER,
         }
-        write_json(path / META_FILE, meta)
+        config = json.loads(json.dumps(config, allow_nan=False))  # as the file holds it (tuples become lists)
+        config["config_sha256"] = _definition_sha256(config)
+        config["weights_sha256"] = file_sha256(path / WEIGHTS_FILE)
+        write_json(path / CONFIG_FILE, config)
         return path
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> ChunkwiseGenerator:
-        """Load a folder written by `save_pretrained` (see `is_chunkwise_folder`).
+        """Load a folder written by `save_pretrained` (see `is_chunkwise_folder`), of this
+        format or of format 1 (``chunkwise.json``).
+
+        Loading is strict, as `paramgen.Generator.from_pretrained` is: the weights must match
+        their digest, and the definition the digest recorded at saving (a hand-edited
+        ``config.json`` is refused).
+
+        Raises:
+            FileNotFoundError: Not a chunk-wise generator's folder, or a file is missing.
+            ValueError: Another format or version, an edited config, corrupted weights,
+                statistics that do not match the layout.
 
         Examples:
             >>> # gen = ChunkwiseGenerator.from_pretrained("minilm-generator"); gen.sample(out="minilm-sample")
         """
         path = Path(path)
         if not is_chunkwise_folder(path):
-            raise FileNotFoundError(f"{path} holds no saved chunk-wise generator (no {META_FILE})")
-        meta = read_json(path / META_FILE)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != FORMAT_VERSION:
-            raise ValueError(f"{path}/{META_FILE} is not a paramgen chunk-wise generator of version {FORMAT_VERSION}")
+            raise FileNotFoundError(f"{path} holds no saved chunk-wise generator (no {CONFIG_FILE} of format {FORMAT!r})")
+        if not (path / CONFIG_FILE).is_file():
+            return cls._from_format_1(path, device)
+        where = path / CONFIG_FILE
+        config = read_json(where)
+        version = config.get("version")
+        if isinstance(version, bool) or version not in _READABLE_VERSIONS or version == 1:
+            raise ValueError(f"{where} has format version {version!r}; this paramgen reads versions {_READABLE_VERSIONS} (1 as chunkwise.json)")
+        missing = [k for k in ("spec", "task_conditioned", "components", "config_sha256", "weights_sha256") if k not in config]
+        if missing:
+            raise ValueError(f"{where} lacks the key {missing[0]!r} (a malformed or truncated config)")
+        if config["config_sha256"] != _definition_sha256(config):
+            raise ValueError(
+                f"{where} was edited after saving: its spec, layout, components or recorded configs no longer match the digest "
+                "recorded when it was saved (config_sha256). The weights belong to the saved configuration: restore it, or fit again"
+            )
+        weights = path / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}")
+        if file_sha256(weights) != config["weights_sha256"]:
+            raise ValueError(f"{weights} does not match the SHA-256 digest recorded in {CONFIG_FILE} (weights_sha256): the file is corrupted or was replaced")
+        state = load_file(str(weights))
+        entry = config["components"].get("normalizer") if isinstance(config["components"], dict) else None
+        if not isinstance(entry, dict) or not isinstance(entry.get("config"), dict):
+            raise ValueError(f"{where}: 'components' needs the normalizer entry (an object with a 'config' object)")
+        sub = {k.removeprefix("normalizer."): v for k, v in state.items() if k.startswith("normalizer.")}
+        try:
+            stats = normalizer_from_config(entry["config"], sub, spec=ParamSpec.from_dict(config["spec"]))
+        except (KeyError, TypeError, ValueError) as e:
+            raise ValueError(f"{path}: the normalizer cannot be rebuilt from its entry in {CONFIG_FILE} and its statistics: {e!r}") from e
+        if not isinstance(stats, ChunkStats):
+            raise ValueError(f"{where}: a chunk-wise generator's normalizer is 'per_chunk', got {entry['config'].get('type')!r}")
+        inner = Generator.from_pretrained(path / str(config.get("generator", GENERATOR_FOLDER)), device=device)
+        return cls._assemble(path, where, stats, inner, config, device)
+
+    @classmethod
+    def _from_format_1(cls, path: Path, device: torch.device | str | None) -> ChunkwiseGenerator:
+        """A folder of format 1: ``chunkwise.json`` (spec, layout, ...) and ``stats.safetensors``."""
+        where = path / _V1_META
+        meta = read_json(where)
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT or meta.get("version") != 1:
+            raise ValueError(f"{where} is not a paramgen chunk-wise generator of version 1")
         layout = ChunkLayout(ParamSpec.from_dict(meta["spec"]), **meta["layout"])
+        stats = ChunkStats(layout)
+        try:
+            stats.load_state_dict(load_file(str(path / _V1_STATS)))
+        except (KeyError, ValueError) as e:
+            raise ValueError(f"{path}/{_V1_STATS} does not hold the statistics of the layout's {len(layout.tensors)} tensors: {e}") from e
+        inner = Generator.from_pretrained(path / GENERATOR_FOLDER, device=device)
+        return cls._assemble(path, where, stats, inner, meta, device)
+
+    @classmethod
+    def _assemble(cls, path: Path, where: Path, stats: ChunkStats, inner: Generator, config: Mapping[str, Any], device: torch.device | str | None) -> ChunkwiseGenerator:
         try:  # folders saved before configs were recorded have neither key
-            configs = {"model_config": meta.get("model_config"), "adapter_config": meta.get("adapter_config")}
-            gen = cls(layout, Generator.from_pretrained(path / "generator", device=device), task_conditioned=bool(meta["task_conditioned"]), **configs)
+            configs = {"model_config": config.get("model_config"), "adapter_config": config.get("adapter_config")}
+            gen = cls(stats.layout, inner, task_conditioned=bool(config["task_conditioned"]), **configs)
         except (TypeError, ValueError) as e:
-            raise ValueError(f"{path}/{META_FILE}: {e}") from e
-        stats = load_file(str(path / "stats.safetensors"))
-        if stats["mean"].shape != (len(layout.tensors),) or stats["std"].shape != (len(layout.tensors),):
-            raise ValueError(f"{path}/stats.safetensors does not match the layout's {len(layout.tensors)} tensors")
-        gen.stats = ChunkStats(stats["mean"].double(), stats["std"].double())
+            raise ValueError(f"{where}: {e}") from e
+        gen.stats = stats.to(device) if device is not None else stats
         return gen
 
 

@@ -1,14 +1,17 @@
 """Invertible normalizers for flat weight vectors ``(B, D)`` in spec order.
 
 Generative models of weights learn far better on standardized inputs (Cond P-Diff,
-table 4a). Three normalizers, all with ``fit`` / ``transform`` / ``inverse`` and statistics
+table 4a). Four normalizers, all with ``fit`` / ``transform`` / ``inverse`` and statistics
 that travel with the generator through ``state_dict`` (tensors, for safetensors) and
-``config`` (JSON):
+``config`` (JSON, rebuilt by `normalizer_from_config` from its ``"type"``):
 
-- `PerTaskZScore`: one mean and std per task (Cond P-Diff).
-- `PerLayerZScore`: one mean and std per tensor of the spec, optionally after a
-  log transform of positive tensors such as BatchNorm ``running_var``.
-- `GlobalScale`: one scale for everything.
+- `PerTaskZScore` (``"per_task"``): one mean and std per task (Cond P-Diff).
+- `PerLayerZScore` (``"per_layer"``): one mean and std per tensor of the spec, optionally
+  after a log transform of positive tensors such as BatchNorm ``running_var``.
+- `ChunkStats` (``"per_chunk"``): the same per-tensor z-score over the tensors of a chunk
+  layout, fitted in one streaming pass and applied to rows of chunks (large models, see
+  `paramgen.chunkwise`).
+- `GlobalScale` (``"global"``): one scale for everything.
 
 Statistics are computed and applied in float64, so ``inverse(transform(x))`` matches
 ``x`` to float32 rounding.
@@ -35,12 +38,14 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import torch
 
+from paramgen.chunks import ChunkLayout
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError, _matches
 
 __all__ = [
     "Normalizer",
     "PerTaskZScore",
     "PerLayerZScore",
+    "ChunkStats",
     "GlobalScale",
     "normalizer_from_config",
 ]
@@ -85,6 +90,16 @@ def _on(t: torch.Tensor, device: torch.device) -> torch.Tensor:
     return t if t.device == device else t.to(device)
 
 
+def _zscore(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``(x - mean[index]) / std[index]``: a per-tensor z-score, ``index`` naming each value's tensor."""
+    return (x - _on(mean, x.device)[index]) / _on(std, x.device)[index]
+
+
+def _unzscore(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x * std[index] + mean[index]``: the inverse of `_zscore`."""
+    return x * _on(std, x.device)[index] + _on(mean, x.device)[index]
+
+
 class _Fitted:
     _fitted: bool = False
     _stats: tuple[str, ...] = ()  # tensor attributes that `to` moves
@@ -103,6 +118,31 @@ class _Fitted:
     def _require_fit(self) -> None:
         if not self._fitted:
             raise RuntimeError(f"{type(self).__name__} is not fitted: call fit() first or load_state_dict()")
+
+
+class _PerTensor(_Fitted):
+    """Statistics of a per-tensor z-score: a mean and a std per tensor, ``(T,)`` float64."""
+
+    _stats: tuple[str, ...] = ("mean", "std")
+    mean: torch.Tensor
+    std: torch.Tensor
+
+    def _num_tensors(self) -> int:
+        raise NotImplementedError
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        self._require_fit()
+        return {"mean": self.mean.clone(), "std": self.std.clone()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        n_t = self._num_tensors()
+        for key in ("mean", "std"):
+            if key not in state:
+                raise KeyError(key)
+            if tuple(state[key].shape) != (n_t,):
+                raise SpecMismatchError(f"statistics are for {state[key].shape[0] if state[key].ndim == 1 else tuple(state[key].shape)} tensors, the spec has {n_t}")
+        self.mean, self.std = state["mean"].double(), state["std"].double()
+        self._fitted = True
 
 
 class PerTaskZScore(_Fitted):
@@ -186,7 +226,7 @@ class PerTaskZScore(_Fitted):
         return {"type": "per_task", "unknown": self.unknown, "tasks": list(self.tasks), "dim": self.dim}
 
 
-class PerLayerZScore(_Fitted):
+class PerLayerZScore(_PerTensor):
     """Z-score each tensor of the spec with its own mean and std over the zoo.
 
     Args:
@@ -237,32 +277,157 @@ class PerLayerZScore(_Fitted):
         self._require_fit()
         _check_input(flat, self.spec.numel)
         x = self._forward_log(flat.double())
-        seg = _on(self._segments, x.device)
-        return ((x - _on(self.mean, x.device)[seg]) / _on(self.std, x.device)[seg]).to(flat.dtype)
+        return _zscore(x, self.mean, self.std, _on(self._segments, x.device)).to(flat.dtype)
 
     def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
         self._require_fit()
         _check_input(flat, self.spec.numel)
-        seg = _on(self._segments, flat.device)
-        x = flat.double() * _on(self.std, flat.device)[seg] + _on(self.mean, flat.device)[seg]
+        x = _unzscore(flat.double(), self.mean, self.std, _on(self._segments, flat.device))
         if self._has_log:
             entry = _on(self._log_entry, flat.device)
             x[:, entry] = x[:, entry].exp()
         return x.to(flat.dtype)
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        self._require_fit()
-        return {"mean": self.mean.clone(), "std": self.std.clone()}
-
-    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
-        n_t = len(self.spec.vector_tensors)
-        if state["mean"].shape != (n_t,):
-            raise SpecMismatchError(f"statistics are for {state['mean'].shape[0]} tensors, the spec has {n_t}")
-        self.mean, self.std = state["mean"].double(), state["std"].double()
-        self._fitted = True
+    def _num_tensors(self) -> int:
+        return len(self.spec.vector_tensors)
 
     def config(self) -> dict[str, Any]:
         return {"type": "per_layer", "log": list(self.log)}
+
+
+class ChunkStats(_PerTensor):
+    """Z-score each tensor of a chunk layout with its own mean and std over the zoo.
+
+    The normalizer of chunk-wise generators (`paramgen.chunkwise`): the per-tensor
+    z-score of `PerLayerZScore` (without log transforms) over the tensors a
+    `paramgen.chunks.ChunkLayout` covers, for models too large to be one vector in
+    memory. `fit_chunks` computes the statistics in one streaming pass over a
+    `paramgen.chunks.ChunkDataset` (float64 sums of values and of their squares), and
+    `transform_chunks` / `inverse_chunks` apply them to rows of chunks, each row the
+    chunk its id names. So LayerNorm scales near 1 and attention weights near 0.05
+    become one distribution of values. A constant tensor gets std 1.
+
+    As a `Normalizer`, `fit`, `transform` and `inverse` take whole models as flat vectors
+    ``(B, D)``: the layout's tensors, flattened and concatenated in layout order.
+
+    Args:
+        layout: The chunk layout whose tensors are standardized.
+
+    Attributes:
+        mean: ``(T,)`` float64, one per tensor of the layout.
+        std: ``(T,)`` float64.
+
+    Examples:
+        >>> import torch
+        >>> from paramgen.chunks import ChunkDataset, ChunkLayout
+        >>> from paramgen.spec import ParamSpec
+        >>> sd = {"a": torch.tensor([1.0, 3.0]), "b": torch.tensor([10.0, 10.0, 10.0])}
+        >>> layout = ChunkLayout(ParamSpec.from_state_dict(sd), 2)
+        >>> stats = ChunkStats(layout).fit_chunks(ChunkDataset.from_state_dicts(layout, [sd]))
+        >>> stats.mean.tolist(), stats.std.tolist()
+        ([2.0, 10.0], [1.0, 1.0])
+        >>> stats.transform_chunks(torch.tensor([[1.0, 3.0], [10.0, 0.0]]), torch.tensor([0, 1])).tolist()
+        [[-1.0, 1.0], [0.0, -10.0]]
+    """
+
+    def __init__(self, layout: ChunkLayout) -> None:
+        if not isinstance(layout, ChunkLayout):
+            raise TypeError(f"ChunkStats takes a paramgen.chunks.ChunkLayout, got {type(layout).__name__}")
+        self.layout = layout
+        t = len(layout.tensors)
+        self.mean = torch.zeros(t, dtype=torch.float64)
+        self.std = torch.ones(t, dtype=torch.float64)
+
+    def _num_tensors(self) -> int:
+        return len(self.layout.tensors)
+
+    def _segments(self, device: torch.device) -> torch.Tensor:
+        """``(D,)`` tensor index of each value of a flat model (built per call: large models
+        are standardized chunk by chunk, and a stored ``(D,)`` index would cost 8 bytes a value)."""
+        sizes = torch.tensor([t.numel for t in self.layout.tensors])
+        return torch.repeat_interleave(torch.arange(len(sizes)), sizes).to(device)
+
+    def _finish(self, total: torch.Tensor, sq: torch.Tensor, count: torch.Tensor) -> ChunkStats:
+        """Mean and std from per-tensor sums of values, of squares, and counts (float64)."""
+        mean = total / count
+        var = (sq / count - mean.pow(2)).clamp_min(0.0)
+        std = var.sqrt()
+        self.mean = mean
+        self.std = torch.where(std > 1e-8 * mean.abs().clamp_min(1.0), std, torch.ones_like(std))
+        self._fitted = True
+        return self
+
+    def fit(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> ChunkStats:
+        """Fit on whole models, ``(B, D)`` flat vectors of the layout's tensors (small models)."""
+        _check_input(flat, self.layout.numel)
+        x = flat.double()
+        seg = self._segments(x.device)
+        n_t = self._num_tensors()
+        total = x.new_zeros(n_t).index_add_(0, seg, x.sum(0))
+        sq = x.new_zeros(n_t).index_add_(0, seg, x.pow(2).sum(0))
+        count = torch.bincount(seg, minlength=n_t).double() * flat.shape[0]
+        return self._finish(total, sq, count)
+
+    def fit_chunks(self, data: Any, *, batch_size: int = 256, num_workers: int = 0) -> ChunkStats:
+        """Fit in one streaming pass over a `paramgen.chunks.ChunkDataset` of this layout.
+
+        Raises:
+            ValueError: The dataset's layout is another one.
+        """
+        layout = getattr(data, "layout", None)
+        if not isinstance(layout, ChunkLayout) or layout.config() != self.layout.config() or layout.spec.fingerprint != self.layout.spec.fingerprint:
+            raise ValueError("ChunkStats.fit_chunks: the dataset's chunk layout differs from the normalizer's")
+        t = self._num_tensors()
+        total = torch.zeros(t, dtype=torch.float64)
+        sq = torch.zeros(t, dtype=torch.float64)
+        count = torch.zeros(t, dtype=torch.float64)
+        loader = torch.utils.data.DataLoader(data, batch_size=batch_size, num_workers=num_workers)
+        for batch in loader:
+            v = batch["values"].double() * batch["mask"]  # (B, K)
+            tid = batch["tensor"]
+            total.index_add_(0, tid, v.sum(1))
+            sq.index_add_(0, tid, v.pow(2).sum(1))
+            count.index_add_(0, tid, batch["mask"].sum(1).double())
+        return self._finish(total, sq, count)
+
+    def transform(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        self._require_fit()
+        _check_input(flat, self.layout.numel)
+        return _zscore(flat.double(), self.mean, self.std, self._segments(flat.device)).to(flat.dtype)
+
+    def inverse(self, flat: torch.Tensor, *, tasks: Sequence[str] | None = None) -> torch.Tensor:
+        self._require_fit()
+        _check_input(flat, self.layout.numel)
+        return _unzscore(flat.double(), self.mean, self.std, self._segments(flat.device)).to(flat.dtype)
+
+    def _tensor_ids(self, values: torch.Tensor, chunk_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """``(B, 1)`` tensor of each row's chunk, on the rows' device."""
+        self._require_fit()
+        ids = torch.as_tensor(chunk_ids, dtype=torch.long).reshape(-1).cpu()
+        if values.ndim != 2 or values.shape[0] != ids.numel():
+            raise ValueError(f"expected rows of chunks (B, K) and B chunk ids, got values {tuple(values.shape)} and {ids.numel()} ids")
+        if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= self.layout.num_chunks):
+            raise ValueError(f"chunk ids must lie in [0, {self.layout.num_chunks}), got {int(ids.min())}..{int(ids.max())}")
+        return self.layout.tensor_ids[ids].to(values.device)[:, None]
+
+    def transform_chunks(self, values: torch.Tensor, chunk_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Standardize rows of chunks ``(B, K)``, row ``i`` being chunk ``chunk_ids[i]``.
+
+        Computed in float32, the dtype of the training rows; padding past a tensor's end
+        is standardized like the rest (mask it).
+        """
+        t = self._tensor_ids(values, chunk_ids)
+        return _zscore(values.float(), self.mean.float(), self.std.float(), t)
+
+    def inverse_chunks(self, values: torch.Tensor, chunk_ids: torch.Tensor | Sequence[int]) -> torch.Tensor:
+        """Rows of standardized chunks ``(B, K)`` back at their tensors' scale (computed in
+        float64, returned in float32, on the rows' device)."""
+        t = self._tensor_ids(values, chunk_ids)
+        return _unzscore(values.double(), self.mean, self.std, t).float()
+
+    def config(self) -> dict[str, Any]:
+        """The layout's chunking (its spec is the generator's, passed to `normalizer_from_config`)."""
+        return {"type": "per_chunk", "layout": self.layout.config()}
 
 
 class GlobalScale(_Fitted):
@@ -391,10 +556,20 @@ class GlobalScale(_Fitted):
 
 def normalizer_from_config(
     config: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, spec: ParamSpec | None = None
-) -> PerTaskZScore | PerLayerZScore | GlobalScale:
-    """Rebuild a fitted normalizer from its ``config()`` and ``state_dict()``."""
+) -> PerTaskZScore | PerLayerZScore | ChunkStats | GlobalScale:
+    """Rebuild a fitted normalizer from its ``config()`` and ``state_dict()``.
+
+    ``spec`` is the architecture the statistics describe (needed by ``"per_layer"`` and
+    ``"per_chunk"``).
+
+    Examples:
+        >>> import torch
+        >>> norm = normalizer_from_config({"type": "global"}, {"scale": torch.tensor(2.0, dtype=torch.float64)})
+        >>> norm.inverse(torch.ones(1, 3)).tolist()
+        [[2.0, 2.0, 2.0]]
+    """
     kind = config.get("type")
-    norm: PerTaskZScore | PerLayerZScore | GlobalScale
+    norm: PerTaskZScore | PerLayerZScore | ChunkStats | GlobalScale
     if kind == "per_task":
         norm = PerTaskZScore(unknown=config["unknown"])
         norm.tasks, norm.dim = tuple(config["tasks"]), config["dim"]
@@ -402,9 +577,13 @@ def normalizer_from_config(
         if spec is None:
             raise ValueError("a per_layer normalizer needs the spec it was fitted on")
         norm = PerLayerZScore(spec, log=config["log"])
+    elif kind == "per_chunk":
+        if spec is None:
+            raise ValueError("a per_chunk normalizer needs the spec of the model its layout cuts")
+        norm = ChunkStats(ChunkLayout(spec, **config["layout"]))
     elif kind == "global":
         norm = GlobalScale(log=config.get("log", ()), fan_in=config.get("fan_in", False))
     else:
-        raise ValueError(f"normalizer type must be 'per_task', 'per_layer' or 'global', got {kind!r}")
+        raise ValueError(f"normalizer type must be 'per_task', 'per_layer', 'per_chunk' or 'global', got {kind!r}")
     norm.load_state_dict(state)
     return norm

@@ -11,8 +11,9 @@ from safetensors.torch import load_file, save_file
 
 from paramgen import Generator, ModelVectorizer, ParamSpec
 from paramgen.chunks import ChunkDataset, ChunkLayout
-from paramgen.chunkwise import ChunkPositionConditioner, ChunkSamples, ChunkStats, ChunkwiseGenerator
+from paramgen.chunkwise import ChunkPositionConditioner, ChunkSamples, ChunkwiseGenerator
 from paramgen.conditioners import IndexConditioner
+from paramgen.normalize import ChunkStats, Normalizer, normalizer_from_config
 from paramgen.priors import DiffusionPrior
 from paramgen.tokenizers import VAETokenizer
 from paramgen.training import FitConfig, fit
@@ -67,7 +68,7 @@ def test_fit_sample_to_dict_and_to_file_agree_and_reload(tmp_path: Path) -> None
 
 def test_per_tensor_statistics_put_each_tensor_back_at_its_scale(tmp_path: Path) -> None:
     layout, paths, states = zoo(tmp_path)
-    stats = ChunkStats.fit(ChunkDataset(layout, paths))
+    stats = ChunkStats(layout).fit_chunks(ChunkDataset(layout, paths))
     ln = layout.tensor_index("1.weight")  # LayerNorm weight: all ones
     assert stats.mean[ln] == pytest.approx(1.0) and stats.std[ln] == 1.0  # constant tensor: std 1
     w = torch.stack([s["0.weight"].flatten() for s in states]).double()
@@ -143,7 +144,7 @@ def test_fit_on_a_dataset_equals_fit_on_the_tensor() -> None:
             fit(gen, flat, conds, config=config)
         else:
             fit(gen, RowsDataset(flat, conds), config=config)
-        states.append({f"{r}.{k}": v for r, p in gen._components().items() for k, v in p.state_dict().items()})
+        states.append({f"{r}.{k}": v for r, p in gen.components.items() for k, v in p.state_dict().items()})
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     with pytest.raises(ValueError, match="come from its items"):
         fit(gen, RowsDataset(flat, conds), conds, config=config)
@@ -333,23 +334,124 @@ def test_model_config_given_checked_and_refused_where_it_makes_no_sense(tmp_path
         ChunkwiseGenerator(layout, gen.generator, model_config=hf, adapter_config=ADAPTER_CONFIG)
 
 
-def test_folders_saved_without_configs_load_and_bad_configs_name_the_file(tmp_path: Path) -> None:
+def test_saved_in_the_registry_format_with_digests_and_edits_refused(tmp_path: Path) -> None:
     import json
+
+    from paramgen.chunkwise import is_chunkwise_folder
 
     layout, paths, _ = zoo(tmp_path)
     gen = build(layout).fit(ChunkDataset(layout, paths), config=CONFIG)
-    gen.save_pretrained(tmp_path / "g")
-    meta_file = tmp_path / "g" / "chunkwise.json"
+    folder = gen.save_pretrained(tmp_path / "g")
+    assert sorted(p.name for p in folder.iterdir()) == ["config.json", "generator", "weights.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert config["format"] == "paramgen.ChunkwiseGenerator" and config["version"] == 2
+    assert config["components"] == {"normalizer": {"config": {"type": "per_chunk", "layout": layout.config()}}}
+    assert set(load_file(str(folder / "weights.safetensors"))) == {"normalizer.mean", "normalizer.std"}
+    assert is_chunkwise_folder(folder) and not is_chunkwise_folder(folder / "generator")
+    with pytest.raises(ValueError, match="not a paramgen generator"):  # the plain loader names the format it does not read
+        Generator.from_pretrained(folder)
+    # a hand edit of the definition, or other weights, is refused
+    edited = {**config, "components": {"normalizer": {"config": {"type": "per_chunk", "layout": {**layout.config(), "chunk_size": 16}}}}}
+    (folder / "config.json").write_text(json.dumps(edited))
+    with pytest.raises(ValueError, match="edited after saving"):
+        ChunkwiseGenerator.from_pretrained(folder)
+    (folder / "config.json").write_text(json.dumps(config))
+    save_file({"normalizer.mean": torch.zeros(len(layout.tensors), dtype=torch.float64), "normalizer.std": torch.ones(len(layout.tensors), dtype=torch.float64)}, str(folder / "weights.safetensors"))
+    with pytest.raises(ValueError, match="weights_sha256"):
+        ChunkwiseGenerator.from_pretrained(folder)
+
+
+def write_format_1(folder: Path) -> None:
+    """Rewrite a saved chunk-wise folder as paramgen wrote it before format 2: chunkwise.json,
+    stats.safetensors and generator/ (chunkwise.py's save_pretrained of format 1, verbatim)."""
+    import json
+
+    config = json.loads((folder / "config.json").read_text())
+    stats = load_file(str(folder / "weights.safetensors"))
+    save_file({"mean": stats["normalizer.mean"], "std": stats["normalizer.std"]}, str(folder / "stats.safetensors"), metadata={"format": "paramgen.ChunkwiseGenerator"})
+    meta = {
+        "format": "paramgen.ChunkwiseGenerator",
+        "version": 1,
+        "spec": config["spec"],
+        "layout": config["components"]["normalizer"]["config"]["layout"],
+        "task_conditioned": config["task_conditioned"],
+        "model_config": config["model_config"],
+        "adapter_config": config["adapter_config"],
+    }
+    (folder / "chunkwise.json").write_text(json.dumps(meta, indent=1) + "\n")
+    (folder / "config.json").unlink()
+    (folder / "weights.safetensors").unlink()
+
+
+def test_format_1_folders_load_and_sample_the_same(tmp_path: Path) -> None:
+    import json
+
+    from paramgen.chunkwise import is_chunkwise_folder
+
+    layout, paths, _ = zoo(tmp_path, n=2)
+    gen = build(layout, task_dim=4).fit(ChunkDataset(layout, paths), conditions=["a", "b"], config=CONFIG)
+    kw = dict(sampler="ddim", steps=3, batch_size=4)
+    expected = gen.sample("b", generator=torch.Generator().manual_seed(0), **kw)
+    write_format_1(gen.save_pretrained(tmp_path / "old"))
+    assert sorted(p.name for p in (tmp_path / "old").iterdir()) == ["chunkwise.json", "generator", "stats.safetensors"]
+    assert is_chunkwise_folder(tmp_path / "old")
+    back = ChunkwiseGenerator.from_pretrained(tmp_path / "old")
+    assert back.task_conditioned and isinstance(back.stats, ChunkStats) and back.layout == layout
+    again = back.sample("b", generator=torch.Generator().manual_seed(0), **kw)
+    assert all(torch.equal(expected[k], again[k]) for k in expected)
+    # saved again, it is written in the current format
+    assert sorted(p.name for p in back.save_pretrained(tmp_path / "new").iterdir()) == ["config.json", "generator", "weights.safetensors"]
+
+    # format-1 folders saved before configs were recorded lack both keys; a bad one names the file
+    meta_file = tmp_path / "old" / "chunkwise.json"
     meta = json.loads(meta_file.read_text())
-    assert meta["model_config"] is None and meta["adapter_config"] is None
     for key in ("model_config", "adapter_config"):
         del meta[key]
-    meta_file.write_text(json.dumps(meta))  # as written before configs were recorded
-    back = ChunkwiseGenerator.from_pretrained(tmp_path / "g")
+    meta_file.write_text(json.dumps(meta))
+    back = ChunkwiseGenerator.from_pretrained(tmp_path / "old")
     assert back.model_config is None and back.adapter_config is None
-    meta_file.write_text(json.dumps({**meta, "model_config": {"hidden_size": 8}}))  # a hand edit
+    meta_file.write_text(json.dumps({**meta, "model_config": {"hidden_size": 8}}))
     with pytest.raises(ValueError, match=r"chunkwise.json: model_config has no 'model_type'"):
-        ChunkwiseGenerator.from_pretrained(tmp_path / "g")
+        ChunkwiseGenerator.from_pretrained(tmp_path / "old")
+    meta_file.write_text(json.dumps({**meta, "version": 3}))
+    with pytest.raises(ValueError, match="not a paramgen chunk-wise generator of version 1"):
+        ChunkwiseGenerator.from_pretrained(tmp_path / "old")
+
+
+def test_chunk_stats_is_a_normalizer_and_its_paths_agree(tmp_path: Path) -> None:
+    """ChunkStats fitted on whole flat models and streamed over chunks gives the same
+    statistics; its whole-model and chunk transforms agree; it round-trips through
+    normalizer_from_config like the other normalizers."""
+    layout, paths, states = zoo(tmp_path, n=3)
+    spec = layout.spec
+    flat = torch.stack([torch.cat([s[t.name].reshape(-1) for t in layout.tensors]) for s in states])  # (3, D)
+    streamed = ChunkStats(layout).fit_chunks(ChunkDataset(layout, paths), batch_size=5)
+    whole = ChunkStats(layout).fit(flat)
+    assert isinstance(whole, Normalizer)
+    assert torch.allclose(streamed.mean, whole.mean, rtol=0, atol=1e-12) and torch.allclose(streamed.std, whole.std, rtol=0, atol=1e-12)
+    z = whole.transform(flat)
+    assert torch.allclose(whole.inverse(z), flat, atol=1e-6)
+    ids = torch.arange(layout.num_chunks)
+    data = ChunkDataset.from_state_dicts(layout, states[1])
+    rows = torch.stack([data[i]["values"] for i in range(layout.num_chunks)])  # (N, K)
+    mask = layout.mask()
+    chunked = whole.transform_chunks(rows, ids) * mask
+    from paramgen.streaming import assemble
+
+    # the chunk rows, standardized, are the whole model standardized, cut into chunks
+    rebuilt = assemble(layout, [(ids, chunked)], check_finite=False)
+    assert torch.allclose(torch.cat([rebuilt[t.name].reshape(-1) for t in layout.tensors]), z[1].float(), atol=1e-6)
+    assert torch.allclose(whole.inverse_chunks(chunked, ids) * mask, rows, atol=1e-5)
+    back = normalizer_from_config(whole.config(), whole.state_dict(), spec=spec)
+    assert isinstance(back, ChunkStats) and back.layout == layout and torch.equal(back.mean, whole.mean)
+    with pytest.raises(ValueError, match="needs the spec"):
+        normalizer_from_config(whole.config(), whole.state_dict())
+    with pytest.raises(ValueError, match="layout differs"):
+        ChunkStats(ChunkLayout(spec, 16)).fit_chunks(ChunkDataset(layout, paths))
+    with pytest.raises(ValueError, match="chunk ids must lie in"):
+        whole.transform_chunks(rows[:1], [layout.num_chunks])
+    with pytest.raises(RuntimeError, match="not fitted"):
+        ChunkStats(layout).transform_chunks(rows[:1], [0])
 
 
 def test_recorded_adapter_config_makes_sample_into_a_folder_a_peft_folder(tmp_path: Path) -> None:
