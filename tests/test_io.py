@@ -41,3 +41,43 @@ def test_without_metadata_and_with_one_key(tmp_path):
         save_safetensors(b, {"w": torch.ones(2)}, metadata=meta)
         assert a.read_bytes() == b.read_bytes()
         assert torch.equal(load_file(str(a))["w"], torch.ones(2))
+
+
+def test_atomic_folder_writes_whole_or_leaves_the_old_one(tmp_path, monkeypatch):
+    import os
+
+    import pytest
+
+    from paramgen.io import atomic_folder
+
+    target = tmp_path / "out"
+    with atomic_folder(target) as tmp:
+        (tmp / "a").write_text("1")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(RuntimeError):
+        with atomic_folder(target, replaces={"a"}) as tmp:
+            (tmp / "a").write_text("2")
+            raise RuntimeError("midway")
+    assert (target / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    # the swap itself fails after the old folder was moved aside: it is put back
+    real, calls = os.replace, []
+
+    def replace(src, dst):
+        calls.append((src, dst))
+        if len(calls) == 2:
+            raise OSError(5, "I/O error")
+        return real(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="I/O error"):
+        with atomic_folder(target, replaces={"a"}) as tmp:
+            (tmp / "a").write_text("3")
+    monkeypatch.undo()
+    assert (target / "a").read_text() == "1" and sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    with pytest.raises(FileExistsError, match="holds \\['a'\\]"):  # not listed in replaces: never touched
+        with atomic_folder(target):
+            pass
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is not a folder"):
+        with atomic_folder(tmp_path / "file"):
+            pass
