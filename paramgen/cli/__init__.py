@@ -252,8 +252,12 @@ def _fit(args: argparse.Namespace) -> int:
         except ConfigError as e:
             raise _UsageError(f"{args.config}: {e}") from e
         saved = gen.save_pretrained(out)
-        _save_adapter_export(recipe.zoo, saved)
-        tracker.log_artifact(saved / "config.json")
+        if recipe.pipeline == "chunkwise":  # its folder: the inner generator and the chunk layout
+            for path in sorted(saved.glob("*.json")):
+                tracker.log_artifact(path)
+        else:
+            _save_adapter_export(recipe.zoo, saved)
+            tracker.log_artifact(saved / "config.json")
         status = "FINISHED"
     finally:
         from paramgen.tracking import MLflowLogger

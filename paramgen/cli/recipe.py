@@ -4,11 +4,13 @@
 builds in code; both fit through `fit_recipe`, so the command line reproduces the demo's
 generator exactly. The TOML schema (relative paths resolve against the file's folder)::
 
-    zoo = "runs/demo/zoo"          # a zoo folder (paramgen.zoo.Zoo.open)
+    zoo = "runs/demo/zoo"          # a zoo folder (paramgen.zoo.Zoo.open); for chunkwise also
+                                   # a folder of .safetensors checkpoints or of model folders
     out = "runs/demo/generator"    # where the fitted generator is saved
     [generator]
-    pipeline = "d2nwg"             # d2nwg | cond-pdiff | igpg
-    condition = "task"             # task | text | text+arch | none (read from each checkpoint)
+    pipeline = "d2nwg"             # d2nwg | cond-pdiff | igpg | chunkwise
+    condition = "task"             # task | text | text+arch | none (read from each checkpoint;
+                                   # chunkwise: none, its default, or task)
     seed = 0                       # initialization of the components
     latent_length = 16             # any other key: an option of the pipeline
     [fit]                          # starts from the pipeline's fit_config() (the paper's defaults)
@@ -48,7 +50,19 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
     import tomli as tomllib  # type: ignore[import-not-found,unused-ignore]
 
-__all__ = ["CONDITIONS", "BACKENDS", "ConfigError", "Recipe", "Tracking", "fit_recipe", "fit_defaults", "pipelines", "parse_override"]
+__all__ = [
+    "CONDITIONS",
+    "BACKENDS",
+    "ConfigError",
+    "Recipe",
+    "Tracking",
+    "chunkwise_checkpoints",
+    "fit_chunkwise",
+    "fit_recipe",
+    "fit_defaults",
+    "pipelines",
+    "parse_override",
+]
 
 _TOP = ("zoo", "out", "generator", "fit", "tracking")
 _TRACKING = ("backend", "uri", "experiment", "run_name")
@@ -184,7 +198,8 @@ class Recipe:
         pipeline: A name of ``paramgen.pipelines.PIPELINES`` (``"d2nwg"``, ...).
         condition: What conditions the generator, read from each checkpoint (see
             `CONDITIONS`): ``"task"`` (its task name), ``"text"`` (its task description),
-            ``"text+arch"`` (task and architecture descriptions) or ``"none"``.
+            ``"text+arch"`` (task and architecture descriptions) or ``"none"`` (the
+            default of ``"chunkwise"``, which takes ``"none"`` or ``"task"``).
         seed: Seeds the components' initialization (the pipeline's ``seed``).
         tasks: The task names the conditioner knows (``None``: the zoo's).
         options: Further keyword options of the pipeline.
@@ -238,7 +253,7 @@ class Recipe:
         seed = fixed.get("seed", 0)
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise ConfigError(f"[generator] seed must be an integer >= 0, got {seed!r}")
-        condition = fixed.get("condition", "task")
+        condition = fixed.get("condition", "none" if name == "chunkwise" else "task")
         if condition not in CONDITIONS:
             raise ConfigError(f"[generator] condition must be one of {', '.join(repr(c) for c in CONDITIONS)} (conditions read from the zoo), got {condition!r}")
         tasks = fixed.get("tasks")
@@ -341,7 +356,8 @@ def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | No
             closes it (e.g. ``recipe.tracking.logger()``).
 
     Returns:
-        The fitted `paramgen.Generator`.
+        The fitted `paramgen.Generator` (a `paramgen.chunkwise.ChunkwiseGenerator` for
+        ``"chunkwise"``, see `fit_chunkwise`).
 
     Raises:
         FileNotFoundError: ``recipe.zoo`` is not a zoo folder.
@@ -350,6 +366,8 @@ def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | No
     from paramgen.training import fit
     from paramgen.zoo import Zoo
 
+    if recipe.pipeline == "chunkwise":
+        return fit_chunkwise(recipe, progress=progress, device=device, tracker=tracker)
     zoo = Zoo.open(recipe.zoo)
     if len(zoo) == 0:
         raise ValueError(f"the zoo {recipe.zoo} holds no checkpoints")
@@ -363,6 +381,72 @@ def fit_recipe(recipe: Recipe, *, progress: bool | None = None, device: str | No
     if device is not None:
         generator.to(device)
     return fit(generator, zoo, _conditions(zoo, recipe.condition), config=config, tracker=tracker)
+
+
+def chunkwise_checkpoints(folder: str | os.PathLike) -> list[Path]:
+    """The checkpoints of a folder for a chunk-wise fit: its ``*.safetensors`` files, else
+    the ``model.safetensors`` of its Hugging Face model folders, else the
+    ``adapter_model.safetensors`` of its PEFT adapter folders (sorted by path).
+
+    Raises:
+        FileNotFoundError: ``folder`` holds none of them.
+    """
+    root = Path(folder)
+    for pattern in ("*.safetensors", "*/model.safetensors", "*/adapter_model.safetensors"):
+        files = sorted(root.glob(pattern))
+        if files:
+            return files
+    raise FileNotFoundError(f"{root} is neither a zoo folder (runs/) nor a folder of checkpoints (*.safetensors files, or model folders with model.safetensors or adapter_model.safetensors)")
+
+
+def fit_chunkwise(recipe: Recipe, *, progress: bool | None = None, device: str | None = None, tracker: Logger | None = None) -> Any:
+    """Fit the recipe's chunk-wise generator (`paramgen.pipelines.chunkwise`); nothing is saved.
+
+    ``recipe.zoo`` is a zoo folder (its checkpoints are chunked in memory; ``condition``
+    ``"task"`` or ``"none"``) or a folder of safetensors checkpoints (read chunk by chunk
+    from disk, never whole; ``condition = "none"``; a ``config.json`` or
+    ``adapter_config.json`` beside each ``model.safetensors`` / ``adapter_model.safetensors``
+    is recorded, so samples can be written as model or adapter folders).
+
+    Args:
+        recipe: What to fit (``pipeline = "chunkwise"``).
+        progress: Overrides ``recipe.fit.progress`` when given.
+        device: Fit on this device (default: the CPU).
+        tracker: Receives the losses.
+
+    Returns:
+        The fitted `paramgen.chunkwise.ChunkwiseGenerator`.
+
+    Raises:
+        FileNotFoundError: ``recipe.zoo`` is neither a zoo folder nor a folder of checkpoints.
+        ConfigError: A condition the source cannot give, or an option the pipeline refuses.
+    """
+    from paramgen.chunks import ChunkDataset, spec_from_safetensors
+    from paramgen.zoo import Zoo
+
+    if recipe.condition not in ("none", "task"):
+        raise ConfigError(f"[generator] the chunkwise pipeline takes condition 'none' or 'task', got {recipe.condition!r}")
+    files: list[Path] | None = None
+    zoo: Any = None
+    if (Path(recipe.zoo) / "runs").is_dir():
+        zoo = Zoo.open(recipe.zoo)
+        source: Any = zoo
+    else:
+        files = chunkwise_checkpoints(recipe.zoo)
+        if recipe.condition != "none":
+            raise ConfigError(f'[generator] condition = {recipe.condition!r}: a folder of checkpoints has no task names; use condition = "none" or a zoo folder')
+        source = spec_from_safetensors(files[0])
+    config = recipe.fit if progress is None else attrs.evolve(recipe.fit, progress=progress)
+    tasks = list(recipe.tasks) if recipe.tasks is not None else None
+    condition = None if recipe.condition == "none" else recipe.condition
+    try:
+        generator = pipelines()["chunkwise"](source, condition=condition, tasks=tasks, seed=recipe.seed, **recipe.options)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[generator]: {e}") from e
+    data = ChunkDataset(generator.layout, files) if files is not None else ChunkDataset.from_state_dicts(generator.layout, [zoo.state_dict(c) for c in zoo])
+    if device is not None:
+        generator.to(device)
+    return generator.fit(data, conditions=_conditions(zoo, recipe.condition) if zoo is not None else None, config=config, tracker=tracker)
 
 
 def _conditions(zoo: Any, condition: str) -> list[Any] | None:
