@@ -10,8 +10,9 @@ The pieces, one module each, in the order a user meets them:
 - `paramgen.lora.minilm`: `MiniLMLoRA`, the base model plus paramgen's own forward of the
   LoRA layers on cached `Features`, and `MiniLMLoRA.train_lora`.
 - `paramgen.lora.adapters`: `save_adapter` / `load_adapter`, standard PEFT adapter
-  folders out and in, with clear errors (`AdapterError`) for a folder that does not fit;
-  `load_peft_model` loads one with plain PEFT on its base model (`resolve_base_model`
+  folders of a `LoRASetup` out and in (the files are read and written, whole, by
+  `paramgen.formats.peft`), with clear errors (`AdapterError`) for a folder that does not
+  fit; `load_peft_model` loads one with plain PEFT on its base model (`resolve_base_model`
   finds the packaged MiniLM from the name the folder records).
 - `paramgen.lora.export`: `AdapterExport`, what a generator fitted on a zoo of imported
   PEFT adapters needs to write its samples as adapters (each task's labels, ``lora_alpha``,
