@@ -9,7 +9,8 @@ from hypothesis import strategies as st
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from paramgen.normalize import GlobalScale, PerLayerZScore, PerTaskZScore, normalizer_from_config
+from paramgen.chunks import ChunkLayout
+from paramgen.normalize import ChunkStats, GlobalScale, PerLayerZScore, PerTaskZScore, normalizer_from_config
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
 
 NET = nn.Sequential(nn.Linear(5, 7), nn.BatchNorm1d(7), nn.Linear(7, 3))
@@ -27,11 +28,12 @@ def zoo(n: int, seed: int, scale: float) -> torch.Tensor:
 
 
 def normalizers():
-    return st.sampled_from(["task", "layer", "global"])
+    return st.sampled_from(["task", "layer", "chunk", "global"])
 
 
 def make(kind: str):
-    return {"task": PerTaskZScore(), "layer": PerLayerZScore(SPEC), "global": GlobalScale()}[kind]
+    makers = {"task": PerTaskZScore, "layer": lambda: PerLayerZScore(SPEC), "chunk": lambda: ChunkStats(ChunkLayout(SPEC, 8)), "global": GlobalScale}
+    return makers[kind]()
 
 
 @given(kind=normalizers(), n=st.integers(2, 9), seed=st.integers(0, 10_000), scale=st.floats(1e-3, 1e3))
@@ -53,7 +55,7 @@ def test_fitted_statistics_standardize(kind, seed):
     if kind == "task":
         for rows in (z[:6], z[6:]):
             assert abs(rows.mean()) < 1e-6 and abs(rows.std(unbiased=False) - 1) < 1e-6
-    elif kind == "layer":
+    elif kind in ("layer", "chunk"):  # chunk: the same per-tensor z-score (no log transform)
         seg = SPEC.segment_ids()
         for i in range(len(SPEC.vector_tensors)):
             part = z[:, seg == i]
@@ -63,7 +65,7 @@ def test_fitted_statistics_standardize(kind, seed):
         assert abs(z.pow(2).mean().sqrt() - 1) < 1e-6
 
 
-@pytest.mark.parametrize("kind", ["task", "layer", "global"])
+@pytest.mark.parametrize("kind", ["task", "layer", "chunk", "global"])
 def test_statistics_survive_safetensors_and_json(kind, tmp_path):
     flat = zoo(6, 0, 2.0)
     tasks = ["a", "b"] * 3
@@ -136,3 +138,21 @@ def test_global_scale_with_log_variances_serves_several_architectures():
     bad[0, t.offset] = -1.0
     with pytest.raises(ValueError, match="must be positive"):
         norm.transform(bad, spec=specs[0])
+
+
+def test_chunk_stats_follow_the_device_of_their_input():
+    """Statistics fitted on the CPU serve rows on a device, moved once by to() or per call,
+    and stay float64; chunk ids may come from the CPU."""
+    from fake_device import fake_device
+
+    flat = zoo(5, 0, 2.0)
+    layout = ChunkLayout(SPEC, 8)
+    cpu = ChunkStats(layout).fit(flat)
+    rows = torch.randn(3, 8, generator=torch.Generator().manual_seed(0))
+    ids = torch.tensor([0, 4, layout.num_chunks - 1])
+    expected = (cpu.transform_chunks(rows, ids), cpu.inverse_chunks(rows, ids), cpu.transform(flat))
+    with fake_device() as dev:
+        for stats in (ChunkStats(layout).fit(flat), ChunkStats(layout).fit(flat).to(dev)):
+            got = (stats.transform_chunks(rows.to(dev), ids), stats.inverse_chunks(rows.to(dev), ids), stats.transform(flat.to(dev)))
+            assert all(g.device == dev and torch.equal(g.cpu(), e) for g, e in zip(got, expected, strict=True))
+            assert stats.mean.dtype == torch.float64
