@@ -340,7 +340,7 @@ def fit_generator(zoo: dict[str, Any], feature_dim: int, size: dict[str, Any], *
     tasks = [f"task{i}" for i in zoo["task_of_row"]]
     gen.fit(
         flat, zoo["conds"], tasks=tasks, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
-        batch_size=64, prior_lr=1e-3, generator=torch.Generator().manual_seed(seed), progress=progress,
+        prior_lr=1e-3, generator=torch.Generator().manual_seed(seed), progress=progress,
     )  # fmt: skip
     gen.residual_scale = scale  # type: ignore[attr-defined]  # 0: the generator makes whole heads
     return gen

@@ -186,7 +186,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen = make_generator(spec, extractor.feature_dim, size)
     start = timer()
     gen.fit(flat, conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
-            batch_size=64, prior_lr=1e-3, generator=g(2), progress=False)
+            prior_lr=1e-3, generator=g(2), progress=False)
     fit_s = timer() - start
     # S_KDE: the same tokenizer, normalizer and (frozen) conditioner, a KDE prior.
     kde = Generator(vectorizer=gen.vectorizer, tokenizer=gen.tokenizer, prior=KDEPrior(), conditioner=gen.conditioner, normalizer=gen.normalizer)

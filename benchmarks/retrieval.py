@@ -141,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gen = make_generator(spec, row_conds[0].shape[-1], size)
         start = time.perf_counter()
         gen.fit(flat, row_conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
-                batch_size=64, prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)
+                prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)
         res.add(f"generator ({modality})", "all", "fit_s", time.perf_counter() - start, parameters=spec.numel)
 
         # Training time replaced: a few tasks per dataset retrained from scratch, timed.

@@ -352,7 +352,7 @@ def quality(res: Results, size: dict[str, Any], sections: Sequence[str], seed: i
     """Sections 3 and 4, on the CPU: a chunk-wise generator of all of MiniLM, scored downstream."""
     # 3. Quality: learn all of MiniLM's weights chunk-wise from the one pretrained checkpoint.
     from paramgen.chunks import ChunkDataset, ChunkLayout, spec_from_safetensors
-    from paramgen.training import FitConfig
+    from paramgen.pipelines.chunkwise import fit_config
 
     path = minilm_path() / "model.safetensors"
     layout = ChunkLayout(spec_from_safetensors(path), 4096)
@@ -361,18 +361,7 @@ def quality(res: Results, size: dict[str, Any], sections: Sequence[str], seed: i
     start = time.perf_counter()
     gen.fit(
         data,
-        config=FitConfig(
-            tokenizer_steps=size["vae_steps"],
-            prior_steps=size["prior_steps"],
-            batch_size=64,
-            tokenizer_lr=1e-3,
-            prior_lr=1e-3,
-            schedule="cosine",
-            warmup_steps=50,
-            max_grad_norm=1.0,
-            seed=seed,
-            progress=False,
-        ),
+        config=fit_config(tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], seed=seed, progress=False),  # the pipeline's defaults are this fit's
     )
     res.add("chunk-wise generator", f"MiniLM ({layout.numel / 1e6:.1f}M, {layout.num_chunks} chunks)", "fit_s", time.perf_counter() - start)
     logger.info("MiniLM chunk-wise generator fitted in %.0f s", time.perf_counter() - start)

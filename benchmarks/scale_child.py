@@ -106,7 +106,8 @@ def fit_run(args: argparse.Namespace) -> dict[str, Any] | None:
     from paramgen import ParamSpec
     from paramgen.models import build_model
     from paramgen.pipelines import d2nwg
-    from paramgen.training import FitConfig, fit
+    from paramgen.pipelines.d2nwg import fit_config
+    from paramgen.training import fit
 
     torch.manual_seed(0)
     spec = ParamSpec.from_module(build_model("convnet", num_classes=5, channels=[8, 16]))  # the zoo's CNN
@@ -118,7 +119,7 @@ def fit_run(args: argparse.Namespace) -> dict[str, Any] | None:
     feats = [torch.randn(5, 5, 1280, generator=g) for _ in range(16)]
     conds = [feats[i % 16] for i in range(m)]
     clock = _StepClock()
-    config = FitConfig(tokenizer_steps=args.steps, prior_steps=args.steps, batch_size=64, prior_lr=1e-3, precision=args.precision, seed=args.seed, log_every=1, progress=False)
+    config = fit_config(tokenizer_steps=args.steps, prior_steps=args.steps, precision=args.precision, seed=args.seed, log_every=1, progress=False)
     fit(gen, flat, conds, config=config, tasks=[str(i % 16) for i in range(m)], tracker=clock)
     if int(os.environ.get("RANK", "0")) != 0:
         return None

@@ -54,11 +54,12 @@ from paramgen.chunks import ChunkDataset, ChunkLayout
 from paramgen.chunkwise import ChunkwiseGenerator
 from paramgen.lora import TextTask, text_tasks
 from paramgen.pipelines import chunkwise
+from paramgen.pipelines.chunkwise import fit_config
 from paramgen.selectors import GreedyRefiner, LayerSNR, SpectrumSelector, layer_type
 from paramgen.spec import ParamSpec
 from paramgen.training import FitConfig
 
-__all__ = ["SIZES", "Classifier", "Split", "main", "make_generator", "matched_noise", "refine", "run_task", "short_name"]
+__all__ = ["SIZES", "Classifier", "Split", "main", "fit_settings", "make_generator", "matched_noise", "refine", "run_task", "short_name"]
 
 logger = logging.getLogger(__name__)
 
@@ -175,9 +176,15 @@ def fit_generator(layout: ChunkLayout, zoo: Sequence[Mapping[str, torch.Tensor]]
     """The chunk-index generator (VAE + latent DDPM conditioned on chunk position) fitted on ``zoo``."""
     torch.manual_seed(seed)  # module initialization
     gen = make_generator(layout, size)
-    config = FitConfig(tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], batch_size=size["fit_batch"],
-                       tokenizer_lr=1e-3, prior_lr=1e-3, schedule="cosine", warmup_steps=10, seed=seed, progress=False)  # fmt: skip
-    return gen.fit(ChunkDataset.from_state_dicts(layout, list(zoo)), config=config)
+    return gen.fit(ChunkDataset.from_state_dicts(layout, list(zoo)), config=fit_settings(size, seed))
+
+
+def fit_settings(size: Mapping[str, Any], seed: int) -> FitConfig:
+    """The chunk-wise pipeline's training defaults at ``size``: 10 warm-up steps, no gradient clipping."""
+    return fit_config(
+        tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], batch_size=size["fit_batch"], warmup_steps=10, max_grad_norm=None,
+        seed=seed, progress=False,
+    )  # fmt: skip
 
 
 def sample_pool(gen: ChunkwiseGenerator, base: Mapping[str, torch.Tensor], k: int, *, steps: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:

@@ -25,16 +25,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from benchmarks.common import Results, RunSetup
-from paramgen import Generator, ModelVectorizer, ParamSpec, PerLayerZScore
+from paramgen import Generator, ParamSpec
 from paramgen.data import get_task
 from paramgen.models import ResNet
 from paramgen.novelty import nearest_l2, noisy_checkpoints, tensor_scale, wrong_prediction_iou
 from paramgen.pipelines import d2nwg
-from paramgen.priors import DiffusionPrior
 from paramgen.tokenizers import IdentityTokenizer
 from paramgen.zoo import TrainConfig, train_classifier
 
-__all__ = ["main", "SIZES"]
+__all__ = ["main", "SIZES", "make_generator"]
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": dict(train_per_class=200, eval_per_class=100, base_epochs=2, collect_steps=60, vae_steps=300, prior_steps=300, samples=20, channels=32),
@@ -100,6 +99,15 @@ def summary_rows(res: Results, method: str, acc: torch.Tensor, **extra: Any) -> 
     res.add(method, "fashion_mnist", "max_acc", float(acc.max()), **extra)
 
 
+def make_generator(method: str, spec: ParamSpec, size: dict[str, Any]) -> Generator:
+    """``"VAE+DDPM"``: `paramgen.pipelines.d2nwg` unconditioned; ``"DDPM"``: the same pipeline with
+    an identity tokenizer in place of the VAE (the tokenizer ablation: the prior sees the raw
+    parameters). Weights from the process's generator (``seed=None``)."""
+    if method == "VAE+DDPM":
+        return d2nwg(spec, condition=None, seed=None, latent_length=16, hidden_channels=size["channels"], base_channels=size["channels"])
+    return d2nwg(spec, condition=None, seed=None, tokenizer=IdentityTokenizer(rows=1, width=spec.numel), base_channels=size["channels"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     setup = RunSetup.from_args("unconditional", __doc__, SIZES, argv)
     args, size, g = setup.args, setup.size, setup.g
@@ -127,14 +135,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for k, method in enumerate(("VAE+DDPM", "DDPM")):
         # The same prior network for both: only the tokenizer is swapped. Both draw their
         # initialization from the process's generator (seed=None), in this order.
-        if method == "VAE+DDPM":
-            gen = d2nwg(spec, condition=None, seed=None, latent_length=16, hidden_channels=size["channels"], base_channels=size["channels"])
-        else:  # directly on the raw parameters: an identity tokenizer, d2nwg's prior settings
-            tok = IdentityTokenizer(rows=1, width=spec.numel)
-            prior = DiffusionPrior(shape=tok.latent_shape, base_channels=size["channels"], channel_mults=(1, 2), ema_decay=0.995)
-            gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=prior, normalizer=PerLayerZScore(spec))
+        gen = make_generator(method, spec, size)
         start = time.perf_counter()
-        gen.fit(originals, tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], batch_size=64, prior_lr=1e-3, generator=g(10 + k), progress=False)
+        gen.fit(originals, tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], prior_lr=1e-3, generator=g(10 + k), progress=False)
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
         samples = gen.sample_flat(None, size["samples"], generator=g(20 + k), sampler="ddpm")  # the committed rows' sampler

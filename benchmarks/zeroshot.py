@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         gen = row_generator(fdim, size)
         start = time.perf_counter()
         gen.fit(rows, row_conds, tasks=row_groups, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
-                batch_size=64, prior_lr=1e-3, generator=g(40 + fi), progress=False)
+                prior_lr=1e-3, generator=g(40 + fi), progress=False)
         fit_s = time.perf_counter() - start
         full = frac == max(size["zoo_fractions"])
         res.add("generator", f"zoo {frac:.0%}", "fit_s", fit_s, zoo_heads=len(zoo_idx))

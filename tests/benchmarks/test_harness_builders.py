@@ -31,6 +31,8 @@ def _assert_same_build(reference: Any, built: Any) -> None:
     for name in ref:
         a, b = ref[name], new[name]
         assert type(a) is type(b), name
+        if a is None:  # unconditional
+            continue
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys(), name
         assert all(torch.equal(sa[k], sb[k]) for k in sa), f"{name}: weights differ"
@@ -162,3 +164,42 @@ def test_scale_builds_the_former_chunkwise_generator():
         return ChunkwiseGenerator.build(layout, tokenizer=tok, prior=prior, position_dim=64)
 
     _compare(reference, functools.partial(scale_child.build_chunkwise, layout, vae_channels=8, prior_channels=8, timesteps=50))
+
+
+def test_harness_fit_settings_are_the_pipelines_defaults_plus_their_sizes():
+    """The chunk-wise and modelzoo-speed fits state only their sizes; the configs are the ones
+    they spelled out before."""
+    from benchmarks import spectrum
+    from paramgen.pipelines import FIT_CONFIGS
+    from paramgen.training import FitConfig
+
+    size = {"vae_steps": 7, "prior_steps": 9, "fit_batch": 16}
+    assert spectrum.fit_settings(size, 3) == FitConfig(
+        tokenizer_steps=7, prior_steps=9, batch_size=16, tokenizer_lr=1e-3, prior_lr=1e-3, schedule="cosine", warmup_steps=10, seed=3, progress=False
+    )
+    # benchmarks.scale's MiniLM fit and scale_child's speed fit
+    assert FIT_CONFIGS["chunkwise"](tokenizer_steps=7, prior_steps=9, seed=3, progress=False) == FitConfig(
+        tokenizer_steps=7, prior_steps=9, batch_size=64, tokenizer_lr=1e-3, prior_lr=1e-3, schedule="cosine", warmup_steps=50, max_grad_norm=1.0, seed=3, progress=False
+    )
+    assert FIT_CONFIGS["d2nwg"](tokenizer_steps=7, prior_steps=7, precision="bf16", seed=3, log_every=1, progress=False) == FitConfig(
+        tokenizer_steps=7, prior_steps=7, batch_size=64, prior_lr=1e-3, precision="bf16", seed=3, log_every=1, progress=False
+    )
+
+
+def test_unconditional_builds_both_generators_as_before():
+    """VAE+DDPM through d2nwg as before; the DDPM ablation now through d2nwg's ``tokenizer=``."""
+    from benchmarks import unconditional
+    from paramgen import Generator
+    from paramgen.pipelines import d2nwg
+    from paramgen.tokenizers import IdentityTokenizer
+
+    spec, size = _cnn_spec(), {"channels": 8}
+
+    def raw_ddpm() -> Any:
+        tok = IdentityTokenizer(rows=1, width=spec.numel)
+        prior = DiffusionPrior(shape=tok.latent_shape, base_channels=size["channels"], channel_mults=(1, 2), ema_decay=0.995)
+        return Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=prior, normalizer=PerLayerZScore(spec))
+
+    _compare(raw_ddpm, lambda: unconditional.make_generator("DDPM", spec, size))
+    vae = lambda: d2nwg(spec, condition=None, seed=None, latent_length=16, hidden_channels=8, base_channels=8)  # noqa: E731 - its former call
+    _compare(vae, lambda: unconditional.make_generator("VAE+DDPM", spec, size))
