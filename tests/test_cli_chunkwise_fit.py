@@ -97,3 +97,11 @@ def test_chunkwise_recipe_defaults_to_no_condition_and_refuses_what_it_cannot_re
     (tmp_path / "empty").mkdir()
     assert main(["-q", "fit", str(_config(tmp_path, "empty")), "--no-progress"]) == 2
     assert "is neither a zoo folder (runs/) nor a folder of checkpoints" in capsys.readouterr().err
+
+
+def test_the_example_config_is_a_valid_chunkwise_recipe():
+    example = Path(__file__).resolve().parents[1] / "examples" / "chunkwise.toml"
+    recipe = Recipe.from_toml(example)
+    assert recipe.pipeline == "chunkwise" and recipe.condition == "none"
+    assert recipe.fit.schedule == "cosine" and recipe.fit.tokenizer_steps == 2000
+    assert recipe.zoo.endswith("runs/chunkwise/checkpoints")

@@ -33,10 +33,11 @@ Fit a generator on a zoo from a TOML config and save it (Generator.save_pretrain
 The config (relative paths resolve against its folder; --set paths against the working
 directory):
 
-    zoo = "runs/demo/zoo"          # a zoo folder (paramgen zoo build|import)
+    zoo = "runs/demo/zoo"          # a zoo folder (paramgen zoo build|import); chunkwise:
+                                   # also a folder of .safetensors checkpoints or model folders
     out = "runs/demo/generator"    # where the fitted generator is saved
     [generator]
-    pipeline = "d2nwg"             # d2nwg | cond-pdiff | igpg (paramgen.pipelines)
+    pipeline = "d2nwg"             # d2nwg | cond-pdiff | igpg | chunkwise (paramgen.pipelines)
     condition = "task"             # task | text | text+arch | none (read from each checkpoint)
     seed = 0                       # initialization of the components
     tasks = ["..."]                # optional: the task names the conditioner knows
