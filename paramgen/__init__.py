@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from paramgen.fitting import fit
     from paramgen.generator import Generator
     from paramgen.interfaces import (
         Conditioner,
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "Generator",
+    "fit",
     "FitConfig",
     "LatentStats",
     "register",
@@ -69,6 +71,7 @@ __version__ = "0.1.0"
 # Public name -> the module that defines it.
 _HOME = {
     "Generator": "paramgen.generator",
+    "fit": "paramgen.fitting",
     "FitConfig": "paramgen.training",
     "register": "paramgen.registry",
     **dict.fromkeys(("Conditioner", "DiscreteTokenizer", "LatentStats", "Prior", "Selector", "Tokenizer", "TokenizerOutput", "Vectorizer"), "paramgen.interfaces"),

@@ -29,9 +29,9 @@ import torch
 from torch import nn
 
 from paramgen.spec import ParamSpec
-from paramgen.vectorize import VectorBatch
 
 __all__ = [
+    "VectorBatch",
     "LatentStats",
     "TokenizerOutput",
     "Vectorizer",
@@ -41,6 +41,25 @@ __all__ = [
     "Prior",
     "Selector",
 ]
+
+
+@attrs.frozen(eq=False)
+class VectorBatch:
+    """Vectorized models.
+
+    Attributes:
+        values: ``(B, N, C)`` weights, zero where padded.
+        mask: ``(B, N, C)`` bool, ``True`` on real entries (an expanded view: no copy).
+        layer: ``(N,)`` layer index of each row (``-1`` for a whole-model row).
+        chunk: ``(N,)`` chunk index of each row (within its layer for layer-wise).
+        extras: Non-float tensors carried along, ``name -> (B, *shape)``.
+    """
+
+    values: torch.Tensor
+    mask: torch.Tensor
+    layer: torch.Tensor
+    chunk: torch.Tensor
+    extras: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
 
 @attrs.frozen(eq=False)

@@ -40,10 +40,10 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
-import attrs
 import torch
 import torch.nn.functional as F
 
+from paramgen.interfaces import VectorBatch
 from paramgen.spec import ParamSpec, SpecMismatchError
 
 __all__ = [
@@ -56,25 +56,6 @@ __all__ = [
 ]
 
 StateDicts = Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor]
-
-
-@attrs.frozen(eq=False)
-class VectorBatch:
-    """Vectorized models.
-
-    Attributes:
-        values: ``(B, N, C)`` weights, zero where padded.
-        mask: ``(B, N, C)`` bool, ``True`` on real entries (an expanded view: no copy).
-        layer: ``(N,)`` layer index of each row (``-1`` for a whole-model row).
-        chunk: ``(N,)`` chunk index of each row (within its layer for layer-wise).
-        extras: Non-float tensors carried along, ``name -> (B, *shape)``.
-    """
-
-    values: torch.Tensor
-    mask: torch.Tensor
-    layer: torch.Tensor
-    chunk: torch.Tensor
-    extras: dict[str, torch.Tensor] = attrs.field(factory=dict)
 
 
 class _IndexLayout:
@@ -404,12 +385,18 @@ class FamilyVectorizer:
     def mask_of(self, arch: str) -> torch.Tensor:
         """``(N, C)`` bool mask of one architecture, ``False`` on padding and empty rows."""
         m = self.member(arch)
-        return F.pad(m.mask, (0, self.width - m.width, 0, self.rows - m.rows))
+        return self._pad(m.mask, m)
 
     def pack(self, flat: torch.Tensor, arch: str) -> torch.Tensor:
         """``(B, D_arch)`` flat vectors of one architecture to ``(B, N, C)`` rows."""
         m = self.member(arch)
-        return F.pad(m.pack(flat), (0, self.width - m.width, 0, self.rows - m.rows))
+        return self._pad(m.pack(flat), m)
+
+    def _pad(self, rows: torch.Tensor, m: _IndexLayout) -> torch.Tensor:
+        """``rows`` of member ``m`` padded with empty entries to ``(..., N, C)`` (as is when they fit)."""
+        if (m.rows, m.width) == (self.rows, self.width):
+            return rows
+        return F.pad(rows, (0, self.width - m.width, 0, self.rows - m.rows))
 
     def unpack(self, values: torch.Tensor, arch: str) -> torch.Tensor:
         """``(B, N, C)`` rows to ``(B, D_arch)`` flat vectors of one architecture."""

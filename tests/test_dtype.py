@@ -26,6 +26,7 @@ import pytest
 import torch
 from torch import nn
 
+import paramgen
 from paramgen import Generator, ModelVectorizer, ParamSpec, PerLayerZScore
 from paramgen.conditioners import (
     ConcatConditioner,
@@ -248,7 +249,7 @@ def _generator(kind: str) -> Generator:
 @pytest.fixture(scope="module", params=["vae+ddpm", "vae+kde", "raw ddpm", "vq+gpt"])
 def fitted(request) -> Generator:
     gen = _generator(request.param)
-    return gen.fit(_zoo(), [t for t in TASKS for _ in range(6)], tokenizer_steps=5, prior_steps=5, batch_size=4, progress=False, generator=_g())
+    return paramgen.fit(gen, _zoo(), [t for t in TASKS for _ in range(6)], tokenizer_steps=5, prior_steps=5, batch_size=4, progress=False, generator=_g())
 
 
 def _networks(gen: Generator) -> list[nn.Module]:
@@ -282,7 +283,7 @@ def test_a_generator_moved_to_a_dtype_samples_the_spec_dtypes(fitted: Generator,
 def test_fitting_refuses_half_precision_weights(dtype: torch.dtype) -> None:
     gen = _generator("vae+ddpm").to(dtype=dtype)
     with pytest.raises(TypeError, match=rf"{str(dtype).removeprefix('torch.')}.*precision=.bf16"):
-        gen.fit(_zoo(), [t for t in TASKS for _ in range(6)], tokenizer_steps=1, prior_steps=1, progress=False)
+        paramgen.fit(gen, _zoo(), [t for t in TASKS for _ in range(6)], tokenizer_steps=1, prior_steps=1, progress=False)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
@@ -296,7 +297,7 @@ def test_the_engine_refuses_half_precision_weights(dtype: torch.dtype) -> None:
 
 def test_fitting_in_float64_fits_in_float64() -> None:
     gen = _generator("vae+kde").to(dtype=torch.float64)
-    gen.fit(_zoo(), [t for t in TASKS for _ in range(6)], tokenizer_steps=3, prior_steps=0, batch_size=4, progress=False, generator=_g())
+    paramgen.fit(gen, _zoo(), [t for t in TASKS for _ in range(6)], tokenizer_steps=3, prior_steps=0, batch_size=4, progress=False, generator=_g())
     assert all(p.dtype == torch.float64 for part in _networks(gen) for p in part.parameters())
     assert gen.prior.latents.dtype == torch.float64  # type: ignore[attr-defined]
     sds = gen.sample(["a"], 2, generator=_g())

@@ -7,6 +7,7 @@ import pytest
 import torch
 from torch import nn
 
+import paramgen
 from paramgen import ChunkVectorizer, FamilyVectorizer, Generator, GlobalScale, ModelVectorizer, ParamSpec, PerLayerZScore, PerTaskZScore
 from paramgen.conditioners import ImageSetConditioner, IndexConditioner
 from paramgen.generator import NotFittedError
@@ -50,7 +51,7 @@ def build(kind: str, vectorizer=None) -> Generator:
 def fit(gen: Generator, steps: int = 30) -> Generator:
     flat, tasks = zoo_vectors()
     conds = tasks if gen.conditioner is not None else None
-    return gen.fit(flat, conds, tasks=tasks, tokenizer_steps=steps, prior_steps=steps, batch_size=16, prior_lr=1e-3, generator=torch.Generator().manual_seed(1), progress=False)
+    return paramgen.fit(gen, flat, conds, tasks=tasks, tokenizer_steps=steps, prior_steps=steps, batch_size=16, prior_lr=1e-3, generator=torch.Generator().manual_seed(1), progress=False)
 
 
 def cond_for(gen: Generator):
@@ -162,7 +163,7 @@ def test_image_set_condition_of_wrong_feature_size_is_refused():
     gen = Generator(vectorizer=vec, tokenizer=tok, prior=KDEPrior(), conditioner=cond)
     flat, tasks = zoo_vectors(4)
     sets = {t: torch.randn(3, 2, 12) for t in TASKS}
-    gen.fit(flat, [sets[t] for t in tasks], tokenizer_steps=0, progress=False)
+    paramgen.fit(gen, flat, [sets[t] for t in tasks], tokenizer_steps=0, progress=False)
     with pytest.raises(ValueError, match="12"):
         gen.sample([torch.randn(3, 2, 7)])
 
@@ -181,9 +182,9 @@ def test_components_that_do_not_fit_together_are_refused():
     gen = build("raw ddpm")
     flat, _ = zoo_vectors()
     with pytest.raises(SpecMismatchError, match=rf"\(M, {SPEC.numel}\)"):
-        gen.fit(flat[:, :-1], progress=False)
+        paramgen.fit(gen, flat[:, :-1], progress=False)
     with pytest.raises(ValueError, match="unconditional"):
-        gen.fit(flat, ["a"] * len(flat), progress=False)
+        paramgen.fit(gen, flat, ["a"] * len(flat), progress=False)
 
 
 def test_generator_saved_for_another_architecture_is_refused(tmp_path):
@@ -261,7 +262,7 @@ def test_family_generator_serves_seen_and_unseen_architectures(kind, tmp_path):
     g = torch.Generator().manual_seed(0)
     flat = family_zoo(specs["small"], 6, g) + family_zoo(specs["big"], 6, g)
     archs = ["small"] * 6 + ["big"] * 6
-    gen.fit(flat, archs, archs=archs, tokenizer_steps=10, prior_steps=10, batch_size=8, generator=torch.Generator().manual_seed(1), progress=False)
+    paramgen.fit(gen, flat, archs, archs=archs, tokenizer_steps=10, prior_steps=10, batch_size=8, generator=torch.Generator().manual_seed(1), progress=False)
 
     rec = gen.reconstruct(flat[:2] + flat[-1:], archs=["small", "small", "big"])
     assert [r.shape[0] for r in rec] == [specs["small"].numel] * 2 + [specs["big"].numel]
@@ -306,12 +307,12 @@ def test_a_single_architecture_takes_global_scale_with_fan_in_and_log_like_a_fam
     flat, _ = zoo_vectors(4)
     norm = GlobalScale(log=("*running_var",), fan_in=True)
     gen = Generator(vectorizer=ModelVectorizer(SPEC), tokenizer=IdentityTokenizer(rows=1, width=SPEC.numel), prior=KDEPrior(), normalizer=norm)
-    gen.fit(flat, progress=False)
+    paramgen.fit(gen, flat, progress=False)
     fam = Generator(
         vectorizer=FamilyVectorizer.modelwise({"net": SPEC}), tokenizer=IdentityTokenizer(rows=1, width=SPEC.numel), prior=KDEPrior(),
         normalizer=GlobalScale(log=("*running_var",), fan_in=True),
     )
-    fam.fit(list(flat), archs=["net"] * len(flat), progress=False)
+    paramgen.fit(fam, list(flat), archs=["net"] * len(flat), progress=False)
     assert torch.equal(norm.state_dict()["scale"], fam.normalizer.state_dict()["scale"])
     assert torch.allclose(gen.reconstruct(flat), flat, atol=1e-5)
     a = gen.sample_flat(n=2, generator=torch.Generator().manual_seed(0))

@@ -19,6 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
+import paramgen
 from paramgen import Generator, LayerVectorizer, ModelVectorizer, ParamSpec, PerTaskZScore
 from paramgen.conditioners import IndexConditioner
 from paramgen.generator import NotFittedError
@@ -46,7 +47,7 @@ def kde(normalizer: Any = None) -> Generator:
 
 @pytest.fixture(scope="module")
 def fitted() -> Generator:
-    return kde(PerTaskZScore()).fit(zoo(), TASKS, tasks=TASKS, progress=False, generator=torch.Generator().manual_seed(0))
+    return paramgen.fit(kde(PerTaskZScore()), zoo(), TASKS, tasks=TASKS, progress=False, generator=torch.Generator().manual_seed(0))
 
 
 @pytest.fixture
@@ -82,7 +83,7 @@ def test_a_config_without_its_normalizer_entry_is_refused(saved: Path) -> None:
 
 def test_a_normalizer_entry_without_its_statistics_is_refused(saved: Path) -> None:
     # A generator saved without a normalizer, given a normalizer entry: nothing to load.
-    gen = kde().fit(zoo(), TASKS, progress=False)
+    gen = paramgen.fit(kde(), zoo(), TASKS, progress=False)
     path = gen.save_pretrained(saved.parent / "plain")
     edit(path, lambda c: c["components"].update(normalizer={"config": {"type": "per_task", "unknown": "error", "tasks": ["a"], "dim": 26}}), digest=False)
     with pytest.raises(ValueError, match="the normalizer cannot be rebuilt.*statistics are missing"):
@@ -114,7 +115,7 @@ def test_corrupted_weight_bytes_are_refused(saved: Path) -> None:
 
 def test_a_folder_saved_before_the_digest_loads_with_a_warning(fitted: Generator, saved: Path, caplog: pytest.LogCaptureFixture) -> None:
     edit(saved, lambda c: c.pop("weights_sha256"))
-    with caplog.at_level(logging.WARNING, logger="paramgen.generator"):
+    with caplog.at_level(logging.WARNING, logger="paramgen.pretrained"):
         again = Generator.from_pretrained(saved)
     assert "records no weights digest" in caplog.text
     assert torch.equal(samples(again), samples(fitted))
@@ -177,7 +178,7 @@ def _diffusion_folder(tmp_path: Path) -> Path:
     torch.manual_seed(0)
     prior = DiffusionPrior(shape=(1, SPEC.numel), timesteps=1000, base_channels=16, channel_mults=(1, 2), ema_decay=0.0)
     gen = Generator(vectorizer=ModelVectorizer(SPEC), tokenizer=IdentityTokenizer(rows=1, width=SPEC.numel), prior=prior)
-    gen.fit(zoo(), prior_steps=1, batch_size=4, progress=False, generator=torch.Generator().manual_seed(0))
+    paramgen.fit(gen, zoo(), prior_steps=1, batch_size=4, progress=False, generator=torch.Generator().manual_seed(0))
     return gen.save_pretrained(tmp_path / "ddpm")
 
 
@@ -207,7 +208,7 @@ def test_missing_or_extra_tensors_are_named_too(tmp_path: Path) -> None:
     torch.manual_seed(0)
     tok = IdentityTokenizer(rows=1, width=SPEC.numel)
     gen = Generator(vectorizer=ModelVectorizer(SPEC), tokenizer=tok, prior=KDEPrior(), conditioner=IndexConditioner(["a", "b"], dim=4))
-    path = gen.fit(zoo(), TASKS, progress=False).save_pretrained(tmp_path / "g")
+    path = paramgen.fit(gen, zoo(), TASKS, progress=False).save_pretrained(tmp_path / "g")
     weights = load_file(path / "weights.safetensors")
     weights["conditioner.extra"] = torch.zeros(2)
     save_file(weights, path / "weights.safetensors")
@@ -219,7 +220,7 @@ def test_missing_or_extra_tensors_are_named_too(tmp_path: Path) -> None:
 
 def test_an_older_folder_without_the_config_digest_loads_with_a_warning(fitted: Generator, saved: Path, caplog: pytest.LogCaptureFixture) -> None:
     edit(saved, lambda c: None, digest=False)
-    with caplog.at_level(logging.WARNING, logger="paramgen.generator"):
+    with caplog.at_level(logging.WARNING, logger="paramgen.pretrained"):
         again = Generator.from_pretrained(saved)
     assert "records no config digest" in caplog.text
     assert torch.equal(samples(again), samples(fitted))
@@ -244,32 +245,32 @@ def test_missing_weights_are_refused(saved: Path) -> None:
 @pytest.mark.parametrize("batch_size", [0, -2, 1.5])
 def test_fit_refuses_a_batch_size_that_is_not_a_positive_integer(batch_size: Any) -> None:
     with pytest.raises(ValueError, match="batch_size must be a positive integer"):
-        kde().fit(zoo(), TASKS, batch_size=batch_size, progress=False)
+        paramgen.fit(kde(), zoo(), TASKS, batch_size=batch_size, progress=False)
 
 
 @pytest.mark.parametrize("stage", ["tokenizer_steps", "align_steps", "prior_steps"])
 def test_fit_refuses_negative_step_counts(stage: str) -> None:
     gen = kde()
     with pytest.raises(ValueError, match=f"{stage} must be an integer >= 0"):
-        gen.fit(zoo(), TASKS, progress=False, **{stage: -1})
+        paramgen.fit(gen, zoo(), TASKS, progress=False, **{stage: -1})
     assert not gen.fitted
 
 
 def test_a_prior_skipped_with_zero_steps_leaves_the_generator_unfitted() -> None:
     prior = DiffusionPrior(shape=(1, SPEC.numel), base_channels=8, channel_mults=(1,), timesteps=10)
     gen = Generator(vectorizer=ModelVectorizer(SPEC), tokenizer=IdentityTokenizer(rows=1, width=SPEC.numel), prior=prior)
-    gen.fit(zoo(), prior_steps=0, progress=False)
+    paramgen.fit(gen, zoo(), prior_steps=0, progress=False)
     assert not gen.fitted
     with pytest.raises(NotFittedError, match="prior_steps > 0"):
         gen.sample(n=1)
     # A closed-form prior needs no steps.
-    assert kde().fit(zoo(), TASKS, prior_steps=0, progress=False).fitted
+    assert paramgen.fit(kde(), zoo(), TASKS, prior_steps=0, progress=False).fitted
 
 
 @pytest.mark.parametrize("empty", [torch.zeros(0, SPEC.numel), [], torch.zeros(0)])
 def test_fit_refuses_an_empty_zoo(empty: Any) -> None:
     with pytest.raises(ValueError, match="at least one model; the zoo is empty"):
-        kde().fit(empty, [], progress=False)
+        paramgen.fit(kde(), empty, [], progress=False)
 
 
 @pytest.mark.parametrize("kwargs, name", [({"n": 0}, "n"), ({"n": -3}, "n"), ({"n": 1.5}, "n"), ({"batch_size": 0}, "batch_size"), ({"batch_size": -1}, "batch_size")])
@@ -290,7 +291,7 @@ def test_a_per_task_normalizer_names_the_missing_tasks_argument() -> None:
         conditioner=IndexConditioner(["x", "y"], dim=4), normalizer=PerTaskZScore(),
     )
     conds = ["x"] * 4 + ["y"] * 4  # conditions that are not the task names
-    gen.fit(zoo(), conds, tasks=TASKS, progress=False)
+    paramgen.fit(gen, zoo(), conds, tasks=TASKS, progress=False)
     with pytest.raises(ValueError, match=r"PerTaskZScore normalizer needs the task of each condition: pass tasks= .*known tasks: \['a', 'b'\]"):
         gen.sample(["x"])
     with pytest.raises(ValueError, match=r"PerTaskZScore needs the task of each row: pass tasks="):

@@ -16,6 +16,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+import paramgen
 from paramgen import Generator, ModelVectorizer, ParamSpec
 from paramgen.priors import DiffusionPrior, KDEPrior
 from paramgen.spec import SpecMismatchError
@@ -47,7 +48,7 @@ class Recorder(NullLogger):
 
 
 def states(gen: Generator) -> dict[str, torch.Tensor]:
-    return {f"{r}.{k}": v.clone() for r, p in gen._components().items() if isinstance(p, torch.nn.Module) for k, v in p.state_dict().items()}
+    return {f"{r}.{k}": v.clone() for r, p in gen.components.items() if isinstance(p, torch.nn.Module) for k, v in p.state_dict().items()}
 
 
 # --------------------------------------------------------------------------- config
@@ -231,7 +232,7 @@ def test_an_image_set_conditioner_trains_under_bf16_autocast() -> None:
 
 def test_host_memory_is_pinned_only_for_host_items_going_to_cuda() -> None:
     """Latents already on the GPU cannot be pinned (the prior stage failed so on an H200)."""
-    from paramgen.training import _pin_memory
+    from paramgen.training.engine import _pin_memory
 
     on_host = [{"x": torch.zeros(2), "cond": torch.zeros(1)}]
     on_device = [{"x": torch.zeros(2, device="meta"), "cond": torch.zeros(1)}]  # meta stands in for a CUDA tensor
@@ -283,19 +284,19 @@ def test_fit_on_a_zoo_takes_its_tasks_and_matches_the_flat_path(two_arch_zoo: An
     zoo = two_arch_zoo.filter(spec_id=two_arch_zoo.spec_ids[0])
     spec = zoo.spec()
     a = kde_generator(ModelVectorizer(spec), normalizer=PerTaskZScore())
-    a.fit(zoo, progress=False, generator=torch.Generator().manual_seed(0))
+    paramgen.fit(a, zoo, progress=False, generator=torch.Generator().manual_seed(0))
     assert a.normalizer.tasks == zoo.tasks  # type: ignore[union-attr]
     b = kde_generator(ModelVectorizer(spec), normalizer=PerTaskZScore())
-    b.fit(zoo.flatten()[0], tasks=[c.task for c in zoo], progress=False, generator=torch.Generator().manual_seed(0))
+    paramgen.fit(b, zoo.flatten()[0], tasks=[c.task for c in zoo], progress=False, generator=torch.Generator().manual_seed(0))
     sample = lambda gen: gen.sample_flat(None, 3, tasks=[zoo.tasks[1]], generator=torch.Generator().manual_seed(1))  # noqa: E731
     assert torch.equal(sample(a), sample(b))
     with pytest.raises(ValueError, match=r"this generator has one architecture, the zoo holds 2 .*zoo.filter\(spec_id=...\)"):
-        kde_generator(ModelVectorizer(spec)).fit(two_arch_zoo, progress=False)
+        paramgen.fit(kde_generator(ModelVectorizer(spec)), two_arch_zoo, progress=False)
     other = two_arch_zoo.filter(spec_id=two_arch_zoo.spec_ids[1])
     with pytest.raises(SpecMismatchError, match="not of the generator's architecture"):
-        kde_generator(ModelVectorizer(spec)).fit(other, progress=False)
+        paramgen.fit(kde_generator(ModelVectorizer(spec)), other, progress=False)
     with pytest.raises(ValueError, match="at least one model; the zoo view .* is empty"):
-        kde_generator(ModelVectorizer(spec)).fit(zoo.filter(where=lambda c: False), progress=False)
+        paramgen.fit(kde_generator(ModelVectorizer(spec)), zoo.filter(where=lambda c: False), progress=False)
 
 
 def test_a_family_fits_on_a_zoo_of_several_architectures(two_arch_zoo: Any) -> None:
@@ -303,15 +304,15 @@ def test_a_family_fits_on_a_zoo_of_several_architectures(two_arch_zoo: Any) -> N
 
     specs = {"narrow": two_arch_zoo.spec(two_arch_zoo.spec_ids[0]), "wide": two_arch_zoo.spec(two_arch_zoo.spec_ids[1])}
     gen = kde_generator(FamilyVectorizer.modelwise(specs), normalizer=GlobalScale())
-    gen.fit(two_arch_zoo, progress=False)
+    paramgen.fit(gen, two_arch_zoo, progress=False)
     for arch, spec in specs.items():
         sd = gen.sample(archs=[arch], generator=torch.Generator().manual_seed(0))[0]
         spec.check_state_dict(sd)
     # The state dicts of the zoo fit a family too, each matched to its member.
     sds = [two_arch_zoo.state_dict(i) for i in range(len(two_arch_zoo))]
-    assert kde_generator(FamilyVectorizer.modelwise(specs)).fit(sds, progress=False).fitted
+    assert paramgen.fit(kde_generator(FamilyVectorizer.modelwise(specs)), sds, progress=False).fitted
     with pytest.raises(ValueError, match="matches no member of this family"):
-        kde_generator(FamilyVectorizer.modelwise({"narrow": specs["narrow"]})).fit(sds, progress=False)
+        paramgen.fit(kde_generator(FamilyVectorizer.modelwise({"narrow": specs["narrow"]})), sds, progress=False)
 
 
 def test_fit_on_a_weight_dataset_reads_it_lazily_or_through_the_zoo(two_arch_zoo: Any) -> None:
@@ -320,14 +321,14 @@ def test_fit_on_a_weight_dataset_reads_it_lazily_or_through_the_zoo(two_arch_zoo
 
     zoo = two_arch_zoo.filter(spec_id=two_arch_zoo.spec_ids[0])
     vec = ModelVectorizer(zoo.spec())
-    lazy = kde_generator(vec).fit(WeightDataset(zoo, vec), progress=False, generator=torch.Generator().manual_seed(0))
-    eager = kde_generator(vec).fit(zoo, progress=False, generator=torch.Generator().manual_seed(0))
+    lazy = paramgen.fit(kde_generator(vec), WeightDataset(zoo, vec), progress=False, generator=torch.Generator().manual_seed(0))
+    eager = paramgen.fit(kde_generator(vec), zoo, progress=False, generator=torch.Generator().manual_seed(0))
     draw = lambda gen: gen.sample_flat(None, 2, generator=torch.Generator().manual_seed(1))  # noqa: E731
     assert torch.equal(draw(lazy), draw(eager))
-    normed = kde_generator(vec, normalizer=PerTaskZScore()).fit(WeightDataset(zoo, vec), progress=False)
+    normed = paramgen.fit(kde_generator(vec, normalizer=PerTaskZScore()), WeightDataset(zoo, vec), progress=False)
     assert normed.normalizer.tasks == zoo.tasks  # type: ignore[union-attr]
     with pytest.raises(ValueError, match="normalizer=None"):
-        kde_generator(vec).fit(WeightDataset(zoo, vec, normalizer=normed.normalizer), progress=False)
+        paramgen.fit(kde_generator(vec), WeightDataset(zoo, vec, normalizer=normed.normalizer), progress=False)
 
 
 def test_a_task_indexed_generator_fits_on_a_zoo_without_conditions(two_arch_zoo: Any) -> None:
@@ -341,9 +342,9 @@ def test_a_task_indexed_generator_fits_on_a_zoo_without_conditions(two_arch_zoo:
     def conditioned(cond: Any) -> Generator:
         return Generator(vectorizer=ModelVectorizer(spec), tokenizer=IdentityTokenizer(rows=1, width=spec.numel), prior=KDEPrior(), conditioner=cond)
 
-    a = conditioned(IndexConditioner(zoo.tasks, dim=4)).fit(zoo, progress=False)
-    b = conditioned(IndexConditioner(zoo.tasks, dim=4)).fit(zoo, [c.task for c in zoo], progress=False)
+    a = paramgen.fit(conditioned(IndexConditioner(zoo.tasks, dim=4)), zoo, progress=False)
+    b = paramgen.fit(conditioned(IndexConditioner(zoo.tasks, dim=4)), zoo, [c.task for c in zoo], progress=False)
     draw = lambda gen: gen.sample_flat([zoo.tasks[0]], 2, generator=torch.Generator().manual_seed(1))  # noqa: E731
     assert torch.equal(draw(a), draw(b))
     with pytest.raises(ValueError, match=r"expected one raw condition per weight vector \(4\), got None"):
-        conditioned(OrderedSetConditioner(feature_dim=3, num_classes=3, per_class=2, hidden=4)).fit(zoo, progress=False)
+        paramgen.fit(conditioned(OrderedSetConditioner(feature_dim=3, num_classes=3, per_class=2, hidden=4)), zoo, progress=False)

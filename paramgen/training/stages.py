@@ -1,0 +1,156 @@
+"""The stages of `paramgen.training.fit` after the normalizer: tokenizer, latents, align, prior."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import torch
+from torch import nn
+
+from paramgen.generator import Generator
+from paramgen.interfaces import LatentStats
+from paramgen.training.checkpoint import Saved
+from paramgen.training.config import NonFiniteLossError
+from paramgen.training.engine import _LossModule, _Run, _seed, _train, _trainable
+
+logger = logging.getLogger("paramgen.training")
+
+def _fit_tokenizer(
+    run: _Run, generator: Generator, rows: torch.utils.data.Dataset, predictor: nn.Module | None, start: int, saved: Saved | None, save: Callable
+) -> None:
+    tok = generator.tokenizer
+    if not _trainable(tok) or run.config.tokenizer_steps == 0:
+        return
+    extra = {"predictor": predictor} if predictor is not None else {}
+    shared = getattr(rows, "shared", None)
+    shared = None if shared is None else shared.to(run.device)  # (N, C), moved once
+
+    def loss(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+        out = tok.loss(batch["x"], mask=shared if batch["mask"] is None else batch["mask"], generator=g, **extra)
+        assert out.loss is not None  # a trainable tokenizer returns a loss
+        return out.loss, dict(out.metrics)
+
+    _train(run, "tokenizer", _LossModule(loss, tokenizer=tok), rows, steps=run.config.tokenizer_steps, lr=run.config.tokenizer_lr, start=start, saved=saved, save=save)
+
+
+@attrs.frozen
+class _Encoded:
+    z: torch.Tensor  # (M, *latent_shape) standardized latents, or (M, L) token ids; on the device
+    latents: torch.Tensor | None  # (M, *latent_shape) quantized latents of a discrete tokenizer (for alignment)
+    conds: list[Any] | None
+    tasks: list[str] | None
+
+
+def _encode(run: _Run, generator: Generator, rows: torch.utils.data.Dataset, *, want_latents: bool) -> _Encoded:
+    """Latents (or token ids) of every model, on the device, with their conditions and
+    tasks (`paramgen.Generator.encode_zoo`); fixes the latent statistics."""
+    enc = generator.encode_zoo(rows, batch_size=run.config.encode_batch_size, num_workers=run.config.num_workers, latents=want_latents)
+    latents = enc.codes
+    # The losses skip value checks on an accelerator (paramgen._validate): check once here.
+    if latents.is_floating_point() and not torch.isfinite(latents).all():
+        raise NonFiniteLossError("fit: the tokenizer encoded some models to NaN or Inf latents (check the zoo for non-finite weights)")
+    if generator.discrete:
+        generator.latent_stats = LatentStats(mean=0.0, scale=1.0)
+        z = latents.reshape(len(latents), -1)  # (M, L) token ids
+        return _Encoded(z, enc.latents, enc.conds, enc.tasks)
+    mean, std = float(latents.mean()), float(latents.std()) if latents.numel() > 1 else 1.0
+    generator.latent_stats = LatentStats(mean=mean, scale=std if std > 0 else 1.0)
+    return _Encoded(generator.latent_stats.standardize(latents), None, enc.conds, enc.tasks)  # (M, *latent_shape)
+
+
+def _align(run: _Run, generator: Generator, enc: _Encoded) -> None:
+    from paramgen.conditioners.align import align_to_latents
+
+    if run.config.align_steps == 0:
+        return
+    conditioner, conds = generator.conditioner, enc.conds
+    if not isinstance(conditioner, nn.Module) or conds is None:
+        raise ValueError("the align stage needs a trainable conditioner (an nn.Module) and conds")
+    latents = enc.latents if generator.discrete else enc.z
+    if latents is None:
+        raise ValueError("the align stage needs the quantized latents of the discrete tokenizer")
+    target = latents.flatten(1)
+    # The projection head is initialized from the global RNG: fork it, seeded, so that the
+    # stage is reproducible and leaves the caller's RNG as it was.
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_seed(run.config.seed, "align", "init"))
+        g = torch.Generator().manual_seed(_seed(run.config.seed, "align", "batches"))
+        losses = align_to_latents(
+            conditioner, conds, target, groups=enc.tasks, steps=run.config.align_steps,
+            batch_size=run.config.batch_size, lr=run.config.align_lr, generator=g, progress=run.config.progress and run.main,
+        )
+    if run.main:
+        run.log.log_metrics({"align/loss_first": losses[0], "align/loss_last": losses[-1]}, step=run.config.align_steps)
+        logger.info("align step %d/%d: loss=%.4g (first step: %.4g)", run.config.align_steps, run.config.align_steps, losses[-1], losses[0])
+
+
+class _Latents(torch.utils.data.Dataset):
+    """Latents (on the device) with fixed condition vectors or raw conditions."""
+
+    def __init__(self, z: torch.Tensor, c: torch.Tensor | None, raw: Sequence[Any] | None) -> None:
+        self.z, self.c, self.raw = z, c, raw
+
+    def __len__(self) -> int:
+        return len(self.z)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]) -> dict[str, Any]:
+        index = torch.as_tensor(idx, dtype=torch.long, device=self.z.device)
+        return {
+            "z": self.z[index],
+            "c": None if self.c is None else self.c[index],
+            "raw": None if self.raw is None or self.c is not None else [self.raw[i] for i in idx],
+        }
+
+
+def _conditions(run: _Run, generator: Generator, conds: Sequence[Any] | None) -> torch.Tensor:
+    if conds is None:
+        raise ValueError(f"this generator is conditioned by {type(generator.conditioner).__name__}: every model needs a raw condition")
+    n, b = len(conds), run.config.encode_batch_size
+    parts: list[torch.Tensor] = []
+    with torch.no_grad():
+        for i in range(0, n, b):
+            part = generator.condition(list(conds[i : i + b]))
+            assert part is not None  # a generator with a conditioner returns vectors
+            parts.append(part)
+    c = torch.cat(parts)
+    if not torch.isfinite(c).all():
+        raise ValueError("fit: the conditioner turned some conditions into NaN or Inf vectors")
+    return c
+
+
+def _fit_prior(run: _Run, generator: Generator, enc: _Encoded, start: int, saved: Saved | None, save: Callable) -> None:
+    prior, conditioner = generator.prior, generator.conditioner
+    z = enc.z
+    cond_params = _trainable(conditioner)
+    fixed = _conditions(run, generator, enc.conds) if conditioner is not None and not cond_params else None
+    if hasattr(prior, "fit"):
+        c_all = fixed if fixed is not None or conditioner is None else _conditions(run, generator, enc.conds)
+        prior.fit(z, c_all)
+        return
+    if run.config.prior_steps == 0:
+        return
+    if isinstance(conditioner, nn.Module) and not cond_params:
+        conditioner.eval()
+
+    def loss(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
+        if batch["c"] is not None:
+            c = batch["c"]
+        elif conditioner is not None:
+            c = generator.condition(batch["raw"])
+        else:
+            c = None
+        return prior.loss(batch["z"], c, generator=g), {}
+
+    parts = {"prior": prior} | ({"conditioner": conditioner} if cond_params else {})
+    raw = None if conditioner is None or fixed is not None else enc.conds
+    _train(
+        run, "prior", _LossModule(loss, **parts), _Latents(z, fixed, raw), steps=run.config.prior_steps, lr=run.config.prior_lr,
+        start=start, saved=saved, save=save, update_ema=getattr(prior, "update_ema", None),
+    )
+
