@@ -18,17 +18,16 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import nn
 
 from paramgen._random import randint
+from paramgen.registry import Configurable
 
 __all__ = ["AccuracyPredictor", "fit_predictor"]
 
 
-class AccuracyPredictor(nn.Module):
+class AccuracyPredictor(nn.Module, Configurable):
     """MLP from rows ``(B, N, C)`` to a predicted accuracy ``(B,)`` in [0, 1].
 
     Args:
@@ -53,13 +52,6 @@ class AccuracyPredictor(nn.Module):
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.rows, self.width):
             raise ValueError(f"expected rows of shape (B, {self.rows}, {self.width}), got {tuple(x.shape)}")
         return torch.sigmoid(self.net(x)).squeeze(1)  # (B,)
-
-    def config(self) -> dict[str, Any]:
-        return {"rows": self.rows, "width": self.width, "hidden": self.hidden}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> AccuracyPredictor:
-        return cls(**config)
 
 
 def fit_predictor(

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from paramgen import Generator, ModelVectorizer, PerLayerZScore
+from paramgen import Generator, ModelVectorizer, PerLayerZScore, fit
 from paramgen.predictor import AccuracyPredictor, fit_predictor
 from paramgen.priors import KDEPrior
 from paramgen.tokenizers import VAETokenizer
@@ -38,7 +38,7 @@ def test_predictor_guided_vae_in_the_generator(zoo):
     fit_predictor(pred, vec.pack(norm.transform(flat)), torch.tensor([c.metrics["val_acc"] for c in zoo]), steps=50)
     tok = VAETokenizer(rows=1, width=spec.numel, latent_channels=2, latent_length=8, hidden_channels=16, predictor_weight=1.0)
     gen = Generator(vectorizer=vec, tokenizer=tok, prior=KDEPrior(), normalizer=norm)
-    gen.fit(flat, tokenizer_steps=5, predictor=pred, progress=False)
+    fit(gen, flat, tokenizer_steps=5, predictor=pred, progress=False)
     assert gen.reconstruct(flat).shape == flat.shape
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 import torch
 
-from paramgen import Generator, ModelVectorizer, ParamSpec, register
+from paramgen import Generator, ModelVectorizer, ParamSpec, fit, register
 from paramgen.conditioners import ArchitectureConditioner, ConcatConditioner, IndexConditioner
 from paramgen.priors import KDEPrior
 from paramgen.registry import BUILTINS, Registry, UnregisteredComponentError, registry
@@ -25,7 +25,7 @@ def saved(tmp_path: Path, conditioner: Any = None) -> Path:
     spec = ParamSpec.from_module(torch.nn.Linear(3, 2))
     gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=IdentityTokenizer(rows=1, width=spec.numel), prior=KDEPrior(), conditioner=conditioner)
     conds = None if conditioner is None else ["a", "b"] * 4
-    gen.fit(torch.randn(8, spec.numel), conds, progress=False)
+    fit(gen, torch.randn(8, spec.numel), conds, progress=False)
     return gen.save_pretrained(tmp_path / "gen")
 
 
@@ -129,7 +129,7 @@ class ToyPrior(KDEPrior):
 def test_a_user_component_registers_saves_and_loads(tmp_path: Path) -> None:
     spec = ParamSpec.from_module(torch.nn.Linear(3, 2))
     gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=IdentityTokenizer(rows=1, width=spec.numel), prior=ToyPrior())
-    gen.fit(torch.randn(8, spec.numel), progress=False)
+    fit(gen, torch.randn(8, spec.numel), progress=False)
     with pytest.raises(UnregisteredComponentError, match="paramgen.register"):
         gen.save_pretrained(tmp_path / "g")
     assert not (tmp_path / "g" / "config.json").exists()

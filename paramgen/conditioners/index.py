@@ -24,6 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from paramgen.registry import Configurable
+
 __all__ = ["IndexConditioner", "OneHotConditioner"]
 
 _SHOWN_KEYS = 10  # how many known keys an unknown-key error lists
@@ -70,7 +72,7 @@ def _lookup(index: dict[str, int], raw: Any, owner: str) -> torch.Tensor:
     return torch.tensor(rows, dtype=torch.long)  # (B,)
 
 
-class IndexConditioner(nn.Module):
+class IndexConditioner(nn.Module, Configurable):
     """A learned vector per key (dataset, dataset/architecture pair or chunk index).
 
     The embedding table is initialized N(0, 1) per entry (``nn.Embedding``'s default),
@@ -94,6 +96,8 @@ class IndexConditioner(nn.Module):
         >>> torch.equal(rebuilt(["a"]), cond(["a"]))
         True
     """
+
+    config_canonical = ("keys", "dim")  # keys recorded as strings
 
     def __init__(self, keys: Sequence[str | int], *, dim: int = 64) -> None:
         super().__init__()
@@ -119,21 +123,11 @@ class IndexConditioner(nn.Module):
         rows = _lookup(self._index, raw, "IndexConditioner").to(self.embedding.weight.device)  # (B,)
         return self.embedding(rows)  # (B, dim)
 
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments, JSON-serializable."""
-        return {"keys": list(self.keys), "dim": self.dim}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> IndexConditioner:
-        """Rebuild from `config` (weights are loaded separately with ``load_state_dict``)."""
-        config = dict(config)
-        return cls(config.pop("keys"), **config)
-
     def extra_repr(self) -> str:
         return f"num_keys={len(self.keys)}, dim={self.dim}"
 
 
-class OneHotConditioner(nn.Module):
+class OneHotConditioner(nn.Module, Configurable):
     """A fixed one-hot vector per key; no parameters (the ablation baseline of Cond P-Diff, table 4b).
 
     Args:
@@ -148,6 +142,7 @@ class OneHotConditioner(nn.Module):
     """
 
     _anchor: torch.Tensor
+    config_canonical = ("keys",)  # recorded as strings
 
     def __init__(self, keys: Sequence[str | int]) -> None:
         super().__init__()
@@ -166,16 +161,6 @@ class OneHotConditioner(nn.Module):
         """
         rows = _lookup(self._index, raw, "OneHotConditioner").to(self._anchor.device)  # (B,)
         return F.one_hot(rows, self.dim).to(self._anchor.dtype)  # (B, dim)
-
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments, JSON-serializable."""
-        return {"keys": list(self.keys)}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> OneHotConditioner:
-        """Rebuild from `config`."""
-        config = dict(config)
-        return cls(config.pop("keys"), **config)
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}"

@@ -26,15 +26,16 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
 
+from paramgen.registry import Configurable
+
 __all__ = ["OrderedSetConditioner"]
 
 
-class OrderedSetConditioner(nn.Module):
+class OrderedSetConditioner(nn.Module, Configurable):
     """Image features of ``K`` ordered classes ``(K, S, F)`` -> a vector ``(K * per_class,)``.
 
     Args:
@@ -43,6 +44,8 @@ class OrderedSetConditioner(nn.Module):
         per_class: Width of each class's code; ``dim = num_classes * per_class``.
         hidden: Width of the image and class MLPs.
     """
+
+    config_canonical = ("feature_dim", "num_classes", "per_class", "hidden")  # as ints
 
     def __init__(self, *, feature_dim: int, num_classes: int, per_class: int = 16, hidden: int = 128) -> None:
         super().__init__()
@@ -71,11 +74,3 @@ class OrderedSetConditioner(nn.Module):
         out = self.class_mlp(torch.cat([classes, context], dim=-1))  # (B, K, per_class)
         return out.flatten(1)  # (B, K * per_class), classes in order
 
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments (JSON-serializable)."""
-        return {"feature_dim": self.feature_dim, "num_classes": self.num_classes, "per_class": self.per_class, "hidden": self.hidden}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> OrderedSetConditioner:
-        """Rebuild from `config` (load the weights with ``load_state_dict``)."""
-        return cls(**config)

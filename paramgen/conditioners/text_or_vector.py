@@ -5,7 +5,7 @@ Registered as ``"text-or-vector"`` (`paramgen.registry`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -13,11 +13,12 @@ from torch import nn
 
 from paramgen._optional import require
 from paramgen.conditioners.text import TextConditioner
+from paramgen.registry import Configurable
 
 __all__ = ["TextOrVectorConditioner"]
 
 
-class TextOrVectorConditioner(nn.Module):
+class TextOrVectorConditioner(nn.Module, Configurable):
     """A `paramgen.conditioners.TextConditioner` that also passes condition vectors through.
 
     A raw condition is a text (embedded by MiniLM) or a ``(dim,)`` tensor used as is, e.g.
@@ -35,7 +36,6 @@ class TextOrVectorConditioner(nn.Module):
         require("sentence_transformers", extra="text", feature="TextOrVectorConditioner")
         if kwargs.get("dim") is not None:
             raise ValueError("TextOrVectorConditioner passes vectors through; use dim=None")
-        self._kwargs = dict(kwargs)
         self.text = TextConditioner(**kwargs)
         self.dim = self.text.dim
 
@@ -54,10 +54,3 @@ class TextOrVectorConditioner(nn.Module):
             else:
                 out.append(next(emb))
         return torch.stack(out)
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._kwargs)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> TextOrVectorConditioner:
-        return cls(**dict(config))

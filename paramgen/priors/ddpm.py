@@ -22,9 +22,8 @@ Examples:
 from __future__ import annotations
 
 import copy
-import json
 import math
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, ClassVar, Literal
 
@@ -37,6 +36,7 @@ from paramgen._validate import host_values
 from paramgen.priors._checks import check_cond, reject_unknown_options
 from paramgen.priors.schedule import LinearSchedule, ddim_sample, ddpm_sample
 from paramgen.priors.unet1d import UNet1D
+from paramgen.registry import Configurable
 from paramgen.spec import NonFiniteWeightsError
 
 __all__ = ["DiffusionPrior", "DEFAULT_DDIM_STEPS"]
@@ -71,7 +71,7 @@ def _eval_mode(module: nn.Module) -> Iterator[None]:
         module.train(was_training)
 
 
-class DiffusionPrior(nn.Module):
+class DiffusionPrior(nn.Module, Configurable):
     """Epsilon-predicting latent DDPM over ``(B, C, T)`` latents, optionally conditioned.
 
     The UNet sees the condition twice (see `UNet1D`): concatenated as ``cond_channels``
@@ -165,13 +165,6 @@ class DiffusionPrior(nn.Module):
             _positive_int("ddim_steps", ddim_steps)
             if sampler == "ddim" and ddim_steps > timesteps:
                 raise ValueError(f"ddim_steps must be <= timesteps ({timesteps}), got {ddim_steps}")
-        self._config: dict[str, Any] = dict(
-            shape=[channels, length], cond_dim=cond_dim, timesteps=timesteps, beta_start=beta_start, beta_end=beta_end,
-            base_channels=base_channels, channel_mults=list(channel_mults), cond_channels=cond_channels, dropout=dropout,
-            ema_decay=ema_decay, cond_dropout=cond_dropout, guidance_scale=guidance_scale, sampler=sampler,
-            ddim_steps=ddim_steps,
-        )  # fmt: skip
-        json.dumps(self._config)  # fails here, not at save time, on a non-JSON value
         self.shape = (channels, length)
         self.cond_dim = cond_dim
         self.ema_decay = ema_decay
@@ -189,27 +182,6 @@ class DiffusionPrior(nn.Module):
         self.ema = copy.deepcopy(self.unet).requires_grad_(False).eval()
         self.register_buffer("ema_null_cond", None if self.null_cond is None else self.null_cond.detach().clone())
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
-
-    # --- config ----------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
-        """JSON-serializable constructor keyword arguments.
-
-        Examples:
-            >>> DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8).config()["shape"]
-            [1, 5]
-        """
-        return copy.deepcopy(self._config)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> DiffusionPrior:
-        """Rebuild an (untrained) prior from `config`; then ``load_state_dict``.
-
-        Examples:
-            >>> prior = DiffusionPrior(shape=(1, 5), timesteps=10, base_channels=8)
-            >>> DiffusionPrior.from_config(prior.config()).shape
-            (1, 5)
-        """
-        return cls(**dict(config))
 
     def train(self, mode: bool = True) -> DiffusionPrior:
         """Set training mode; the EMA copy always stays in eval mode."""

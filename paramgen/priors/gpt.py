@@ -22,10 +22,8 @@ Examples:
 
 from __future__ import annotations
 
-import copy
-import json
 import math
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, ClassVar, cast
 
@@ -36,6 +34,7 @@ from torch import nn
 
 from paramgen._random import rand, randint
 from paramgen.priors._checks import check_cond, reject_unknown_options
+from paramgen.registry import Configurable
 
 __all__ = ["GPTPrior"]
 
@@ -154,7 +153,7 @@ class _Block(nn.Module):
         return x + _dropout(h, self.dropout, self.training, generator)
 
 
-class GPTPrior(nn.Module):
+class GPTPrior(nn.Module, Configurable):
     """Causal transformer over token sequences ``(B, length)``, conditioned by a prefix.
 
     The input of the transformer is ``[prefix, tokens]``: the prefix is ``cond_tokens``
@@ -227,6 +226,7 @@ class GPTPrior(nn.Module):
 
     #: The keyword options of `sample` (see there).
     SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ("temperature", "top_k")
+    config_canonical = ("dropout", "temperature")  # recorded as floats, however given
 
     def __init__(
         self,
@@ -257,12 +257,7 @@ class GPTPrior(nn.Module):
             raise ValueError(f"heads must divide d_model, got d_model={d_model}, heads={heads}")
         if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {dropout!r}")
-        self._config: dict[str, Any] = dict(
-            vocab_size=vocab_size, length=length, cond_dim=cond_dim, cond_tokens=cond_tokens, context=context,
-            d_model=d_model, layers=layers, heads=heads, dropout=float(dropout), temperature=_temperature(temperature),
-            top_k=_top_k(top_k, vocab_size),
-        )  # fmt: skip
-        json.dumps(self._config)  # fails here, not at save time, on a non-JSON value
+        _top_k(top_k, vocab_size)
         self.shape = (length,)
         self.vocab_size = vocab_size
         self.length = length
@@ -271,7 +266,7 @@ class GPTPrior(nn.Module):
         self.keep = self.context // 2
         self.prefix_len = cond_tokens if cond_dim > 0 else 1
         self.dropout = float(dropout)
-        self.temperature = float(temperature)
+        self.temperature = _temperature(temperature)
         self.top_k = top_k
         stride = self.context - self.keep
         windows = 1 + math.ceil((length - self.context) / stride)
@@ -297,27 +292,6 @@ class GPTPrior(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear) and module.bias is not None:
                 nn.init.zeros_(module.bias)
-
-    # --- config ----------------------------------------------------------------------
-    def config(self) -> dict[str, Any]:
-        """JSON-serializable constructor keyword arguments.
-
-        Examples:
-            >>> GPTPrior(vocab_size=8, length=5, d_model=16, heads=2).config()["length"]
-            5
-        """
-        return copy.deepcopy(self._config)
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> GPTPrior:
-        """Rebuild an (untrained) prior from `config`; then ``load_state_dict``.
-
-        Examples:
-            >>> prior = GPTPrior(vocab_size=8, length=5, d_model=16, heads=2)
-            >>> GPTPrior.from_config(prior.config()).shape
-            (5,)
-        """
-        return cls(**dict(config))
 
     # --- checks ------------------------------------------------------------------------
     def _check_cond(self, cond: torch.Tensor | None, rows: int) -> torch.Tensor | None:

@@ -26,6 +26,7 @@ import torch
 
 from paramgen._random import rand, randn
 from paramgen.priors._checks import reject_unknown_options
+from paramgen.registry import Configurable
 from paramgen.spec import NonFiniteWeightsError
 
 __all__ = ["KDEPrior"]
@@ -33,7 +34,7 @@ __all__ = ["KDEPrior"]
 Bandwidth = float | Literal["scott", "silverman"]
 
 
-class KDEPrior:
+class KDEPrior(Configurable):
     """Per-condition Gaussian KDE over latents ``(C, T)``.
 
     The bandwidth of group ``g`` (``n_g`` members, ``d = C * T`` dimensions) is
@@ -56,6 +57,7 @@ class KDEPrior:
 
     #: The keyword options of `sample`: none.
     SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ()
+    config_canonical = ("bandwidth",)  # a number recorded as a float
 
     def __init__(self, *, bandwidth: Bandwidth = "scott") -> None:
         if isinstance(bandwidth, str):
@@ -267,21 +269,3 @@ class KDEPrior:
             raise ValueError(f"inconsistent KDEPrior state: latents {tuple(latents.shape)}, group {tuple(group.shape)}, conds {tuple(conds.shape)}")
         self._set(latents.clone(), group.clone(), conds.clone())
 
-    def config(self) -> dict[str, Any]:
-        """JSON-serializable constructor keyword arguments.
-
-        Examples:
-            >>> KDEPrior(bandwidth="silverman").config()
-            {'bandwidth': 'silverman'}
-        """
-        return {"bandwidth": self.bandwidth}
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> KDEPrior:
-        """Build an unfitted KDE from `config`; then ``load_state_dict``.
-
-        Examples:
-            >>> KDEPrior.from_config({"bandwidth": 0.5}).bandwidth
-            0.5
-        """
-        return cls(**dict(config))

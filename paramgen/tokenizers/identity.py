@@ -13,16 +13,15 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from paramgen.interfaces import TokenizerOutput
+from paramgen.registry import Configurable
 
 __all__ = ["IdentityTokenizer"]
 
 
-class IdentityTokenizer:
+class IdentityTokenizer(Configurable):
     """Latents ``(B, N, C)`` equal the rows; nothing to train.
 
     Args:
@@ -53,13 +52,6 @@ class IdentityTokenizer:
         """No loss: nothing to train (``mask`` and ``generator`` are the protocol's; nothing is drawn)."""
         self._check(x)
         return TokenizerOutput(latents=x, loss=None)
-
-    def config(self) -> dict[str, Any]:
-        return {"rows": self.rows, "width": self.width}
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> IdentityTokenizer:
-        return cls(**config)
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}

@@ -26,8 +26,6 @@ Examples:
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from einops import rearrange
 from torch import nn
@@ -35,6 +33,7 @@ from torch import nn
 from paramgen._random import randn
 from paramgen._validate import host_values
 from paramgen.interfaces import TokenizerOutput
+from paramgen.registry import Configurable
 
 __all__ = ["VAETokenizer"]
 
@@ -62,7 +61,7 @@ class _ResBlock(nn.Module):
         return x + self.net(x)
 
 
-class VAETokenizer(nn.Module):
+class VAETokenizer(nn.Module, Configurable):
     """Beta-VAE over rows of vectorized weights.
 
     Args:
@@ -96,11 +95,6 @@ class VAETokenizer(nn.Module):
         super().__init__()
         if min(rows, width, latent_channels, latent_length, hidden_channels) < 1 or num_down < 0:
             raise ValueError("rows, width, latent_channels, latent_length, hidden_channels must be positive and num_down >= 0")
-        self._config = dict(
-            rows=rows, width=width, latent_channels=latent_channels, latent_length=latent_length,
-            hidden_channels=hidden_channels, num_down=num_down, kl_weight=kl_weight,
-            input_noise=input_noise, latent_noise=latent_noise, predictor_weight=predictor_weight,
-        )
         self.rows, self.width = rows, width
         self.latent_channels, self.latent_length = latent_channels, latent_length
         self.kl_weight, self.input_noise, self.latent_noise = kl_weight, input_noise, latent_noise
@@ -127,13 +121,6 @@ class VAETokenizer(nn.Module):
     def latent_shape(self) -> tuple[int, int]:
         """Shape of one model's latent: ``(rows * latent_channels, latent_length)``."""
         return (self.rows * self.latent_channels, self.latent_length)
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> VAETokenizer:
-        return cls(**config)
 
     # ------------------------------------------------------------------ internals
     def _check(self, x: torch.Tensor, *, values: bool = True) -> None:

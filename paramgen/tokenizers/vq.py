@@ -56,7 +56,7 @@ Examples:
 from __future__ import annotations
 
 import math
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -66,6 +66,7 @@ from torch import nn
 from paramgen._random import rand, randint, randperm
 from paramgen._validate import host_values
 from paramgen.interfaces import TokenizerOutput
+from paramgen.registry import Configurable
 
 __all__ = ["GumbelVQTokenizer"]
 
@@ -82,7 +83,7 @@ def _mlp(d_in: int, hidden: int, d_out: int) -> nn.Sequential:
     )
 
 
-class GumbelVQTokenizer(nn.Module):
+class GumbelVQTokenizer(nn.Module, Configurable):
     """Gumbel-softmax VQ-VAE mapping each chunk to ``tokens_per_chunk`` codebook tokens.
 
     Args:
@@ -148,13 +149,6 @@ class GumbelVQTokenizer(nn.Module):
             raise ValueError(f"usage_decay must be in [0, 1), got {usage_decay}")
         if commitment_weight < 0 or codebook_weight < 0:
             raise ValueError(f"loss weights must be non-negative, got {commitment_weight} and {codebook_weight}")
-        self._config = dict(
-            rows=rows, width=width, codebook_size=codebook_size, tokens_per_chunk=tokens_per_chunk,
-            code_dim=code_dim, hidden=hidden, commitment_weight=commitment_weight,
-            codebook_weight=codebook_weight, temperature=temperature, min_temperature=min_temperature,
-            anneal=anneal, anneal_steps=anneal_steps, dead_code_threshold=dead_code_threshold,
-            usage_decay=usage_decay, hard=hard,
-        )
         self.rows, self.width = rows, width
         self.codebook_size, self.tokens_per_chunk, self.code_dim = codebook_size, tokens_per_chunk, code_dim
         self.commitment_weight, self.codebook_weight = commitment_weight, codebook_weight
@@ -178,15 +172,6 @@ class GumbelVQTokenizer(nn.Module):
     def tokens_shape(self) -> tuple[int]:
         """Shape of one model's token sequence: ``(rows * tokens_per_chunk,)``."""
         return (self.rows * self.tokens_per_chunk,)
-
-    def config(self) -> dict[str, Any]:
-        """The constructor's keyword arguments (JSON-serializable)."""
-        return dict(self._config)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> GumbelVQTokenizer:
-        """Rebuild an (untrained) tokenizer from `config`; load weights separately."""
-        return cls(**config)
 
     def temperature_at(self, step: int) -> float:
         """The Gumbel-softmax temperature after ``step`` training steps."""

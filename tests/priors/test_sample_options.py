@@ -97,13 +97,13 @@ def test_ddim_eta_is_used(ddpm):
 
 
 def test_generator_sample_passes_options_to_the_prior_and_the_prior_names_the_bad_one():
-    from paramgen import Generator, ModelVectorizer, ParamSpec
+    from paramgen import Generator, ModelVectorizer, ParamSpec, fit
     from paramgen.tokenizers import IdentityTokenizer
 
     spec = ParamSpec.from_state_dict({"w": torch.zeros(2, 4)})
     prior = DiffusionPrior(shape=(1, 8), timesteps=10, base_channels=8, channel_mults=(1,), ema_decay=0.0)
     gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=IdentityTokenizer(rows=1, width=8), prior=prior)
-    gen.fit(torch.randn(4, 8), tokenizer_steps=0, prior_steps=1, batch_size=2, generator=_gen(0), progress=False)
+    fit(gen, torch.randn(4, 8), tokenizer_steps=0, prior_steps=1, batch_size=2, generator=_gen(0), progress=False)
     assert len(gen.sample(None, 2, generator=_gen(0), sampler="ddim", steps=3, eta=0.5)) == 2
     with pytest.raises(TypeError, match=r"DiffusionPrior\.sample got top_k=5; valid options: sampler, steps, guidance_scale, eta"):
         gen.sample(None, 2, top_k=5)
