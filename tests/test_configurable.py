@@ -9,6 +9,7 @@ any valid arguments (a property test over every registered built-in).
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -554,3 +555,15 @@ def test_a_user_component_saves_and_loads_with_its_arguments(tmp_path: Path) -> 
         assert isinstance(back.prior, Jitter) and back.prior.scale == 0.25
     finally:
         registry._classes.pop("test-jitter")
+
+
+def test_the_contributing_example_runs() -> None:
+    """CONTRIBUTING.md's example of a user's component runs as written."""
+    text = (Path(__file__).parents[1] / "CONTRIBUTING.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.DOTALL)
+    assert len(blocks) == 1 and "Configurable" in blocks[0]
+    try:
+        exec(compile(blocks[0], "CONTRIBUTING.md", "exec"), {"__name__": "contributing"})
+        assert registry.get("scaled-index").__name__ == "ScaledIndex"
+    finally:
+        registry._classes.pop("scaled-index", None)
