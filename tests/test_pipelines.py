@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+import paramgen
 from paramgen import FitConfig, Generator, ModelVectorizer, ParamSpec, PerLayerZScore
 from paramgen.conditioners import IndexConditioner
 from paramgen.pipelines import FIT_CONFIGS, PIPELINES, chunkwise, cond_pdiff, d2nwg, igpg
@@ -209,7 +210,7 @@ def test_fit_sample_save_load_from_a_list_of_state_dicts(tmp_path):
     tasks = [TASKS[i % 3] for i in range(6)]
     gen = d2nwg(zoo, tasks=TASKS, seed=0, **SMALL["d2nwg"])
     flat, _ = _spec().flatten(zoo)
-    gen.fit(flat, tasks, tokenizer_steps=3, prior_steps=3, batch_size=3, generator=torch.Generator().manual_seed(0), progress=False)
+    paramgen.fit(gen, flat, tasks, tokenizer_steps=3, prior_steps=3, batch_size=3, generator=torch.Generator().manual_seed(0), progress=False)
     out = gen.sample(TASKS[:2], 2, generator=torch.Generator().manual_seed(1), sampler="ddim", steps=5)
     assert len(out) == 4 and out[0].keys() == zoo[0].keys()
     net = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 3, bias=False))
@@ -224,7 +225,7 @@ def test_igpg_fit_and_sample_with_gpt_options():
     zoo = [_state_dict(i) for i in range(4)]
     gen = igpg(zoo, tasks=TASKS[:2], condition="task", cond_dim=4, seed=0, **SMALL["igpg"])
     flat, _ = _spec().flatten(zoo)
-    gen.fit(flat, [TASKS[i % 2] for i in range(4)], tokenizer_steps=2, prior_steps=2, batch_size=2, generator=torch.Generator().manual_seed(0), progress=False)
+    paramgen.fit(gen, flat, [TASKS[i % 2] for i in range(4)], tokenizer_steps=2, prior_steps=2, batch_size=2, generator=torch.Generator().manual_seed(0), progress=False)
     assert len(gen.sample(TASKS[:1], 2, generator=torch.Generator().manual_seed(0), temperature=0.5, top_k=3)) == 2
     with pytest.raises(TypeError, match=r"GPTPrior\.sample got sampler='ddim'; valid options: temperature, top_k"):
         gen.sample(TASKS[:1], 1, sampler="ddim")
@@ -332,6 +333,15 @@ def test_d2nwg_builds_a_conditioner_from_a_callable_under_its_seed():
     _assert_same(a, b)
     dataset = d2nwg(_spec(), condition="dataset", feature_dim=5, cond_dim=7, seed=3, **SMALL["d2nwg"])
     _assert_same(a, dataset)  # "dataset" is that callable: same order, same draws
+
+    class Ready:  # a ready conditioner that is no nn.Module: used as is, not called
+        dim = 4
+
+        def __call__(self, raw):
+            return torch.zeros(len(raw), 4)
+
+    ready = Ready()
+    assert d2nwg(_spec(), condition=ready, **SMALL["d2nwg"]).conditioner is ready
 
 
 def test_cond_pdiff_reuses_a_given_tokenizer_and_draws_nothing_for_it():

@@ -25,8 +25,6 @@ import functools
 from collections.abc import Sequence
 from typing import Any, Literal
 
-from torch import nn
-
 from paramgen.generator import Generator
 from paramgen.normalize import Normalizer
 from paramgen.pipelines._common import Source, check_tokenizer, conditioner_dim, fit_config_for, local_seed, normalizer_of, read_family, strict_options, task_names
@@ -151,7 +149,7 @@ def d2nwg(
 
     Returns:
         An unfitted `paramgen.Generator`; fit it with ``paramgen.training.fit(gen, ...,
-        config=fit_config())`` or ``gen.fit(...)``.
+        config=fit_config())`` or ``paramgen.fit(gen, ...)``.
 
     Raises:
         TypeError: An unknown option (the message lists the valid ones), a source of
@@ -192,8 +190,8 @@ def d2nwg(
         build_conditioner = functools.partial(ImageSetConditioner, feature_dim=feature_dim, dim=cond_dim)
     elif isinstance(condition, str):
         raise ValueError(f"d2nwg: condition must be 'task', 'dataset', None or a Conditioner, got {condition!r}")
-    elif condition is not None and not isinstance(condition, nn.Module) and callable(condition):
-        build_conditioner = condition
+    elif condition is not None and callable(condition) and (isinstance(condition, type) or not isinstance(getattr(condition, "dim", None), int)):
+        build_conditioner = condition  # a factory (a ready conditioner has an int .dim)
     elif condition is not None:
         conditioner_dim(condition, "d2nwg")
     if tokenizer is not None:
