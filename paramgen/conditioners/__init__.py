@@ -2,7 +2,8 @@
 
 Every conditioner is an ``nn.Module`` with ``dim``, ``forward(raw) -> (B, dim)``,
 ``config()`` (JSON-serializable constructor arguments) and ``from_config(config)``, so a
-generator saves it as config + safetensors and rebuilds it.
+generator saves it as config + safetensors and rebuilds it; the built-ins get both from
+`paramgen.registry.Configurable`, which records the arguments they were built with.
 
 - `IndexConditioner`, `OneHotConditioner`: one vector per dataset, (dataset,
   architecture) pair or chunk index.

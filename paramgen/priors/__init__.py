@@ -1,12 +1,15 @@
-"""Generative priors over latents ``(B, C, T)``: latent diffusion and a KDE baseline.
+"""Generative priors over latents ``(B, C, T)`` or tokens: latent diffusion, a GPT over
+VQ tokens and a KDE baseline.
 
 - `DiffusionPrior`: D2NWG's latent DDPM, a `UNet1D` denoiser composed with a
   `LinearSchedule`; DDIM (default, `DEFAULT_DDIM_STEPS` = 50 steps) or DDPM sampling,
   EMA weights, classifier-free guidance.
+- `GPTPrior`: IGPG's causal transformer over token sequences, conditioned by a prefix.
 - `KDEPrior`: Schürholt et al.'s S_KDE baseline, a Gaussian KDE per condition.
 
-Both implement `paramgen.interfaces.Prior` and save as ``config()`` (JSON) plus
-``state_dict()`` (safetensors).
+All three implement `paramgen.interfaces.Prior` and save as ``config()`` (JSON, the constructor's
+arguments as `paramgen.registry.Configurable` recorded them) plus ``state_dict()``
+(safetensors).
 
 Examples:
     >>> import torch
