@@ -230,14 +230,17 @@ class Configurable:
     and rebuilt through the registry, never by importing what a file names. Anything else
     raises a `TypeError` at construction, not at save time.
 
-    Two class attributes cover constructors that do more than store their arguments:
+    Three class attributes cover constructors that do more than store their arguments:
 
     Attributes:
         config_ignore: Arguments that are not recorded: objects that cannot be JSON, such as
-            a frozen feature extractor; pass them again to `from_config` by keyword.
+            a frozen feature extractor or the spec a factory passes in; pass them again to
+            `from_config` by keyword.
         config_canonical: Arguments recorded as the instance's attribute of the same name,
             i.e. as the constructor canonicalized them (keys mapped with ``str``, an int
             dropout stored as a float), so equal components have equal configs.
+        config_constants: Entries written first into every config of the class, e.g. the
+            ``{"type": "model"}`` a factory dispatches on; `from_config` checks and drops them.
 
     Examples:
         >>> class Scaled(Configurable):
@@ -256,6 +259,7 @@ class Configurable:
 
     config_ignore: ClassVar[tuple[str, ...]] = ()
     config_canonical: ClassVar[tuple[str, ...]] = ()
+    config_constants: ClassVar[Mapping[str, Any]] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -270,6 +274,12 @@ class Configurable:
             unknown = [n for n in names if n not in params]
             if unknown:
                 raise TypeError(f"{cls.__name__}.{attr} names {unknown}, which are not arguments of {cls.__name__}.__init__")
+        if not isinstance(cls.config_constants, Mapping):
+            raise TypeError(f"{cls.__name__}.config_constants must be a mapping, got {cls.config_constants!r}")
+        _plain(cls.config_constants, f"{cls.__name__}.config_constants")  # JSON, or a TypeError now
+        clash = [k for k in cls.config_constants if k in params]
+        if clash:
+            raise TypeError(f"{cls.__name__}.config_constants uses the names of arguments of {cls.__name__}.__init__: {clash}")
 
     def config(self) -> dict[str, Any]:
         """The constructor's arguments, JSON-serializable (a fresh copy)."""
@@ -277,7 +287,7 @@ class Configurable:
             recorded = self.__dict__[_RECORDED]
         except KeyError:
             raise RuntimeError(f"{type(self).__name__}.__init__ has not finished, so there is no config yet") from None
-        return _encode(recorded)
+        return {**_encode(dict(self.config_constants)), **_encode(recorded)}
 
     @classmethod
     def from_config(cls: type[_C], config: Mapping[str, Any], **objects: Any) -> _C:
@@ -295,6 +305,10 @@ class Configurable:
         name = cls.__name__
         if not isinstance(config, Mapping):
             raise TypeError(f"{name}.from_config expects a mapping (a JSON object), got {type(config).__name__}")
+        for key, value in cls.config_constants.items():
+            if key in config and config[key] != value:
+                raise ValueError(f"{name}.from_config: expected {key}={value!r}, got {config[key]!r}")
+        config = {k: v for k, v in config.items() if k not in cls.config_constants}
         params = _parameters(cls)
         takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
         named = [n for n, p in params.items() if p.kind is not inspect.Parameter.VAR_KEYWORD]

@@ -567,3 +567,27 @@ def test_the_contributing_example_runs() -> None:
         assert registry.get("scaled-index").__name__ == "ScaledIndex"
     finally:
         registry._classes.pop("scaled-index", None)
+
+
+def test_constant_entries_are_written_first_checked_and_dropped() -> None:
+    class Layout(Configurable):
+        config_constants = {"type": "rows"}
+        config_ignore = ("spec",)
+
+        def __init__(self, spec: Any, *, width: int = 4) -> None:
+            self.spec, self.width = spec, width
+
+    layout = Layout("the spec", width=8)
+    assert list(layout.config().items()) == [("type", "rows"), ("width", 8)]
+    again = Layout.from_config(layout.config(), spec="given again")
+    assert again.spec == "given again" and again.config() == layout.config()
+    assert Layout.from_config({"width": 2}, spec=None).width == 2  # the constant may be left out
+    with pytest.raises(ValueError, match=r"Layout.from_config: expected type='rows', got 'columns'"):
+        Layout.from_config({"type": "columns", "width": 2}, spec=None)
+    with pytest.raises(TypeError, match=r"config_constants uses the names of arguments .*\['width'\]"):
+
+        class Clash(Configurable):
+            config_constants = {"width": 1}
+
+            def __init__(self, *, width: int = 4) -> None:
+                pass
