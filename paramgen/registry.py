@@ -286,7 +286,10 @@ class Configurable:
         try:
             recorded = self.__dict__[_RECORDED]
         except KeyError:
-            raise RuntimeError(f"{type(self).__name__}.__init__ has not finished, so there is no config yet") from None
+            raise RuntimeError(
+                f"no constructor arguments were recorded for this {type(self).__name__}: its __init__ has not returned "
+                "yet, or is not defined by a Configurable subclass"
+            ) from None
         return {**_encode(dict(self.config_constants)), **_encode(recorded)}
 
     @classmethod
