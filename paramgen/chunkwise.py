@@ -67,7 +67,7 @@ from paramgen.formats.peft import ADAPTER_CONFIG, ADAPTER_WEIGHTS, adapter_confi
 from paramgen.generator import Generator
 from paramgen.interfaces import Conditioner, Prior, Tokenizer
 from paramgen.io import file_sha256, json_sha256, read_json, save_safetensors, write_json
-from paramgen.normalize import ChunkStats, normalizer_from_config
+from paramgen.normalize import ChunkStats, _zscore, normalizer_from_config
 from paramgen.spec import ParamSpec
 from paramgen.streaming import assemble, assemble_adapter, assemble_model
 from paramgen.vectorize import ModelVectorizer
@@ -198,13 +198,16 @@ class ChunkSamples(torch.utils.data.Dataset):
         if conditions is not None and len(conditions) != data.num_checkpoints:
             raise ValueError(f"expected one condition per checkpoint ({data.num_checkpoints}), got {len(conditions)}")
         self.data, self.stats, self.conditions = data, stats, conditions
+        # transform_chunks's float32 statistics, made once: an item is one chunk, and the
+        # per-call checks of the batch API would cost more than the z-score itself.
+        self._mean, self._std = stats.mean.float().cpu(), stats.std.float().cpu()
 
     def __len__(self) -> int:
         return len(self.data)
 
     def __getitem__(self, i: int) -> dict[str, Any]:
         item = self.data[i]
-        x = self.stats.transform_chunks(item["values"][None], [item["chunk"]])[0] * item["mask"]  # (K,)
+        x = _zscore(item["values"].float(), self._mean, self._std, item["tensor"]) * item["mask"]  # (K,), as transform_chunks
         cond = item["chunk"] if self.conditions is None else (item["chunk"], self.conditions[item["checkpoint"]])
         return {"x": x[None], "mask": item["mask"][None], "cond": cond}
 
