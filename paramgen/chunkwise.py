@@ -233,6 +233,8 @@ class ChunkwiseGenerator:
             At most one of the two.
 
     Attributes:
+        stats: The normalizer (`paramgen.normalize.ChunkStats`, each tensor's mean and
+            std over the zoo), ``None`` until `fit` or `from_pretrained`.
         model_config: The recorded ``config.json`` data, or ``None``.
         adapter_config: The recorded ``adapter_config.json`` data, or ``None``.
     """
