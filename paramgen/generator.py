@@ -68,7 +68,7 @@ logger = logging.getLogger(__name__)
 
 
 class NotFittedError(RuntimeError):
-    """A generator was used before `Generator.fit` or `Generator.from_pretrained`."""
+    """A generator was used before it was fitted (`paramgen.training.fit`, `paramgen.fit`) or loaded (`Generator.from_pretrained`)."""
 
 
 def _require(obj: Any, protocol: type, role: str) -> None:
@@ -366,7 +366,7 @@ class Generator:
     def _require_fitted(self) -> None:
         if not self.fitted:
             raise NotFittedError(
-                "this generator is not fitted: call fit() (a prior trained by gradient steps needs prior_steps > 0) "
+                "this generator is not fitted: fit it with paramgen.fit or paramgen.training.fit (a prior trained by gradient steps needs prior_steps > 0) "
                 "or load one with Generator.from_pretrained()"
             )
 

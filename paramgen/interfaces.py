@@ -174,7 +174,7 @@ class Prior(Protocol):
     """A generative model over latents (or tokens), given condition vectors.
 
     A prior without gradient training (e.g. the KDE baseline) also has
-    ``fit(latents, cond)``, which `paramgen.Generator.fit` calls instead.
+    ``fit(latents, cond)``, which the engine (`paramgen.training.fit`) calls instead.
     """
 
     def loss(self, latents: torch.Tensor, cond: torch.Tensor | None, *, generator: torch.Generator | None = None) -> torch.Tensor: ...

@@ -318,3 +318,119 @@ def test_a_single_architecture_takes_global_scale_with_fan_in_and_log_like_a_fam
     a = gen.sample_flat(n=2, generator=torch.Generator().manual_seed(0))
     b = fam.sample_flat(n=2, archs=["net"], generator=torch.Generator().manual_seed(0))
     assert torch.allclose(a, torch.stack(b))
+
+
+# ---------------------------------------------------------------- one way to fit (issue 19)
+def _imports(path) -> set[str]:
+    """Every module a file imports, at any depth (inside functions too)."""
+    import ast
+
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {a.name for a in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found |= {node.module} | {f"{node.module}.{a.name}" for a in node.names}
+    return found
+
+
+def test_the_generator_never_imports_the_engine():
+    """Generator composes, samples and saves: not even a function of it imports paramgen.training."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    import paramgen.generator
+
+    engine = sorted(m for m in _imports(Path(paramgen.generator.__file__)) if m == "paramgen.training" or m.startswith("paramgen.training."))
+    assert engine == []
+    assert not hasattr(Generator, "fit"), "Generator.fit imports the engine: the one way to fit is paramgen.training.fit (or paramgen.fit)"
+    code = "import sys, paramgen.generator, paramgen.layout, paramgen.pretrained; print('paramgen.training' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
+def _fitted_pair(make_vectorizer):
+    """The same generator over ``vec`` and over a FamilyVectorizer of one member ``"model"``."""
+    out = []
+    for family in (False, True):
+        vec = make_vectorizer()
+        torch.manual_seed(0)
+        tok = VAETokenizer(rows=vec.rows, width=vec.width, latent_channels=2, latent_length=8, hidden_channels=16, num_down=1)
+        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=8, timesteps=50, base_channels=16, channel_mults=(1,))
+        gen = Generator(
+            vectorizer=FamilyVectorizer({"model": vec}) if family else vec, tokenizer=tok, prior=prior,
+            conditioner=IndexConditioner(TASKS, dim=8), normalizer=GlobalScale(),
+        )  # fmt: skip
+        flat, tasks = zoo_vectors(4)
+        archs = ["model"] * len(flat) if family else None
+        paramgen.fit(gen, flat, tasks, archs=archs, tokenizer_steps=4, prior_steps=4, batch_size=6, generator=torch.Generator().manual_seed(3), progress=False)
+        out.append((gen, flat, archs))
+    return out
+
+
+def test_a_single_architecture_is_a_family_of_one():
+    """One code path: a generator over one vectorizer and one over a FamilyVectorizer of that
+    single member fit, reconstruct and sample the same weights, bit for bit."""
+    (single, flat, _), (family, _, archs) = _fitted_pair(lambda: ChunkVectorizer(SPEC, chunk_size=16))
+    assert single.specs == family.specs == {"model": SPEC}
+    for (k, a), b in zip(single.tokenizer.state_dict().items(), family.tokenizer.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert single.latent_stats == family.latent_stats
+    assert torch.equal(single.reconstruct(flat[:5]), torch.stack(family.reconstruct(list(flat[:5]), archs=archs[:5])))
+    a = single.sample(["a", "c"], 2, generator=torch.Generator().manual_seed(1), steps=5)
+    b = family.sample(["a", "c"], 2, archs=["model", "model"], generator=torch.Generator().manual_seed(1), steps=5)
+    for x, y in zip(a, b, strict=True):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    # Public behaviour of each kind stays: archs= is refused by a single architecture, needed by a family.
+    with pytest.raises(ValueError, match="archs= is for a generator over a FamilyVectorizer"):
+        single.sample(["a"], archs=["model"])
+    with pytest.raises(ValueError, match="needs one architecture key per model"):
+        family.sample(["a"])
+
+
+def test_encode_zoo_is_the_encoder_the_engine_standardized():
+    """One function encodes a zoo: the latent statistics fit records are those of encode_zoo's latents."""
+    from paramgen.interfaces import LatentStats
+    from paramgen.layout import ZooRows
+
+    gen = fit(build("vae+ddpm"), steps=3)
+    flat, tasks = zoo_vectors()
+    archs = gen.layout.check_archs(None, len(flat))
+    enc = gen.encode_zoo(ZooRows(*gen.layout.to_rows(flat, tasks, archs), conds=tasks, tasks=tasks), batch_size=5)
+    assert enc.conds == tasks and enc.tasks == tasks and enc.latents is None
+    assert gen.latent_stats == LatentStats(mean=float(enc.codes.mean()), scale=float(enc.codes.std()))
+    with pytest.raises(ValueError, match="batch_size must be a positive integer"):
+        gen.encode_zoo(ZooRows(*gen.layout.to_rows(flat, tasks, archs)), batch_size=0)
+
+
+def test_paramgen_fit_is_the_engine_with_a_seed_drawn_from_generator():
+    """The shortcut restates no default: its keywords go to FitConfig as they are, and the seed
+    is drawn from ``generator`` exactly as Generator.fit drew it, so results stay bit-identical."""
+    import inspect
+
+    import attrs
+
+    from paramgen.training import FitConfig
+    from paramgen.training import fit as engine_fit
+
+    fields = {f.name for f in attrs.fields(FitConfig)}
+    params = inspect.signature(paramgen.fit).parameters
+    assert not fields & set(params), "paramgen.fit restates FitConfig fields (and so their defaults)"
+    flat, tasks = zoo_vectors(4)
+    a, b = build("vae+kde"), build("vae+kde")
+    for gen in (a, b):
+        torch.manual_seed(0)
+        for part in (gen.tokenizer, gen.conditioner):
+            for p in part.parameters():
+                torch.nn.init.normal_(p)
+    paramgen.fit(a, flat, tasks, tasks=tasks, tokenizer_steps=3, batch_size=4, progress=False, generator=torch.Generator().manual_seed(9))
+    seed = int(torch.randint(0, 2**62, (1,), generator=torch.Generator().manual_seed(9)))
+    engine_fit(b, flat, tasks, tasks=tasks, config=FitConfig(tokenizer_steps=3, batch_size=4, progress=False, seed=seed))
+    for k, v in a.tokenizer.state_dict().items():
+        assert torch.equal(v, b.tokenizer.state_dict()[k]), k
+    assert a.latent_stats == b.latent_stats
+    with pytest.raises(TypeError, match=r"'seed'.*drawn from generator="):
+        paramgen.fit(build("vae+kde"), flat, tasks, seed=1)
+    with pytest.raises(TypeError, match="'tokenizer_step'.*not a FitConfig field"):
+        paramgen.fit(build("vae+kde"), flat, tasks, tokenizer_step=1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -348,3 +349,46 @@ def test_a_task_indexed_generator_fits_on_a_zoo_without_conditions(two_arch_zoo:
     assert torch.equal(draw(a), draw(b))
     with pytest.raises(ValueError, match=r"expected one raw condition per weight vector \(4\), got None"):
         paramgen.fit(conditioned(OrderedSetConditioner(feature_dim=3, num_classes=3, per_class=2, hidden=4)), zoo, progress=False)
+
+
+# ---------------------------------------------------------------- the engine as a package (issue 19)
+TRAINING = Path(paramgen.__file__).parent / "training"
+ENGINE_FILES = sorted(TRAINING.glob("*.py"))
+
+
+def test_training_is_a_package_of_small_modules_without_an_import_circle():
+    assert {f.stem for f in ENGINE_FILES} >= {"__init__", "config", "engine", "checkpoint", "inputs", "stages"}
+    longest = max(ENGINE_FILES, key=lambda f: len(f.read_text().splitlines()))
+    assert len(longest.read_text().splitlines()) <= 400, longest.name
+    for f in ENGINE_FILES:  # each module first in a fresh interpreter: a circle fails one of them
+        name = "paramgen.training" if f.stem == "__init__" else f"paramgen.training.{f.stem}"
+        subprocess.run([sys.executable, "-c", f"import {name}"], check=True, capture_output=True)
+    from paramgen.training import STAGES, CheckpointError, FitConfig, NonFiniteLossError, fit, latest_checkpoint  # noqa: F401
+
+
+def _private_uses(path: Path) -> list[str]:
+    """``generator._x`` / ``gen._x`` reads and ``from paramgen.generator import _x`` in a file."""
+    import ast
+
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in ("generator", "gen"):
+            if node.attr.startswith("_") and not node.attr.startswith("__"):
+                found.append(f"{path.name}:{node.lineno} {node.value.id}.{node.attr}")
+        if isinstance(node, ast.ImportFrom) and node.module in ("paramgen.generator", "paramgen.layout"):
+            found += [f"{path.name}:{node.lineno} {a.name}" for a in node.names if a.name.startswith("_")]
+    return found
+
+
+def test_the_engine_uses_only_the_public_surface_of_the_generator():
+    files = [*ENGINE_FILES, Path(paramgen.__file__).with_name("fitting.py")]
+    assert len(files) >= 7
+    assert [u for f in files for u in _private_uses(f)] == []
+    # One function encodes a zoo (Generator.encode_zoo): the engine calls no tokenizer's encode itself.
+    assert not [f.name for f in ENGINE_FILES if re.search(r"\b(tok|tokenizer)\.encode\(", f.read_text())]
+
+
+def test_few_type_ignores_in_the_generator_and_the_engine():
+    files = [Path(paramgen.__file__).with_name("generator.py"), *ENGINE_FILES]
+    assert len(files) >= 7
+    assert sum(f.read_text().count("type: ignore") for f in files) < 10

@@ -276,3 +276,69 @@ def test_family_rejects_bad_members():
         FamilyVectorizer({"a": ChunkVectorizer(a, chunk_size=4)}, rows=1)
     with pytest.raises(ValueError, match="at least one member"):
         FamilyVectorizer({})
+
+
+# ---------------------------------------------------------------- Layout: one architecture is a family of one
+def _mlp(i: int, h: int) -> ParamSpec:
+    return ParamSpec.from_module(nn.Sequential(nn.Linear(i, h), nn.ReLU(), nn.Linear(h, 2)))
+
+
+def test_layout_treats_one_architecture_as_a_family_of_one():
+    from paramgen.layout import SINGLE, Layout
+    from paramgen.normalize import GlobalScale
+
+    spec = _mlp(3, 5)
+    flat = torch.randn(6, spec.numel, generator=torch.Generator().manual_seed(0))
+    single = Layout(ChunkVectorizer(spec, chunk_size=8), GlobalScale().fit(flat, spec=spec))
+    of_one = Layout(FamilyVectorizer({SINGLE: ChunkVectorizer(spec, chunk_size=8)}), single.normalizer)
+    archs = single.check_archs(None, len(flat))
+    assert archs == [SINGLE] * 6 and single.specs == of_one.specs == {SINGLE: spec}
+    x, mask = single.to_rows(flat, None, archs)
+    y, mask_y = of_one.to_rows(list(flat), None, of_one.check_archs(archs, 6))
+    assert torch.equal(x, y) and torch.equal(mask, mask_y) and mask.shape == (single.rows, single.width)  # one architecture: a shared mask
+    back = single.from_rows(x, None, archs)
+    assert isinstance(back, torch.Tensor) and torch.allclose(back, flat, atol=1e-5)  # a single architecture gives one (M, D) tensor
+    assert torch.equal(torch.stack(of_one.from_rows(x, None, archs)), back)  # a family a list, of the same values
+    with pytest.raises(ValueError, match="archs= is for a generator over a FamilyVectorizer"):
+        single.check_archs(archs, 6)
+    with pytest.raises(SpecMismatchError, match=r"expected flat weight vectors of shape \(M, 32\), got \(6, 31\)"):
+        single.to_rows(flat[:, :-1], None, archs)
+
+
+def test_layout_of_a_family_groups_models_by_architecture():
+    from paramgen.layout import Layout
+    from paramgen.normalize import PerLayerZScore
+
+    specs = {"small": _mlp(3, 4), "big": _mlp(3, 9)}
+    layout = Layout(FamilyVectorizer.chunked(specs, chunk_size=8))
+    nets = {k: nn.Sequential(nn.Linear(3, h), nn.ReLU(), nn.Linear(h, 2)) for k, h in (("small", 4), ("big", 9))}
+    sds = [nets["big"].state_dict(), nets["small"].state_dict(), nets["big"].state_dict()]
+    flat, archs = layout.flatten(sds, None)  # architectures inferred from the state dicts
+    assert archs == ["big", "small", "big"] and [f.numel() for f in flat] == [specs[a].numel for a in archs]
+    x, mask = layout.to_rows(flat, None, archs)
+    assert x.shape == mask.shape == (3, layout.rows, layout.width)  # several architectures: a mask per model
+    assert int(mask[1].sum()) == specs["small"].numel and int(mask[0].sum()) == specs["big"].numel
+    back = layout.unflatten(layout.from_rows(x, None, archs), archs)
+    assert all(torch.equal(back[i][k], sds[i][k]) for i in range(3) for k in sds[i])
+    with pytest.raises(SpecMismatchError, match=r"model 1 is labelled 'big' \(\d+ weights\) but has \d+ values"):
+        layout.to_rows(flat, None, ["big", "big", "big"])
+    with pytest.raises(KeyError, match="unknown architecture 'huge'"):
+        layout.check_archs(["huge", "big", "big"], 3)
+    with pytest.raises(ValueError, match="state dict 0 matches no member of this family"):
+        layout.flatten([{"w": torch.zeros(2)}], None)
+    with pytest.raises(TypeError, match="takes normalizer=None or GlobalScale"):
+        Layout(FamilyVectorizer.chunked(specs, chunk_size=8), PerLayerZScore(specs["big"]))
+
+
+def test_interfaces_sit_at_the_bottom():
+    """interfaces imports nothing of paramgen but spec; VectorBatch lives there (vectorize re-exports it)."""
+    import ast
+    from pathlib import Path
+
+    import paramgen.interfaces
+    import paramgen.vectorize
+
+    tree = ast.parse(Path(paramgen.interfaces.__file__).read_text())
+    mine = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module and n.module.startswith("paramgen")}
+    assert mine <= {"paramgen.spec"}
+    assert paramgen.vectorize.VectorBatch is paramgen.interfaces.VectorBatch
