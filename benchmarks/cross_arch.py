@@ -39,6 +39,7 @@ from typing import Any
 import attrs
 import torch
 
+import paramgen
 from benchmarks.common import Results, RunSetup, capped, parallel_map
 from paramgen import Generator
 from paramgen.conditioners import ArchitectureConditioner, ConcatConditioner, TextConditioner
@@ -214,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     gen = make_generator(args.components, spec_of, conditioner, args.layout, size)
     fam = gen.vectorizer
     start = timer()
-    gen.fit(flats, conds, archs=archs, tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"],
+    paramgen.fit(gen, flats, conds, archs=archs, tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"],
             batch_size=32, tokenizer_lr=size["tokenizer_lr"], prior_lr=1e-3, generator=g(1), progress=False)
     fit_s = timer() - start
 

@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import paramgen
 from benchmarks.common import Results, parser
 from paramgen import Generator
 from paramgen.conditioners.ordered import OrderedSetConditioner
@@ -338,7 +339,7 @@ def fit_generator(zoo: dict[str, Any], feature_dim: int, size: dict[str, Any], *
     flat, _ = spec.flatten_stacked({"weight": w, "bias": b})  # (M, D)
     gen = make_generator(spec, feature_dim, size)
     tasks = [f"task{i}" for i in zoo["task_of_row"]]
-    gen.fit(
+    paramgen.fit(gen, 
         flat, zoo["conds"], tasks=tasks, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
         prior_lr=1e-3, generator=torch.Generator().manual_seed(seed), progress=progress,
     )  # fmt: skip

@@ -44,6 +44,7 @@ from typing import Any
 
 import torch
 
+import paramgen
 from benchmarks.common import Results, parser
 from paramgen.lora import (
     Features,
@@ -191,7 +192,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cond_desc = [tasks[t].description for t in zoo_tasks]
     start = time.perf_counter()
     gen = cond_pdiff(setup.spec(), seed=None, hidden_channels=size["vae_channels"], prior_channels=size["prior_channels"])
-    gen.fit(flat, cond_text, tasks=zoo_tasks, tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], prior_lr=1e-3, generator=g(2), progress=False)
+    paramgen.fit(gen, flat, cond_text, tasks=zoo_tasks, tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], prior_lr=1e-3, generator=g(2), progress=False)
     fit_s = time.perf_counter() - start
     res.add("generator", "all", "fit_s", fit_s)
     gen.save_pretrained(out / "generator")
@@ -202,7 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setup.spec(), condition="task" if onehot else "text", tasks=list(seen) if onehot else None, seed=None, prior_channels=size["prior_channels"],
             tokenizer=gen.tokenizer, normalizer=gen.normalizer,
         )  # fmt: skip
-        other.fit(flat, conds, tasks=zoo_tasks, tokenizer_steps=0, prior_steps=size["prior_steps"], prior_lr=1e-3, generator=g(3), progress=False)
+        paramgen.fit(other, flat, conds, tasks=zoo_tasks, tokenizer_steps=0, prior_steps=size["prior_steps"], prior_lr=1e-3, generator=g(3), progress=False)
         ablation[kind] = other
 
     # 4. Generation for every task in one call per generator.

@@ -40,6 +40,7 @@ from typing import Any
 import attrs
 import torch
 
+import paramgen
 from benchmarks.common import Results, RunSetup, capped, parallel_map
 from paramgen import Generator, ParamSpec
 from paramgen.conditioners import mobilenet_features, set_features
@@ -185,12 +186,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 3. One generator for all tasks: VAE + contrastively aligned set encoder + latent DDPM.
     gen = make_generator(spec, extractor.feature_dim, size)
     start = timer()
-    gen.fit(flat, conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
+    paramgen.fit(gen, flat, conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
             prior_lr=1e-3, generator=g(2), progress=False)
     fit_s = timer() - start
     # S_KDE: the same tokenizer, normalizer and (frozen) conditioner, a KDE prior.
     kde = Generator(vectorizer=gen.vectorizer, tokenizer=gen.tokenizer, prior=KDEPrior(), conditioner=gen.conditioner, normalizer=gen.normalizer)
-    kde.fit(flat, conds, tasks=tasks_of, tokenizer_steps=0, generator=g(3), progress=False)
+    paramgen.fit(kde, flat, conds, tasks=tasks_of, tokenizer_steps=0, generator=g(3), progress=False)
 
     # 4. Samples for every task at once (n per condition, in task order).
     n = size["samples"]

@@ -38,6 +38,7 @@ from typing import Any
 
 import torch
 
+import paramgen
 from benchmarks.common import Results, RunSetup
 from benchmarks.modelzoo import accuracies, capped, make_generator
 from benchmarks.modelzoo import plan as image_plan
@@ -140,7 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         gen = make_generator(spec, row_conds[0].shape[-1], size)
         start = time.perf_counter()
-        gen.fit(flat, row_conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
+        paramgen.fit(gen, flat, row_conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
                 prior_lr=1e-3, generator=g(100 * mi + 2), progress=False)
         res.add(f"generator ({modality})", "all", "fit_s", time.perf_counter() - start, parameters=spec.numel)
 

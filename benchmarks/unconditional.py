@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+import paramgen
 from benchmarks.common import Results, RunSetup
 from paramgen import Generator, ParamSpec
 from paramgen.data import get_task
@@ -137,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # initialization from the process's generator (seed=None), in this order.
         gen = make_generator(method, spec, size)
         start = time.perf_counter()
-        gen.fit(originals, tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], prior_lr=1e-3, generator=g(10 + k), progress=False)
+        paramgen.fit(gen, originals, tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], prior_lr=1e-3, generator=g(10 + k), progress=False)
         fit_s = time.perf_counter() - start
         start = time.perf_counter()
         samples = gen.sample_flat(None, size["samples"], generator=g(20 + k), sampler="ddpm")  # the committed rows' sampler

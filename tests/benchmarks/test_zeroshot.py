@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+import paramgen
 from benchmarks import zeroshot
 from tests.benchmarks.test_harnesses import methods, run
 
@@ -38,7 +39,7 @@ def test_generated_head_sees_only_the_conditioning_images():
     from paramgen.heads import class_condition
 
     row_conds = [class_condition(conds[t], k) for t in tasks for k in range(5)]
-    gen.fit(rows, row_conds, tasks=[f"{t[0]}:{c}" for t in tasks for c in t[1]], tokenizer_steps=2, align_steps=2, prior_steps=2,
+    paramgen.fit(gen, rows, row_conds, tasks=[f"{t[0]}:{c}" for t in tasks for c in t[1]], tokenizer_steps=2, align_steps=2, prior_steps=2,
             batch_size=8, generator=torch.Generator().manual_seed(1), progress=False)
     w, b = zeroshot.generate_heads(gen, conds[tasks[1]], 2, torch.Generator().manual_seed(2))
     # Shuffle the test and validation labels and replace their images: conditions and heads are unchanged.

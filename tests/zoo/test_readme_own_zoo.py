@@ -85,11 +85,11 @@ def test_own_zoo_from_data_to_a_reloaded_generator(tmp_path, monkeypatch, capsys
 def test_the_bound_holds_for_other_fit_seeds(seed, tmp_path, monkeypatch, capsys):
     """The README's seed is not a lucky one: the generator's seeds 0..4 (same zoo) all pass."""
     code = SNIPPET
-    for old, new in (("seed=0,", f"seed={seed},"), ("gen.fit(zoo, ", None)):
+    for old, new in (("seed=0,", f"seed={seed},"), ("fit(gen, zoo, ", None)):
         assert code.count(old) == 1, f"the snippet no longer has exactly one {old!r}"
         if new is not None:
             code = code.replace(old, new)
-    fit_line = next(line for line in code.splitlines() if line.startswith("gen.fit(zoo, "))
+    fit_line = next(line for line in code.splitlines() if line.startswith("fit(gen, zoo, "))
     assert fit_line.count("manual_seed(0)") == 1
     code = code.replace(fit_line, fit_line.replace("manual_seed(0)", f"manual_seed({seed})"))
     monkeypatch.chdir(tmp_path)
