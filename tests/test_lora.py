@@ -18,7 +18,6 @@ from paramgen.lora import (  # noqa: E402
     LoRAZoo,
     MiniLMLoRA,
     TextOrVectorConditioner,
-    build_generator,
     generate_adapters,
     load_adapter,
     load_peft_model,
@@ -27,6 +26,7 @@ from paramgen.lora import (  # noqa: E402
     save_adapter,
     text_tasks,
 )
+from paramgen.pipelines import cond_pdiff  # noqa: E402
 
 TEXTS = ["I love this so much", "worst day ever, everything broke", "the meeting is at 3pm", "not bad at all :)"]
 
@@ -57,7 +57,7 @@ def fitted(model, tasks):
         adapters += kept
         records += [{"task": name, "num_labels": task.num_labels, "step": s} for s in steps]
     zoo = LoRAZoo.from_adapters(adapters, records, setup)
-    gen = build_generator(setup, hidden_channels=8, prior_channels=8)
+    gen = cond_pdiff(setup.spec(), condition=TextOrVectorConditioner(), seed=None, hidden_channels=8, prior_channels=8)  # formerly lora.build_generator
     conds = [tasks[t].condition() for t in zoo.tasks]
     paramgen.fit(gen, zoo.flat, conds, tasks=zoo.tasks, tokenizer_steps=3, prior_steps=3, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False)
     return zoo, gen
@@ -326,7 +326,7 @@ def test_adapter_config_names_the_base_model_portably_and_loading_finds_it(model
 def test_generate_adapters_uses_task_only_with_a_per_task_normalizer(tasks, fitted):
     zoo, gen = fitted
     task = tasks["negative-vs-positive"]
-    plain = build_generator(zoo.setup, hidden_channels=8, prior_channels=8, normalizer="per-layer")
+    plain = cond_pdiff(zoo.setup.spec(), condition=TextOrVectorConditioner(), seed=None, hidden_channels=8, prior_channels=8, normalizer="per-layer")
     paramgen.fit(plain, zoo.flat, [tasks[t].condition() for t in zoo.tasks], tokenizer_steps=1, prior_steps=1, batch_size=8, generator=torch.Generator().manual_seed(0), progress=False)
     assert len(generate_adapters(plain, task.description, task.examples(2), n=1, seed=3, steps=2)) == 1
     with pytest.raises(ValueError, match="task='negative-vs-positive' is for a generator with a per-task normalizer"):
