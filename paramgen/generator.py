@@ -44,7 +44,6 @@ Examples:
 
 from __future__ import annotations
 
-import logging
 import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -55,7 +54,7 @@ import torch
 from torch import nn
 
 from paramgen import pretrained
-from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer
+from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer, require
 from paramgen.layout import Layout, ZooRows, collate
 from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore
 from paramgen.spec import ParamSpec, SpecMismatchError
@@ -63,18 +62,9 @@ from paramgen.vectorize import FamilyVectorizer
 
 __all__ = ["Generator", "NotFittedError", "Encoding"]
 
-logger = logging.getLogger(__name__)
-
-
 
 class NotFittedError(RuntimeError):
     """A generator was used before it was fitted (`paramgen.training.fit`, `paramgen.fit`) or loaded (`Generator.from_pretrained`)."""
-
-
-def _require(obj: Any, protocol: type, role: str) -> None:
-    if not isinstance(obj, protocol):
-        verbs = sorted(n for n in vars(protocol) if not n.startswith("_")) + sorted(getattr(protocol, "__annotations__", {}))
-        raise TypeError(f"{role} must implement the {protocol.__name__} protocol ({', '.join(verbs)}), got {type(obj).__name__}")
 
 
 @attrs.frozen(eq=False)
@@ -130,10 +120,10 @@ class Generator:
         normalizer: Normalizer | None = None,
     ) -> None:
         layout = Layout(vectorizer, normalizer)  # checks the vectorizer and the normalizer
-        _require(tokenizer, Tokenizer, "tokenizer")
-        _require(prior, Prior, "prior")
+        require(tokenizer, Tokenizer, "tokenizer")
+        require(prior, Prior, "prior")
         if conditioner is not None:
-            _require(conditioner, Conditioner, "conditioner")
+            require(conditioner, Conditioner, "conditioner")
         # A prior over tokens (it has a vocabulary) pairs with a discrete tokenizer.
         self.discrete = hasattr(prior, "vocab_size")
         if self.discrete:

@@ -40,6 +40,7 @@ __all__ = [
     "Conditioner",
     "Prior",
     "Selector",
+    "require",
 ]
 
 
@@ -180,6 +181,23 @@ class Prior(Protocol):
     def loss(self, latents: torch.Tensor, cond: torch.Tensor | None, *, generator: torch.Generator | None = None) -> torch.Tensor: ...
 
     def sample(self, n: int, cond: torch.Tensor | None, *, generator: torch.Generator | None = None) -> torch.Tensor: ...
+
+
+def require(obj: Any, protocol: type, role: str) -> None:
+    """Refuse ``obj`` as ``role`` unless it implements ``protocol`` (the error lists its verbs).
+
+    Raises:
+        TypeError: ``obj`` does not implement ``protocol``.
+
+    Examples:
+        >>> require(object(), Conditioner, "conditioner")
+        Traceback (most recent call last):
+        ...
+        TypeError: conditioner must implement the Conditioner protocol (dim), got object
+    """
+    if not isinstance(obj, protocol):
+        verbs = sorted(n for n in vars(protocol) if not n.startswith("_")) + sorted(getattr(protocol, "__annotations__", {}))
+        raise TypeError(f"{role} must implement the {protocol.__name__} protocol ({', '.join(verbs)}), got {type(obj).__name__}")
 
 
 @runtime_checkable

@@ -36,7 +36,7 @@ from typing import Any, cast
 
 import torch
 
-from paramgen.interfaces import Vectorizer
+from paramgen.interfaces import Vectorizer, require
 from paramgen.normalize import GlobalScale, Normalizer
 from paramgen.spec import ParamSpec, SpecMismatchError
 from paramgen.vectorize import FamilyVectorizer
@@ -75,12 +75,6 @@ def _sub(seq: Sequence[str] | None, idx: list[int]) -> list[str] | None:
     return None if seq is None else [seq[i] for i in idx]
 
 
-def _require(obj: Any, protocol: type, role: str) -> None:
-    if not isinstance(obj, protocol):
-        verbs = sorted(n for n in vars(protocol) if not n.startswith("_")) + sorted(getattr(protocol, "__annotations__", {}))
-        raise TypeError(f"{role} must implement the {protocol.__name__} protocol ({', '.join(verbs)}), got {type(obj).__name__}")
-
-
 class Layout:
     """Checking, normalizing and laying out the weights of a generator's architectures.
 
@@ -106,13 +100,13 @@ class Layout:
     def __init__(self, vectorizer: Vectorizer | FamilyVectorizer, normalizer: Normalizer | None = None) -> None:
         self.single = not isinstance(vectorizer, FamilyVectorizer)
         if self.single:
-            _require(vectorizer, Vectorizer, "vectorizer")
+            require(vectorizer, Vectorizer, "vectorizer")
         elif normalizer is not None and not isinstance(normalizer, GlobalScale):
             raise TypeError(
                 f"a FamilyVectorizer generator takes normalizer=None or GlobalScale (architecture-independent statistics), got {type(normalizer).__name__}"
             )
         if normalizer is not None:
-            _require(normalizer, Normalizer, "normalizer")
+            require(normalizer, Normalizer, "normalizer")
         self.vectorizer: Any = vectorizer
         self.members = vectorizer if isinstance(vectorizer, FamilyVectorizer) else FamilyVectorizer({SINGLE: cast(Any, vectorizer)})
         self.normalizer = normalizer
