@@ -498,7 +498,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _zoo(args: argparse.Namespace) -> int:
-    from paramgen.zoo.__main__ import run
+    from paramgen.cli.zoo_commands import run
 
     return run(args, prog="paramgen zoo")
 

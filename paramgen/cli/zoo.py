@@ -1,5 +1,5 @@
 """The arguments of ``paramgen zoo`` / ``python -m paramgen.zoo`` (standard library only, so
-that ``--help`` answers without importing torch; the commands run in `paramgen.zoo.__main__`)."""
+that ``--help`` answers without importing torch; the commands run in `paramgen.cli.zoo_commands`)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ Examples:
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import attrs
@@ -26,14 +26,14 @@ import torch
 
 from paramgen._convert import str_tuple
 from paramgen._optional import require
+from paramgen.formats.peft import HEAD_PREFIX as _PREFIX
+from paramgen.formats.peft import find_head
 from paramgen.spec import ParamSpec
 
 __all__ = ["BASE_MODEL_ID", "AdapterError", "LoRASetup", "find_head", "pad_head", "pad_rows", "unpad_head"]
 
 BASE_MODEL_ID = "sentence-transformers/all-MiniLM-L6-v2"
-_PREFIX = "base_model.model."
 _HEAD = ("classifier.weight", "classifier.bias")
-_HEAD_MODULES = ("classifier", "score")  # what PEFT's SEQ_CLS models add to modules_to_save
 
 
 class AdapterError(ValueError):
@@ -136,30 +136,6 @@ class LoRASetup:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LoRASetup:
         return cls(**dict(data))
-
-
-def find_head(shapes: Mapping[str, Sequence[int]]) -> tuple[str, str | None] | None:
-    """The classification head of a PEFT sequence-classification adapter, from its tensors' shapes.
-
-    PEFT saves the head (``modules_to_save``: ``classifier``, or ``score`` for decoder
-    models) as ``base_model.model.<head>.weight``, one row per label, and its bias if any.
-
-    Args:
-        shapes: Tensor name -> shape, e.g. of an ``adapter_model.safetensors``.
-
-    Returns:
-        ``(weight name, bias name or None)``, or ``None`` when there is no such head.
-
-    Examples:
-        >>> find_head({"base_model.model.classifier.weight": (2, 384), "base_model.model.classifier.bias": (2,)})
-        ('base_model.model.classifier.weight', 'base_model.model.classifier.bias')
-    """
-    for module in _HEAD_MODULES:
-        weight, bias = f"{_PREFIX}{module}.weight", f"{_PREFIX}{module}.bias"
-        if weight in shapes and len(shapes[weight]) == 2:
-            rows = shapes[weight][0]
-            return weight, bias if bias in shapes and tuple(shapes[bias]) == (rows,) else None
-    return None
 
 
 def pad_rows(tensors: Mapping[str, torch.Tensor], head: tuple[str, str | None], rows: int) -> dict[str, torch.Tensor]:
