@@ -39,10 +39,12 @@ test: setup
 test-all: setup
 	HF_HUB_OFFLINE=1 $(PY) -m pytest -m "slow or not slow" $(PYTEST_ARGS)
 
-# Lint and type-check (the same commands as .pre-commit-config.yaml and .ci/run).
+# Lint, type-check and layering contracts (pyproject's [tool.importlinter]); the same
+# commands as .pre-commit-config.yaml and .ci/run.
 lint: setup
 	$(VENV)/bin/ruff check paramgen benchmarks tests
 	$(VENV)/bin/mypy paramgen
+	$(VENV)/bin/lint-imports
 
 demo: setup
 	HF_HUB_OFFLINE=1 $(PY) -m paramgen.demo
