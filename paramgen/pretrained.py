@@ -40,6 +40,7 @@ FORMAT_VERSION = 2
 _READABLE_VERSIONS = (1, 2)
 _ROLES = ("tokenizer", "prior", "conditioner", "normalizer")
 
+
 class _WeightsMismatch(Exception):
     """Saved weights that do not fit the rebuilt component (internal, reported as ValueError)."""
 
@@ -56,7 +57,6 @@ def _check_definition(config: Mapping[str, Any], config_path: Path, names: Mappi
             "the digest recorded when it was saved (config_sha256). The weights belong to the saved configuration: "
             "restore it, or build the generator you want and fit it"
         )
-
 
 
 def _need(config: Mapping[str, Any], key: str, where: str) -> Any:

@@ -50,8 +50,6 @@ def _optional_positive(_: Any, attribute: attrs.Attribute, value: int | None) ->
         _positive(_, attribute, value)
 
 
-
-
 @attrs.frozen(kw_only=True)
 class FitConfig:
     """Everything `fit` needs besides the data; frozen, JSON-serializable (``attrs.asdict``).

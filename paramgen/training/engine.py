@@ -12,7 +12,7 @@ import os
 import re
 import warnings
 from collections.abc import Callable, Iterator, Sized
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, Protocol, cast
 
 import torch
 from torch import nn
@@ -22,10 +22,15 @@ from paramgen.layout import collate
 from paramgen.tracking import Logger, NullLogger
 from paramgen.training.config import FitConfig, NonFiniteLossError
 
-if TYPE_CHECKING:
-    from paramgen.training.checkpoint import Saved
-
 logger = logging.getLogger("paramgen.training")
+
+
+class LoopState(Protocol):
+    """A checkpoint's loop states, restored into a stage's optimizer, scheduler, EMA and
+    gradient scaler (`paramgen.training.checkpoint.Saved`; the engine does not import it)."""
+
+    def restore_loop(self, opt: torch.optim.Optimizer, sched: Any, ema: _Ema | None, scaler: Any) -> None: ...
+
 
 def _seed(*parts: Any) -> int:
     """A 63-bit seed from a tuple: independent streams per (seed, stage, step, slot)."""
@@ -207,7 +212,7 @@ def _train(
     steps: int,
     lr: float,
     start: int,
-    saved: Saved | None,
+    saved: LoopState | None,
     save: Callable[[int, dict[str, Any]], None],
     update_ema: Callable[[], None] | None = None,
 ) -> None:

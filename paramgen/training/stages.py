@@ -18,6 +18,7 @@ from paramgen.training.engine import _LossModule, _Run, _seed, _train, _trainabl
 
 logger = logging.getLogger("paramgen.training")
 
+
 def _fit_tokenizer(
     run: _Run, generator: Generator, rows: torch.utils.data.Dataset, predictor: nn.Module | None, start: int, saved: Saved | None, save: Callable
 ) -> None:
