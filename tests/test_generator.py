@@ -434,3 +434,33 @@ def test_paramgen_fit_is_the_engine_with_a_seed_drawn_from_generator():
         paramgen.fit(build("vae+kde"), flat, tasks, seed=1)
     with pytest.raises(TypeError, match="'tokenizer_step'.*not a FitConfig field"):
         paramgen.fit(build("vae+kde"), flat, tasks, tokenizer_step=1)
+
+
+def test_family_folders_of_format_1_and_2_still_load(tmp_path):
+    """A family generator saved now (format 2) and the same folder as format 1 wrote it
+    (class paths, latent mean and scale apart, no digests) load and sample the same weights."""
+    import json
+
+    from paramgen.registry import BUILTINS
+
+    gen, specs = family_generator("vae+ddpm")
+    g = torch.Generator().manual_seed(0)
+    flat = family_zoo(specs["small"], 4, g) + family_zoo(specs["big"], 4, g)
+    archs = ["small"] * 4 + ["big"] * 4
+    paramgen.fit(gen, flat, archs, archs=archs, tokenizer_steps=2, prior_steps=2, batch_size=4, generator=torch.Generator().manual_seed(1), progress=False)
+    path = gen.save_pretrained(tmp_path / "fam")
+    reference = gen.sample_flat(["unseen", "big"], 2, archs=["unseen", "big"], generator=torch.Generator().manual_seed(3))
+    config = json.loads((path / "config.json").read_text())
+    assert config["version"] == 2 and config["spec"] is None and config["vectorizer"]["type"] == "family"
+    v2 = Generator.from_pretrained(path).sample_flat(["unseen", "big"], 2, archs=["unseen", "big"], generator=torch.Generator().manual_seed(3))
+    config["version"] = 1
+    for entry in config["components"].values():
+        if "name" in entry:
+            entry["class"] = BUILTINS[entry.pop("name")]
+    stats = config.pop("latent_stats")
+    config["latent_mean"], config["latent_scale"] = stats["mean"], stats["scale"]
+    del config["config_sha256"], config["weights_sha256"]
+    (path / "config.json").write_text(json.dumps(config))
+    v1 = Generator.from_pretrained(path).sample_flat(["unseen", "big"], 2, archs=["unseen", "big"], generator=torch.Generator().manual_seed(3))
+    for ref, a, b in zip(reference, v2, v1, strict=True):
+        assert torch.equal(ref, a) and torch.equal(ref, b)
