@@ -64,9 +64,9 @@ from paramgen.generator import Generator
 from paramgen.tracking import Logger
 from paramgen.training.checkpoint import LATEST, Saved, latest_checkpoint, write_checkpoint
 from paramgen.training.config import STAGES, CheckpointError, FitConfig, NonFiniteLossError
-from paramgen.training.engine import _modules, _Run, _trainable
-from paramgen.training.inputs import _check_zoo, _fingerprint, _inputs
-from paramgen.training.stages import _align, _encode, _fit_prior, _fit_tokenizer
+from paramgen.training.engine import Run, modules_of, trainable_parameters
+from paramgen.training.inputs import adapt_inputs, check_zoo, run_fingerprint
+from paramgen.training.stages import align_stage, latents_stage, prior_stage, tokenizer_stage
 
 __all__ = ["FitConfig", "fit", "NonFiniteLossError", "CheckpointError", "STAGES", "latest_checkpoint"]
 
@@ -136,10 +136,10 @@ def fit(
     if not isinstance(config, FitConfig):
         raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
     generator.check_fittable()
-    flat, conds, tasks, archs = _inputs(generator, flat, conds, tasks, archs)
-    zoo = _check_zoo(generator, flat, conds, tasks, archs)
-    run = _Run(generator, config, tracker, accelerator)
-    fingerprint = _fingerprint(generator, zoo, config)
+    flat, conds, tasks, archs = adapt_inputs(generator, flat, conds, tasks, archs)
+    zoo = check_zoo(generator, flat, conds, tasks, archs)
+    run = Run(generator, config, tracker, accelerator)
+    fingerprint = run_fingerprint(generator, zoo, config)
     saved: Saved | None = None
     if resume is not None:
         path = Path(resume)
@@ -175,25 +175,25 @@ def fit(
     rows = zoo.rows(generator)
     if not finished("tokenizer"):
         start, state = resumed("tokenizer")
-        _fit_tokenizer(run, generator, rows, predictor, start, state, saver("tokenizer"))
+        tokenizer_stage(run, generator, rows, predictor, start, state, saver("tokenizer"))
         saver("tokenizer")(config.tokenizer_steps)
-    enc = _encode(run, generator, rows, want_latents=config.align_steps > 0)
+    enc = latents_stage(run, generator, rows, want_latents=config.align_steps > 0)
     if zoo.lazy:
         if generator.conditioner is not None and (enc.conds is None or any(c is None for c in enc.conds)):
             raise ValueError("this generator is conditioned: every dataset item needs a 'cond'")
         if generator.conditioner is None and enc.conds is not None:
             raise ValueError("this generator is unconditional, but the dataset items carry a 'cond'")
     if not finished("align") and config.align_steps > 0:
-        _align(run, generator, enc)
+        align_stage(run, generator, enc)
         saver("align")(config.align_steps)
     if not finished("prior"):
         start, state = resumed("prior")
-        _fit_prior(run, generator, enc, start, state, saver("prior"))
-    for part in _modules(generator.tokenizer, generator.prior, generator.conditioner):
+        prior_stage(run, generator, enc, start, state, saver("prior"))
+    for part in modules_of(generator.tokenizer, generator.prior, generator.conditioner):
         part.eval()
     # prior_steps=0 skips the stage: a prior that learns by gradient steps is then not
     # fitted by this run, and the generator is marked fitted only if it already was.
-    trained = hasattr(generator.prior, "fit") or not _trainable(generator.prior) or config.prior_steps > 0
+    trained = hasattr(generator.prior, "fit") or not trainable_parameters(generator.prior) or config.prior_steps > 0
     if not trained and not generator.fitted:
         logger.warning("fit: prior_steps=0 left the %s untrained; the generator is not marked fitted", type(generator.prior).__name__)
     generator.fitted = generator.fitted or trained

@@ -18,7 +18,7 @@ from paramgen.generator import Generator
 from paramgen.interfaces import LatentStats
 from paramgen.io import read_json, save_safetensors, write_json
 from paramgen.training.config import STAGES, CheckpointError
-from paramgen.training.engine import _Ema, _Run
+from paramgen.training.engine import Ema, Run
 
 __all__ = ["latest_checkpoint", "Saved", "write_checkpoint", "LATEST"]
 
@@ -76,7 +76,7 @@ class Saved:
         """Whether the checkpoint marks the end of its stage (no loop state)."""
         return bool(self.meta.get("done"))
 
-    def restore_loop(self, opt: torch.optim.Optimizer, sched: Any, ema: _Ema | None, scaler: Any) -> None:
+    def restore_loop(self, opt: torch.optim.Optimizer, sched: Any, ema: Ema | None, scaler: Any) -> None:
         loop = self.meta["loop"]
         device = next((p.device for g in opt.param_groups for p in g["params"]), torch.device("cpu"))
         state: dict[int, dict[str, Any]] = {}
@@ -114,7 +114,7 @@ def _json_value(v: Any) -> Any:
     return v
 
 
-def write_checkpoint(run: _Run, generator: Generator, fingerprint: dict[str, Any], stage: str, step: int, loop: Mapping[str, Any] | None) -> None:
+def write_checkpoint(run: Run, generator: Generator, fingerprint: dict[str, Any], stage: str, step: int, loop: Mapping[str, Any] | None) -> None:
     """Write a checkpoint folder, then point ``latest.json`` at it, then drop the older ones.
 
     ``loop`` (optimizer, scheduler, EMA, scaler) is given mid-stage; without it the

@@ -22,6 +22,8 @@ from paramgen.layout import collate
 from paramgen.tracking import Logger, NullLogger
 from paramgen.training.config import FitConfig, NonFiniteLossError
 
+__all__ = ["Run", "Ema", "LossModule", "LoopState", "gradient_loop", "stream_seed", "modules_of", "trainable_parameters"]
+
 logger = logging.getLogger("paramgen.training")
 
 
@@ -29,24 +31,26 @@ class LoopState(Protocol):
     """A checkpoint's loop states, restored into a stage's optimizer, scheduler, EMA and
     gradient scaler (`paramgen.training.checkpoint.Saved`; the engine does not import it)."""
 
-    def restore_loop(self, opt: torch.optim.Optimizer, sched: Any, ema: _Ema | None, scaler: Any) -> None: ...
+    def restore_loop(self, opt: torch.optim.Optimizer, sched: Any, ema: Ema | None, scaler: Any) -> None: ...
 
 
-def _seed(*parts: Any) -> int:
+def stream_seed(*parts: Any) -> int:
     """A 63-bit seed from a tuple: independent streams per (seed, stage, step, slot)."""
     digest = hashlib.blake2b("/".join(map(str, parts)).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
-def _modules(*parts: Any) -> list[nn.Module]:
+def modules_of(*parts: Any) -> list[nn.Module]:
+    """The parts that are ``nn.Module``s."""
     return [p for p in parts if isinstance(p, nn.Module)]
 
 
-def _trainable(*parts: Any) -> list[nn.Parameter]:
-    return [p for m in _modules(*parts) for p in m.parameters() if p.requires_grad]
+def trainable_parameters(*parts: Any) -> list[nn.Parameter]:
+    """The parameters of the parts that require gradients (frozen ones are left out)."""
+    return [p for m in modules_of(*parts) for p in m.parameters() if p.requires_grad]
 
 
-class _Run:
+class Run:
     """Device, processes, precision and checkpoints of one `fit` call."""
 
     def __init__(self, generator: Generator, config: FitConfig, tracker: Logger | None, accelerator: Any) -> None:
@@ -84,7 +88,7 @@ class _Run:
         return range(self.rank * a, (self.rank + 1) * a)
 
     def noise(self, stage: str, step: int, slot: int) -> torch.Generator:
-        return self._noise.manual_seed(_seed(self.config.seed, stage, step, slot, "noise"))
+        return self._noise.manual_seed(stream_seed(self.config.seed, stage, step, slot, "noise"))
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:
@@ -106,7 +110,7 @@ class _StepSampler(torch.utils.data.Sampler[list[int]]):
     replacement from a generator seeded by (seed, stage, step): any step can be
     reproduced on its own, which is what makes resuming exact."""
 
-    def __init__(self, m: int, batch: int, run: _Run, stage: str, start: int, steps: int) -> None:
+    def __init__(self, m: int, batch: int, run: Run, stage: str, start: int, steps: int) -> None:
         self.m, self.batch, self.run, self.stage, self.start, self.steps = m, batch, run, stage, start, steps
         self.micro = batch // (run.world * run.config.grad_accum)
 
@@ -116,13 +120,13 @@ class _StepSampler(torch.utils.data.Sampler[list[int]]):
     def __iter__(self) -> Iterator[list[int]]:
         g = torch.Generator()
         for step in range(self.start + 1, self.steps + 1):
-            g.manual_seed(_seed(self.run.config.seed, self.stage, step, "batch"))
+            g.manual_seed(stream_seed(self.run.config.seed, self.stage, step, "batch"))
             idx = torch.randint(0, self.m, (self.batch,), generator=g)  # the global batch
             for slot in self.run.slots():
                 yield idx[slot * self.micro : (slot + 1) * self.micro].tolist()
 
 
-def _global_batch(run: _Run, m: int, stage: str) -> int:
+def _global_batch(run: Run, m: int, stage: str) -> int:
     b = min(run.config.batch_size, m)
     parts = run.world * run.config.grad_accum
     if b % parts:
@@ -133,7 +137,7 @@ def _global_batch(run: _Run, m: int, stage: str) -> int:
     return b
 
 
-def _loader(dataset: torch.utils.data.Dataset, sampler: _StepSampler, run: _Run) -> Iterator[Any]:
+def _loader(dataset: torch.utils.data.Dataset, sampler: _StepSampler, run: Run) -> Iterator[Any]:
     pin = _pin_memory(dataset, run.device)
     return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=run.config.num_workers, pin_memory=pin))
 
@@ -161,7 +165,9 @@ def _to(batch: Any, device: torch.device) -> Any:
     return batch
 
 
-class _Ema:
+class Ema:
+    """An exponential moving average of ``params`` (``FitConfig.ema_decay``), copied into them at the end of a stage."""
+
     def __init__(self, params: list[nn.Parameter], decay: float) -> None:
         self.params, self.decay = params, decay
         self.shadow = [p.detach().clone() for p in params]
@@ -191,7 +197,7 @@ def _lr_factor(config: FitConfig, steps: int) -> Callable[[int], float]:
     return factor
 
 
-class _LossModule(nn.Module):
+class LossModule(nn.Module):
     """One stage's trainable parts behind ``forward`` (so DDP can wrap the stage)."""
 
     def __init__(self, fn: Callable[..., tuple[torch.Tensor, dict[str, Any]]], **parts: Any) -> None:  # parts: nn.Modules held as protocol types
@@ -203,10 +209,10 @@ class _LossModule(nn.Module):
         return self.fn(batch, generator)
 
 
-def _train(
-    run: _Run,
+def gradient_loop(
+    run: Run,
     stage: str,
-    module: _LossModule,
+    module: LossModule,
     dataset: torch.utils.data.Dataset,
     *,
     steps: int,
@@ -225,7 +231,7 @@ def _train(
     batch = _global_batch(run, m, stage)
     opt = torch.optim.AdamW(params, lr=lr, betas=config.betas, weight_decay=config.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_factor(config, steps))
-    ema = _Ema(params, config.ema_decay) if config.ema_decay > 0 and update_ema is None else None
+    ema = Ema(params, config.ema_decay) if config.ema_decay > 0 and update_ema is None else None
     scaler = torch.amp.GradScaler(run.device.type) if config.precision == "fp16" else None
     if saved is not None:
         saved.restore_loop(opt, sched, ema, scaler)

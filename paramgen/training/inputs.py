@@ -14,6 +14,8 @@ from paramgen.layout import ZooRows
 from paramgen.spec import SpecMismatchError
 from paramgen.training.config import FitConfig
 
+__all__ = ["adapt_inputs", "check_zoo", "run_fingerprint"]
+
 
 @attrs.frozen
 class _Zoo:
@@ -96,7 +98,7 @@ def _takes_task_names(conditioner: Any) -> bool:
     return isinstance(conditioner, IndexConditioner)
 
 
-def _inputs(generator: Generator, data: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Inputs:
+def adapt_inputs(generator: Generator, data: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Inputs:
     """A `Zoo`, a `WeightDataset` or state dicts turned into what the stages take."""
     from paramgen.zoo.store import WeightDataset, Zoo
 
@@ -134,7 +136,15 @@ def _inputs(generator: Generator, data: Any, conds: Sequence[Any] | None, tasks:
     return data, conds, tasks, archs
 
 
-def _check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Zoo:
+def check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, tasks: Sequence[str] | None, archs: Sequence[str] | None) -> _Zoo:
+    """Check the adapted inputs against the generator (sizes, architectures, one condition and
+    task per model) and hold them as the stages read them.
+
+    Raises:
+        TypeError: An input kind fit does not take.
+        ValueError: An empty zoo; conditions, tasks or architectures that do not match it.
+        paramgen.spec.SpecMismatchError: Vectors of another size than their architecture's.
+    """
     if isinstance(flat, torch.utils.data.Dataset):
         if conds is not None or tasks is not None or archs is not None:
             raise ValueError("with a dataset, conditions and tasks come from its items ('cond', 'task'); pass conds, tasks and archs as None")
@@ -174,7 +184,7 @@ def _check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, tas
     return _Zoo(flat, None, m, conds, None if tasks is None else list(tasks), arch_list)
 
 
-def _fingerprint(generator: Generator, zoo: _Zoo, config: FitConfig) -> dict[str, Any]:
+def run_fingerprint(generator: Generator, zoo: _Zoo, config: FitConfig) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one."""
     keep = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "checkpoint_dir", "progress", "num_workers", "log_every")}
     if zoo.flat is None:

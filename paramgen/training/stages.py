@@ -14,16 +14,19 @@ from paramgen.generator import Generator
 from paramgen.interfaces import LatentStats
 from paramgen.training.checkpoint import Saved
 from paramgen.training.config import NonFiniteLossError
-from paramgen.training.engine import _LossModule, _Run, _seed, _train, _trainable
+from paramgen.training.engine import LossModule, Run, gradient_loop, stream_seed, trainable_parameters
+
+__all__ = ["tokenizer_stage", "latents_stage", "align_stage", "prior_stage"]
 
 logger = logging.getLogger("paramgen.training")
 
 
-def _fit_tokenizer(
-    run: _Run, generator: Generator, rows: torch.utils.data.Dataset, predictor: nn.Module | None, start: int, saved: Saved | None, save: Callable
+def tokenizer_stage(
+    run: Run, generator: Generator, rows: torch.utils.data.Dataset, predictor: nn.Module | None, start: int, saved: Saved | None, save: Callable
 ) -> None:
+    """Train the tokenizer on the rows (nothing when it has no weights or ``tokenizer_steps=0``)."""
     tok = generator.tokenizer
-    if not _trainable(tok) or run.config.tokenizer_steps == 0:
+    if not trainable_parameters(tok) or run.config.tokenizer_steps == 0:
         return
     extra = {"predictor": predictor} if predictor is not None else {}
     shared = getattr(rows, "shared", None)
@@ -34,7 +37,7 @@ def _fit_tokenizer(
         assert out.loss is not None  # a trainable tokenizer returns a loss
         return out.loss, dict(out.metrics)
 
-    _train(run, "tokenizer", _LossModule(loss, tokenizer=tok), rows, steps=run.config.tokenizer_steps, lr=run.config.tokenizer_lr, start=start, saved=saved, save=save)
+    gradient_loop(run, "tokenizer", LossModule(loss, tokenizer=tok), rows, steps=run.config.tokenizer_steps, lr=run.config.tokenizer_lr, start=start, saved=saved, save=save)
 
 
 @attrs.frozen
@@ -45,7 +48,7 @@ class _Encoded:
     tasks: list[str] | None
 
 
-def _encode(run: _Run, generator: Generator, rows: torch.utils.data.Dataset, *, want_latents: bool) -> _Encoded:
+def latents_stage(run: Run, generator: Generator, rows: torch.utils.data.Dataset, *, want_latents: bool) -> _Encoded:
     """Latents (or token ids) of every model, on the device, with their conditions and
     tasks (`paramgen.Generator.encode_zoo`); fixes the latent statistics."""
     enc = generator.encode_zoo(rows, batch_size=run.config.encode_batch_size, num_workers=run.config.num_workers, latents=want_latents)
@@ -62,7 +65,8 @@ def _encode(run: _Run, generator: Generator, rows: torch.utils.data.Dataset, *, 
     return _Encoded(generator.latent_stats.standardize(latents), None, enc.conds, enc.tasks)  # (M, *latent_shape)
 
 
-def _align(run: _Run, generator: Generator, enc: _Encoded) -> None:
+def align_stage(run: Run, generator: Generator, enc: _Encoded) -> None:
+    """Align the conditioner with the latents contrastively (D2NWG Alg. 2), seeded by the run."""
     from paramgen.conditioners.align import align_to_latents
 
     if run.config.align_steps == 0:
@@ -77,8 +81,8 @@ def _align(run: _Run, generator: Generator, enc: _Encoded) -> None:
     # The projection head is initialized from the global RNG: fork it, seeded, so that the
     # stage is reproducible and leaves the caller's RNG as it was.
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_seed(run.config.seed, "align", "init"))
-        g = torch.Generator().manual_seed(_seed(run.config.seed, "align", "batches"))
+        torch.manual_seed(stream_seed(run.config.seed, "align", "init"))
+        g = torch.Generator().manual_seed(stream_seed(run.config.seed, "align", "batches"))
         losses = align_to_latents(
             conditioner, conds, target, groups=enc.tasks, steps=run.config.align_steps,
             batch_size=run.config.batch_size, lr=run.config.align_lr, generator=g, progress=run.config.progress and run.main,
@@ -109,7 +113,7 @@ class _Latents(torch.utils.data.Dataset):
         }
 
 
-def _conditions(run: _Run, generator: Generator, conds: Sequence[Any] | None) -> torch.Tensor:
+def _conditions(run: Run, generator: Generator, conds: Sequence[Any] | None) -> torch.Tensor:
     if conds is None:
         raise ValueError(f"this generator is conditioned by {type(generator.conditioner).__name__}: every model needs a raw condition")
     n, b = len(conds), run.config.encode_batch_size
@@ -125,10 +129,12 @@ def _conditions(run: _Run, generator: Generator, conds: Sequence[Any] | None) ->
     return c
 
 
-def _fit_prior(run: _Run, generator: Generator, enc: _Encoded, start: int, saved: Saved | None, save: Callable) -> None:
+def prior_stage(run: Run, generator: Generator, enc: _Encoded, start: int, saved: Saved | None, save: Callable) -> None:
+    """Fit the prior on the standardized latents (or tokens) given the conditions: in closed
+    form for a prior with ``fit`` (the KDE), else by gradient steps with a trainable conditioner."""
     prior, conditioner = generator.prior, generator.conditioner
     z = enc.z
-    cond_params = _trainable(conditioner)
+    cond_params = trainable_parameters(conditioner)
     fixed = _conditions(run, generator, enc.conds) if conditioner is not None and not cond_params else None
     if hasattr(prior, "fit"):
         c_all = fixed if fixed is not None or conditioner is None else _conditions(run, generator, enc.conds)
@@ -150,8 +156,8 @@ def _fit_prior(run: _Run, generator: Generator, enc: _Encoded, start: int, saved
 
     parts = {"prior": prior} | ({"conditioner": conditioner} if cond_params else {})
     raw = None if conditioner is None or fixed is not None else enc.conds
-    _train(
-        run, "prior", _LossModule(loss, **parts), _Latents(z, fixed, raw), steps=run.config.prior_steps, lr=run.config.prior_lr,
+    gradient_loop(
+        run, "prior", LossModule(loss, **parts), _Latents(z, fixed, raw), steps=run.config.prior_steps, lr=run.config.prior_lr,
         start=start, saved=saved, save=save, update_ema=getattr(prior, "update_ema", None),
     )
 
