@@ -13,9 +13,10 @@ Examples:
 """
 
 from paramgen.zoo.build import PRESETS, RunConfig, build_zoo, load_run_task, preset, run_one, task_fingerprint, user_tasks
+from paramgen.zoo.sources import CheckpointSource, LoadedCheckpoint, read_checkpoint
 from paramgen.zoo.store import Checkpoint, DamagedZooError, EmptyZooError, WeightDataset, Zoo
 from paramgen.zoo.train import Snapshot, TrainConfig, evaluate, train_classifier
-from paramgen.zoo.writer import CheckpointSource, LoadedCheckpoint, ZooWriter, import_checkpoints, read_checkpoint
+from paramgen.zoo.writer import ZooWriter, import_checkpoints
 
 __all__ = [
     "PRESETS",

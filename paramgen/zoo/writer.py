@@ -1,11 +1,8 @@
 """Zoos of checkpoints you already have, written in the zoo format that `Zoo.open` reads.
 
-A checkpoint goes in as a state dict (or a module), a ``.safetensors`` file, a Hugging
-Face model folder (``model.safetensors`` or a sharded ``model.safetensors.index.json``,
-with ``config.json``) or a PEFT adapter folder (``adapter_model.safetensors`` with
-``adapter_config.json``), together with its task and whatever else you know about it.
-Nothing is ever unpickled: ``.bin``/``.pt`` weights are refused with a message that says
-how to convert them.
+A checkpoint goes in as anything `paramgen.zoo.read_checkpoint` reads (a state
+dict or a module, a ``.safetensors`` file, a Hugging Face model folder or a PEFT adapter
+folder; never pickled weights), together with its task and whatever else you know about it.
 
 Each run is one file of stacked checkpoints (``runs/<run_id>.safetensors``) and its
 manifest (``runs/<run_id>.json``), as `paramgen.zoo.build_zoo` writes them: adding an
@@ -28,360 +25,29 @@ Examples:
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
-import math
 import os
-import re
-import shutil
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-import attrs
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
-from torch import nn
 
-from paramgen.formats import hf, peft
-from paramgen.formats.safetensors import read_tensors
+from paramgen.formats import peft
 from paramgen.io import file_sha256, read_json, save_safetensors, write_json
-from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError
+from paramgen.spec import ParamSpec, SpecMismatchError
+from paramgen.zoo._plan import Planned, differs, fit_rows, head_group, pad_head, plan_checkpoint, stored_tensors, tensor_digest
+from paramgen.zoo._staging import Transaction
+from paramgen.zoo.sources import CheckpointSource, _expand, read_checkpoint
+from paramgen.zoo.sources import LoadedCheckpoint as LoadedCheckpoint  # importable from here, as before the split
 from paramgen.zoo.store import Checkpoint, Zoo, _checkpoints_of_run
 
-__all__ = ["ZooWriter", "import_checkpoints", "read_checkpoint", "LoadedCheckpoint", "CheckpointSource"]
+__all__ = ["ZooWriter", "import_checkpoints"]
 
 logger = logging.getLogger(__name__)
-
-CheckpointSource = Mapping[str, torch.Tensor] | nn.Module | str | os.PathLike
-"""What `ZooWriter.add` takes: a state dict, a module, or a path to a file or folder."""
-
-_PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
-_RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@=+-]*$")
-
-
-@attrs.frozen(eq=False)
-class LoadedCheckpoint:
-    """A checkpoint read from its source (`read_checkpoint`), with what the source says about it.
-
-    Attributes:
-        state_dict: Its tensors by name.
-        spec: Their `ParamSpec` (floating tensors form the vector).
-        name: The path, or ``"state dict"``/``"<Class> module"``, for messages.
-        source: ``"state_dict"``, ``"module"``, ``"safetensors"``, ``"huggingface"`` or ``"peft"``.
-        arch: Architecture named by the source (a Hugging Face class), if any.
-        arch_description: Text description derived from the source, if any.
-        metadata: What the source's config records (see `read_checkpoint`).
-    """
-
-    state_dict: dict[str, torch.Tensor]
-    spec: ParamSpec
-    name: str
-    source: str
-    arch: str | None = None
-    arch_description: str | None = None
-    metadata: dict[str, Any] = attrs.field(factory=dict)
-
-
-def _refuse_pickle(path: Path) -> ValueError:
-    return ValueError(
-        f"{path} holds pickled weights, which paramgen never loads (unpickling runs code); save them as "
-        "safetensors first, e.g. `model.save_pretrained(folder, safe_serialization=True)` or "
-        "`safetensors.torch.save_file(state_dict, 'model.safetensors')`"
-    )
-
-
-def _read_huggingface(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state, config = hf.read_model(folder)
-    config = config or {}
-    metadata: dict[str, Any] = {"model_type": config.get("model_type"), "architectures": config.get("architectures")}
-    if config:
-        metadata["config"] = config
-    return state, metadata
-
-
-def _read_peft(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    state, config = peft.read_adapter(folder)
-    config_path = folder / peft.ADAPTER_CONFIG
-    r = config.get("r")
-    if not isinstance(r, int) or isinstance(r, bool) or r < 1:
-        raise ValueError(f"{config_path}: 'r' must be a positive int, got {r!r}")
-    alpha = config.get("lora_alpha", r)
-    if not isinstance(alpha, (int, float)) or isinstance(alpha, bool) or not math.isfinite(alpha):
-        raise ValueError(f"{config_path}: 'lora_alpha' must be a number, got {alpha!r}")
-    targets = config.get("target_modules")
-    if isinstance(targets, list):
-        targets = sorted(str(t) for t in targets)  # PEFT saves a set: its order is arbitrary
-    metadata = {
-        "peft_type": config.get("peft_type"),
-        "r": r,
-        "lora_alpha": alpha,
-        "target_modules": targets,
-        "base_model_name_or_path": config.get("base_model_name_or_path"),
-    }
-    return state, metadata
-
-
-def _describe(spec: ParamSpec) -> str:
-    shown = ", ".join(f"{t.name} {'x'.join(map(str, t.shape))}" for t in spec.vector_tensors[:4])
-    more = ", ..." if len(spec.vector_tensors) > 4 else ""
-    return f"{len(spec.tensors)} tensors, {spec.numel} weights: {shown}{more}"
-
-
-def read_checkpoint(source: CheckpointSource) -> LoadedCheckpoint:
-    """Read one checkpoint from any supported source (no pickle, ever).
-
-    Args:
-        source: A state dict (``name -> tensor``), an ``nn.Module``, a ``.safetensors``
-            file, a Hugging Face model folder or a PEFT adapter folder.
-
-    Returns:
-        A `LoadedCheckpoint`: the state dict with its `ParamSpec`, the source kind and the metadata the
-        source carries (``model_type``/``architectures`` of a Hugging Face
-        ``config.json``; ``r``, ``lora_alpha``, ``target_modules`` and the base model
-        of a PEFT ``adapter_config.json``, and the rows of its classification head as
-        ``num_labels``). The spec of a file lays its tensors out canonically
-        (`paramgen.ParamSpec.canonical`): their order in a file means nothing.
-
-    Raises:
-        FileNotFoundError: A path that does not exist.
-        ValueError: An empty state dict, pickled weights, a folder with no weights, an
-            unreadable file or a malformed config; the message says what was expected.
-        TypeError: Anything else.
-    """
-    if isinstance(source, nn.Module):
-        state = dict(source.state_dict())
-        if not state:
-            raise ValueError(f"the {type(source).__name__} module has no tensors")
-        from paramgen.models import describe_architecture
-
-        spec = ParamSpec.from_module(source)
-        return LoadedCheckpoint(state, spec, f"{type(source).__name__} module", "module", arch_description=describe_architecture(source))
-    if isinstance(source, Mapping):
-        if not source:
-            raise ValueError("expected a non-empty state dict (tensor name -> tensor), got an empty one")
-        bad = [k for k, v in source.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
-        if bad:
-            raise TypeError(f"a state dict maps str names to tensors; entries {bad[:5]!r} do not")
-        state = dict(source)
-        return LoadedCheckpoint(state, ParamSpec.from_state_dict(state), "state dict", "state_dict")
-    if not isinstance(source, (str, os.PathLike)):
-        raise TypeError(
-            "a checkpoint is a state dict, an nn.Module, a .safetensors file or a Hugging Face/PEFT folder; "
-            f"got {type(source).__name__}"
-        )
-    path = Path(source)
-    if not path.exists():
-        raise FileNotFoundError(f"checkpoint {path} does not exist")
-    if path.is_file():
-        if path.suffix in _PICKLE_SUFFIXES:
-            raise _refuse_pickle(path)
-        if path.suffix != ".safetensors":
-            raise ValueError(f"expected a .safetensors file, got {path}")
-        state = read_tensors(path)
-        kind, metadata = "safetensors", dict[str, Any]()
-    elif peft.is_adapter_folder(path):
-        state, metadata = _read_peft(path)
-        kind = "peft"
-    elif hf.is_model_folder(path):
-        state, metadata = _read_huggingface(path)
-        kind = "huggingface"
-    else:
-        pickled = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-        if pickled:
-            raise _refuse_pickle(path / pickled[0])
-        raise ValueError(
-            f"{path} holds no weights: expected a Hugging Face model folder (model.safetensors or "
-            "model.safetensors.index.json, with config.json) or a PEFT adapter folder "
-            "(adapter_model.safetensors with adapter_config.json)"
-        )
-    if not state:
-        raise ValueError(f"{path} holds no tensors")
-    # A file's tensor order means nothing (safetensors sorts by name): lay it out canonically,
-    # so the same architecture read from any file or from paramgen.lora.LoRASetup matches.
-    spec = ParamSpec.from_state_dict(state).canonical()
-    if kind == "peft":
-        head = peft.find_head({k: tuple(v.shape) for k, v in state.items()})
-        if head is not None:
-            metadata["num_labels"] = int(state[head[0]].shape[0])
-    read = LoadedCheckpoint(state, spec, str(path), kind, metadata={k: v for k, v in metadata.items() if v is not None})
-    if kind == "huggingface":
-        archs = metadata.get("architectures") or []
-        arch = str(archs[0]) if archs else metadata.get("model_type")
-        read = attrs.evolve(read, arch=arch, arch_description=f"{arch or 'model'} ({metadata.get('model_type')}), {_describe(spec)}")
-    elif kind == "peft":
-        read = attrs.evolve(
-            read,
-            arch_description=(
-                f"{metadata.get('peft_type') or 'LORA'} adapter r={metadata['r']} alpha={metadata['lora_alpha']} on "
-                f"{metadata.get('target_modules')} of {metadata.get('base_model_name_or_path')}, {_describe(spec)}"
-            ),
-        )
-    return read
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text).strip("._") or "run"
-
-
-def _check_metrics(metrics: Mapping[str, Any] | None, name: str) -> dict[str, float]:
-    if metrics is None:
-        return {}
-    if not isinstance(metrics, Mapping):
-        raise TypeError(f"{name}: metrics must be a mapping of names to numbers, got {type(metrics).__name__}")
-    out = {}
-    for key, value in metrics.items():
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-            raise ValueError(f"{name}: metric {key!r} must be a finite number, got {value!r}")
-        out[str(key)] = float(value)
-    return out
-
-
-def _check_json(data: Mapping[str, Any], what: str) -> dict[str, Any]:
-    try:
-        json.dumps(data, allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise TypeError(f"{what} must be JSON values (str, numbers, lists, dicts, None): {err}") from None
-    return dict(data)
-
-
-@attrs.define(eq=False)
-class _Planned:
-    """One checkpoint of `ZooWriter.add_all` as the validation pass found it (no tensors kept)."""
-
-    source: CheckpointSource
-    name: str
-    task: str
-    run_id: str
-    auto_id: bool
-    epoch: int | None
-    digest: str
-    spec: ParamSpec  # as read: a file's canonically, a state dict's or module's in its order
-    head: tuple[str, str | None] | None  # a PEFT adapter's classification head, padded to the widest
-    metrics: dict[str, float]
-    extra: dict[str, Any]
-    fields: dict[str, Any]  # the run's record entries: dataset, task_description, arch, ...
-    padded: ParamSpec | None = None  # spec with the head padded (set once every source is read)
-    spec_id: str = ""
-
-
-def _stored(read: LoadedCheckpoint) -> dict[str, torch.Tensor]:
-    """The tensors a zoo stores (no frozen or tied copies), ``(1, *shape)``, in the source's order."""
-    keep = {t.name for t in read.spec.tensors if t.role != "frozen" and t.tied_to is None}
-    return {name: t.detach().cpu().unsqueeze(0) for name, t in read.state_dict.items() if name in keep}
-
-
-def _digest(tensors: Mapping[str, torch.Tensor]) -> str:
-    digest = hashlib.sha256()
-    for name, t in tensors.items():
-        t = t.contiguous()
-        digest.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    return digest.hexdigest()
-
-
-def _head_group(spec: ParamSpec, head: tuple[str, str | None]) -> str:
-    """What adapters share when they differ only in their head's rows (labels)."""
-    rest = sorted([t.name, list(t.shape), t.dtype, t.role, t.tied_to] for t in spec.tensors if t.name not in head)
-    return json.dumps([rest, list(head), list(spec[head[0]].shape[1:])])
-
-
-def _padded(spec: ParamSpec, head: tuple[str, str | None], rows: int) -> ParamSpec:
-    return spec.with_shapes({name: (rows, *spec[name].shape[1:]) for name in head if name is not None})
-
-
-def _fit_rows(stacked: Mapping[str, torch.Tensor], spec: ParamSpec) -> dict[str, torch.Tensor]:
-    """Stacked tensors ``(E, *shape)`` with any head zero-padded to ``spec``'s rows."""
-    out = dict(stacked)
-    for t in spec.tensors:
-        x = out.get(t.name)
-        if x is not None and tuple(x.shape[1:]) != t.shape:
-            out[t.name] = torch.cat([x, x.new_zeros(x.shape[0], t.shape[0] - x.shape[1], *x.shape[2:])], dim=1)
-    return out
-
-
-def _differs(expected: ParamSpec, got: ParamSpec) -> str:
-    """The first difference between two architectures (in ``expected``'s order; called only
-    when their tensors differ, not just their order)."""
-    try:
-        expected.check_compatible(got)
-    except SpecMismatchError as err:
-        return str(err).removeprefix("spec is for another architecture: ")
-    return "the same tensors"
-
-
-class _Transaction:
-    """Files staged in a hidden folder of the zoo, then renamed into place together.
-
-    A failure before `commit` leaves the zoo as it was (a zoo folder made for it is
-    removed again); a failure during `commit` puts back every file it had replaced.
-    """
-
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.created: list[Path] = []
-        self.files: list[tuple[Path, Path]] = []  # (staged, target), in commit order
-        self.keep = False
-
-    def __enter__(self) -> _Transaction:
-        missing, p = [], self.root
-        while not p.exists():
-            missing.append(p)
-            p = p.parent
-        try:
-            for folder in [*reversed(missing), self.root / "runs", self.root / "specs"]:
-                if not folder.exists():
-                    folder.mkdir()
-                    self.created.append(folder)
-            self.stage = Path(tempfile.mkdtemp(prefix=".import-", dir=self.root))
-        except BaseException:
-            self._remove_created()
-            raise
-        return self
-
-    def path(self, target: Path) -> Path:
-        """Where to write the new content of ``target`` until `commit`."""
-        staged = self.stage / f"{len(self.files)}-{target.name}"
-        self.files.append((staged, target))
-        return staged
-
-    def commit(self) -> None:
-        done: list[tuple[Path, Path | None]] = []
-        try:
-            for i, (staged, target) in enumerate(self.files):
-                backup = None
-                if target.exists():
-                    backup = self.stage / f"old-{i}-{target.name}"
-                    os.replace(target, backup)
-                done.append((target, backup))
-                os.replace(staged, target)
-        except BaseException:
-            for target, backup in reversed(done):
-                try:
-                    if backup is not None:
-                        os.replace(backup, target)
-                    else:
-                        target.unlink(missing_ok=True)
-                except OSError as err:  # keep the stage: it holds what could not be put back
-                    self.keep = True
-                    logger.error("zoo %s: could not put %s back (%s); its previous content is %s", self.root, target, err, backup)
-            raise
-        self.created = []  # the zoo is whole now: keep its folders
-
-    def _remove_created(self) -> None:
-        for folder in reversed(self.created):
-            with contextlib.suppress(OSError):  # only empty folders go: never anything of someone else's
-                folder.rmdir()
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: Any) -> None:
-        if not self.keep:
-            shutil.rmtree(self.stage, ignore_errors=True)
-        if exc_type is not None:
-            self._remove_created()
 
 
 class ZooWriter:
@@ -504,7 +170,7 @@ class ZooWriter:
         entries = list(entries)
         if not entries:
             raise ValueError("no checkpoints to add: entries is empty")
-        plans = [self._read(source, dict(options)) for source, options in tqdm(entries, desc="read", disable=not progress)]
+        plans = [plan_checkpoint(source, dict(options)) for source, options in tqdm(entries, desc="read", disable=not progress)]
         specs, repad = self._resolve(plans)
         written = self._write(plans, specs, repad, progress)
         out = []
@@ -515,51 +181,7 @@ class ZooWriter:
         return out
 
     # ------------------------------------------------------------------ validation
-    def _read(self, source: CheckpointSource, options: dict[str, Any]) -> _Planned:
-        """Read one checkpoint and check its options; nothing is written and no tensors are kept."""
-        read = read_checkpoint(source)
-        task = options.pop("task", None)
-        if not isinstance(task, str) or not task:
-            raise ValueError(f"checkpoint {read.name}: task must be a non-empty str naming what it was trained on, got {task!r}")
-        run_id, epoch = options.pop("run_id", None), options.pop("epoch", None)
-        metrics = _check_metrics(options.pop("metrics", None), read.name)
-        arch = options.pop("arch", None)
-        arch = read.arch if arch is None else arch
-        arch_kwargs = _check_json(options.pop("arch_kwargs", None) or {}, "arch_kwargs")
-        hyperparameters = _check_json(options.pop("hyperparameters", None) or {}, "hyperparameters")
-        seed = options.pop("seed", None)
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
-            raise TypeError(f"checkpoint {read.name}: seed must be an int or None, got {seed!r}")
-        if epoch is not None and (not isinstance(epoch, int) or isinstance(epoch, bool) or epoch < 0):
-            raise ValueError(f"checkpoint {read.name}: epoch must be an int >= 0 or None, got {epoch!r}")
-        dataset, task_description, arch_description = options.pop("dataset", None), options.pop("task_description", None), options.pop("arch_description", None)
-        extra = _check_json({**read.metadata, **options, "source": read.source}, "metadata")
-        tensors = _stored(read)
-        try:
-            read.spec.flatten_stacked(tensors)
-        except NonFiniteWeightsError as err:
-            raise NonFiniteWeightsError(f"checkpoint {read.name}: {err}") from None
-        digest = _digest(tensors)
-        auto_id = run_id is None
-        if run_id is None:
-            run_id = f"{_slug(task)}__{digest[:12]}"
-        elif not isinstance(run_id, str) or not _RUN_ID.match(run_id):
-            raise ValueError(f"checkpoint {read.name}: run_id must be a file-name-safe str (letters, digits, '._@=+-'), got {run_id!r}")
-        head = None
-        if read.source == "peft":
-            head = peft.find_head({t.name: t.shape for t in read.spec.tensors})
-        fields = {
-            "dataset": task.partition("/")[0] if dataset is None else dataset,
-            "task_description": task if task_description is None else task_description,
-            "arch": arch,
-            "arch_kwargs": arch_kwargs,
-            "arch_description": arch_description or read.arch_description or _describe(read.spec),
-            "seed": seed,
-            "hyperparameters": hyperparameters,
-        }
-        return _Planned(source, read.name, task, run_id, auto_id, epoch, digest, read.spec, head, metrics, extra, fields)
-
-    def _resolve(self, plans: list[_Planned]) -> tuple[dict[str, ParamSpec], dict[str, str]]:
+    def _resolve(self, plans: list[Planned]) -> tuple[dict[str, ParamSpec], dict[str, str]]:
         """Pad heads, give every checkpoint its spec id and epoch, and check that they fit
         the zoo and each other. Returns the specs by id, and the zoo's runs whose heads must
         be padded further (run id -> their new spec id)."""
@@ -570,14 +192,14 @@ class ZooWriter:
             spec = self._spec(record["spec_id"])
             head = peft.find_head({t.name: t.shape for t in spec.tensors}) if record.get("metadata", {}).get("source") == "peft" else None
             if head is not None:
-                heads[run_id] = (_head_group(spec, head), head)
+                heads[run_id] = (head_group(spec, head), head)
                 widths[heads[run_id][0]] = max(widths.get(heads[run_id][0], 0), spec[head[0]].shape[0])
         for plan in plans:
             if plan.head is not None:
-                group = _head_group(plan.spec, plan.head)
+                group = head_group(plan.spec, plan.head)
                 widths[group] = max(widths.get(group, 0), plan.spec[plan.head[0]].shape[0])
         for plan in plans:
-            plan.padded = plan.spec if plan.head is None else _padded(plan.spec, plan.head, widths[_head_group(plan.spec, plan.head)])
+            plan.padded = plan.spec if plan.head is None else pad_head(plan.spec, plan.head, widths[head_group(plan.spec, plan.head)])
         narrow = {run_id: (group, head) for run_id, (group, head) in heads.items() if self._spec(self._runs[run_id]["spec_id"])[head[0]].shape[0] < widths[group]}
 
         # 2. Spec ids: the tensors of a spec in the zoo, in any order, take its id.
@@ -592,7 +214,7 @@ class ZooWriter:
         run_ids = {run_id: spec_id(self._spec(r["spec_id"]), r["spec_id"]) for run_id, r in self._runs.items() if run_id not in narrow}
         repad = {}
         for run_id, (group, head) in narrow.items():
-            wide = _padded(self._spec(self._runs[run_id]["spec_id"]), head, widths[group])
+            wide = pad_head(self._spec(self._runs[run_id]["spec_id"]), head, widths[group])
             run_ids[run_id] = repad[run_id] = spec_id(wide, wide.fingerprint)
         for plan in plans:
             assert plan.padded is not None
@@ -600,7 +222,7 @@ class ZooWriter:
 
         # 3. Runs: joinable (undamaged, one task, one architecture) and new epochs.
         epochs: dict[str, list[int]] = {}
-        first: dict[str, _Planned] = {}
+        first: dict[str, Planned] = {}
         for plan in plans:
             found = self._runs.get(plan.run_id)
             manifest = self.root / "runs" / f"{plan.run_id}.json"
@@ -612,7 +234,7 @@ class ZooWriter:
             if found is None and plan.run_id in first:
                 run_task, run_spec = first[plan.run_id].task, first[plan.run_id].spec_id
             if run_spec is not None and run_spec != plan.spec_id:
-                raise SpecMismatchError(f"checkpoint {plan.name} cannot join run {plan.run_id!r}: {_differs(specs[run_spec], specs[plan.spec_id])}")
+                raise SpecMismatchError(f"checkpoint {plan.name} cannot join run {plan.run_id!r}: {differs(specs[run_spec], specs[plan.spec_id])}")
             if run_task is not None and run_task != plan.task:
                 raise ValueError(f"run {plan.run_id!r} is on task {run_task!r}; checkpoint {plan.name} says {plan.task!r}")
             if plan.run_id not in epochs:
@@ -636,7 +258,7 @@ class ZooWriter:
             if arch is not None:
                 sid, where = named.setdefault(self._arch_key(arch, kwargs), (plan.spec_id, f"checkpoint {plan.name}"))
                 if sid != plan.spec_id:
-                    raise SpecMismatchError(f"checkpoint {plan.name} is recorded as architecture {arch!r} {kwargs} like {where}, but its tensors differ: {_differs(specs[sid], specs[plan.spec_id])}")
+                    raise SpecMismatchError(f"checkpoint {plan.name} is recorded as architecture {arch!r} {kwargs} like {where}, but its tensors differ: {differs(specs[sid], specs[plan.spec_id])}")
 
         # 5. One architecture per zoo, unless asked for several.
         if not self.mixed_architectures:
@@ -645,7 +267,7 @@ class ZooWriter:
             for plan in plans:
                 if plan.spec_id != expected and plan.spec_id not in zoo_specs:
                     raise SpecMismatchError(
-                        f"checkpoint {plan.name} is another architecture than {where}: {_differs(specs[expected], specs[plan.spec_id])}; "
+                        f"checkpoint {plan.name} is another architecture than {where}: {differs(specs[expected], specs[plan.spec_id])}; "
                         "a zoo holds one architecture unless it is written with mixed_architectures=True (--mixed-architectures)"
                     )
             # LoRA adapters compute alpha / r * B @ A: the same tensors with another alpha are another function.
@@ -671,18 +293,18 @@ class ZooWriter:
             raise ValueError(f"run {run_id!r} of zoo {self.root}: its tensor bytes changed since they were written; delete its files and add it again")
 
     # ------------------------------------------------------------------ writing
-    def _tensors(self, plan: _Planned) -> dict[str, torch.Tensor]:
+    def _tensors(self, plan: Planned) -> dict[str, torch.Tensor]:
         """The checkpoint's stored tensors, read again (as checked) and its head padded: ``(1, *shape)``."""
-        tensors = _stored(read_checkpoint(plan.source))
-        if _digest(tensors) != plan.digest:
+        tensors = stored_tensors(read_checkpoint(plan.source))
+        if tensor_digest(tensors) != plan.digest:
             raise ValueError(f"checkpoint {plan.name} changed while it was being imported; import it again")
-        return _fit_rows(tensors, plan.padded)  # type: ignore[arg-type]
+        return fit_rows(tensors, plan.padded)  # type: ignore[arg-type]
 
-    def _write(self, plans: list[_Planned], specs: Mapping[str, ParamSpec], repad: Mapping[str, str], progress: bool) -> dict[str, dict[str, Any]]:
+    def _write(self, plans: list[Planned], specs: Mapping[str, ParamSpec], repad: Mapping[str, str], progress: bool) -> dict[str, dict[str, Any]]:
         """Stage every file, then rename them into place together; returns the new manifests by run id."""
         from tqdm.auto import tqdm
 
-        rows: dict[str, list[_Planned]] = {}
+        rows: dict[str, list[Planned]] = {}
         for plan in plans:
             if not (plan.auto_id and (plan.run_id in self._runs or plan.run_id in rows)):  # stored already
                 rows.setdefault(plan.run_id, []).append(plan)
@@ -691,7 +313,7 @@ class ZooWriter:
             return {}
         records: dict[str, dict[str, Any]] = {}
         new_specs: set[str] = set()
-        with _Transaction(self.root) as tx:
+        with Transaction(self.root) as tx:
             for run_id in tqdm(touched, desc="write", disable=not progress):
                 old = self._runs.get(run_id)
                 sid = repad.get(run_id) or (old["spec_id"] if old is not None else rows[run_id][0].spec_id)
@@ -699,7 +321,7 @@ class ZooWriter:
                 parts: list[dict[str, torch.Tensor]] = []
                 if old is not None:
                     try:
-                        parts.append(_fit_rows(load_file(self.root / "runs" / f"{run_id}.safetensors"), spec))
+                        parts.append(fit_rows(load_file(self.root / "runs" / f"{run_id}.safetensors"), spec))
                     except SafetensorError as err:
                         raise ValueError(f"run {run_id!r} of zoo {self.root} is damaged ({err}); delete its files and add it again") from None
                     record = json.loads(json.dumps(old))  # a copy: the writer's view changes only once committed
@@ -737,31 +359,6 @@ class ZooWriter:
     def zoo(self) -> Zoo:
         """The zoo folder as written so far (`Zoo.open`)."""
         return Zoo.open(self.root)
-
-
-def _is_checkpoint_folder(path: Path) -> bool:
-    return hf.is_model_folder(path) or peft.is_adapter_folder(path)
-
-
-def _expand(sources: CheckpointSource | Sequence[CheckpointSource]) -> list[CheckpointSource]:
-    if isinstance(sources, (str, os.PathLike)):
-        path = Path(sources)
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint source {path} does not exist")
-        if path.is_file() or _is_checkpoint_folder(path):
-            return [path]
-        found: list[CheckpointSource] = [
-            p for p in sorted(path.iterdir()) if (p.is_file() and p.suffix == ".safetensors") or (p.is_dir() and _is_checkpoint_folder(p))
-        ]
-        if not found:
-            pickled = sorted(p.name for p in path.iterdir() if p.suffix in _PICKLE_SUFFIXES)
-            if pickled:
-                raise _refuse_pickle(path / pickled[0])
-            raise ValueError(f"{path} holds no checkpoints: expected .safetensors files or Hugging Face/PEFT folders in it")
-        return found
-    if isinstance(sources, (Mapping, nn.Module)):
-        return [sources]
-    return list(sources)
 
 
 def _source_name(source: CheckpointSource, i: int) -> str:
