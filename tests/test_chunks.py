@@ -14,7 +14,8 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 
 from benchmarks.common import peak_rss_growth
-from paramgen.chunks import ChunkDataset, ChunkLayout, _flat_slices, module_type, spec_from_safetensors
+from paramgen.chunks import ChunkDataset, ChunkLayout, module_type, spec_from_safetensors
+from paramgen.chunks.dataset import _flat_slices
 from paramgen.spec import ParamSpec, SpecMismatchError
 from paramgen.streaming import assemble
 
