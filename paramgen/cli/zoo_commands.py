@@ -29,8 +29,9 @@ else:  # pragma: no cover - Python 3.10 reads TOML with the tomli backport
 from paramgen.cli.zoo import build_parser
 from paramgen.io import read_json
 from paramgen.zoo.build import build_zoo, preset
+from paramgen.zoo.sources import _expand
 from paramgen.zoo.store import Zoo
-from paramgen.zoo.writer import ZooWriter, _expand
+from paramgen.zoo.writer import ZooWriter
 
 __all__ = ["main", "run"]
 
