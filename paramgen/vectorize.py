@@ -38,12 +38,13 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from paramgen.interfaces import VectorBatch
+from paramgen.registry import Configurable
 from paramgen.spec import ParamSpec, SpecMismatchError
 
 __all__ = [
@@ -58,7 +59,7 @@ __all__ = [
 StateDicts = Sequence[Mapping[str, torch.Tensor]] | Mapping[str, torch.Tensor]
 
 
-class _IndexLayout:
+class _IndexLayout(Configurable):
     """Shared mechanics: ``src[p]`` is the flat index stored at row slot ``p`` or -1.
 
     Subclasses only compute ``src``, ``layer`` and ``chunk`` in ``__init__``.
@@ -162,10 +163,6 @@ class _IndexLayout:
         """``(B, N, C)`` values to state dicts (see `ParamSpec.unflatten`)."""
         return self.spec.unflatten(self.unpack(values), extras=extras, base=base, check_finite=check_finite)
 
-    def config(self) -> dict[str, Any]:
-        raise NotImplementedError  # pragma: no cover - every layout defines it
-
-
 class ModelVectorizer(_IndexLayout):
     """One row per model, zero-padded to ``length``.
 
@@ -174,6 +171,10 @@ class ModelVectorizer(_IndexLayout):
         length: Row length; at least ``spec.numel``. Use the longest model of a zoo of
             several architectures so that all rows line up. Defaults to ``spec.numel``.
     """
+
+    config_constants = {"type": "model"}  # what vectorizer_from_config dispatches on
+    config_ignore = ("spec",)  # saved beside the vectorizer, given back by vectorizer_from_config
+    config_canonical = ("length",)  # None recorded as the spec's size
 
     def __init__(self, spec: ParamSpec, *, length: int | None = None) -> None:
         self.spec = spec
@@ -185,10 +186,6 @@ class ModelVectorizer(_IndexLayout):
         src = torch.cat([torch.arange(d), torch.full((length - d,), -1)])
         self._finish(src, torch.tensor([-1]), torch.tensor([0]), width=length)
 
-    def config(self) -> dict[str, Any]:
-        return {"type": "model", "length": self.length}
-
-
 class ChunkVectorizer(_IndexLayout):
     """The whole flat vector cut into chunks of ``chunk_size``.
 
@@ -198,6 +195,10 @@ class ChunkVectorizer(_IndexLayout):
         num_chunks: Pad with empty chunks to this many rows (to line up a zoo of several
             architectures); defaults to ``ceil(D / K)``.
     """
+
+    config_constants = {"type": "chunk"}
+    config_ignore = ("spec",)
+    config_canonical = ("num_chunks",)  # None recorded as the count it resolves to
 
     def __init__(self, spec: ParamSpec, *, chunk_size: int, num_chunks: int | None = None) -> None:
         if chunk_size < 1:
@@ -215,9 +216,6 @@ class ChunkVectorizer(_IndexLayout):
         first = torch.arange(0, needed * chunk_size, chunk_size)
         layer = torch.cat([spec.layer_ids()[first], torch.full((num_chunks - needed,), -1)])
         self._finish(src, layer, torch.arange(num_chunks), width=chunk_size)
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "chunk", "chunk_size": self.chunk_size, "num_chunks": self.num_chunks}
 
 
 # A chunk-free layer layout pads every layer to the widest one; past this many slots and
@@ -259,6 +257,9 @@ class LayerVectorizer(_IndexLayout):
             (a transformer's word embeddings): refused before allocating anything.
     """
 
+    config_constants = {"type": "layer"}
+    config_ignore = ("spec",)
+
     def __init__(self, spec: ParamSpec, *, chunk_size: int | None = None) -> None:
         if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive integer or None, got {chunk_size!r}")
@@ -278,9 +279,6 @@ class LayerVectorizer(_IndexLayout):
             chunk_of_row.append(torch.arange(n_rows))
         self._finish(torch.cat(pieces), torch.cat(layer_of_row), torch.cat(chunk_of_row), width=width)
 
-    def config(self) -> dict[str, Any]:
-        return {"type": "layer", "chunk_size": self.chunk_size}
-
 
 def vectorizer_from_config(config: Mapping[str, Any], spec: ParamSpec) -> ModelVectorizer | LayerVectorizer | ChunkVectorizer:
     """Rebuild a vectorizer from its `config` and spec.
@@ -293,11 +291,10 @@ def vectorizer_from_config(config: Mapping[str, Any], spec: ParamSpec) -> ModelV
         2
     """
     kinds: dict[str, Any] = {"model": ModelVectorizer, "layer": LayerVectorizer, "chunk": ChunkVectorizer}
-    config = dict(config)
-    kind: Literal["model", "layer", "chunk"] | Any = config.pop("type", None)
+    kind = config.get("type")
     if kind not in kinds:
         raise ValueError(f"vectorizer type must be one of {sorted(kinds)}, got {kind!r}")
-    return kinds[kind](spec, **config)
+    return kinds[kind].from_config(config, spec=spec)
 
 
 class FamilyVectorizer:

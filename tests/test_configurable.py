@@ -591,3 +591,47 @@ def test_constant_entries_are_written_first_checked_and_dropped() -> None:
 
             def __init__(self, *, width: int = 4) -> None:
                 pass
+
+
+# ---------------------------------------------------------------------------------------
+# Vectorizers and normalizers: configs with a "type" and a spec given back by a factory.
+# ---------------------------------------------------------------------------------------
+def _spec() -> ParamSpec:
+    return ParamSpec.from_module(nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2)))
+
+
+def _vectorizers() -> dict[str, tuple[Callable[[ParamSpec], Any], dict[str, Any]]]:
+    from paramgen.vectorize import ChunkVectorizer, LayerVectorizer
+
+    return {
+        "model": (lambda s: ModelVectorizer(s), {"type": "model", "length": 42}),
+        "model-length": (lambda s: ModelVectorizer(s, length=100), {"type": "model", "length": 100}),
+        "chunk": (lambda s: ChunkVectorizer(s, chunk_size=4), {"type": "chunk", "chunk_size": 4, "num_chunks": 11}),
+        "chunk-num": (lambda s: ChunkVectorizer(s, chunk_size=4, num_chunks=20), {"type": "chunk", "chunk_size": 4, "num_chunks": 20}),
+        "layer": (lambda s: LayerVectorizer(s), {"type": "layer", "chunk_size": None}),
+        "layer-chunk": (lambda s: LayerVectorizer(s, chunk_size=3), {"type": "layer", "chunk_size": 3}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_vectorizers()))
+def test_vectorizer_configs_are_unchanged_and_rebuild(case: str) -> None:
+    from paramgen.vectorize import vectorizer_from_config
+
+    build, expected = _vectorizers()[case]
+    spec = _spec()
+    vec = build(spec)
+    assert _json(vec.config()) == _json(expected)
+    again = vectorizer_from_config(json.loads(_json(vec.config())), spec)
+    assert type(again) is type(vec) and _json(again.config()) == _json(expected)
+    assert torch.equal(again.mask, vec.mask)
+
+
+def test_vectorizer_from_config_refuses_a_wrong_type_or_key() -> None:
+    from paramgen.vectorize import ChunkVectorizer, vectorizer_from_config
+
+    with pytest.raises(ValueError, match="vectorizer type must be one of"):
+        vectorizer_from_config({"type": "rows"}, _spec())
+    with pytest.raises(ValueError, match="ChunkVectorizer.from_config: unknown key 'chunk'"):
+        vectorizer_from_config({"type": "chunk", "chunk": 4}, _spec())
+    with pytest.raises(ValueError, match="ChunkVectorizer.from_config: expected type='chunk', got 'layer'"):
+        ChunkVectorizer.from_config({"type": "layer", "chunk_size": 4}, spec=_spec())
