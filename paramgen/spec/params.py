@@ -1,162 +1,31 @@
-"""The architecture as data: a frozen description of a model's tensors.
-
-A `ParamSpec` lists every tensor of a state dict (name, shape, dtype, kind) and says
-which of them form the weight vector that generators learn (``role="vector"``), which are
-carried along unchanged (``role="extra"``: integer and boolean buffers such as
-``num_batches_tracked``), and which are left out by a name filter (``role="frozen"``).
-Tied tensors (one tensor under several names) are stored once and restored tied.
-
-Vectorizers, tokenizers and selectors all share this record, so it is the single place
-that knows how a model maps to a flat vector.
-
-Examples:
-    >>> import torch
-    >>> net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
-    >>> spec = ParamSpec.from_module(net)
-    >>> spec.numel  # 3*4 + 4 weights/bias, 4+4 BN affine, 4+4 BN running stats
-    32
-    >>> flat, extras = spec.flatten([net.state_dict()])
-    >>> net.load_state_dict(spec.unflatten(flat, extras=extras)[0], strict=True)
-    <All keys matched successfully>
-"""
+"""`ParamSpec`: every tensor of a state dict, and how the weights map to a flat vector."""
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import attrs
 import torch
 from torch import nn
 
-from paramgen._convert import int_tuple, str_tuple
+from paramgen._convert import str_tuple
+from paramgen.spec.tensor import (
+    Kind,
+    NonFiniteWeightsError,
+    Role,
+    SpecMismatchError,
+    TensorSpec,
+    _canonical_key,
+    _dtype_name,
+    _selected,
+    _storage_key,
+    _tensor_tuple,
+)
 
-__all__ = [
-    "Role",
-    "TensorSpec",
-    "ParamSpec",
-    "SpecMismatchError",
-    "NonFiniteWeightsError",
-]
-
-Role = Literal["vector", "extra", "frozen"]
-Kind = Literal["parameter", "buffer"]
-
-_DTYPES: dict[str, torch.dtype] = {
-    str(d).removeprefix("torch."): d
-    for d in (
-        torch.float64,
-        torch.float32,
-        torch.float16,
-        torch.bfloat16,
-        torch.int64,
-        torch.int32,
-        torch.int16,
-        torch.int8,
-        torch.uint8,
-        torch.bool,
-    )
-}
-
-
-class SpecMismatchError(ValueError):
-    """Weights, vectors or checkpoints do not match the spec they are used with."""
-
-
-class NonFiniteWeightsError(ValueError):
-    """Weights contain NaN or Inf."""
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    name = str(dtype).removeprefix("torch.")
-    if name not in _DTYPES:
-        raise TypeError(f"unsupported tensor dtype {dtype}; expected one of {sorted(_DTYPES)}")
-    return name
-
-
-@attrs.frozen
-class TensorSpec:
-    """One entry of a state dict.
-
-    Attributes:
-        name: State-dict key.
-        shape: Tensor shape.
-        dtype: Dtype name, e.g. ``"float32"``, ``"bfloat16"``, ``"int64"``.
-        kind: ``"parameter"`` or ``"buffer"``.
-        role: ``"vector"`` (part of the flat weight vector), ``"extra"`` (non-float
-            tensor carried along), or ``"frozen"`` (left out by the name filter).
-        layer: Index of the module that owns the tensor, in state-dict order.
-        offset: Start of the tensor in the flat vector (``-1`` unless ``role="vector"``).
-        tied_to: Name of the tensor this one shares storage with, or ``None``. A tied
-            entry is stored once, under the first name, and restored under both.
-        default: Value used for an extra when none is given (tuple of numbers, flattened).
-    """
-
-    name: str
-    shape: tuple[int, ...] = attrs.field(converter=int_tuple)
-    dtype: str
-    kind: Kind = "parameter"
-    role: Role = "vector"
-    layer: int = 0
-    offset: int = -1
-    tied_to: str | None = None
-    default: tuple[Any, ...] | None = attrs.field(default=None, converter=attrs.converters.optional(tuple))
-
-    @property
-    def numel(self) -> int:
-        n = 1
-        for s in self.shape:
-            n *= s
-        return n
-
-    @property
-    def torch_dtype(self) -> torch.dtype:
-        return _DTYPES[self.dtype]
-
-    @property
-    def is_float(self) -> bool:
-        return self.torch_dtype.is_floating_point
-
-    @property
-    def module(self) -> str:
-        """Owning module's name (``""`` for top-level tensors)."""
-        return self.name.rpartition(".")[0]
-
-
-def _matches(name: str, patterns: Sequence[str]) -> bool:
-    return any(fnmatch.fnmatchcase(name, p) for p in patterns)
-
-
-def _selected(names: Sequence[str], include: Sequence[str] | None, exclude: Sequence[str]) -> bool:
-    """Whether a tensor known under ``names`` (several when tied) is selected: one of its
-    names is included and none is excluded."""
-    return (include is None or any(_matches(n, include) for n in names)) and not any(_matches(n, exclude) for n in names)
-
-
-def _storage_key(t: torch.Tensor) -> tuple | None:
-    if t.numel() == 0 or t.device.type == "meta":
-        return None
-    return (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape), t.stride(), t.dtype)
-
-
-def _tensor_tuple(values: Iterable[TensorSpec]) -> tuple[TensorSpec, ...]:
-    return tuple(values)
-
-
-# PyTorch registers a module's own tensors in this order (Linear, Conv, norms, BatchNorm's statistics).
-_LEAF_ORDER = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
-
-
-def _canonical_key(name: str) -> tuple[Any, ...]:
-    """Sort key of a tensor name: its module path with numbers compared as numbers
-    (``layer.2`` before ``layer.10``), then the module's own tensors in PyTorch's order."""
-    module, _, leaf = name.rpartition(".")
-    path = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in module.split(".")) if module else ()
-    rank = _LEAF_ORDER.index(leaf) if leaf in _LEAF_ORDER else len(_LEAF_ORDER)
-    return (path, rank, leaf)
+__all__ = ["ParamSpec"]
 
 
 def _laid_out(entries: Sequence[TensorSpec]) -> ParamSpec:
