@@ -5,7 +5,7 @@ arguments, picks the size (``--quick`` or the default), sets torch's threads and
 process's global generator (module initializations; a harness owns its process), names the
 output folder and configures logging.
 
-Every harness writes ``results.json`` of one schema (``../shared/BENCHMARKS.md``):
+Every harness writes ``results.json`` of one schema (``docs/benchmarks.md``):
 
     {"harness", "config", "environment", "wall_s", "peak_rss_mb",
      "rows": [{"method", "task", "metric", "value", "ci_low", "ci_high", "n", ...}]}

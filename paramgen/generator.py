@@ -2,7 +2,7 @@
 
 Fitting is staged, as in D2NWG: the normalizer and the tokenizer learn the weights, the
 latents are standardized to unit scale (generation collapses when they are not; see
-METHODS.md), an optional contrastive stage aligns the conditioner with the latents, and
+docs/latent-diffusion.md), an optional contrastive stage aligns the conditioner with the latents, and
 the prior learns the latents given the conditions. Sampling runs the pipeline backwards:
 
     raw conditions -> Conditioner -> (B, Dc) -> Prior.sample -> latents -> Tokenizer.decode

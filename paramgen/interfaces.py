@@ -88,7 +88,7 @@ class LatentStats:
     """The standardization of latents before the prior: ``z = (latent - mean) / scale``.
 
     Fitted on the zoo's latents (diffusion on badly scaled latents collapses; see
-    METHODS.md) and saved with the generator.
+    docs/latent-diffusion.md) and saved with the generator.
 
     Examples:
         >>> import torch

@@ -71,7 +71,7 @@ def d2nwg(
     """A D2NWG generator (VAE + latent DDPM) for the architecture of ``source``, or a family.
 
     The defaults are those the D2NWG harnesses share (``benchmarks.modelzoo``,
-    ``zeroshot``, ``retrieval``; the paper's values where it gives them, METHODS.md):
+    ``zeroshot``, ``retrieval``; the paper's values where it gives them, docs/latent-diffusion.md):
 
     ==================  ============  ==========================================================
     option              default       source
