@@ -68,6 +68,7 @@ from paramgen.generator import Generator
 from paramgen.interfaces import Conditioner, Prior, Tokenizer
 from paramgen.io import file_sha256, json_sha256, read_json, save_safetensors, write_json
 from paramgen.normalize import ChunkStats, _zscore, normalizer_from_config
+from paramgen.registry import Configurable
 from paramgen.spec import ParamSpec
 from paramgen.streaming import assemble, assemble_adapter, assemble_model
 from paramgen.vectorize import ModelVectorizer
@@ -115,7 +116,7 @@ def _definition_sha256(config: dict[str, Any]) -> str:
     return json_sha256({k: v for k, v in config.items() if k not in ("config_sha256", "weights_sha256")})
 
 
-class ChunkPositionConditioner(nn.Module):
+class ChunkPositionConditioner(nn.Module, Configurable):
     """The condition of a chunk: where it sits in the model.
 
     A chunk id ``i`` becomes ``MLP(E_chunk[i] + E_tensor[tensor(i)] + E_type[type(i)])``:
@@ -146,7 +147,6 @@ class ChunkPositionConditioner(nn.Module):
         super().__init__()
         if min(num_chunks, num_tensors, num_types, dim) < 1:
             raise ValueError("num_chunks, num_tensors, num_types and dim must be positive")
-        self._config = dict(num_chunks=num_chunks, num_tensors=num_tensors, num_types=num_types, dim=dim)
         self.dim = dim
         self.chunk = nn.Embedding(num_chunks, dim)
         self.tensor = nn.Embedding(num_tensors, dim)
@@ -164,13 +164,6 @@ class ChunkPositionConditioner(nn.Module):
         cond.tensor_of.copy_(layout.tensor_ids)
         cond.type_of.copy_(layout.type_ids)
         return cond
-
-    def config(self) -> dict[str, Any]:
-        return dict(self._config)
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> ChunkPositionConditioner:
-        return cls(**config)
 
     def forward(self, raw: Sequence[int] | torch.Tensor) -> torch.Tensor:
         """``(B, dim)`` conditions of ``B`` chunk ids."""

@@ -39,6 +39,7 @@ from typing import Any, Literal, Protocol, runtime_checkable
 import torch
 
 from paramgen.chunks import ChunkLayout
+from paramgen.registry import Configurable
 from paramgen.spec import NonFiniteWeightsError, ParamSpec, SpecMismatchError, _matches
 
 __all__ = [
@@ -145,7 +146,7 @@ class _PerTensor(_Fitted):
         self._fitted = True
 
 
-class PerTaskZScore(_Fitted):
+class PerTaskZScore(_Fitted, Configurable):
     """Z-score each model with the mean and std of all weights of its task.
 
     Args:
@@ -159,6 +160,7 @@ class PerTaskZScore(_Fitted):
     """
 
     _stats = ("mean", "std")
+    config_constants = {"type": "per_task"}
 
     def __init__(self, *, unknown: Literal["error", "global"] = "error") -> None:
         if unknown not in ("error", "global"):
@@ -223,10 +225,11 @@ class PerTaskZScore(_Fitted):
         self._fitted = True
 
     def config(self) -> dict[str, Any]:
-        return {"type": "per_task", "unknown": self.unknown, "tasks": list(self.tasks), "dim": self.dim}
+        """The constructor's arguments, then what `fit` found: the tasks and the width."""
+        return {**super().config(), "tasks": list(self.tasks), "dim": self.dim}
 
 
-class PerLayerZScore(_PerTensor):
+class PerLayerZScore(_PerTensor, Configurable):
     """Z-score each tensor of the spec with its own mean and std over the zoo.
 
     Args:
@@ -236,6 +239,8 @@ class PerLayerZScore(_PerTensor):
     """
 
     _stats = ("mean", "std", "_segments", "_log_entry")
+    config_constants = {"type": "per_layer"}
+    config_ignore = ("spec",)  # the generator's, given back by normalizer_from_config
 
     def __init__(self, spec: ParamSpec, *, log: Sequence[str] = ("*running_var",)) -> None:
         self.spec = spec
@@ -290,9 +295,6 @@ class PerLayerZScore(_PerTensor):
 
     def _num_tensors(self) -> int:
         return len(self.spec.vector_tensors)
-
-    def config(self) -> dict[str, Any]:
-        return {"type": "per_layer", "log": list(self.log)}
 
 
 class ChunkStats(_PerTensor):
@@ -430,7 +432,7 @@ class ChunkStats(_PerTensor):
         return {"type": "per_chunk", "layout": self.layout.config()}
 
 
-class GlobalScale(_Fitted):
+class GlobalScale(_Fitted, Configurable):
     """Divide every weight by one scale: the zoo's root mean square.
 
     Its statistics do not depend on the architecture, so one `GlobalScale` serves a
@@ -459,6 +461,7 @@ class GlobalScale(_Fitted):
     """
 
     _stats = ("scale", "log_mean", "log_std")
+    config_constants = {"type": "global"}
 
     def __init__(self, *, log: Sequence[str] = (), fan_in: bool = False) -> None:
         self.log = tuple(log)
@@ -550,9 +553,6 @@ class GlobalScale(_Fitted):
         self.log_std = state.get("log_std", torch.ones((), dtype=torch.float64)).double()
         self._fitted = True
 
-    def config(self) -> dict[str, Any]:
-        return {"type": "global", "log": list(self.log), "fan_in": self.fan_in}
-
 
 def normalizer_from_config(
     config: Mapping[str, Any], state: Mapping[str, torch.Tensor], *, spec: ParamSpec | None = None
@@ -571,18 +571,18 @@ def normalizer_from_config(
     kind = config.get("type")
     norm: PerTaskZScore | PerLayerZScore | ChunkStats | GlobalScale
     if kind == "per_task":
-        norm = PerTaskZScore(unknown=config["unknown"])
+        norm = PerTaskZScore.from_config({k: v for k, v in config.items() if k not in ("tasks", "dim")})
         norm.tasks, norm.dim = tuple(config["tasks"]), config["dim"]
     elif kind == "per_layer":
         if spec is None:
             raise ValueError("a per_layer normalizer needs the spec it was fitted on")
-        norm = PerLayerZScore(spec, log=config["log"])
+        norm = PerLayerZScore.from_config(config, spec=spec)
     elif kind == "per_chunk":
         if spec is None:
             raise ValueError("a per_chunk normalizer needs the spec of the model its layout cuts")
         norm = ChunkStats(ChunkLayout(spec, **config["layout"]))
     elif kind == "global":
-        norm = GlobalScale(log=config.get("log", ()), fan_in=config.get("fan_in", False))
+        norm = GlobalScale.from_config(config)
     else:
         raise ValueError(f"normalizer type must be 'per_task', 'per_layer', 'per_chunk' or 'global', got {kind!r}")
     norm.load_state_dict(state)

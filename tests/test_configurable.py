@@ -255,10 +255,8 @@ def test_every_builtin_has_a_frozen_case_and_a_strategy() -> None:
 
 
 def test_builtins_record_their_arguments_instead_of_restating_them() -> None:
-    # chunk-position lives in paramgen/chunkwise.py, converted separately.
-    hand_written = {name for name in BUILTINS if not issubclass(registry.get(name), Configurable)}
-    assert hand_written <= {"chunk-position"}
-    for name in set(BUILTINS) - hand_written:
+    assert {name for name in BUILTINS if not issubclass(registry.get(name), Configurable)} == set()
+    for name in BUILTINS:
         cls = registry.get(name)
         assert "config" not in vars(cls) and "from_config" not in vars(cls), name
 
@@ -635,3 +633,41 @@ def test_vectorizer_from_config_refuses_a_wrong_type_or_key() -> None:
         vectorizer_from_config({"type": "chunk", "chunk": 4}, _spec())
     with pytest.raises(ValueError, match="ChunkVectorizer.from_config: expected type='chunk', got 'layer'"):
         ChunkVectorizer.from_config({"type": "layer", "chunk_size": 4}, spec=_spec())
+
+
+def _normalizers() -> dict[str, tuple[Callable[[ParamSpec], Any], dict[str, Any]]]:
+    from paramgen.normalize import GlobalScale, PerLayerZScore, PerTaskZScore
+
+    def per_task(spec: ParamSpec) -> Any:
+        return PerTaskZScore(unknown="global").fit(torch.randn(6, spec.numel), tasks=["a", "b"] * 3)
+
+    return {
+        "per-task": (lambda s: PerTaskZScore().fit(torch.randn(2, s.numel), tasks=["a", "a"]), {"type": "per_task", "unknown": "error", "tasks": ["a"], "dim": 42}),
+        "per-task-global": (per_task, {"type": "per_task", "unknown": "global", "tasks": ["a", "b"], "dim": 42}),
+        "per-layer": (lambda s: PerLayerZScore(s).fit(torch.rand(4, s.numel) + 0.1), {"type": "per_layer", "log": ["*running_var"]}),
+        "per-layer-log": (lambda s: PerLayerZScore(s, log=["*weight"]).fit(torch.rand(4, s.numel) + 0.1), {"type": "per_layer", "log": ["*weight"]}),
+        "global": (lambda s: GlobalScale().fit(torch.randn(4, s.numel)), {"type": "global", "log": [], "fan_in": False}),
+        "global-log": (lambda s: GlobalScale(log=("*running_var",), fan_in=True).fit(torch.rand(4, s.numel) + 0.1, spec=s), {"type": "global", "log": ["*running_var"], "fan_in": True}),
+    }
+
+
+@pytest.mark.parametrize("case", list(_normalizers()))
+def test_normalizer_configs_are_unchanged_and_rebuild(case: str) -> None:
+    from paramgen.normalize import normalizer_from_config
+
+    build, expected = _normalizers()[case]
+    spec = _spec()
+    norm = build(spec)
+    assert _json(norm.config()) == _json(expected)
+    again = normalizer_from_config(json.loads(_json(norm.config())), norm.state_dict(), spec=spec)
+    assert type(again) is type(norm) and _json(again.config()) == _json(expected)
+    assert all(torch.equal(a, b) for a, b in zip(again.state_dict().values(), norm.state_dict().values(), strict=True))
+
+
+def test_normalizer_from_config_fills_defaults_of_older_global_configs() -> None:
+    from paramgen.normalize import normalizer_from_config
+
+    norm = normalizer_from_config({"type": "global"}, {"scale": torch.tensor(2.0, dtype=torch.float64)})
+    assert norm.config() == {"type": "global", "log": [], "fan_in": False}
+    with pytest.raises(ValueError, match="GlobalScale.from_config: unknown key 'scale'"):
+        normalizer_from_config({"type": "global", "scale": 2.0}, {"scale": torch.tensor(2.0, dtype=torch.float64)})
