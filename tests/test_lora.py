@@ -181,15 +181,6 @@ def test_tweet_tasks_share_texts_and_describe_themselves(tasks):
     assert text.startswith(pair.description) and "Example 2:" in text and "-> negative" in text and "-> positive" in text
 
 
-def test_conditioner_passes_vectors_through():
-    cond = TextOrVectorConditioner()
-    a, b = cond(["first task", "second task"])
-    mixed = cond([0.5 * a + 0.5 * b, "first task"])
-    assert torch.allclose(mixed[1], a) and torch.allclose(mixed[0], 0.5 * (a + b))
-    with pytest.raises(ValueError, match=r"shape \(384,\)"):
-        cond([torch.zeros(3)])
-
-
 def test_text_generator_saves_and_reloads(fitted, tasks, tmp_path):
     from paramgen import Generator
 
