@@ -345,14 +345,7 @@ def _sample(args: argparse.Namespace) -> int:
     if is_chunkwise_folder(args.generator):
         return _sample_chunkwise(args)
     gen = _load_generator(args)
-    conds: list[Any] | None = args.cond
-    if conds and args.json_cond:
-        import json
-
-        try:
-            conds = [json.loads(c) for c in conds]
-        except json.JSONDecodeError as e:
-            raise _UsageError(f"--json-cond: a --cond is not JSON ({e})") from e
+    conds = _conditions(args)
     if gen.conditioner is not None and not conds:
         raise _UsageError("this generator is conditioned: pass --cond (e.g. a task name) at least once")
     if gen.conditioner is None and conds:
@@ -408,6 +401,18 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _conditions(args: argparse.Namespace) -> list[Any] | None:
+    """The --cond values, each read as JSON with --json-cond."""
+    if not args.cond or not args.json_cond:
+        return args.cond
+    import json
+
+    try:
+        return [json.loads(c) for c in args.cond]
+    except json.JSONDecodeError as e:
+        raise _UsageError(f"--json-cond: a --cond is not JSON ({e})") from e
+
+
 def _sample_chunkwise(args: argparse.Namespace) -> int:
     """``paramgen sample`` on a folder of ChunkwiseGenerator.save_pretrained: each sample
     streamed into a .safetensors file, or into a Hugging Face model folder (config.json) or
@@ -427,12 +432,7 @@ def _sample_chunkwise(args: argparse.Namespace) -> int:
     if suffix in (".pt", ".pth", ".bin"):
         raise _UsageError(f"--out {args.out}: a chunk-wise generator streams safetensors: give --out FILE.safetensors or a folder")
     gen = ChunkwiseGenerator.from_pretrained(args.generator, device=args.device)
-    conds: list[Any] | None = args.cond
-    if conds and args.json_cond:
-        try:
-            conds = [json.loads(c) for c in conds]
-        except json.JSONDecodeError as e:
-            raise _UsageError(f"--json-cond: a --cond is not JSON ({e})") from e
+    conds = _conditions(args)
     if gen.task_conditioned and not conds:
         raise _UsageError("this chunk-wise generator is task-conditioned: pass --cond (e.g. a task name) at least once")
     if not gen.task_conditioned and conds:
