@@ -417,7 +417,6 @@ def _sample_chunkwise(args: argparse.Namespace) -> int:
     """``paramgen sample`` on a folder of ChunkwiseGenerator.save_pretrained: each sample
     streamed into a .safetensors file, or into a Hugging Face model folder (config.json) or
     a PEFT adapter folder (adapter_config.json), whichever config the generator records."""
-    import json
     from pathlib import Path
 
     import torch
