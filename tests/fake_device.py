@@ -34,12 +34,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import attrs
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 
-__all__ = ["DeviceMismatch", "FAKE", "FakeDeviceTensor", "fake_device"]
+__all__ = ["DeviceMismatch", "FAKE", "FakeDeviceTensor", "fake_device", "tensors_in"]
 
 FAKE = torch.device("meta")
 
@@ -133,3 +134,16 @@ def fake_device() -> Iterator[torch.device]:
     """Check device handling inside the block; yields the fake device to move tensors to."""
     with _DataMode(), _Mode():
         yield FAKE
+
+
+def tensors_in(out: Any) -> list[torch.Tensor]:
+    """Every tensor in a component's output: a tensor, an attrs record, a dict, or nested lists of them."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if attrs.has(type(out)):
+        out = attrs.asdict(out, recurse=False)
+    if isinstance(out, dict):
+        out = list(out.values())
+    if isinstance(out, (list, tuple)):
+        return [t for o in out for t in tensors_in(o)]
+    return []

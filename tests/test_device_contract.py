@@ -15,10 +15,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import pytest
 import torch
-from fake_device import FAKE, DeviceMismatch, fake_device
+from fake_device import FAKE, DeviceMismatch, fake_device, tensors_in
 from torch import nn
 
 from paramgen.conditioners import (
@@ -240,25 +239,13 @@ CASES: dict[str, Case] = {
 }  # fmt: skip
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if attrs.has(type(out)):
-        out = attrs.asdict(out, recurse=False)
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
 @pytest.mark.parametrize("generator", ["cpu", None])
 @pytest.mark.parametrize("case", list(CASES))
 def test_tensors_follow_the_device(case: str, generator: str | None) -> None:
     torch.manual_seed(0)
     gen = None if generator is None else torch.Generator().manual_seed(0)
     with fake_device() as dev:
-        outputs = _tensors(CASES[case](dev, gen))
+        outputs = tensors_in(CASES[case](dev, gen))
     assert outputs, "a case must return the tensors it made"
     off = [tuple(t.shape) for t in outputs if t.device != FAKE]
     assert not off, f"{case}: outputs left on the CPU: {off}"

@@ -21,9 +21,9 @@ import copy
 from collections.abc import Callable
 from typing import Any
 
-import attrs
 import pytest
 import torch
+from fake_device import tensors_in
 from torch import nn
 
 import paramgen
@@ -179,18 +179,6 @@ CASES: dict[str, Case] = {
 }
 
 
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if attrs.has(type(out)):
-        out = attrs.asdict(out, recurse=False)
-    if isinstance(out, dict):
-        out = list(out.values())
-    if isinstance(out, (list, tuple)):
-        return [t for o in out for t in _tensors(o)]
-    return []
-
-
 def _close(out: torch.Tensor, ref: torch.Tensor, tol: float) -> float:
     """Largest deviation relative to the reference's scale."""
     scale = ref.double().abs().max().clamp_min(1.0)
@@ -201,8 +189,8 @@ def _close(out: torch.Tensor, ref: torch.Tensor, tol: float) -> float:
 @pytest.mark.parametrize("case", list(CASES))
 def test_components_run_in_their_dtype(case: str, dtype: torch.dtype) -> None:
     with torch.no_grad():
-        ref = _tensors(CASES[case](torch.float32))
-        out = _tensors(CASES[case](dtype))
+        ref = tensors_in(CASES[case](torch.float32))
+        out = tensors_in(CASES[case](dtype))
     assert ref and len(out) == len(ref), "a case must return the tensors it made"
     for i, (o, r) in enumerate(zip(out, ref, strict=True)):
         assert o.shape == r.shape, f"{case} output {i}: shape {tuple(o.shape)} vs float32 {tuple(r.shape)}"
