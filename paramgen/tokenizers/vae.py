@@ -10,8 +10,13 @@ along channels: ``(B, N * latent_channels, latent_length)``, the shape priors wo
 
 Training options from the papers: a small KL weight (D2NWG: 1e-6), reconstruction masked
 to real entries (padding is not learned), Gaussian noise on the input and on the latent
-(Cond P-Diff: robustness of the decoder), and D2NWG's predictor-guided loss (eq. 9): a
-frozen accuracy predictor ``g`` adds ``||g(x) - g(x_hat)||^2``.
+while training (p-diff's augmentation, also in Cond P-Diff: the decoder learns to map a
+neighbourhood of each latent to the weights, which makes it robust to the prior's
+sampling error), and D2NWG's predictor-guided loss (eq. 9): a frozen accuracy predictor
+``g`` adds ``||g(x) - g(x_hat)||^2``.
+
+`VAETokenizer.compression` is the capacity as one number: input values per latent value
+(``width / (latent_channels * latent_length)``; 1 keeps as many latent values as weights).
 
 Examples:
     >>> import torch
@@ -22,9 +27,13 @@ Examples:
     ((3, 4, 8), 0)
     >>> tuple(vae.decode(vae.encode(x).latents).shape)
     (3, 2, 100)
+    >>> vae.compression  # 100 values per row into 2 x 8 latent values
+    6.25
 """
 
 from __future__ import annotations
+
+from collections.abc import Iterable
 
 import torch
 from einops import rearrange
@@ -61,6 +70,22 @@ class _ResBlock(nn.Module):
         return x + self.net(x)
 
 
+#: FiLM parameters ``(scale, shift)``, each ``(B * N, hidden_channels, 1)``: ``h * (1 + scale) + shift``.
+Film = tuple[torch.Tensor, torch.Tensor]
+
+
+def _trunk(stack: Iterable[nn.Module], h: torch.Tensor, film: Film | None) -> torch.Tensor:
+    """Run a convolutional stack; with ``film``, modulate the hidden signal after its first
+    layer (the hook a conditioned tokenizer, `paramgen.tokenizers.PositionalVAETokenizer`,
+    uses; the residual blocks after it carry the modulation through)."""
+    for i, layer in enumerate(stack):
+        h = layer(h)
+        if i == 0 and film is not None:
+            scale, shift = film
+            h = h * (1.0 + scale) + shift
+    return h
+
+
 class VAETokenizer(nn.Module, Configurable):
     """Beta-VAE over rows of vectorized weights.
 
@@ -72,8 +97,10 @@ class VAETokenizer(nn.Module, Configurable):
         hidden_channels: Width of the convolutional trunk.
         num_down: Stride-2 downsamplings between the linear input map and the latent.
         kl_weight: Weight of the KL term (D2NWG: 1e-6).
-        input_noise: Std of Gaussian noise added to inputs while training.
-        latent_noise: Std of Gaussian noise added to sampled latents while training.
+        input_noise: Std of Gaussian noise added to inputs while training (p-diff's
+            input augmentation).
+        latent_noise: Std of Gaussian noise added to sampled latents while training
+            (p-diff's latent augmentation).
         predictor_weight: Weight of the predictor-guided loss (eq. 9) when a predictor
             is passed to `loss`.
     """
@@ -100,7 +127,7 @@ class VAETokenizer(nn.Module, Configurable):
         self.kl_weight, self.input_noise, self.latent_noise = kl_weight, input_noise, latent_noise
         self.predictor_weight = predictor_weight
         self.signal_length = latent_length * 2**num_down  # length after the linear input map
-        h = hidden_channels
+        self.hidden_channels = h = hidden_channels
         self.stem_channels = max(1, h // 8)
 
         self.linear_in = nn.Linear(width, self.stem_channels * self.signal_length)
@@ -122,6 +149,12 @@ class VAETokenizer(nn.Module, Configurable):
         """Shape of one model's latent: ``(rows * latent_channels, latent_length)``."""
         return (self.rows * self.latent_channels, self.latent_length)
 
+    @property
+    def compression(self) -> float:
+        """Input values per latent value: ``width / (latent_channels * latent_length)``
+        (the same for the whole model: every row is encoded on its own)."""
+        return self.width / (self.latent_channels * self.latent_length)
+
     # ------------------------------------------------------------------ internals
     def _check(self, x: torch.Tensor, *, values: bool = True) -> None:
         if x.ndim != 3 or tuple(x.shape[1:]) != (self.rows, self.width):
@@ -134,11 +167,11 @@ class VAETokenizer(nn.Module, Configurable):
         weights stay float32), so a tokenizer moved to bfloat16 or float64 takes float32 rows."""
         return self.linear_in.weight.dtype
 
-    def _moments(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _moments(self, x: torch.Tensor, film: Film | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         b = x.shape[0]
         h = self.linear_in(rearrange(x, "b n c -> (b n) c"))
         h = rearrange(h, "bn (ch t) -> bn ch t", ch=self.stem_channels)  # (B*N, stem, T0)
-        mean, logvar = self.encoder(h).chunk(2, dim=1)  # (B*N, Cz, Tz) each
+        mean, logvar = _trunk(self.encoder, h, film).chunk(2, dim=1)  # (B*N, Cz, Tz) each
         mean = rearrange(mean, "(b n) cz tz -> b (n cz) tz", b=b)
         logvar = rearrange(logvar, "(b n) cz tz -> b (n cz) tz", b=b).clamp(-30.0, 20.0)
         return mean, logvar
@@ -154,12 +187,21 @@ class VAETokenizer(nn.Module, Configurable):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Latents ``(B, N * latent_channels, latent_length)`` to rows ``(B, N, C)``, in the
         dtype of the weights."""
+        self._check_latents(latents)
+        return self._decode(latents)
+
+    def _check_latents(self, latents: torch.Tensor) -> None:
         if latents.ndim != 3 or tuple(latents.shape[1:]) != self.latent_shape:
             raise ValueError(f"expected latents of shape (B, {self.latent_shape[0]}, {self.latent_shape[1]}), got {tuple(latents.shape)}")
+
+    def _decode(self, latents: torch.Tensor, film: Film | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
+        """`decode` without the check; ``film`` modulates the trunk, ``bias`` ``(B, N, C)``
+        is added to the rows."""
         b = latents.shape[0]
         z = rearrange(latents.to(self._dtype()), "b (n cz) tz -> (b n) cz tz", n=self.rows)
-        h = rearrange(self.decoder(z), "bn ch t -> bn (ch t)")
-        return rearrange(self.linear_out(h), "(b n) c -> b n c", b=b)
+        h = rearrange(_trunk(self.decoder, z, film), "bn ch t -> bn (ch t)")
+        rows = rearrange(self.linear_out(h), "(b n) c -> b n c", b=b)  # (B, N, C)
+        return rows if bias is None else rows + bias
 
     def loss(
         self,
@@ -183,15 +225,30 @@ class VAETokenizer(nn.Module, Configurable):
         if predictor is not None and self.predictor_weight <= 0:
             raise ValueError("VAETokenizer.loss got a predictor, but predictor_weight=0 would ignore it: build the tokenizer with predictor_weight > 0")
         self._check(x, values=host_values(x))  # no per-step device sync (see paramgen._validate)
+        return self._loss(x, mask=mask, generator=generator, predictor=predictor)
+
+    def _loss(
+        self,
+        x: torch.Tensor,
+        *,
+        mask: torch.Tensor | None,
+        generator: torch.Generator | None,
+        predictor: nn.Module | None = None,
+        encoder_film: Film | None = None,
+        decoder_film: Film | None = None,
+        bias: torch.Tensor | None = None,
+    ) -> TokenizerOutput:
+        """`loss` on checked rows; the conditioning (``encoder_film``, ``decoder_film``,
+        ``bias``) is a conditioned tokenizer's (see `_decode`)."""
         x = x.to(self._dtype())
         noisy = x
         if self.training and self.input_noise > 0:
             noisy = x + self.input_noise * randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
-        mean, logvar = self._moments(noisy)
+        mean, logvar = self._moments(noisy, encoder_film)
         z = mean + (0.5 * logvar).exp() * randn(mean.shape, generator=generator, device=mean.device, dtype=mean.dtype)
         if self.training and self.latent_noise > 0:
             z = z + self.latent_noise * randn(z.shape, generator=generator, device=z.device, dtype=z.dtype)
-        recon = self.decode(z)
+        recon = self._decode(z, decoder_film, bias)
         err = (recon - x).pow(2)
         if mask is not None:
             m = mask.to(err.device).expand_as(x).to(err.dtype)
