@@ -134,6 +134,7 @@ def _flat_slices(shape: tuple[int, ...], start: int, stop: int) -> Iterator[tupl
 
 
 StateDictLike = Mapping[str, torch.Tensor] | nn.Module
+BaseLike = Any  # a safetensors path, a state dict, a module or a paramgen.base.PinnedBase
 
 
 class ChunkDataset(Dataset):
@@ -159,27 +160,42 @@ class ChunkDataset(Dataset):
     time (least recently used closed first); pickling drops them and a forked worker
     opens its own, so the dataset is safe with ``DataLoader(num_workers > 0)``.
 
+    With a ``base`` (`paramgen.base.PinnedBase`, or what `paramgen.base.PinnedBase.of`
+    takes), items serve the chunks of the deltas ``D = w - w_base``: the base's chunk is
+    read the same way (lazily from its file, or from its state dict), subtracted in
+    float64 and the result cast to ``layout.dtype``. The base must hold every layout
+    tensor with the same shape. Statistics fitted on the items (`paramgen.normalize.ChunkStats`)
+    are then statistics of ``D``.
+
     An item is a dict:
 
-    - ``values``: ``(K,)`` chunk values in ``layout.dtype`` (float32, or float64 for
-      float64 models), zero past the tensor's end;
+    - ``values``: ``(K,)`` chunk values (of ``D`` with a base) in ``layout.dtype``
+      (float32, or float64 for float64 models), zero past the tensor's end;
     - ``mask``: ``(K,)`` bool, ``True`` on real values;
-    - ``chunk`` (global chunk id), ``chunk_in_tensor``, ``tensor``, ``type``, ``block``:
-      ints from the layout (the condition of the sample);
+    - ``chunk`` (global chunk id, also the ``position`` a positional tokenizer is
+      given by `paramgen.chunkwise.ChunkSamples`), ``chunk_in_tensor``, ``tensor``,
+      ``type``, ``block``: ints from the layout (the condition of the sample);
     - ``checkpoint``: index of the checkpoint in ``checkpoints``.
 
     Args:
         layout: Which tensors and how they are cut.
-        checkpoints: A safetensors path or a sequence of them.
+        checkpoints: A safetensors path, a sequence of them, or a `paramgen.zoo.Zoo`
+            (see `from_zoo`).
+        base: The pinned base (see above), or ``None`` for the weights themselves.
         strict: Reject files holding tensors the spec does not name (another, deeper
             architecture). ``False`` ignores them (e.g. a file with a legacy
             ``position_ids`` buffer that the module spec lacks).
         max_open_files: Handles kept open per process.
         reader: ``"pread"`` or ``"safetensors"`` (see above).
 
+    Attributes:
+        base: The `paramgen.base.PinnedBase`, or ``None``.
+
     Raises:
         SpecMismatchError: A checkpoint's tensors differ from the spec (names the file
             and the tensor).
+        paramgen.base.BaseMismatchError: The base lacks a layout tensor or holds it in
+            another shape (named).
         ValueError: A file is missing, truncated or not safetensors (names the file).
 
     Examples:
@@ -191,20 +207,29 @@ class ChunkDataset(Dataset):
         >>> data = ChunkDataset(layout, [path, path])
         >>> len(data), data[2]["values"].tolist(), data[5]["checkpoint"]
         (6, [8.0, 9.0, 0.0, 0.0], 1)
+        >>> deltas = ChunkDataset(layout, path, base={"w": torch.ones(2, 5)})
+        >>> deltas[2]["values"].tolist()
+        [7.0, 8.0, 0.0, 0.0]
     """
 
     def __init__(
         self,
         layout: ChunkLayout,
-        checkpoints: str | os.PathLike | Sequence[str | os.PathLike],
+        checkpoints: Any,
         *,
+        base: BaseLike = None,
         strict: bool = True,
         max_open_files: int = 32,
         reader: Literal["pread", "safetensors"] = "pread",
     ) -> None:
-        if isinstance(checkpoints, (str, os.PathLike)):
-            checkpoints = [checkpoints]
-        if len(checkpoints) == 0:
+        zoo = _as_zoo(checkpoints)
+        if zoo is not None:
+            entries, strict = _zoo_entries(zoo, base), False  # run files hold the stored tensors only
+        else:
+            if isinstance(checkpoints, (str, os.PathLike)):
+                checkpoints = [checkpoints]
+            entries = [(Path(p), None) for p in checkpoints]
+        if len(entries) == 0:
             raise ValueError("ChunkDataset: expected at least one checkpoint, got none")
         if max_open_files < 1:
             raise ValueError(f"ChunkDataset: max_open_files must be >= 1, got {max_open_files}")
@@ -212,30 +237,81 @@ class ChunkDataset(Dataset):
             raise ValueError(f"ChunkDataset: reader must be 'pread' or 'safetensors', got {reader!r}")
         if reader == "pread" and sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
             raise ValueError("ChunkDataset: reader='pread' needs a little-endian machine; use reader='safetensors'")
+        self._init(layout, reader, max_open_files)
+        self.paths = [path for path, _ in entries]
+        files: dict[Path, int] = {}
+        for path, row in entries:
+            if path not in files:
+                stacked = row is not None
+                where = f"zoo run file {path}" if stacked else f"checkpoint {path}"
+                if not path.is_file():
+                    raise ValueError(f"ChunkDataset: {where} does not exist or is not a file")
+                tensors = read_header(path).tensors
+                found = {name: (e.shape[1:] if stacked else e.shape, e.dtype_name) for name, e in tensors.items()}
+                _check_tensors(where, layout, found, strict=strict)
+                files[path] = len(self._files)
+                self._files.append(path)
+                self._starts.append([tensors[t.name].start for t in layout.tensors])
+                self._dtypes.append([t.torch_dtype for t in layout.tensors])
+                self._stacked.append(stacked)
+                self._file_rows.append(min(tensors[t.name].shape[0] for t in layout.tensors) if stacked and layout.tensors else 0)
+            f = files[path]
+            if row is not None and row >= self._file_rows[f]:
+                raise ValueError(f"ChunkDataset: zoo run file {path} has {self._file_rows[f]} rows, a checkpoint is recorded at row {row}")
+            self._file_of.append(f)
+            self._row_of.append(row or 0)
+        self._set_base(base)
+
+    def _init(self, layout: ChunkLayout, reader: Literal["pread", "safetensors", "memory"], max_open_files: int) -> None:
         self.layout = layout
         self.reader: Literal["pread", "safetensors", "memory"] = reader
         self.max_open_files = int(max_open_files)
-        self.paths: list[Path] | None = [Path(p) for p in checkpoints]
+        self.paths: list[Path] | None = None
         self._memory: list[dict[str, torch.Tensor]] | None = None
-        self._starts: list[list[int]] = []  # per checkpoint: byte offset of each layout tensor's data
-        for path in self.paths:
-            if not path.is_file():
-                raise ValueError(f"ChunkDataset: checkpoint {path} does not exist or is not a file")
-            tensors = read_header(path).tensors
-            found = {name: (e.shape, e.dtype_name) for name, e in tensors.items()}
-            _check_tensors(f"checkpoint {path}", layout, found, strict=strict)
-            self._starts.append([tensors[t.name].start for t in layout.tensors])
+        # Files read (checkpoints, then a base file): per file, byte offset and dtype of
+        # each layout tensor's data, whether it stacks checkpoints in rows (a zoo run).
+        self._files: list[Path] = []
+        self._starts: list[list[int]] = []
+        self._dtypes: list[list[torch.dtype]] = []
+        self._stacked: list[bool] = []
+        self._file_rows: list[int] = []
+        self._file_of: list[int] = []  # per checkpoint: its file
+        self._row_of: list[int] = []  # per checkpoint: its row in a stacked file (0 otherwise)
+        self.base: Any = None
+        self._base_file: int | None = None
+        self._base_memory: dict[str, torch.Tensor] | None = None
         self._handles: OrderedDict[int, Any] = OrderedDict()
         self._pid = os.getpid()
 
+    def _set_base(self, base: BaseLike) -> None:
+        """Pin ``base``: check that it covers the layout, and set up reading its chunks."""
+        if base is None:
+            return
+        from paramgen.base import PinnedBase
+
+        pinned = PinnedBase.of(base)
+        pinned.check_covers(self.layout, what="the chunk layout")
+        self.base = pinned
+        if pinned.path is None:
+            self._base_memory = {t.name: pinned.tensor(t.name).detach().reshape(-1) for t in self.layout.tensors}
+            return
+        tensors = read_header(pinned.path).tensors
+        self._base_file = len(self._files)
+        self._files.append(pinned.path)
+        self._starts.append([tensors[t.name].start for t in self.layout.tensors])
+        self._dtypes.append([tensors[t.name].dtype for t in self.layout.tensors])
+        self._stacked.append(False)
+        self._file_rows.append(0)
+
     @classmethod
     def from_state_dicts(
-        cls, layout: ChunkLayout, state_dicts: StateDictLike | Sequence[StateDictLike], *, strict: bool = False
+        cls, layout: ChunkLayout, state_dicts: StateDictLike | Sequence[StateDictLike], *, base: BaseLike = None, strict: bool = False
     ) -> ChunkDataset:
         """Chunks of in-memory state dicts or modules (small models).
 
         Tensors are referenced, not copied (``detach``); ``strict`` as in the constructor
-        (off by default: a state dict often carries buffers a sub-spec leaves out).
+        (off by default: a state dict often carries buffers a sub-spec leaves out);
+        ``base`` as in the constructor.
         """
         if isinstance(state_dicts, (Mapping, nn.Module)):
             state_dicts = [state_dicts]
@@ -253,15 +329,42 @@ class ChunkDataset(Dataset):
             _check_tensors(f"state dict {i}", layout, found, strict=strict)
             memory.append({t.name: sd[t.name].detach().reshape(-1) for t in layout.tensors})
         self = cls.__new__(cls)
-        self.layout = layout
-        self.max_open_files = 1
-        self.reader = "memory"
-        self.paths = None
-        self._starts = []
+        self._init(layout, "memory", 1)
         self._memory = memory
-        self._handles = OrderedDict()
-        self._pid = os.getpid()
+        self._set_base(base)
         return self
+
+    @classmethod
+    def from_zoo(cls, layout: ChunkLayout, zoo: Any, *, base: BaseLike = None, max_open_files: int = 32, reader: Literal["pread", "safetensors"] = "pread") -> ChunkDataset:
+        """Chunks of every checkpoint of a `paramgen.zoo.Zoo` view, read lazily from its run files.
+
+        A run file stores ``name -> (rows, *shape)``; a checkpoint is one row, and a chunk
+        of it one byte range, as for a plain file. When the zoo records a base
+        (`paramgen.zoo.Zoo.base`), ``base`` is required and checked against the record.
+        The run files' digests are not checked here (that reads every byte): call
+        ``zoo.verify()`` first for that.
+
+        Raises:
+            paramgen.base.BaseMismatchError: The zoo records a base and ``base`` is
+                missing or another one.
+            SpecMismatchError: The zoo's tensors are not the layout's.
+
+        Examples:
+            >>> import tempfile, torch
+            >>> from paramgen.chunks import ChunkLayout
+            >>> from paramgen.spec import ParamSpec
+            >>> from paramgen.zoo import ZooWriter
+            >>> writer = ZooWriter(tempfile.mkdtemp())
+            >>> for seed in range(2):
+            ...     _ = writer.add({"w": torch.full((2, 3), float(seed))}, task="toy", run_id="run", epoch=seed)
+            >>> layout = ChunkLayout(ParamSpec.from_state_dict({"w": torch.zeros(2, 3)}), 4)
+            >>> data = ChunkDataset.from_zoo(layout, writer.zoo())
+            >>> len(data), data[3]["values"].tolist()
+            (4, [1.0, 1.0, 0.0, 0.0])
+        """
+        if _as_zoo(zoo) is None:
+            raise TypeError(f"ChunkDataset.from_zoo takes a paramgen.zoo.Zoo, got {type(zoo).__name__}")
+        return cls(layout, zoo, base=base, max_open_files=max_open_files, reader=reader)
 
     @property
     def num_checkpoints(self) -> int:
@@ -276,8 +379,11 @@ class ChunkDataset(Dataset):
         state["_handles"] = OrderedDict()  # handles do not travel; each process opens its own
         return state
 
+    def _file_reader(self) -> Literal["pread", "safetensors"]:
+        return "pread" if self.reader == "memory" else self.reader
+
     def _handle(self, index: int) -> Any:
-        """An open file descriptor (``"pread"``) or ``safe_open`` handle for checkpoint ``index``."""
+        """An open file descriptor (``"pread"``) or ``safe_open`` handle for file ``index``."""
         if os.getpid() != self._pid:  # a forked worker: leave the parent's handles to the parent
             self._handles = OrderedDict()
             self._pid = os.getpid()
@@ -285,22 +391,21 @@ class ChunkDataset(Dataset):
         if handle is not None:
             self._handles.move_to_end(index)
             return handle
-        assert self.paths is not None
-        path = self.paths[index]
-        if self.reader == "pread":
+        path = self._files[index]
+        if self._file_reader() == "pread":
             try:
                 handle = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
             except OSError as e:
-                raise ValueError(f"ChunkDataset: cannot read checkpoint {path}: {e}") from e
+                raise ValueError(f"ChunkDataset: cannot read {path}: {e}") from e
         else:
             from safetensors import SafetensorError, safe_open
 
             try:
                 handle = safe_open(str(path), framework="pt")
             except (SafetensorError, OSError) as e:
-                raise ValueError(f"ChunkDataset: cannot read checkpoint {path}: {e}") from e
+                raise ValueError(f"ChunkDataset: cannot read {path}: {e}") from e
         self._handles[index] = handle
-        while len(self._handles) > self.max_open_files:
+        while len(self._handles) > max(self.max_open_files, 1):
             _, old = self._handles.popitem(last=False)
             _release(old)
         return handle
@@ -319,31 +424,77 @@ class ChunkDataset(Dataset):
             pass
 
     # ------------------------------------------------------------------ reading
-    def read(self, checkpoint: int, chunk: int) -> torch.Tensor:
-        """The real values of one chunk, ``(length,)`` in its tensor's dtype."""
-        layout = self.layout
-        i = int(layout.tensor_ids[chunk])
-        t = layout.tensors[i]
-        start = int(layout.offsets[chunk])
-        stop = start + int(layout.lengths[chunk])
-        if self._memory is not None:
-            return self._memory[checkpoint][t.name][start:stop]
-        assert self.paths is not None
-        path = self.paths[checkpoint]
-        handle = self._handle(checkpoint)
-        if self.reader == "pread":
-            size = t.torch_dtype.itemsize
+    def _read_file(self, f: int, row: int, i: int, start: int, stop: int) -> torch.Tensor:
+        """Values ``[start, stop)`` of layout tensor ``i``, flattened, from file ``f`` (row ``row`` of a stacked file)."""
+        t = self.layout.tensors[i]
+        dtype = self._dtypes[f][i]
+        path = self._files[f]
+        handle = self._handle(f)
+        if self._file_reader() == "pread":
+            size = dtype.itemsize
             buf = torch.empty((stop - start) * size, dtype=torch.uint8)  # the chunk's bytes, nothing more
-            _pread_into(handle, memoryview(buf.numpy()), self._starts[checkpoint][i] + start * size, path)  # type: ignore[arg-type]  # ndarray has the buffer protocol; numpy declares __buffer__ only for Python >= 3.12
-            return buf.view(t.torch_dtype)
+            pos = self._starts[f][i] + (row * t.numel + start) * size
+            _pread_into(handle, memoryview(buf.numpy()), pos, path)  # type: ignore[arg-type]  # ndarray has the buffer protocol; numpy declares __buffer__ only for Python >= 3.12
+            return buf.view(dtype)
+        lead: tuple[slice, ...] = (slice(row, row + 1),) if self._stacked[f] else ()
         try:
             piece = handle.get_slice(t.name)
             if not t.shape:
-                return piece[...].reshape(1)
-            parts = [piece[idx].reshape(-1) for idx in _flat_slices(t.shape, start, stop)]
+                return (piece[lead] if lead else piece[...]).reshape(1)
+            parts = [piece[(*lead, *idx)].reshape(-1) for idx in _flat_slices(t.shape, start, stop)]
         except Exception as e:  # safetensors raises its own error types from Rust
-            raise ValueError(f"ChunkDataset: cannot read {t.name!r} from checkpoint {path}: {e}") from e
+            raise ValueError(f"ChunkDataset: cannot read {t.name!r} from {path}: {e}") from e
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _span(self, chunk: int) -> tuple[int, int, int]:
+        """``(tensor index, start, stop)`` of a chunk within its flattened tensor."""
+        layout = self.layout
+        start = int(layout.offsets[chunk])
+        return int(layout.tensor_ids[chunk]), start, start + int(layout.lengths[chunk])
+
+    def read(self, checkpoint: int, chunk: int) -> torch.Tensor:
+        """The real values of one chunk, ``(length,)`` in its tensor's dtype: the weights
+        ``w`` (not the delta, with a base)."""
+        i, start, stop = self._span(chunk)
+        if self._memory is not None:
+            return self._memory[checkpoint][self.layout.tensors[i].name][start:stop]
+        return self._read_file(self._file_of[checkpoint], self._row_of[checkpoint], i, start, stop)
+
+    def read_base(self, chunk: int) -> torch.Tensor:
+        """The base's real values of one chunk, ``(length,)`` in the base tensor's dtype.
+
+        Raises:
+            ValueError: The dataset has no base.
+        """
+        i, start, stop = self._span(chunk)
+        if self._base_memory is not None:
+            return self._base_memory[self.layout.tensors[i].name][start:stop]
+        if self._base_file is None:
+            raise ValueError("ChunkDataset.read_base: this dataset has no base")
+        return self._read_file(self._base_file, 0, i, start, stop)
+
+    def state_dict(self, checkpoint: int) -> dict[str, torch.Tensor]:
+        """The layout tensors of one checkpoint, whole, as weights ``w`` (not deltas), in their dtypes.
+
+        Examples:
+            >>> import torch
+            >>> from paramgen.chunks import ChunkLayout
+            >>> from paramgen.spec import ParamSpec
+            >>> net = torch.nn.Linear(3, 2)
+            >>> data = ChunkDataset.from_state_dicts(ChunkLayout(ParamSpec.from_module(net), 4), net)
+            >>> torch.equal(data.state_dict(0)["weight"], net.weight)
+            True
+        """
+        if not 0 <= checkpoint < self.num_checkpoints:
+            raise IndexError(f"checkpoint must be in [0, {self.num_checkpoints}), got {checkpoint}")
+        out = {}
+        for i, t in enumerate(self.layout.tensors):
+            if self._memory is not None:
+                flat = self._memory[checkpoint][t.name].clone()
+            else:
+                flat = self._read_file(self._file_of[checkpoint], self._row_of[checkpoint], i, 0, t.numel)
+            out[t.name] = flat.reshape(t.shape)
+        return out
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         n = self.layout.num_chunks
@@ -354,6 +505,11 @@ class ChunkDataset(Dataset):
         checkpoint, chunk = divmod(index, n)
         layout = self.layout
         real = self.read(checkpoint, chunk)
+        if self.base is not None:
+            real = real.to(torch.float64) - self.read_base(chunk).to(torch.float64)  # D, exact in float64 (see paramgen.base)
+            if not torch.isfinite(real).all():
+                name = layout.tensors[int(layout.tensor_ids[chunk])].name
+                raise FloatingPointError(f"ChunkDataset: the delta of checkpoint {checkpoint}, tensor {name!r} (chunk {chunk}) holds NaN or Inf")
         values = torch.zeros(layout.chunk_size, dtype=layout.dtype)  # (K,)
         values[: real.numel()] = real
         return {
@@ -366,6 +522,33 @@ class ChunkDataset(Dataset):
             "block": int(layout.block_ids[chunk]),
             "checkpoint": checkpoint,
         }
+
+
+def _as_zoo(obj: Any) -> Any:
+    """``obj`` if it is a `paramgen.zoo.Zoo`, else ``None`` (imported lazily: zoos are optional here)."""
+    if isinstance(obj, (str, os.PathLike, Sequence)):
+        return None
+    from paramgen.zoo.store import Zoo
+
+    return obj if isinstance(obj, Zoo) else None
+
+
+def _zoo_entries(zoo: Any, base: BaseLike) -> list[tuple[Path, int | None]]:
+    """``(run file, row)`` of every checkpoint of a zoo view, after checking its recorded base."""
+    record = zoo.base
+    if record is not None:
+        if base is None:
+            raise _base_error()(
+                f"zoo {zoo.root} records a base (sha256 {record['sha256']}): its checkpoints are read as deltas over it; pass base= (the base checkpoint)"
+            )
+        zoo.check_base(base)
+    return [(zoo.root / "runs" / f"{c.run_id}.safetensors", c.index) for c in zoo]
+
+
+def _base_error() -> type[ValueError]:
+    from paramgen.base import BaseMismatchError
+
+    return BaseMismatchError
 
 
 def _release(handle: Any) -> None:

@@ -9,6 +9,10 @@ Layout of a zoo folder:
                                 text description), seed, hyperparameters, spec id, and
                                 per kept epoch its row and train/val/test metrics
     specs/<spec_id>.json        the ParamSpec of each architecture in the zoo
+    base.json                   optional: the pinned base checkpoint the zoo's checkpoints
+                                are fine-tunes of (`paramgen.base.PinnedBase.record`:
+                                its SHA-256 and tensors), written by
+                                ``ZooWriter(root, base=...)``
 
 A run's JSON is written after its tensors, both atomically, so a run is in the zoo
 exactly when its JSON exists; an interrupted build resumes from there. `Zoo.open` checks
@@ -42,7 +46,10 @@ from paramgen.normalize import Normalizer
 from paramgen.spec import NonFiniteWeightsError, ParamSpec
 from paramgen.vectorize import ChunkVectorizer, LayerVectorizer, ModelVectorizer
 
-__all__ = ["Checkpoint", "Zoo", "WeightDataset", "DamagedZooError", "EmptyZooError"]
+__all__ = ["Checkpoint", "Zoo", "WeightDataset", "DamagedZooError", "EmptyZooError", "BASE_FILE"]
+
+#: The file at a zoo's root recording its pinned base (`paramgen.base.PinnedBase.record`).
+BASE_FILE = "base.json"
 
 
 class DamagedZooError(ValueError):
@@ -182,6 +189,7 @@ class Zoo:
         # run_id -> SHA-256 of its tensor file as written (runs written before digests: absent).
         self.digests = dict(digests or {})
         self._verified: set[str] = set()
+        self._base: tuple[dict[str, Any] | None] | None = None  # base.json, read once
 
     @classmethod
     def open(cls, root: str | os.PathLike) -> Zoo:
@@ -280,6 +288,44 @@ class Zoo:
             and (where is None or where(c))
         ]
         return Zoo(self.root, kept, self.specs, self.digests)
+
+    @property
+    def base(self) -> dict[str, Any] | None:
+        """The record of the zoo's pinned base (``base.json``: its ``sha256`` and
+        ``tensors``), or ``None`` when the zoo records none.
+
+        Raises:
+            DamagedZooError: ``base.json`` is unreadable.
+        """
+        if self._base is None:
+            path = self.root / BASE_FILE
+            if not path.is_file():
+                self._base = (None,)
+            else:
+                try:
+                    record = read_json(path)
+                except (OSError, ValueError) as err:
+                    raise DamagedZooError(f"zoo {self.root}: its base record {path} is unreadable ({err})") from None
+                if not isinstance(record, dict) or not isinstance(record.get("sha256"), str) or not isinstance(record.get("tensors"), dict):
+                    raise DamagedZooError(f"zoo {self.root}: its base record {path} must be an object with 'sha256' and 'tensors'")
+                self._base = (record,)
+        return self._base[0]
+
+    def check_base(self, base: Any) -> None:
+        """Check that ``base`` (a `paramgen.base.PinnedBase`, or what
+        `paramgen.base.PinnedBase.of` takes) is the base this zoo records.
+
+        Raises:
+            paramgen.base.BaseMismatchError: The zoo records another base (named by
+                digest or tensor), or none.
+        """
+        from paramgen.base import BaseMismatchError, PinnedBase
+
+        record = self.base
+        pinned = PinnedBase.of(base)
+        if record is None:
+            raise BaseMismatchError(f"zoo {self.root} records no base (no {BASE_FILE}); {pinned!r} was given")
+        pinned.check(record, what=f"zoo {self.root}")
 
     def spec(self, spec_id: str | None = None) -> ParamSpec:
         """The architecture of this (single-architecture) view, or of ``spec_id``."""

@@ -36,6 +36,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from paramgen.base import BaseMismatchError, PinnedBase
 from paramgen.formats import peft
 from paramgen.io import file_sha256, read_json, save_safetensors, write_json
 from paramgen.spec import ParamSpec, SpecMismatchError
@@ -43,7 +44,7 @@ from paramgen.zoo._plan import Planned, differs, fit_rows, head_group, pad_head,
 from paramgen.zoo._staging import Transaction
 from paramgen.zoo.sources import CheckpointSource, _expand, read_checkpoint
 from paramgen.zoo.sources import LoadedCheckpoint as LoadedCheckpoint  # importable from here, as before the split
-from paramgen.zoo.store import Checkpoint, Zoo, _checkpoints_of_run
+from paramgen.zoo.store import BASE_FILE, Checkpoint, Zoo, _checkpoints_of_run
 
 __all__ = ["ZooWriter", "import_checkpoints"]
 
@@ -73,6 +74,13 @@ class ZooWriter:
             checkpoint must have the architecture of the zoo's runs, or of the first one
             written, and another one is refused naming the differing tensor: a zoo of one
             architecture is what a generator fits.
+        base: A pinned base checkpoint (a `paramgen.base.PinnedBase`, or a safetensors
+            path, state dict or module) the checkpoints are fine-tunes of. Its record
+            (SHA-256, tensor shapes and dtypes) is written to ``base.json`` at the zoo's
+            root with the first write, and every checkpoint's floating tensors must be in
+            the base with the same shape. A zoo that records a base refuses a writer
+            with another base, or with none; a zoo with runs but no base record takes a
+            base only if it covers those runs.
 
     Examples:
         >>> import tempfile, torch
@@ -83,7 +91,7 @@ class ZooWriter:
         ('run-0@5', True)
     """
 
-    def __init__(self, root: str | os.PathLike, *, mixed_architectures: bool = False) -> None:
+    def __init__(self, root: str | os.PathLike, *, mixed_architectures: bool = False, base: Any = None) -> None:
         self.root = Path(root)
         self.mixed_architectures = bool(mixed_architectures)
         self._runs: dict[str, dict[str, Any]] = {}
@@ -93,6 +101,16 @@ class ZooWriter:
             record = read_json(path)
             _checkpoints_of_run(record, path)  # a damaged manifest is named now, before anything is added
             self._runs[path.stem] = record
+        self.base = None if base is None else PinnedBase.of(base)
+        recorded = Zoo(self.root, [], {}).base
+        if recorded is not None:
+            if self.base is None:
+                raise BaseMismatchError(f"zoo {self.root} records a base (sha256 {recorded['sha256']}): pass base= (the base checkpoint) to write into it")
+            self.base.check(recorded, what=f"zoo {self.root}")
+        elif self.base is not None:
+            for run_id, record in self._runs.items():  # runs written before the base was pinned must be fine-tunes of it
+                self.base.check_covers(_floating(self._spec(record["spec_id"])), what=f"the zoo's run {run_id!r}")
+        self._base_recorded = recorded is not None
 
     @staticmethod
     def _arch_key(arch: str, arch_kwargs: Mapping[str, Any]) -> str:
@@ -171,6 +189,9 @@ class ZooWriter:
         if not entries:
             raise ValueError("no checkpoints to add: entries is empty")
         plans = [plan_checkpoint(source, dict(options)) for source, options in tqdm(entries, desc="read", disable=not progress)]
+        if self.base is not None:
+            for plan in plans:
+                self.base.check_covers(_floating(plan.spec), what=f"checkpoint {plan.name}")
         specs, repad = self._resolve(plans)
         written = self._write(plans, specs, repad, progress)
         out = []
@@ -349,9 +370,12 @@ class ZooWriter:
                 path = self.root / "specs" / f"{sid}.json"
                 if not path.exists():
                     write_json(tx.path(path), specs[sid].to_dict())
+            if self.base is not None and not self._base_recorded:
+                write_json(tx.path(self.root / BASE_FILE), self.base.record())
             for run_id, record in records.items():  # manifests last: a run is in the zoo exactly when its JSON is
                 write_json(tx.path(self.root / "runs" / f"{run_id}.json"), record)
             tx.commit()
+        self._base_recorded = self._base_recorded or self.base is not None
         self._runs.update(records)
         self._specs.update({sid: specs[sid] for sid in new_specs if sid in specs})
         return records
@@ -359,6 +383,11 @@ class ZooWriter:
     def zoo(self) -> Zoo:
         """The zoo folder as written so far (`Zoo.open`)."""
         return Zoo.open(self.root)
+
+
+def _floating(spec: ParamSpec) -> dict[str, tuple[int, ...]]:
+    """Name -> shape of the floating tensors a checkpoint stores (tied copies and frozen tensors excluded)."""
+    return {t.name: tuple(t.shape) for t in spec.tensors if t.role != "frozen" and t.tied_to is None and t.torch_dtype.is_floating_point}
 
 
 def _source_name(source: CheckpointSource, i: int) -> str:
@@ -372,6 +401,7 @@ def import_checkpoints(
     tasks: str | Sequence[str] | Mapping[str, str],
     mixed_architectures: bool = False,
     progress: bool = False,
+    base: Any = None,
     **common: Any,
 ) -> Zoo:
     """Write many checkpoints into a zoo, all or nothing, and return the zoo view of them.
@@ -390,6 +420,7 @@ def import_checkpoints(
             by default a checkpoint of another architecture than the others, or than the
             zoo's runs, is refused naming the differing tensor and both shapes.
         progress: Show progress bars.
+        base: The pinned base the checkpoints are fine-tunes of (see `ZooWriter`).
         **common: Keywords of `ZooWriter.add` for every checkpoint (``run_id=`` puts
             them all in one run, as successive epochs).
 
@@ -426,7 +457,7 @@ def import_checkpoints(
         task_of = list(tasks)
         if len(task_of) != len(items):
             raise ValueError(f"got {len(task_of)} tasks for {len(items)} checkpoints; expected one task per checkpoint, or one str for all")
-    writer = ZooWriter(root, mixed_architectures=mixed_architectures)
+    writer = ZooWriter(root, mixed_architectures=mixed_architectures, base=base)
     added = writer.add_all([(source, {**common, "task": task}) for source, task in zip(items, task_of, strict=True)], progress=progress)
     ids = {c.id for c in added}
     return writer.zoo().filter(where=lambda c: c.id in ids)
