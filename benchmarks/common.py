@@ -37,7 +37,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["parser", "RunSetup", "mean_ci", "Results", "environment", "parallel_map", "first_per_class", "capped", "peak_rss_growth"]
+__all__ = [
+    "parser",
+    "RunSetup",
+    "mean_ci",
+    "Results",
+    "environment",
+    "parallel_map",
+    "first_per_class",
+    "capped",
+    "peak_rss_growth",
+    "paired_bootstrap",
+    "clustered_bootstrap",
+    "mcnemar",
+    "paired_seed_ci",
+]
 
 T = TypeVar("T")
 
@@ -333,3 +347,168 @@ def peak_rss_growth(fn: Callable[..., T], *args: Any, **kwargs: Any) -> tuple[T,
     result = fn(*args, **kwargs)
     peak = _status_kib("VmHWM")
     return result, max(0, peak - before) * 1024
+
+
+# --------------------------------------------------------------------------- paired statistics
+# Two methods scored on the same test items (and the same seeds): their difference is what
+# is compared, not two separate intervals. Computed on the CPU in float64; the inputs may be
+# lists, NumPy arrays or tensors on any device, and a seed gives the same interval anywhere.
+_BLOCK = 2**22  # bootstrap indices drawn per block (32 MiB of int64)
+
+
+def _as_float64(x: Any, what: str, ndim: int) -> Any:
+    import torch
+
+    t = (x.detach() if isinstance(x, torch.Tensor) else torch.as_tensor(x)).to(device="cpu", dtype=torch.float64)
+    if t.ndim != ndim:
+        raise ValueError(f"{what}: expected {'per-item values (N,)' if ndim == 1 else 'values per seed and item (K, N)'}, got shape {tuple(t.shape)}")
+    if t.numel() == 0:
+        raise ValueError(f"{what}: no values")
+    if not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{what} contains NaN or infinite values")
+    return t
+
+
+def _paired(a: Any, b: Any, ndim: int) -> Any:
+    ta, tb = _as_float64(a, "a", ndim), _as_float64(b, "b", ndim)
+    if ta.shape != tb.shape:
+        raise ValueError(f"paired values must cover the same items: a has shape {tuple(ta.shape)}, b {tuple(tb.shape)}")
+    return ta - tb
+
+
+def _percentile_95(boot: Any) -> tuple[float, float]:
+    import torch
+
+    lo, hi = torch.quantile(boot, torch.tensor([0.025, 0.975], dtype=torch.float64))  # linear interpolation, NumPy's default
+    return float(lo), float(hi)
+
+
+def _counts(high: int, rows: int, generator: Any) -> Any:
+    """``(rows, high)`` float64: how often each of ``high`` units is drawn in ``rows`` resamples of size ``high``."""
+    import torch
+
+    idx = torch.randint(0, high, (rows, high), generator=generator)  # (rows, high)
+    return torch.zeros((rows, high), dtype=torch.float64).scatter_add_(1, idx, torch.ones_like(idx, dtype=torch.float64))
+
+
+def paired_bootstrap(a: Any, b: Any, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean difference ``a - b`` over items, with a percentile 95 % bootstrap interval over items.
+
+    Args:
+        a: ``(N,)`` per-item scores of method A (0/1 correctness, or floats).
+        b: ``(N,)`` scores of method B on the same items, in the same order.
+        n_boot: Bootstrap resamples.
+        seed: Seeds the resampling (a private generator; the global one is untouched).
+
+    Returns:
+        ``(mean_diff, lo, hi)``.
+
+    Raises:
+        ValueError: Shapes differ, no items, or a NaN.
+
+    Examples:
+        >>> d, lo, hi = paired_bootstrap([1, 1, 0, 1, 1, 0, 1, 1], [1, 0, 0, 1, 0, 0, 1, 1], n_boot=500)
+        >>> d, lo <= d <= hi, lo >= 0
+        (0.25, True, True)
+    """
+    import torch
+
+    diff = _paired(a, b, 1)  # (N,)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    n = diff.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    per_block = max(1, _BLOCK // n)
+    boot = torch.cat([(_counts(n, min(per_block, n_boot - s), g) @ diff) / n for s in range(0, n_boot, per_block)])  # (n_boot,)
+    return (float(diff.mean()), *_percentile_95(boot))
+
+
+def clustered_bootstrap(a: Any, b: Any, *, n_boot: int = 2000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean difference over seeds and items, resampling seeds and items both (a crossed bootstrap).
+
+    For scores of whole-pipeline runs (seeds) on shared test items: each resample draws
+    ``K`` seeds and ``N`` items with replacement and averages the difference over the
+    chosen seed x item cells. The interval covers both the variation between runs and the
+    finite test set. With one seed it is `paired_bootstrap` (the same seed gives the same draws).
+
+    Args:
+        a: ``(K, N)`` scores of method A per seed and item.
+        b: ``(K, N)`` scores of method B; seed ``k`` of A is paired with seed ``k`` of B.
+        n_boot: Bootstrap resamples.
+        seed: Seeds the resampling.
+
+    Returns:
+        ``(mean_diff, lo, hi)``, percentile 95 %.
+
+    Examples:
+        >>> d, lo, hi = clustered_bootstrap([[1, 1, 0, 1], [1, 0, 1, 1]], [[1, 0, 0, 1], [0, 0, 1, 1]], n_boot=500)
+        >>> d, lo <= d <= hi
+        (0.25, True)
+    """
+    import torch
+
+    diff = _paired(a, b, 2)  # (K, N)
+    if n_boot < 1:
+        raise ValueError(f"n_boot must be >= 1, got {n_boot}")
+    k, n = diff.shape
+    g = torch.Generator().manual_seed(seed)
+    per_block = max(1, _BLOCK // max(k, n))
+    blocks = []
+    for s in range(0, n_boot, per_block):
+        rows = min(per_block, n_boot - s)
+        items = _counts(n, rows, g)  # (rows, N), drawn first: with K = 1 the draws are paired_bootstrap's
+        seeds = _counts(k, rows, g) if k > 1 else torch.ones((rows, 1), dtype=torch.float64)  # (rows, K)
+        blocks.append(((seeds @ diff) * items).sum(1) / (k * n))
+    return (float(diff.mean()), *_percentile_95(torch.cat(blocks)))
+
+
+def mcnemar(correct_a: Any, correct_b: Any) -> dict[str, Any]:
+    """Exact McNemar test of two classifiers on the same items.
+
+    Args:
+        correct_a: ``(N,)`` 0/1 (or bool): whether A got each item right.
+        correct_b: ``(N,)`` the same for B.
+
+    Returns:
+        ``{"b": A right and B wrong, "c": A wrong and B right, "p": two-sided p-value}``:
+        the exact binomial test of ``b`` out of ``b + c`` discordant items against 1/2
+        (twice the smaller tail, at most 1; 1 when there are no discordant items).
+
+    Examples:
+        >>> mcnemar([1, 1, 1, 1, 1, 1, 0, 1], [0, 0, 0, 0, 0, 0, 0, 1])
+        {'b': 6, 'c': 0, 'p': 0.03125}
+    """
+    ta, tb = _as_float64(correct_a, "correct_a", 1), _as_float64(correct_b, "correct_b", 1)
+    if ta.shape != tb.shape:
+        raise ValueError(f"correct_a and correct_b must cover the same items: {tuple(ta.shape)} and {tuple(tb.shape)}")
+    for what, t in (("correct_a", ta), ("correct_b", tb)):
+        if not bool(((t == 0) | (t == 1)).all()):
+            raise ValueError(f"{what}: expected 0/1 correctness per item, got values {sorted(set(t.unique().tolist()))[:5]}")
+    b = int(((ta == 1) & (tb == 0)).sum())
+    c = int(((ta == 0) & (tb == 1)).sum())
+    n = b + c
+    tail, term = 0, 1  # sum of C(n, i) for i <= min(b, c), in exact integers: 2**n overflows a float
+    for i in range(min(b, c) + 1):
+        tail += term
+        term = term * (n - i) // (i + 1)
+    p = min(1.0, 2 * tail / 2**n) if n else 1.0
+    return {"b": b, "c": c, "p": p}
+
+
+def paired_seed_ci(a_per_seed: Sequence[float], b_per_seed: Sequence[float]) -> tuple[float, float, float]:
+    """Mean difference over seeds with a 95 % t-interval (`mean_ci` of the per-seed differences).
+
+    Seed ``k`` of A is paired with seed ``k`` of B (the same data split, zoo or run); with
+    one seed the interval is the mean itself.
+
+    Examples:
+        >>> mean, lo, hi = paired_seed_ci([0.85, 0.86, 0.84], [0.84, 0.84, 0.83])
+        >>> round(mean, 4), lo < mean < hi
+        (0.0133, True)
+    """
+    if len(a_per_seed) != len(b_per_seed):
+        raise ValueError(f"paired seeds: a has {len(a_per_seed)} values, b {len(b_per_seed)}")
+    diffs = [float(x) - float(y) for x, y in zip(a_per_seed, b_per_seed, strict=True)]
+    if any(not math.isfinite(d) for d in diffs):
+        raise ValueError("paired_seed_ci: a value is NaN or infinite")
+    return mean_ci(diffs)
