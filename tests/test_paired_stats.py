@@ -8,14 +8,18 @@ import torch
 
 from benchmarks.common import clustered_bootstrap, mcnemar, mean_ci, paired_bootstrap, paired_seed_ci
 
-scipy_stats = pytest.importorskip("scipy.stats")
+
+@pytest.fixture
+def scipy_stats():
+    """scipy.stats (the dev extra has it): the reference the checks against scipy compare with."""
+    return pytest.importorskip("scipy.stats")
 
 
 def correctness(n: int, p: float, seed: int) -> torch.Tensor:
     return (torch.rand(n, generator=torch.Generator().manual_seed(seed)) < p).long()
 
 
-def test_paired_bootstrap_matches_scipy_and_the_normal_interval():
+def test_paired_bootstrap_matches_scipy_and_the_normal_interval(scipy_stats):
     a, b = correctness(600, 0.8, 0), correctness(600, 0.7, 1)
     d, lo, hi = paired_bootstrap(a, b, n_boot=4000, seed=1)
     diff = (a - b).double().numpy()
@@ -61,7 +65,7 @@ def test_paired_inputs_are_checked():
 
 
 @pytest.mark.parametrize(("b", "c"), [(0, 0), (6, 0), (3, 3), (10, 4), (4, 10), (37, 55), (700, 650)])
-def test_mcnemar_is_the_exact_binomial_test(b, c):
+def test_mcnemar_is_the_exact_binomial_test(b, c, scipy_stats):
     # b items A right / B wrong, c the reverse, plus concordant items that do not count
     a = [1] * b + [0] * c + [1] * 5 + [0] * 3
     bb = [0] * b + [1] * c + [1] * 5 + [0] * 3
@@ -71,12 +75,12 @@ def test_mcnemar_is_the_exact_binomial_test(b, c):
     assert out["p"] == pytest.approx(expected, rel=1e-9)
 
 
-def test_mcnemar_handles_many_discordant_items():
+def test_mcnemar_handles_many_discordant_items(scipy_stats):
     out = mcnemar([1] * 2600 + [0] * 2400, [0] * 2600 + [1] * 2400)  # 2**5000 overflows a float
     assert out["p"] == pytest.approx(scipy_stats.binomtest(2600, 5000, 0.5).pvalue, rel=1e-6)
 
 
-def test_paired_seed_ci_is_mean_ci_of_the_differences():
+def test_paired_seed_ci_is_mean_ci_of_the_differences(scipy_stats):
     a, b = [0.85, 0.86, 0.84, 0.88], [0.84, 0.84, 0.83, 0.85]
     assert paired_seed_ci(a, b) == mean_ci([x - y for x, y in zip(a, b, strict=True)])
     diffs = np.subtract(a, b)
