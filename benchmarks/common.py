@@ -209,6 +209,10 @@ class Results:
         self.harness = harness
         self.config = dict(config)
         self.rows: list[dict[str, Any]] = []
+        #: Per-item values (e.g. predictions per test item, per model and seed) written to
+        #: results.json under ``"items"`` so that paired differences can be recomputed; not
+        #: logged to MLflow as parameters (the JSON itself is an artifact).
+        self.items: dict[str, Any] = {}
         self.start = time.perf_counter() if start is None else start  # wall_s counts from here
 
     def add(self, method: str, task: str, metric: str, values: float | Sequence[float], **extra: Any) -> dict[str, Any]:
@@ -244,6 +248,7 @@ class Results:
             "wall_s": time.perf_counter() - self.start,
             "peak_rss_mb": max(rss, children) / 1024,  # ru_maxrss is in KiB on Linux
             "rows": self.rows,
+            **({"items": self.items} if self.items else {}),
         }
 
     def write(self, out: str | os.PathLike, *, mlflow: bool = True, artifacts: Sequence[str | os.PathLike] = ()) -> Path:
