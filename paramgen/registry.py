@@ -53,6 +53,7 @@ __all__ = ["Configurable", "Registry", "UnregisteredComponentError", "register",
 BUILTINS: dict[str, str] = {
     # tokenizers
     "vae": "paramgen.tokenizers.vae:VAETokenizer",
+    "positional-vae": "paramgen.tokenizers.positional:PositionalVAETokenizer",
     "gumbel-vq": "paramgen.tokenizers.vq:GumbelVQTokenizer",
     "identity": "paramgen.tokenizers.identity:IdentityTokenizer",
     # priors
