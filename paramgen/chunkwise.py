@@ -17,6 +17,12 @@ one the generator records: given to `ChunkwiseGenerator.build`, or read by
 The walk-through from MiniLM's checkpoint to ``AutoModel`` is the "Large models" page of
 the docs (``docs/large-models.md``).
 
+Given a pinned base checkpoint (``base=``, `paramgen.base.PinnedBase`), the generator
+learns the chunks of the deltas ``D = w - w_base`` (a `paramgen.chunks.ChunkDataset` built
+with the same ``base``) and `ChunkwiseGenerator.sample` streams ``base + D`` chunk by chunk,
+the base's tensors outside the layout passed through unchanged. The base's record is
+saved with the generator and checked when it is loaded.
+
 Each tensor is standardized with its own mean and standard deviation over the zoo
 (`paramgen.normalize.ChunkStats`, a normalizer fitted in one streaming pass), so that
 LayerNorm scales near 1 and attention weights near 0.05 become one distribution of values.
@@ -60,6 +66,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from paramgen.base import BaseMismatchError, PinnedBase
 from paramgen.chunks import ChunkLayout
 from paramgen.conditioners.architecture import ConcatConditioner
 from paramgen.formats.hf import MODEL_CONFIG, MODEL_WEIGHTS, model_config_dict
@@ -68,6 +75,7 @@ from paramgen.generator import Generator
 from paramgen.interfaces import Conditioner, Prior, Tokenizer
 from paramgen.io import file_sha256, json_sha256, read_json, save_safetensors, write_json
 from paramgen.normalize import ChunkStats, _zscore, normalizer_from_config
+from paramgen.pretrained import check_recorded_base
 from paramgen.registry import Configurable
 from paramgen.spec import ParamSpec
 from paramgen.streaming import assemble, assemble_adapter, assemble_model
@@ -184,7 +192,8 @@ class ChunkSamples(torch.utils.data.Dataset):
     Item ``i``: ``"x"`` the chunk standardized by its tensor's statistics
     (`paramgen.normalize.ChunkStats.transform_chunks`), ``(1, K)``, zero on padding;
     ``"mask"`` ``(1, K)``; ``"cond"`` its chunk id, or ``(chunk id, task condition)`` when
-    ``conditions`` gives one raw condition per checkpoint.
+    ``conditions`` gives one raw condition per checkpoint; ``"position"`` its chunk id (what
+    a positional tokenizer is given) and ``"checkpoint"`` the index of its checkpoint.
     """
 
     def __init__(self, data: Any, stats: ChunkStats, conditions: Sequence[Any] | None = None) -> None:
@@ -202,7 +211,7 @@ class ChunkSamples(torch.utils.data.Dataset):
         item = self.data[i]
         x = _zscore(item["values"].float(), self._mean, self._std, item["tensor"]) * item["mask"]  # (K,), as transform_chunks
         cond = item["chunk"] if self.conditions is None else (item["chunk"], self.conditions[item["checkpoint"]])
-        return {"x": x[None], "mask": item["mask"][None], "cond": cond}
+        return {"x": x[None], "mask": item["mask"][None], "cond": cond, "position": item["chunk"], "checkpoint": item["checkpoint"]}
 
 
 def _chunk_spec(chunk_size: int) -> ParamSpec:
@@ -224,16 +233,27 @@ class ChunkwiseGenerator:
         adapter_config: The ``adapter_config.json`` of generated PEFT adapters (a
             ``peft`` config or its mapping): `sample` into a folder writes an adapter folder.
             At most one of the two.
+        base: A pinned base checkpoint (`paramgen.base.PinnedBase`, or a safetensors
+            path, state dict or module) holding every layout tensor with its shape: the
+            generator learns deltas over it and `sample` streams ``base + D``.
 
     Attributes:
         stats: The normalizer (`paramgen.normalize.ChunkStats`, each tensor's mean and
             std over the zoo), ``None`` until `fit` or `from_pretrained`.
         model_config: The recorded ``config.json`` data, or ``None``.
         adapter_config: The recorded ``adapter_config.json`` data, or ``None``.
+        base: The `paramgen.base.PinnedBase`, or ``None``.
     """
 
     def __init__(
-        self, layout: ChunkLayout, generator: Generator, *, task_conditioned: bool = False, model_config: Any = None, adapter_config: Any = None
+        self,
+        layout: ChunkLayout,
+        generator: Generator,
+        *,
+        task_conditioned: bool = False,
+        model_config: Any = None,
+        adapter_config: Any = None,
+        base: Any = None,
     ) -> None:
         if (generator.vectorizer.rows, generator.vectorizer.width) != (1, layout.chunk_size):
             raise ValueError(f"the generator must make rows (1, {layout.chunk_size}), it makes ({generator.vectorizer.rows}, {generator.vectorizer.width})")
@@ -246,6 +266,12 @@ class ChunkwiseGenerator:
         self.model_config: dict[str, Any] | None = None
         self.adapter_config: dict[str, Any] | None = None
         self._record(model_config, adapter_config)
+        if generator.base is not None:
+            raise ValueError("the inner generator of a chunk-wise generator makes chunks; pin the base on the chunk-wise generator (base=), not on it")
+        self.base: PinnedBase | None = None
+        if base is not None:
+            self.base = PinnedBase.of(base)
+            self.base.check_covers(layout, what="the chunk layout")
 
     def _record(self, model_config: Any, adapter_config: Any) -> None:
         if model_config is not None and adapter_config is not None:
@@ -264,15 +290,17 @@ class ChunkwiseGenerator:
         position_dim: int = 64,
         model_config: Any = None,
         adapter_config: Any = None,
+        base: Any = None,
     ) -> ChunkwiseGenerator:
         """Compose the inner generator: rows of one chunk, a position conditioner (joined
         with ``task_conditioner`` if given); ``prior.cond_dim`` must equal
         ``position_dim`` (+ the task conditioner's ``dim``). ``model_config`` /
-        ``adapter_config``: see the class (`fit` can also read them beside the checkpoints)."""
+        ``adapter_config``: see the class (`fit` can also read them beside the checkpoints);
+        ``base``: the pinned base (see the class)."""
         position = ChunkPositionConditioner.from_layout(layout, dim=position_dim)
         conditioner: Conditioner = position if task_conditioner is None else ConcatConditioner(position, task_conditioner)  # type: ignore[arg-type]
         inner = Generator(vectorizer=ModelVectorizer(_chunk_spec(layout.chunk_size)), tokenizer=tokenizer, prior=prior, conditioner=conditioner)
-        return cls(layout, inner, task_conditioned=task_conditioner is not None, model_config=model_config, adapter_config=adapter_config)
+        return cls(layout, inner, task_conditioned=task_conditioner is not None, model_config=model_config, adapter_config=adapter_config, base=base)
 
     # ------------------------------------------------------------------ devices
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ChunkwiseGenerator:
@@ -296,11 +324,19 @@ class ChunkwiseGenerator:
         model folder) or an ``adapter_model.safetensors`` beside an ``adapter_config.json``
         (a PEFT folder), the config is recorded from there, if all checkpoints agree on it.
 
+        With a pinned base, ``data`` must serve the deltas over the same base
+        (``ChunkDataset(..., base=)``, compared by digest): the statistics and the inner
+        generator then learn ``D``. A dataset with a base is refused by a generator without one.
+
         Args:
             data: The chunks of the zoo, read lazily.
             conditions: One raw task condition per checkpoint (a task-conditioned generator).
             config: A `paramgen.training.FitConfig`.
             **kwargs: Passed to `paramgen.training.fit` (``tracker``, ``resume``, ...).
+
+        Raises:
+            paramgen.base.BaseMismatchError: The dataset's base is not the generator's
+                (or only one of them has a base).
         """
         from paramgen.training import fit
 
@@ -308,11 +344,27 @@ class ChunkwiseGenerator:
             raise ValueError("the dataset's chunk layout differs from the generator's")
         if self.task_conditioned != (conditions is not None):
             raise ValueError("a task-conditioned chunk-wise generator needs conditions= (one per checkpoint); an unconditioned one takes none")
+        self._check_data_base(getattr(data, "base", None))
         if self.model_config is None and self.adapter_config is None and getattr(data, "paths", None):
             self._record(*_configs_beside(data.paths))
         self.stats = ChunkStats(self.layout).fit_chunks(data)
         fit(self.generator, ChunkSamples(data, self.stats, conditions), config=config, **kwargs)
         return self
+
+    def _check_data_base(self, found: Any) -> None:
+        """Refuse a dataset whose base is not this generator's (digest), or a base on one side only."""
+        mine = self.base
+        if mine is None and found is None:
+            return
+        if mine is None:
+            raise BaseMismatchError(
+                f"the dataset serves deltas over a base (sha256 {found.sha256}), this chunk-wise generator has none: build it with base= that base"
+            )
+        if found is None:
+            raise BaseMismatchError(f"this chunk-wise generator learns deltas over a base (sha256 {mine.sha256}); build the ChunkDataset with base= that base")
+        if found.sha256 != mine.sha256:
+            found.check(mine.record(), what="the dataset's base")  # names a differing tensor when there is one
+            raise BaseMismatchError(f"the dataset's base has sha256 {found.sha256}, the generator's {mine.sha256}")  # pragma: no cover - check raised
 
     # ------------------------------------------------------------------ sampling
     def _check_ready(self, cond: Any) -> None:
@@ -328,7 +380,9 @@ class ChunkwiseGenerator:
         self, chunk_ids: Sequence[int] | torch.Tensor, cond: Any = None, *, generator: torch.Generator | None = None, **sample_kwargs: Any
     ) -> torch.Tensor:
         """Sample the given chunks: ``(B, K)`` values in weight scale, on the generator's device
-        (past a tensor's end, the padding holds whatever was generated).
+        (past a tensor's end, the padding holds whatever was generated). With a pinned
+        base these are the deltas ``D`` (`base_chunks` gives what to add). A positional
+        tokenizer is given the chunk ids as positions.
 
         Examples:
             >>> # e.g. the chunks of one tensor: gen.sample_chunks(gen.layout.chunks_of("0.weight"))
@@ -338,14 +392,38 @@ class ChunkwiseGenerator:
         if ids.ndim != 1 or ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.layout.num_chunks:
             raise ValueError(f"chunk_ids must be a non-empty 1-D sequence of ids in [0, {self.layout.num_chunks})")
         raw: list[Any] = ids.tolist() if not self.task_conditioned else [(i, cond) for i in ids.tolist()]
-        z = self.generator.sample_flat(raw, 1, generator=generator, batch_size=len(raw), **sample_kwargs)  # (B, K) standardized
+        positions = ids if self.generator.positional else None
+        z = self.generator.sample_flat(raw, 1, generator=generator, batch_size=len(raw), positions=positions, **sample_kwargs)  # (B, K) standardized
         assert self.stats is not None and isinstance(z, torch.Tensor)
         return self.stats.inverse_chunks(z, ids)
+
+    def base_chunks(self, chunk_ids: Sequence[int] | torch.Tensor) -> torch.Tensor:
+        """``(B, K)`` float64 chunks of the pinned base, zero past a tensor's end, on the CPU.
+
+        Chunks read in layout order read each base tensor once (the last one is kept).
+
+        Raises:
+            ValueError: The generator has no base.
+        """
+        if self.base is None:
+            raise ValueError("this chunk-wise generator has no pinned base")
+        layout = self.layout
+        ids = torch.as_tensor(chunk_ids if isinstance(chunk_ids, torch.Tensor) else list(chunk_ids), dtype=torch.long).reshape(-1).cpu()
+        out = torch.zeros(ids.numel(), layout.chunk_size, dtype=torch.float64)  # (B, K)
+        for row, c in enumerate(ids.tolist()):
+            t = layout.tensors[int(layout.tensor_ids[c])]
+            start, n = int(layout.offsets[c]), int(layout.lengths[c])
+            out[row, :n] = self.base.read_flat(t.name, start, start + n).to(torch.float64)
+        return out
 
     def _batches(self, cond: Any, batch_size: int, generator: torch.Generator | None, kwargs: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.layout.num_chunks, batch_size):
             ids = torch.arange(start, min(start + batch_size, self.layout.num_chunks))  # (B,)
-            yield ids, self.sample_chunks(ids, cond, generator=generator, **kwargs).cpu()
+            values = self.sample_chunks(ids, cond, generator=generator, **kwargs).cpu()  # (B, K)
+            if self.base is not None:
+                # base + D in float64; the writers cast each tensor once, to its dtype.
+                values = values.to(torch.float64) + self.base_chunks(ids)
+            yield ids, values
 
     @torch.no_grad()
     def sample(
@@ -374,7 +452,10 @@ class ChunkwiseGenerator:
                 ``adapter_config`` or else from the config the generator records; a
                 failure leaves no folder.
             base: A state dict giving the tensors the layout does not cover (a selection
-                of layers over a base model); they are passed through unchanged.
+                of layers over a base model); they are passed through unchanged. A
+                generator with a pinned base takes them from it (every base tensor outside
+                the layout) and refuses ``base=``: two sources of the same tensors would
+                disagree silently.
             batch_size: Chunks sampled at once. Besides the output, sampling holds one batch's
                 working set (for the default 4-channel VAE and 1D UNet, about 1 MB per chunk
                 of 4096 values): 128 keeps the growth of a streamed 100M-parameter model
@@ -391,7 +472,7 @@ class ChunkwiseGenerator:
         Raises:
             ValueError: ``out`` names a folder and no config is given or recorded; a
                 config with ``out=None`` or a ``.safetensors`` file; ``out`` ends in
-                ``.pt``, ``.pth``, ``.bin`` or ``.ckpt``.
+                ``.pt``, ``.pth``, ``.bin`` or ``.ckpt``; ``base=`` with a pinned base.
             FileExistsError: The output folder exists and is not empty.
         """
         self._check_ready(cond)
@@ -399,6 +480,10 @@ class ChunkwiseGenerator:
             raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
         folder = self._folder_config(out, model_config, adapter_config)
         covered = set(self.layout.names)
+        if self.base is not None:
+            if base is not None:
+                raise ValueError("this chunk-wise generator has a pinned base: the tensors outside its layout come from it; drop base=")
+            base = self.base.state_dict([name for name in self.base.tensors if name not in covered])
         extras = None if base is None else {k: v for k, v in base.items() if k not in covered}
         missing = [t.name for t in self.layout.spec.tensors if t.name not in covered and (extras is None or t.name not in extras)]
         if self.layout.include is not None and missing:
@@ -449,7 +534,8 @@ class ChunkwiseGenerator:
           ``normalizer.std``);
         - ``config.json``: the format and its version, the model's spec, the components
           (the ``"per_chunk"`` normalizer, with the layout), whether the generator is
-          task-conditioned, the recorded model or adapter config, and SHA-256 digests of
+          task-conditioned, the recorded model or adapter config, the pinned base's record
+          (``base``, when there is one), and SHA-256 digests of
           this definition (``config_sha256``) and of the weights (``weights_sha256``),
           which `from_pretrained` checks.
         """
@@ -470,6 +556,8 @@ class ChunkwiseGenerator:
             "components": {"normalizer": {"config": self.stats.config()}},
             "generator": GENERATOR_FOLDER,
         }
+        if self.base is not None:  # only then: folders without a base keep their config
+            config["base"] = self.base.record()
         config = json.loads(json.dumps(config, allow_nan=False))  # as the file holds it (tuples become lists)
         config["config_sha256"] = _definition_sha256(config)
         config["weights_sha256"] = file_sha256(path / WEIGHTS_FILE)
@@ -477,9 +565,13 @@ class ChunkwiseGenerator:
         return path
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: torch.device | str | None = None) -> ChunkwiseGenerator:
+    def from_pretrained(cls, path: str | os.PathLike, *, device: torch.device | str | None = None, base: Any = None) -> ChunkwiseGenerator:
         """Load a folder written by `save_pretrained` (see `is_chunkwise_folder`), of this
         format or of format 1 (``chunkwise.json``).
+
+        ``base``: the pinned base the generator was saved with (a
+        `paramgen.base.PinnedBase`, or a safetensors path, state dict or module), required
+        when the folder records one and checked against the record; refused otherwise.
 
         Loading is strict, as `paramgen.Generator.from_pretrained` is: the weights must match
         their digest, and the definition the digest recorded at saving (a hand-edited
@@ -489,6 +581,8 @@ class ChunkwiseGenerator:
             FileNotFoundError: Not a chunk-wise generator's folder, or a file is missing.
             ValueError: Another format or version, an edited config, corrupted weights,
                 statistics that do not match the layout.
+            paramgen.base.BaseMismatchError: The recorded base is missing or another one,
+                or a base is given to a folder that records none.
 
         Examples:
             >>> # gen = ChunkwiseGenerator.from_pretrained("minilm-generator"); gen.sample(out="minilm-sample")
@@ -497,6 +591,7 @@ class ChunkwiseGenerator:
         if not is_chunkwise_folder(path):
             raise FileNotFoundError(f"{path} holds no saved chunk-wise generator (no {CONFIG_FILE} of format {FORMAT!r})")
         if not (path / CONFIG_FILE).is_file():
+            check_recorded_base({}, base, path / _V1_META)
             return cls._from_format_1(path, device)
         where = path / CONFIG_FILE
         config = read_json(where)
@@ -511,6 +606,7 @@ class ChunkwiseGenerator:
                 f"{where} was edited after saving: its spec, layout, components or recorded configs no longer match the digest "
                 "recorded when it was saved (config_sha256). The weights belong to the saved configuration: restore it, or fit again"
             )
+        pinned = check_recorded_base(config, base, where)
         weights = path / WEIGHTS_FILE
         if not weights.is_file():
             raise FileNotFoundError(f"{path} has a {CONFIG_FILE} but no {WEIGHTS_FILE}")
@@ -528,7 +624,7 @@ class ChunkwiseGenerator:
         if not isinstance(stats, ChunkStats):
             raise ValueError(f"{where}: a chunk-wise generator's normalizer is 'per_chunk', got {entry['config'].get('type')!r}")
         inner = Generator.from_pretrained(path / str(config.get("generator", GENERATOR_FOLDER)), device=device)
-        return cls._assemble(path, where, stats, inner, config, device)
+        return cls._assemble(path, where, stats, inner, config, device, pinned)
 
     @classmethod
     def _from_format_1(cls, path: Path, device: torch.device | str | None) -> ChunkwiseGenerator:
@@ -547,10 +643,12 @@ class ChunkwiseGenerator:
         return cls._assemble(path, where, stats, inner, meta, device)
 
     @classmethod
-    def _assemble(cls, path: Path, where: Path, stats: ChunkStats, inner: Generator, config: Mapping[str, Any], device: torch.device | str | None) -> ChunkwiseGenerator:
+    def _assemble(
+        cls, path: Path, where: Path, stats: ChunkStats, inner: Generator, config: Mapping[str, Any], device: torch.device | str | None, base: PinnedBase | None = None
+    ) -> ChunkwiseGenerator:
         try:  # folders saved before configs were recorded have neither key
             configs = {"model_config": config.get("model_config"), "adapter_config": config.get("adapter_config")}
-            gen = cls(stats.layout, inner, task_conditioned=bool(config["task_conditioned"]), **configs)
+            gen = cls(stats.layout, inner, task_conditioned=bool(config["task_conditioned"]), base=base, **configs)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from e
         gen.stats = stats.to(device) if device is not None else stats

@@ -20,6 +20,19 @@ it (`paramgen.fit` is a shortcut), through the surface documented in docs/traini
 `Generator.check_fittable`). Devices work the PyTorch way: `Generator.to` moves every component, and
 each component makes its tensors on the device of its inputs or parameters.
 
+Given a pinned base checkpoint (``base=``, `paramgen.base.PinnedBase`), a generator of one
+architecture learns the deltas ``D = w - w_base`` of the zoo's models (the normalizer's
+statistics are then those of ``D``) and samples ``base + D``: fine-tunes of one
+pretrained model differ from it by about 1 % of its norm, which a generator of the
+weights themselves cannot resolve. The base's digest and tensors are saved with the
+generator, and `Generator.from_pretrained` refuses another base.
+
+A tokenizer whose decoder is conditioned on the chunk's position (an attribute
+``positional = True``) takes ``position=`` (one global chunk id per row) in ``encode``,
+``decode`` and ``loss``; `encode_zoo` passes the items' ``"position"``, and `reconstruct`
+and `sample_flat` take ``positions=``. Other tokenizers are called as before, and
+positions given for them are refused.
+
 One generator can serve a whole family of architectures (IGPG): give it a
 `paramgen.vectorize.FamilyVectorizer` and an ``archs`` key per model to `fit`,
 `sample` and `reconstruct`; the architecture also belongs in the condition (e.g. a
@@ -54,8 +67,9 @@ import torch
 from torch import nn
 
 from paramgen import pretrained
+from paramgen.base import PinnedBase
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer, require
-from paramgen.layout import Layout, ZooRows, collate
+from paramgen.layout import SINGLE, Layout, ZooRows, collate
 from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore
 from paramgen.spec import ParamSpec, SpecMismatchError
 from paramgen.vectorize import FamilyVectorizer
@@ -85,6 +99,32 @@ class Encoding:
     tasks: list[str] | None
 
 
+def _collate(items: Any) -> dict[str, Any]:
+    """`paramgen.layout.collate`, keeping the items' ``"position"`` (a positional tokenizer's chunk ids)."""
+    batch = collate(items)
+    if not isinstance(items, dict):
+        positions = [it.get("position") for it in items]
+        batch["position"] = None if all(p is None for p in positions) else positions
+    return batch
+
+
+class _Positioned(torch.utils.data.Dataset):
+    """A dataset of rows whose batches also carry each model's ``"position"``."""
+
+    def __init__(self, rows: Any, positions: torch.Tensor) -> None:
+        self.rows, self.positions = rows, positions
+        self.shared = getattr(rows, "shared", None)
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.__getitems__([i])
+
+    def __getitems__(self, idx: list[int]) -> dict[str, Any]:
+        return {**self.rows.__getitems__(idx), "position": self.positions[idx]}
+
+
 def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -108,6 +148,13 @@ class Generator:
         normalizer: Normalizer fitted in `fit`; ``None`` to model raw weights. A family
             takes only `GlobalScale` (statistics that do not depend on the architecture,
             so that unseen members can be de-normalized too).
+        base: A pinned base checkpoint (`paramgen.base.PinnedBase`, or a safetensors path,
+            a state dict or a module): the generator learns and samples ``D = w - w_base``
+            and `sample` returns ``base + D``. Single architectures only; the base must
+            hold every vector tensor of the spec with its shape.
+
+    Attributes:
+        base: The `paramgen.base.PinnedBase`, or ``None``.
     """
 
     def __init__(
@@ -118,8 +165,15 @@ class Generator:
         prior: Prior,
         conditioner: Conditioner | None = None,
         normalizer: Normalizer | None = None,
+        base: Any = None,
     ) -> None:
         layout = Layout(vectorizer, normalizer)  # checks the vectorizer and the normalizer
+        pinned = None
+        if base is not None:
+            if not layout.single:
+                raise ValueError("base= pins one base checkpoint for one architecture; a family generator (FamilyVectorizer) takes none")
+            pinned = PinnedBase.of(base)
+            pinned.check_covers(layout.specs[SINGLE], what="the generator's architecture")
         require(tokenizer, Tokenizer, "tokenizer")
         require(prior, Prior, "prior")
         if conditioner is not None:
@@ -154,6 +208,58 @@ class Generator:
         self.conditioner = conditioner
         self.latent_stats = LatentStats()
         self.fitted = False
+        self.base: PinnedBase | None = pinned
+        self._base_vector: torch.Tensor | None = None  # (D,) float64, read once
+
+    # ------------------------------------------------------------------ base
+    def _base_flat(self, device: torch.device) -> torch.Tensor:
+        """``(D,)`` float64 vector of the pinned base, on ``device``."""
+        assert self.base is not None
+        if self._base_vector is None:
+            self._base_vector = self.base.vector(self.spec)
+        return self._base_vector.to(device)
+
+    def delta(self, flat: torch.Tensor) -> torch.Tensor:
+        """``(M, D)`` weight vectors to deltas over the pinned base, ``w - b`` computed in
+        float64 and cast to ``flat``'s dtype (the rows the generator learns).
+
+        Raises:
+            ValueError: The generator has no base.
+            FloatingPointError: A delta is NaN or Inf.
+        """
+        if self.base is None:
+            raise ValueError("this generator has no pinned base (build it with base=)")
+        d = flat.to(torch.float64) - self._base_flat(flat.device)  # (M, D)
+        if not torch.isfinite(d).all():
+            raise FloatingPointError("weights minus the pinned base hold NaN or Inf: the weights or the base are not finite")
+        return d.to(flat.dtype)
+
+    def _add_base(self, flat: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """``b + D`` added in float64, cast to ``dtype`` (``flat``'s by default)."""
+        w = flat.to(torch.float64) + self._base_flat(flat.device)  # (M, D)
+        if not torch.isfinite(w).all():
+            raise FloatingPointError("base + sampled delta holds NaN or Inf")
+        return w.to(dtype or flat.dtype)
+
+    # ------------------------------------------------------------------ positions
+    @property
+    def positional(self) -> bool:
+        """Whether the tokenizer's decoder is conditioned on chunk positions (``positional = True``)."""
+        return getattr(self.tokenizer, "positional", False) is True
+
+    def _positions(self, positions: Any, m: int, what: str) -> torch.Tensor | None:
+        """``(m,)`` long positions on the generator's device for a positional tokenizer;
+        ``None`` otherwise (positions given to another tokenizer are refused)."""
+        if not self.positional:
+            if positions is not None:
+                raise ValueError(f"positions= is for a positional tokenizer; {type(self.tokenizer).__name__} is not positional: drop positions=")
+            return None
+        if positions is None:
+            raise ValueError(f"the tokenizer {type(self.tokenizer).__name__} is positional: pass positions= (one global chunk id per {what}, {m} here)")
+        pos = torch.as_tensor(positions, dtype=torch.long).reshape(-1)
+        if pos.numel() != m:
+            raise ValueError(f"expected one position per {what} ({m}), got {pos.numel()}")
+        return pos.to(self.device)
 
     @property
     def normalizer(self) -> Normalizer | None:
@@ -273,7 +379,7 @@ class Generator:
         Args:
             rows: A `paramgen.layout.ZooRows` (``Generator.layout.to_rows`` wrapped), or a
                 map-style dataset of normalized rows (items as `paramgen.layout.collate`
-                takes them).
+                takes them, with a ``"position"`` each for a positional tokenizer).
             batch_size: Models encoded at once.
             num_workers: DataLoader workers that read ``rows``.
             latents: Also keep a discrete tokenizer's quantized latents.
@@ -286,7 +392,7 @@ class Generator:
         if isinstance(self.tokenizer, nn.Module):
             self.tokenizer.eval()
         device = self.device
-        loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=collate, num_workers=num_workers)
+        loader = torch.utils.data.DataLoader(rows, batch_size=batch_size, collate_fn=_collate, num_workers=num_workers)
         shared = getattr(rows, "shared", None)
         shared = None if shared is None else shared.to(device)  # (N, C), moved once
         codes: list[torch.Tensor] = []
@@ -294,7 +400,13 @@ class Generator:
         conds: list[Any] = []
         tasks: list[Any] = []
         for batch in loader:
-            out = self.tokenizer.encode(batch["x"].to(device), mask=shared if batch["mask"] is None else batch["mask"].to(device))
+            kwargs: dict[str, Any] = {}
+            if self.positional:
+                position = batch.get("position")
+                if position is None or (isinstance(position, list) and any(p is None for p in position)):
+                    raise ValueError(f"the tokenizer {type(self.tokenizer).__name__} is positional: every item needs a 'position' (its global chunk id)")
+                kwargs["position"] = torch.as_tensor(position, dtype=torch.long).to(device)  # (B,)
+            out = self.tokenizer.encode(batch["x"].to(device), mask=shared if batch["mask"] is None else batch["mask"].to(device), **kwargs)
             if self.discrete:
                 if out.indices is None:
                     raise TypeError(f"the discrete tokenizer {type(self.tokenizer).__name__} returned no token ids from encode")
@@ -368,25 +480,42 @@ class Generator:
         tasks: Sequence[str] | None = None,
         archs: Sequence[str] | None = None,
         batch_size: int = 256,
+        positions: Sequence[int] | torch.Tensor | None = None,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Encode and decode weight vectors ``(M, D)``: what the tokenizer alone preserves.
 
         For a family, ``flat`` is a sequence of vectors with their ``archs``, and so is the result.
+        With a pinned base, ``flat`` holds weights: their deltas are encoded, and the
+        decoded deltas come back with the base added. ``positions``: one global chunk id
+        per vector, for (and only for) a positional tokenizer.
         """
         self._require_fitted()
         _positive_int(batch_size, "batch_size")
         self._check_tasks_used(tasks)
         arch_list = self.layout.check_archs(archs, len(flat))
-        codes = self.encode_zoo(ZooRows(*self.layout.to_rows(flat, tasks, arch_list)), batch_size=batch_size).codes
-        rows = torch.cat([self._decode(codes[s]) for s in _batches(len(codes), batch_size)])
-        return self.layout.from_rows(rows, tasks, arch_list)
+        pos = self._positions(positions, len(flat), "vector")
+        if self.base is not None:
+            self.layout.check_flat(flat, arch_list)
+            assert isinstance(flat, torch.Tensor)  # a single architecture
+            flat = self.delta(flat)
+        rows: torch.utils.data.Dataset = ZooRows(*self.layout.to_rows(flat, tasks, arch_list))
+        if pos is not None:
+            rows = _Positioned(rows, pos.cpu())
+        codes = self.encode_zoo(rows, batch_size=batch_size).codes
+        decoded = torch.cat([self._decode(codes[s], None if pos is None else pos[s]) for s in _batches(len(codes), batch_size)])
+        out = self.layout.from_rows(decoded, tasks, arch_list)
+        if self.base is not None:
+            assert isinstance(out, torch.Tensor)
+            out = self._add_base(out)
+        return out
 
-    def _decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Latents (token ids for a discrete tokenizer) to rows."""
+    def _decode(self, codes: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
+        """Latents (token ids for a discrete tokenizer) to rows; ``positions`` go to a positional tokenizer."""
+        kwargs: dict[str, Any] = {} if positions is None else {"position": positions}
         if self.discrete:
             decode_indices = getattr(self.tokenizer, "decode_indices")  # noqa: B009  # checked in __init__
-            return decode_indices(codes)
-        return self.tokenizer.decode(codes)
+            return decode_indices(codes, **kwargs)
+        return self.tokenizer.decode(codes, **kwargs)
 
     @torch.no_grad()
     def sample_flat(
@@ -398,6 +527,8 @@ class Generator:
         tasks: Sequence[str] | None = None,
         archs: Sequence[str] | None = None,
         batch_size: int = 256,
+        positions: Sequence[int] | torch.Tensor | None = None,
+        deltas: bool = False,
         **sample_kwargs: Any,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Sample ``n`` weight vectors per condition: ``(B * n, D)`` in weight scale.
@@ -415,6 +546,10 @@ class Generator:
                 Refused by a generator whose normalizer uses no tasks.
             archs: For a family: the architecture key of each condition.
             batch_size: Models decoded at once (a positive integer).
+            positions: For a positional tokenizer (and only for one): the global chunk id
+                of each condition (``B``; each repeated for its ``n`` samples).
+            deltas: With a pinned base, return the sampled deltas ``D`` instead of
+                ``base + D`` (added in float64, cast to the vector dtype).
             **sample_kwargs: Passed to ``prior.sample``, which acts on each or raises
                 naming it (e.g. ``steps=20``: DDIM steps; with ``sampler="ddpm"`` it
                 raises). A `paramgen.priors.DiffusionPrior` samples with DDIM, 50 steps,
@@ -439,8 +574,13 @@ class Generator:
         if tasks is not None and (isinstance(tasks, str) or len(tasks) != b):
             raise ValueError(f"expected tasks= with one task name per condition ({b}), got {tasks!r}"[:300])
         arch_list = self.layout.check_archs(archs, b)
+        pos = self._positions(positions, b, "condition")
         if c is not None:
             c = c.repeat_interleave(n, dim=0)  # (B*n, Dc)
+        if pos is not None:
+            pos = pos.repeat_interleave(n)  # (B*n,)
+        if deltas and self.base is None:
+            raise ValueError("deltas=True returns the sampled deltas over a pinned base; this generator has none")
         total = b * n
         rows = []
         for s in _batches(total, batch_size):
@@ -449,7 +589,7 @@ class Generator:
                 if not torch.isfinite(z).all():
                     raise FloatingPointError("the prior produced NaN or Inf latents")
                 z = self.latent_stats.restore(z)
-            rows.append(self._decode(z))
+            rows.append(self._decode(z, None if pos is None else pos[s]))
         row_tasks = None if tasks is None else [t for t in tasks for _ in range(n)]
         flat = self.layout.from_rows(torch.cat(rows), row_tasks, [a for a in arch_list for _ in range(n)])
         if not all(torch.isfinite(f).all() for f in flat):
@@ -457,6 +597,9 @@ class Generator:
                 "generated weights contain NaN or Inf after de-normalization (e.g. exp of a huge "
                 "log-normalized running_var): the prior is likely undertrained"
             )
+        if self.base is not None and not deltas:
+            assert isinstance(flat, torch.Tensor)
+            return self._add_base(flat)
         return flat
 
     def _check_tasks_used(self, tasks: Sequence[str] | None) -> None:
@@ -497,15 +640,27 @@ class Generator:
         """Sample ``n`` state dicts per condition (see `sample_flat` for the arguments).
 
         Args:
-            base: State dict supplying tensors outside the generated selection.
+            base: State dict supplying tensors outside the generated selection. A
+                generator with a pinned base takes them from it, and refuses ``base=``.
 
         Returns:
             ``B * n`` state dicts, condition by condition. Each generated tensor owns
             compact storage of its own size (no view into the batch), so saving one
-            state dict writes one model; tensors taken from ``base`` are ``base``'s.
+            state dict writes one model; tensors taken from ``base`` are ``base``'s. With
+            a pinned base: ``base + D``, added in float64 and cast once to the spec's dtypes.
+
+        Raises:
+            ValueError: ``base=`` given to a generator with a pinned base.
         """
-        flat = self.sample_flat(cond, n, generator=generator, tasks=tasks, archs=archs, batch_size=batch_size, **sample_kwargs)
+        if self.base is not None and base is not None:
+            raise ValueError("this generator has a pinned base: the tensors it does not generate come from it; drop base=")
+        flat = self.sample_flat(cond, n, generator=generator, tasks=tasks, archs=archs, batch_size=batch_size, deltas=self.base is not None, **sample_kwargs)
         keys = self.layout.check_archs(archs, len(flat) // n)
+        if self.base is not None:
+            assert isinstance(flat, torch.Tensor)
+            flat = self._add_base(flat, torch.float64)  # cast once, to each tensor's dtype, by unflatten
+            pinned = self.base
+            base = {t.name: pinned.tensor(t.name) for t in self.spec.tensors if t.role == "frozen" and t.tied_to is None and t.name in pinned.tensors}
         return self.layout.unflatten(flat, [a for a in keys for _ in range(n)], base=base)
 
     def sample_into(
@@ -526,7 +681,7 @@ class Generator:
         if mine != theirs:
             diff = sorted(set(mine.items()) ^ set(theirs.items()))[:3]
             raise SpecMismatchError(f"model does not match the generator's architecture; differing tensors {diff}")
-        sd = self.sample(cond, 1, generator=generator, base=model.state_dict(), **kwargs)[0]
+        sd = self.sample(cond, 1, generator=generator, base=None if self.base is not None else model.state_dict(), **kwargs)[0]
         model.load_state_dict(sd, strict=True)
         return model
 
@@ -536,14 +691,15 @@ class Generator:
 
         ``config.json`` records two SHA-256 digests that `from_pretrained` checks: of the
         weights file (``weights_sha256``) and of what defines the generator
-        (``config_sha256``: spec, vectorizer, components and latent statistics).
+        (``config_sha256``: spec, vectorizer, components, latent statistics and the
+        pinned base's record, ``base``, when there is one).
         """
         self._require_fitted()
         return pretrained.save_pretrained(self, path)
 
     @classmethod
     def from_pretrained(
-        cls, path: str | os.PathLike, *, spec: ParamSpec | None = None, device: torch.device | str | None = None
+        cls, path: str | os.PathLike, *, spec: ParamSpec | None = None, device: torch.device | str | None = None, base: Any = None
     ) -> Generator:
         """Rebuild a generator saved by `save_pretrained`, from registered components only.
 
@@ -562,6 +718,10 @@ class Generator:
             spec: If given, the architecture the caller expects; a generator saved for
                 another architecture raises `paramgen.spec.SpecMismatchError`.
             device: Where to put it (default: the CPU, wherever it was saved).
+            base: The pinned base the generator was saved with (a
+                `paramgen.base.PinnedBase`, or a safetensors path, state dict or module):
+                required when ``config.json`` records one, and checked against the record;
+                refused when it records none.
 
         Raises:
             FileNotFoundError: ``config.json`` or ``weights.safetensors`` is missing.
@@ -571,6 +731,8 @@ class Generator:
                 key (named, with the file), invalid latent statistics, a config edited after
                 saving, weights that do not match their digest, their entries or the
                 components their config builds.
+            paramgen.base.BaseMismatchError: The recorded base is missing or another one
+                (named by digest or tensor), or a base is given to a generator saved without.
         """
-        gen: Generator = pretrained.from_pretrained(cls, path, spec=spec, device=device)
+        gen: Generator = pretrained.from_pretrained(cls, path, spec=spec, device=device, base=base)
         return gen

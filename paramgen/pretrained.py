@@ -1,8 +1,9 @@
 """How a `paramgen.Generator` is saved and loaded: ``config.json`` + ``weights.safetensors``.
 
 ``config.json`` holds the spec, the vectorizer, every component by registered name with
-its config, the latent statistics and two SHA-256 digests (of the weights file and of the
-definition); ``weights.safetensors`` holds every component's tensors under its role.
+its config, the latent statistics, the pinned base's record when the generator has one
+(``base``: its SHA-256 and tensors, `paramgen.base.PinnedBase.record`) and two SHA-256
+digests (of the weights file and of the definition); ``weights.safetensors`` holds every component's tensors under its role.
 Loading rebuilds components from `paramgen.registry` only: nothing a file names is
 imported. Format 2 is written; formats 1 and 2 are read.
 """
@@ -22,6 +23,7 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
+from paramgen.base import BaseMismatchError, PinnedBase
 from paramgen.interfaces import LatentStats
 from paramgen.io import file_sha256, read_json, save_safetensors, write_json
 from paramgen.normalize import normalizer_from_config
@@ -29,7 +31,7 @@ from paramgen.registry import UnregisteredComponentError, registry
 from paramgen.spec import ParamSpec, SpecMismatchError
 from paramgen.vectorize import FamilyVectorizer, vectorizer_from_config
 
-__all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "from_pretrained"]
+__all__ = ["FORMAT", "FORMAT_VERSION", "save_pretrained", "from_pretrained", "check_recorded_base"]
 
 logger = logging.getLogger(__name__)
 
@@ -85,6 +87,8 @@ def _definition_sha256(config: Mapping[str, Any], names: Mapping[str, str], stat
         },
         "latent_stats": attrs.asdict(stats),
     }
+    if config.get("base") is not None:  # only then: folders saved without a base keep their digest
+        definition["base"] = config["base"]
     canonical = json.dumps(definition, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -119,6 +123,8 @@ def save_pretrained(gen: Any, path: str | os.PathLike) -> Path:
         "latent_stats": attrs.asdict(gen.latent_stats),
         "components": {},
     }
+    if gen.base is not None:
+        config["base"] = gen.base.record()
     tensors: dict[str, torch.Tensor] = {}
     for role, part in gen.components.items():
         entry: dict[str, Any] = {"config": part.config()}
@@ -140,7 +146,7 @@ def save_pretrained(gen: Any, path: str | os.PathLike) -> Path:
     return path
 
 
-def from_pretrained(cls: Any, path: str | os.PathLike, *, spec: ParamSpec | None = None, device: torch.device | str | None = None) -> Any:
+def from_pretrained(cls: Any, path: str | os.PathLike, *, spec: ParamSpec | None = None, device: torch.device | str | None = None, base: Any = None) -> Any:
     """Rebuild a generator of class ``cls`` saved by `save_pretrained` (see `paramgen.Generator.from_pretrained`)."""
     path = Path(path)
     config_path, weights_path = path / "config.json", path / "weights.safetensors"
@@ -167,7 +173,7 @@ def from_pretrained(cls: Any, path: str | os.PathLike, *, spec: ParamSpec | None
             "the file is corrupted or was replaced; save the generator again"
         )
     try:
-        return _build(cls, path, config, version, spec, device)
+        return _build(cls, path, config, version, spec, device, base)
     except UnregisteredComponentError:  # a KeyError that already names the file
         raise
     except KeyError as e:
@@ -175,7 +181,27 @@ def from_pretrained(cls: Any, path: str | os.PathLike, *, spec: ParamSpec | None
         raise ValueError(f"{config_path} lacks the key {e.args[0]!r} (a malformed or truncated config)") from e
 
 
-def _build(cls: Any, path: Path, config: dict[str, Any], version: int, spec: ParamSpec | None, device: torch.device | str | None) -> Any:
+def check_recorded_base(config: Mapping[str, Any], base: Any, where: Path) -> PinnedBase | None:
+    """The pinned base a saved generator needs: ``base`` checked against ``config["base"]``.
+
+    Raises:
+        paramgen.base.BaseMismatchError: A base is recorded and ``base`` is missing or
+            another one; or ``base`` is given and none is recorded.
+    """
+    record = config.get("base")
+    if record is None:
+        if base is not None:
+            raise BaseMismatchError(f"{where} records no base: the generator was fitted on weights, not on deltas; drop base=")
+        return None
+    if base is None:
+        sha = record.get("sha256") if isinstance(record, Mapping) else None
+        raise BaseMismatchError(f"{where} records a pinned base (sha256 {sha}): the generator samples deltas over it; pass base= (that checkpoint)")
+    pinned = PinnedBase.of(base)
+    pinned.check(record, what=str(where))
+    return pinned
+
+
+def _build(cls: Any, path: Path, config: dict[str, Any], version: int, spec: ParamSpec | None, device: torch.device | str | None, base: Any = None) -> Any:
     config_path = path / "config.json"
     family = config["vectorizer"].get("type") == "family"
     try:
@@ -231,6 +257,7 @@ def _build(cls: Any, path: Path, config: dict[str, Any], version: int, spec: Par
             f"{'it' if len(orphans) == 1 else 'them'} under 'components'"
         )
     _check_definition(config, config_path, names, latent_stats)
+    pinned = check_recorded_base(config, base, config_path)  # after the digest: an edited record is named as an edit
     parts: dict[str, Any] = {}
     for role, entry in config["components"].items():
         sub = {k.removeprefix(f"{role}."): v for k, v in state.items() if k.startswith(f"{role}.")}
@@ -258,7 +285,7 @@ def _build(cls: Any, path: Path, config: dict[str, Any], version: int, spec: Par
         except (RuntimeError, ValueError, TypeError) as e:
             raise ValueError(f"{path}: the {role} cannot be rebuilt from its entry in config.json and its weights: {e}") from e
         parts[role] = part
-    gen = cls(vectorizer=vectorizer, **parts)
+    gen = cls(vectorizer=vectorizer, **parts) if pinned is None else cls(vectorizer=vectorizer, base=pinned, **parts)
     gen.latent_stats = latent_stats
     gen.fitted = True
     if device is not None:

@@ -212,6 +212,8 @@ class ChunkDataset(Dataset):
         [7.0, 8.0, 0.0, 0.0]
     """
 
+    paths: list[Path] | None  # per checkpoint, for files and zoos; None in memory
+
     def __init__(
         self,
         layout: ChunkLayout,
@@ -238,7 +240,7 @@ class ChunkDataset(Dataset):
         if reader == "pread" and sys.byteorder != "little":  # pragma: no cover - safetensors data is little-endian
             raise ValueError("ChunkDataset: reader='pread' needs a little-endian machine; use reader='safetensors'")
         self._init(layout, reader, max_open_files)
-        self.paths = [path for path, _ in entries]
+        self.paths = [path for path, _ in entries]  # per checkpoint (a zoo run's file for each of its rows)
         files: dict[Path, int] = {}
         for path, row in entries:
             if path not in files:
@@ -266,7 +268,7 @@ class ChunkDataset(Dataset):
         self.layout = layout
         self.reader: Literal["pread", "safetensors", "memory"] = reader
         self.max_open_files = int(max_open_files)
-        self.paths: list[Path] | None = None
+        self.paths = None
         self._memory: list[dict[str, torch.Tensor]] | None = None
         # Files read (checkpoints, then a base file): per file, byte offset and dtype of
         # each layout tensor's data, whether it stacks checkpoints in rows (a zoo run).
@@ -441,7 +443,7 @@ class ChunkDataset(Dataset):
             piece = handle.get_slice(t.name)
             if not t.shape:
                 return (piece[lead] if lead else piece[...]).reshape(1)
-            parts = [piece[(*lead, *idx)].reshape(-1) for idx in _flat_slices(t.shape, start, stop)]
+            parts = [piece[lead + idx].reshape(-1) for idx in _flat_slices(t.shape, start, stop)]
         except Exception as e:  # safetensors raises its own error types from Rust
             raise ValueError(f"ChunkDataset: cannot read {t.name!r} from {path}: {e}") from e
         return parts[0] if len(parts) == 1 else torch.cat(parts)

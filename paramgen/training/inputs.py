@@ -35,12 +35,19 @@ class _Zoo:
 
     def rows(self, generator: Generator) -> torch.utils.data.Dataset:
         """The dataset of normalized rows the stages read, after fitting the normalizer on
-        the flat vectors (a lazy dataset is its own rows: its normalization is its business)."""
+        the flat vectors (a lazy dataset is its own rows: its normalization is its business).
+
+        This is where checkpoints become rows: with a pinned base, the rows are those of
+        the deltas ``w - w_base`` (and the normalizer's statistics are the deltas')."""
         if self.dataset is not None:
             return self.dataset
         assert self.flat is not None
-        generator.layout.fit_normalizer(self.flat, self.tasks, self.archs)
-        x, mask = generator.layout.to_rows(self.flat, self.tasks, self.archs)  # (M, N, C) on the CPU
+        flat = self.flat
+        if generator.base is not None:
+            assert isinstance(flat, torch.Tensor)  # a single architecture (checked by the generator)
+            flat = generator.delta(flat)  # (M, D)
+        generator.layout.fit_normalizer(flat, self.tasks, self.archs)
+        x, mask = generator.layout.to_rows(flat, self.tasks, self.archs)  # (M, N, C) on the CPU
         return ZooRows(x, mask, self.conds, self.tasks)
 
 
@@ -64,6 +71,10 @@ def _from_zoo(generator: Generator, zoo: Any, tasks: Sequence[str] | None, archs
     """A `paramgen.zoo.Zoo` view as flat vectors, its tasks and (for a family) architectures."""
     if len(zoo) == 0:
         raise ValueError(f"fit needs at least one model; the zoo view {zoo!r} is empty")
+    if generator.base is not None and zoo.base is not None:
+        # A zoo of fine-tunes of one base: the generator's deltas must be over that base.
+        # (A generator without a base may fit the weights themselves, e.g. an ablation.)
+        zoo.check_base(generator.base)
     tasks = [c.task for c in zoo] if tasks is None else tasks
     if generator.layout.single:
         if len(zoo.spec_ids) != 1:
@@ -126,7 +137,7 @@ def adapt_inputs(generator: Generator, data: Any, conds: Sequence[Any] | None, t
             raise ValueError("build the WeightDataset with normalizer=None: fit fits the generator's own normalizer")
         if conds is not None and len(conds) != len(data):
             raise ValueError(f"expected one raw condition per checkpoint ({len(data)}), got {len(conds)}")
-        if generator.normalizer is not None:  # its statistics need every model at once: the zoo's fast path
+        if generator.normalizer is not None or generator.base is not None:  # statistics need every model at once, deltas the flat vectors: the zoo's fast path
             flat, tasks, _ = _from_zoo(generator, data.zoo, None, None)
             return flat, conds, tasks, None
         return _WeightItems(data, conds), None, None, None
@@ -154,6 +165,11 @@ def check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, task
             raise ValueError(
                 "a dataset gives rows as the tokenizer sees them (normalized): build the generator with normalizer=None "
                 "and normalize in the dataset"
+            )
+        if generator.base is not None:
+            raise ValueError(
+                "a generator with a pinned base learns deltas w - w_base, which it takes itself from a Zoo, a WeightDataset, "
+                "state dicts or flat weight vectors; a dataset of rows cannot say whether its rows are weights or deltas"
             )
         try:
             m = len(cast(Sized, flat))  # a map-style dataset need not declare __len__: TypeError then
@@ -193,4 +209,7 @@ def run_fingerprint(generator: Generator, zoo: _Zoo, config: FitConfig) -> dict[
         size = list(zoo.flat.shape)
     else:
         size = [int(f.numel()) for f in zoo.flat][:1]
-    return {"config": keep, "models": zoo.m, "size": size, "components": {r: type(p).__name__ for r, p in generator.components.items()}}
+    out = {"config": keep, "models": zoo.m, "size": size, "components": {r: type(p).__name__ for r, p in generator.components.items()}}
+    if generator.base is not None:  # only then: runs without a base keep their fingerprint
+        out["base"] = generator.base.sha256
+    return out
