@@ -9,6 +9,9 @@ The pieces, one module each, in the order a user meets them:
   tweet corpus, each with a natural-language description (`TextTask.condition`).
 - `paramgen.lora.minilm`: `MiniLMLoRA`, the base model plus paramgen's own forward of the
   LoRA layers on cached `Features`, and `MiniLMLoRA.train_lora`.
+- `paramgen.lora.finetune`: `MiniLMClassifier`, MiniLM fully fine-tuned (six blocks and a
+  head, functional in a state dict), `frozen_logreg` (the frozen base plus logistic
+  regression) and `build_finetune_zoo` (tasks x seeds of fine-tunes over a pinned base).
 - `paramgen.lora.adapters`: `save_adapter` / `load_adapter`, standard PEFT adapter
   folders of a `LoRASetup` out and in (the files are read and written, whole, by
   `paramgen.formats.peft`), with clear errors (`AdapterError`) for a folder that does not
@@ -36,6 +39,7 @@ Examples:
 from paramgen.conditioners.text_or_vector import TextOrVectorConditioner
 from paramgen.lora.adapters import load_adapter, load_peft_model, resolve_base_model, save_adapter
 from paramgen.lora.export import AdapterExport
+from paramgen.lora.finetune import FINETUNE_TASKS, LogRegBaseline, MiniLMClassifier, build_finetune_zoo, frozen_logreg
 from paramgen.lora.generate import check_description, generate_adapters
 from paramgen.lora.minilm import Features, MiniLMLoRA
 from paramgen.lora.setup import BASE_MODEL_ID, AdapterError, LoRASetup, find_head, pad_head, pad_rows, unpad_head
@@ -65,4 +69,9 @@ __all__ = [
     "unpad_head",
     "check_description",
     "generate_adapters",
+    "MiniLMClassifier",
+    "LogRegBaseline",
+    "frozen_logreg",
+    "build_finetune_zoo",
+    "FINETUNE_TASKS",
 ]
