@@ -20,6 +20,7 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from paramgen.base import BaseMismatchError, PinnedBase
     from paramgen.fitting import fit
     from paramgen.generator import Generator
     from paramgen.interfaces import (
@@ -64,6 +65,8 @@ __all__ = [
     "ChunkVectorizer",
     "FamilyVectorizer",
     "VectorBatch",
+    "PinnedBase",
+    "BaseMismatchError",
 ]
 
 __version__ = "0.1.0"
@@ -77,6 +80,7 @@ _HOME = {
     **dict.fromkeys(("Conditioner", "DiscreteTokenizer", "LatentStats", "Prior", "Selector", "Tokenizer", "TokenizerOutput", "Vectorizer"), "paramgen.interfaces"),
     **dict.fromkeys(("Normalizer", "GlobalScale", "PerLayerZScore", "PerTaskZScore"), "paramgen.normalize"),
     **dict.fromkeys(("ParamSpec", "TensorSpec", "SpecMismatchError", "NonFiniteWeightsError"), "paramgen.spec"),
+    **dict.fromkeys(("PinnedBase", "BaseMismatchError"), "paramgen.base"),
     **dict.fromkeys(("ModelVectorizer", "LayerVectorizer", "ChunkVectorizer", "FamilyVectorizer", "VectorBatch"), "paramgen.vectorize"),
 }
 

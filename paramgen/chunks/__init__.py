@@ -13,7 +13,9 @@ layer (block) index, the layer's type and its shape.
 - `ChunkDataset` serves ``(checkpoint, chunk)`` samples from one or many safetensors
   files, reading only each chunk's bytes (a chunk is one contiguous byte range of the
   file), so a zoo of large models never sits in memory; or from in-memory state dicts
-  for small models.
+  for small models. Given a pinned base (``base=``, `paramgen.base.PinnedBase`), it
+  serves the chunks of the deltas ``w - w_base``; ``ChunkDataset.from_zoo`` reads a
+  `paramgen.zoo.Zoo`'s run files the same way.
 - `spec_from_safetensors` describes a checkpoint from its header without loading its
   floating tensors.
 
