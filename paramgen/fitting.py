@@ -27,7 +27,7 @@ from torch import nn
 
 from paramgen.generator import Generator
 from paramgen.tracking import Logger
-from paramgen.training import FitConfig
+from paramgen.training import Behaviour, FitConfig
 from paramgen.training import fit as fit_with_config
 
 __all__ = ["fit"]
@@ -43,6 +43,7 @@ def fit(
     tasks: Sequence[str] | None = None,
     archs: Sequence[str] | None = None,
     predictor: nn.Module | None = None,
+    behaviour: Behaviour | None = None,
     tracker: Logger | None = None,
     **config: Any,
 ) -> Generator:
@@ -57,6 +58,8 @@ def fit(
         tasks: Task name per model (a per-task normalizer; contrastive groups).
         archs: For a family: the architecture key of each model.
         predictor: Frozen accuracy predictor for the predictor-guided VAE loss.
+        behaviour: A behavioural loss for the tokenizer, ``behaviour(decoded, batch)``,
+            weighted by ``behaviour_weight`` (see `paramgen.training.fit`).
         tracker: Receives losses every ``log_every`` steps.
         **config: `paramgen.training.FitConfig` fields other than ``seed``.
 
@@ -73,4 +76,4 @@ def fit(
         raise TypeError(f"paramgen.fit got {', '.join(map(repr, unknown))}, which {'is' if len(unknown) == 1 else 'are'} not a FitConfig field it takes{hint}; fields: {sorted(fields)}")
     gen.check_fittable()  # before the seed is drawn: a refused fit leaves the generator's stream as it was
     seed = int(torch.randint(0, 2**62, (1,), generator=generator))
-    return fit_with_config(gen, data, conds, config=FitConfig(seed=seed, **config), tasks=tasks, archs=archs, predictor=predictor, tracker=tracker)
+    return fit_with_config(gen, data, conds, config=FitConfig(seed=seed, **config), tasks=tasks, archs=archs, predictor=predictor, behaviour=behaviour, tracker=tracker)

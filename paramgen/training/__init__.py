@@ -66,9 +66,9 @@ from paramgen.training.checkpoint import LATEST, Saved, latest_checkpoint, write
 from paramgen.training.config import STAGES, CheckpointError, FitConfig, NonFiniteLossError
 from paramgen.training.engine import Run, modules_of, trainable_parameters
 from paramgen.training.inputs import adapt_inputs, check_zoo, run_fingerprint
-from paramgen.training.stages import align_stage, latents_stage, prior_stage, tokenizer_stage
+from paramgen.training.stages import Behaviour, align_stage, latents_stage, prior_stage, tokenizer_stage
 
-__all__ = ["FitConfig", "fit", "NonFiniteLossError", "CheckpointError", "STAGES", "latest_checkpoint"]
+__all__ = ["Behaviour", "FitConfig", "fit", "NonFiniteLossError", "CheckpointError", "STAGES", "latest_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +82,7 @@ def fit(
     tasks: Sequence[str] | None = None,
     archs: Sequence[str] | None = None,
     predictor: nn.Module | None = None,
+    behaviour: Behaviour | None = None,
     tracker: Logger | None = None,
     resume: str | os.PathLike | None = None,
     accelerator: Any = None,
@@ -110,6 +111,14 @@ def fit(
         tasks: Task name per model (a per-task normalizer; contrastive groups).
         archs: For a family: the architecture key of each model.
         predictor: Frozen accuracy predictor for the predictor-guided VAE loss.
+        behaviour: A behavioural loss for the tokenizer stage, ``behaviour(decoded,
+            batch) -> scalar tensor``: ``decoded`` is the tokenizer's reconstruction of
+            ``batch["x"]`` in its normalized scale, ``(B, N * C)`` (a chunk-wise generator's
+            chunks: ``(B, chunk_size)``), differentiable; ``batch`` is the training batch
+            (``"x"``, ``"mask"``, ``"cond"``, and the dataset's other entries). The stage
+            minimizes ``tokenizer loss + config.behaviour_weight * behaviour(...)`` every
+            ``config.behaviour_every`` steps (e.g. decoded weights must reproduce a model's
+            outputs: `paramgen.behaviour.ChunkBehaviour`). Needs ``behaviour_weight > 0``.
         tracker: Receives losses every ``config.log_every`` steps (process 0 only); the
             same values go to the ``paramgen.training`` logger at INFO.
         resume: A checkpoint folder of an interrupted run with the same data and config,
@@ -127,14 +136,19 @@ def fit(
     a fitted one).
 
     Raises:
-        NonFiniteLossError: A loss became NaN or Inf (the message names stage and step).
+        NonFiniteLossError: A loss became NaN or Inf (the message names stage and step;
+            the behavioural loss is part of the tokenizer's).
         CheckpointError: ``resume`` is not a checkpoint of this run.
-        ValueError: An empty zoo; conditions, tasks or architectures that do not match it.
+        ValueError: An empty zoo; conditions, tasks or architectures that do not match it;
+            ``behaviour_weight > 0`` without ``behaviour``, or ``behaviour`` that would be
+            ignored (``behaviour_weight=0``, no tokenizer steps or no trainable tokenizer).
+        TypeError: ``behaviour`` is not callable, or returns no scalar tensor.
         paramgen.spec.SpecMismatchError: Weights of another architecture.
     """
     config = config or FitConfig()
     if not isinstance(config, FitConfig):
         raise TypeError(f"config must be a FitConfig, got {type(config).__name__}")
+    _check_behaviour(generator, config, behaviour)
     generator.check_fittable()
     flat, conds, tasks, archs = adapt_inputs(generator, flat, conds, tasks, archs)
     zoo = check_zoo(generator, flat, conds, tasks, archs)
@@ -175,7 +189,7 @@ def fit(
     rows = zoo.rows(generator)
     if not finished("tokenizer"):
         start, state = resumed("tokenizer")
-        tokenizer_stage(run, generator, rows, predictor, start, state, saver("tokenizer"))
+        tokenizer_stage(run, generator, rows, predictor, start, state, saver("tokenizer"), behaviour)
         saver("tokenizer")(config.tokenizer_steps)
     enc = latents_stage(run, generator, rows, want_latents=config.align_steps > 0)
     if zoo.lazy:
@@ -198,3 +212,21 @@ def fit(
         logger.warning("fit: prior_steps=0 left the %s untrained; the generator is not marked fitted", type(generator.prior).__name__)
     generator.fitted = generator.fitted or trained
     return generator
+
+
+def _check_behaviour(generator: Generator, config: FitConfig, behaviour: Behaviour | None) -> None:
+    """Refuse a behavioural loss that would be ignored, and a weight without one."""
+    if behaviour is None:
+        if config.behaviour_weight > 0:
+            raise ValueError(
+                f"FitConfig.behaviour_weight={config.behaviour_weight} needs behaviour=: a callable (decoded, batch) -> scalar loss "
+                "(e.g. paramgen.behaviour.ChunkBehaviour)"
+            )
+        return
+    if not callable(behaviour):
+        raise TypeError(f"behaviour must be a callable (decoded, batch) -> scalar loss, got {type(behaviour).__name__}")
+    if config.behaviour_weight == 0:
+        raise ValueError("fit got behaviour=, but FitConfig.behaviour_weight=0 would ignore it: set behaviour_weight > 0")
+    if config.tokenizer_steps == 0 or not trainable_parameters(generator.tokenizer):
+        why = "tokenizer_steps=0" if config.tokenizer_steps == 0 else f"the {type(generator.tokenizer).__name__} has no trainable weights"
+        raise ValueError(f"fit got behaviour=, a loss of the tokenizer stage, but {why}: the stage does not run")

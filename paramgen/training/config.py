@@ -40,6 +40,11 @@ def _unit(_: Any, attribute: attrs.Attribute, value: float) -> None:
         raise ValueError(f"FitConfig.{attribute.name} must lie in [0, 1), got {value!r}")
 
 
+def _non_negative_float(_: Any, attribute: attrs.Attribute, value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        raise ValueError(f"FitConfig.{attribute.name} must be a finite number >= 0, got {value!r}")
+
+
 def _optional_positive_float(_: Any, attribute: attrs.Attribute, value: float | None) -> None:
     if value is not None:
         _positive_float(_, attribute, value)
@@ -86,6 +91,12 @@ class FitConfig:
         checkpoint_dir: Folder for checkpoints (``None``: none are written).
         encode_batch_size: Models per batch when encoding the whole zoo.
         num_workers: DataLoader workers that read training batches.
+        behaviour_weight: Weight of the behavioural loss in the tokenizer stage: the loss is
+            ``tokenizer loss + behaviour_weight * behaviour(decoded, batch)`` with the
+            ``behaviour`` callable given to `paramgen.training.fit` (e.g.
+            `paramgen.behaviour.ChunkBehaviour`); 0 (the default): no behavioural loss.
+        behaviour_every: Tokenizer steps between behavioural losses (1: every step): the
+            behaviour usually runs a whole model, so it may be sparser than the steps.
         progress: Show tqdm progress bars.
     """
 
@@ -111,6 +122,8 @@ class FitConfig:
     checkpoint_dir: str | None = attrs.field(default=None, converter=attrs.converters.optional(str))
     encode_batch_size: int = attrs.field(default=256, validator=_positive)
     num_workers: int = attrs.field(default=0, validator=_non_negative)
+    behaviour_weight: float = attrs.field(default=0.0, validator=_non_negative_float)
+    behaviour_every: int = attrs.field(default=1, validator=_positive)
     progress: bool = True
 
     def __attrs_post_init__(self) -> None:

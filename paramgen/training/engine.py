@@ -137,9 +137,21 @@ def _global_batch(run: Run, m: int, stage: str) -> int:
     return b
 
 
+def _collate(items: Any) -> dict[str, Any]:
+    """`paramgen.layout.collate`, keeping the items' other entries as lists: a positional
+    tokenizer's ``"position"``, the ``"checkpoint"`` and ``"chunk"`` a behavioural loss reads
+    (`paramgen.chunkwise.ChunkSamples`' items carry them)."""
+    batch = collate(items)
+    if not isinstance(items, dict):
+        for key in items[0]:
+            if key not in batch:
+                batch[key] = [it.get(key) for it in items]
+    return batch
+
+
 def _loader(dataset: torch.utils.data.Dataset, sampler: _StepSampler, run: Run) -> Iterator[Any]:
     pin = _pin_memory(dataset, run.device)
-    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=run.config.num_workers, pin_memory=pin))
+    return iter(torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=_collate, num_workers=run.config.num_workers, pin_memory=pin))
 
 
 def _pin_memory(dataset: torch.utils.data.Dataset, device: torch.device) -> bool:
@@ -198,12 +210,18 @@ def _lr_factor(config: FitConfig, steps: int) -> Callable[[int], float]:
 
 
 class LossModule(nn.Module):
-    """One stage's trainable parts behind ``forward`` (so DDP can wrap the stage)."""
+    """One stage's trainable parts behind ``forward`` (so DDP can wrap the stage).
+
+    Attributes:
+        step: The optimizer step whose micro-batches are being computed (1-based; set by
+            `gradient_loop`), for losses with terms on some steps only.
+    """
 
     def __init__(self, fn: Callable[..., tuple[torch.Tensor, dict[str, Any]]], **parts: Any) -> None:  # parts: nn.Modules held as protocol types
         super().__init__()
         self.parts = nn.ModuleDict(parts)
         self.fn = fn
+        self.step = 0
 
     def forward(self, batch: Any, generator: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         return self.fn(batch, generator)
@@ -251,6 +269,7 @@ def gradient_loop(
             )
 
     for step in tqdm(range(start + 1, steps + 1), desc=stage, disable=not config.progress or not run.main, initial=start, total=steps):
+        module.step = step
         for i, slot in enumerate(run.slots()):
             micro = _to(next(data), run.device)
             sync = i == accum - 1 or not hasattr(model, "no_sync")

@@ -16,28 +16,74 @@ from paramgen.training.checkpoint import Saved
 from paramgen.training.config import NonFiniteLossError
 from paramgen.training.engine import LossModule, Run, gradient_loop, stream_seed, trainable_parameters
 
-__all__ = ["tokenizer_stage", "latents_stage", "align_stage", "prior_stage"]
+__all__ = ["Behaviour", "tokenizer_stage", "latents_stage", "align_stage", "prior_stage"]
 
 logger = logging.getLogger("paramgen.training")
 
 
+#: ``behaviour(decoded, batch) -> scalar loss``: see `paramgen.training.fit`.
+Behaviour = Callable[[torch.Tensor, dict[str, Any]], torch.Tensor]
+
+
 def tokenizer_stage(
-    run: Run, generator: Generator, rows: torch.utils.data.Dataset, predictor: nn.Module | None, start: int, saved: Saved | None, save: Callable
+    run: Run,
+    generator: Generator,
+    rows: torch.utils.data.Dataset,
+    predictor: nn.Module | None,
+    start: int,
+    saved: Saved | None,
+    save: Callable,
+    behaviour: Behaviour | None = None,
 ) -> None:
-    """Train the tokenizer on the rows (nothing when it has no weights or ``tokenizer_steps=0``)."""
+    """Train the tokenizer on the rows (nothing when it has no weights or ``tokenizer_steps=0``).
+
+    A positional tokenizer (``positional = True``, e.g.
+    `paramgen.tokenizers.PositionalVAETokenizer`) gets each batch's ``"position"``. With
+    ``behaviour``, the steps ``1, 1 + behaviour_every, ...`` add ``behaviour_weight *
+    behaviour(decoded, batch)`` to the loss, ``decoded`` being the decoding of the loss's
+    latents (a VAE's posterior mean, without the sampling noise: the reconstruction
+    encode-decode gives) as ``(B, N * C)`` rows, differentiable (logged as the
+    ``behaviour`` metric on those steps).
+    """
     tok = generator.tokenizer
     if not trainable_parameters(tok) or run.config.tokenizer_steps == 0:
         return
     extra = {"predictor": predictor} if predictor is not None else {}
     shared = getattr(rows, "shared", None)
     shared = None if shared is None else shared.to(run.device)  # (N, C), moved once
+    positional = bool(getattr(tok, "positional", False))
+    weight, every = run.config.behaviour_weight, run.config.behaviour_every
+
+    def where(batch: dict[str, Any]) -> dict[str, Any]:
+        if not positional:
+            return {}
+        if batch.get("position") is None:
+            raise ValueError(
+                f"the tokenizer ({type(tok).__name__}) is positional: every training item needs a 'position' "
+                "(its chunk id, as paramgen.chunkwise.ChunkSamples gives it)"
+            )
+        return {"position": batch["position"]}
 
     def loss(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
-        out = tok.loss(batch["x"], mask=shared if batch["mask"] is None else batch["mask"], generator=g, **extra)
+        mask = shared if batch["mask"] is None else batch["mask"]
+        position = where(batch)
+        out = tok.loss(batch["x"], mask=mask, generator=g, **extra, **position)
         assert out.loss is not None  # a trainable tokenizer returns a loss
-        return out.loss, dict(out.metrics)
+        total, metrics = out.loss, dict(out.metrics)
+        if behaviour is not None and (module.step - 1) % every == 0:
+            # The decoding of the loss's latents (a VAE's posterior mean): what encode-decode
+            # gives at inference, from the encoder pass the loss already made, differentiable.
+            decoded = tok.decode(out.latents, **position)
+            value = behaviour(decoded.flatten(1), batch)  # (B, N * C) rows
+            if not isinstance(value, torch.Tensor) or value.ndim != 0:
+                got = f"a tensor of shape {tuple(value.shape)}" if isinstance(value, torch.Tensor) else type(value).__name__
+                raise TypeError(f"fit: behaviour(decoded, batch) must return a scalar (0-dim) tensor, got {got}")
+            total = total + weight * value
+            metrics["behaviour"] = value.detach()
+        return total, metrics
 
-    gradient_loop(run, "tokenizer", LossModule(loss, tokenizer=tok), rows, steps=run.config.tokenizer_steps, lr=run.config.tokenizer_lr, start=start, saved=saved, save=save)
+    module = LossModule(loss, tokenizer=tok)
+    gradient_loop(run, "tokenizer", module, rows, steps=run.config.tokenizer_steps, lr=run.config.tokenizer_lr, start=start, saved=saved, save=save)
 
 
 @attrs.frozen
