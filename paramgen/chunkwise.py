@@ -453,7 +453,7 @@ class ChunkwiseGenerator:
                 failure leaves no folder.
             base: A state dict giving the tensors the layout does not cover (a selection
                 of layers over a base model); they are passed through unchanged. A
-                generator with a pinned base takes them from it (every base tensor outside
+                generator with a pinned base takes them from it (the spec's tensors outside
                 the layout) and refuses ``base=``: two sources of the same tensors would
                 disagree silently.
             batch_size: Chunks sampled at once. Besides the output, sampling holds one batch's
@@ -483,7 +483,8 @@ class ChunkwiseGenerator:
         if self.base is not None:
             if base is not None:
                 raise ValueError("this chunk-wise generator has a pinned base: the tensors outside its layout come from it; drop base=")
-            base = self.base.state_dict([name for name in self.base.tensors if name not in covered])
+            # the model's tensors outside the layout (not whatever else the base file holds)
+            base = self.base.state_dict([name for name in self.layout.spec.names if name not in covered and name in self.base.tensors])
         extras = None if base is None else {k: v for k, v in base.items() if k not in covered}
         missing = [t.name for t in self.layout.spec.tensors if t.name not in covered and (extras is None or t.name not in extras)]
         if self.layout.include is not None and missing:
