@@ -416,6 +416,47 @@ class ChunkwiseGenerator:
             out[row, :n] = self.base.read_flat(t.name, start, start + n).to(torch.float64)
         return out
 
+    @torch.no_grad()
+    def reconstruct(self, data: Any, index: int, *, batch_size: int = 256) -> dict[str, torch.Tensor]:
+        """Checkpoint ``index`` of ``data`` encoded and decoded by the tokenizer alone (no
+        prior): what the latent keeps. Every chunk's latent is its posterior mean; with a
+        pinned base the decoded deltas are added to it. Returns the layout's tensors.
+
+        Args:
+            data: A `paramgen.chunks.ChunkDataset` of this layout (with this generator's
+                base when it has one).
+            index: Which checkpoint of ``data``.
+            batch_size: Chunks encoded at once.
+
+        Raises:
+            RuntimeError: The generator is not fitted.
+            IndexError: ``index`` is not a checkpoint of ``data``.
+        """
+        if self.stats is None or not self.generator.fitted:
+            raise RuntimeError("this chunk-wise generator is not fitted: call fit() or from_pretrained()")
+        if data.layout.config() != self.layout.config():
+            raise ValueError("the dataset's chunk layout differs from the generator's")
+        self._check_data_base(getattr(data, "base", None))
+        if not 0 <= index < data.num_checkpoints:
+            raise IndexError(f"checkpoint {index} of a dataset of {data.num_checkpoints}")
+        rows = ChunkSamples(data, self.stats)
+        n = self.layout.num_chunks
+        device = self.generator.device
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+            for start in range(0, n, batch_size):
+                ids = torch.arange(start, min(start + batch_size, n))  # (B,)
+                x = torch.cat([rows[index * n + c]["x"] for c in ids.tolist()]).to(device)  # (B, K) standardized
+                positions = ids if self.generator.positional else None
+                z = self.generator.reconstruct(x, positions=positions, batch_size=batch_size)
+                assert isinstance(z, torch.Tensor) and self.stats is not None
+                values = self.stats.inverse_chunks(z, ids).cpu()
+                if self.base is not None:
+                    values = values.to(torch.float64) + self.base_chunks(ids)
+                yield ids, values
+
+        return assemble(self.layout, batches())
+
     def _batches(self, cond: Any, batch_size: int, generator: torch.Generator | None, kwargs: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.layout.num_chunks, batch_size):
             ids = torch.arange(start, min(start + batch_size, self.layout.num_chunks))  # (B,)

@@ -200,3 +200,25 @@ def test_positions_are_refused_by_a_tokenizer_that_takes_none():
         gen.generator.sample_flat([0], 1, positions=[0])
     with pytest.raises(ValueError, match="not positional: drop positions="):
         gen.generator.reconstruct(torch.randn(1, K), positions=[0])
+
+
+def test_reconstruct_decodes_the_posterior_mean_of_every_chunk_over_the_base(tmp_path):
+    base, states = base_and_tunes(2)
+    layout = ChunkLayout(ParamSpec.from_state_dict(base), K)
+    data = ChunkDataset.from_state_dicts(layout, states, base=base)
+    gen = build(layout, base=base).fit(data, config=CONFIG)
+    rec = gen.reconstruct(data, 1, batch_size=3)
+    # the same numbers, by hand: z-scored chunks of D, encoded and decoded, un-z-scored, + base
+    rows = ChunkSamples(data, gen.stats)
+    n = layout.num_chunks
+    x = torch.cat([rows[n + c]["x"] for c in range(n)])
+    ids = torch.arange(n)
+    want = gen.stats.inverse_chunks(gen.generator.reconstruct(x), ids).double() + gen.base_chunks(ids)
+    for i, t in enumerate(layout.tensors):
+        r = layout.chunks_of(i)
+        # (batches of 3 chunks against one batch: equal up to float rounding)
+        assert torch.allclose(rec[t.name], want[r.start : r.stop].reshape(-1)[: t.numel].to(t.torch_dtype).reshape(t.shape), atol=1e-6, rtol=0), t.name
+    with pytest.raises(IndexError):
+        gen.reconstruct(data, 2)
+    with pytest.raises(BaseMismatchError):
+        gen.reconstruct(ChunkDataset.from_state_dicts(layout, states), 0)
