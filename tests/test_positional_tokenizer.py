@@ -150,6 +150,26 @@ def test_noise_only_while_training_and_seeded():
     assert torch.equal(tok.encode(x, position=pos).latents, tok.encode(x, position=pos).latents)
 
 
+@pytest.mark.parametrize("noise", ["input_noise", "latent_noise"])
+@pytest.mark.parametrize("kind", ["vae", "positional"])
+def test_each_pdiff_noise_acts_while_training_only(kind, noise):
+    """p-diff's augmentation: noise on the input, or on the sampled latent, changes the
+    training loss (same weights, same draws: only the noise's scale differs) and nothing in
+    eval mode."""
+    torch.manual_seed(0)
+    build = (lambda **kw: VAETokenizer(rows=1, **SMALL, **kw)) if kind == "vae" else small
+    noisy, quiet = build(**{noise: 0.5}), build(**{noise: 1e-9})
+    quiet.load_state_dict(noisy.state_dict())
+    x, kw = torch.randn(3, 1, 24), ({} if kind == "vae" else {"position": _pos(0, 1, 2)})
+
+    def loss(tok):
+        return tok.loss(x, generator=torch.Generator().manual_seed(0), **kw).loss.detach()
+
+    assert float((loss(noisy) - loss(quiet)).abs()) > 1e-3
+    noisy.eval(), quiet.eval()
+    assert torch.equal(loss(noisy), loss(quiet))
+
+
 def test_masked_loss_and_gradients_reach_the_position_parameters():
     tok = _perturbed(small(position_bias=True, kl_weight=0.0))
     x, pos = torch.randn(4, 1, 24), _pos(0, 1, 1, 5)
