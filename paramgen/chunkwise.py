@@ -455,7 +455,9 @@ class ChunkwiseGenerator:
                     values = values.to(torch.float64) + self.base_chunks(ids)
                 yield ids, values
 
-        return assemble(self.layout, batches())
+        out = assemble(self.layout, batches())
+        assert isinstance(out, dict)  # no out= path: a state dict
+        return out
 
     def _batches(self, cond: Any, batch_size: int, generator: torch.Generator | None, kwargs: Mapping[str, Any]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         for start in range(0, self.layout.num_chunks, batch_size):

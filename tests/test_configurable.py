@@ -35,7 +35,7 @@ from paramgen.conditioners import (
 from paramgen.predictor import AccuracyPredictor
 from paramgen.priors import DiffusionPrior, GPTPrior, KDEPrior
 from paramgen.registry import BUILTINS, Configurable, UnregisteredComponentError, registry
-from paramgen.tokenizers import GumbelVQTokenizer, IdentityTokenizer, VAETokenizer
+from paramgen.tokenizers import GumbelVQTokenizer, IdentityTokenizer, PositionalVAETokenizer, VAETokenizer
 
 
 def _text_available() -> bool:
@@ -126,6 +126,10 @@ FROZEN: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {
         },
     ),
     "identity": (lambda: IdentityTokenizer(rows=3, width=5), {"rows": 3, "width": 5}),
+    "positional-vae": (
+        lambda: PositionalVAETokenizer(width=8, num_chunks=3, latent_channels=2, latent_length=2, hidden_channels=8, num_down=1, position_dim=4, position_bias=True, input_noise=0.01),
+        {"width": 8, "num_chunks": 3, "latent_channels": 2, "latent_length": 2, "hidden_channels": 8, "num_down": 1, "position_dim": 4, "position_bias": True, "kl_weight": 1e-06, "input_noise": 0.01, "latent_noise": 0.0},
+    ),
     "diffusion-defaults": (
         lambda: DiffusionPrior(shape=(1, 5)),
         {
@@ -365,6 +369,20 @@ STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     ),
     "gumbel-vq": _vq().map(lambda kw: GumbelVQTokenizer(**kw)),
     "identity": st.builds(IdentityTokenizer, rows=_ints(1, 9), width=_ints(1, 9)),
+    "positional-vae": st.builds(
+        PositionalVAETokenizer,
+        width=_ints(1, 8),
+        num_chunks=_ints(1, 5),
+        latent_channels=_ints(1, 3),
+        latent_length=_ints(1, 4),
+        hidden_channels=st.sampled_from([8, 16]),
+        num_down=_ints(0, 2),
+        position_dim=_ints(1, 4),
+        position_bias=st.booleans(),
+        kl_weight=st.floats(0, 1),
+        input_noise=_unit,
+        latent_noise=_unit,
+    ),
     "diffusion": _diffusion().map(lambda kw: DiffusionPrior(**kw)),
     "gpt": _gpt().map(lambda kw: GPTPrior(**kw)),
     "kde": st.builds(KDEPrior, bandwidth=st.one_of(st.sampled_from(["scott", "silverman"]), _ints(1, 5), st.floats(0.01, 10.0))),
