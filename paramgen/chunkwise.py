@@ -214,6 +214,20 @@ class ChunkSamples(torch.utils.data.Dataset):
         return {"x": x[None], "mask": item["mask"][None], "cond": cond, "position": item["chunk"], "checkpoint": item["checkpoint"]}
 
 
+def _chunk_means(samples: ChunkSamples, num_chunks: int, num_checkpoints: int) -> torch.Tensor:
+    """``(num_chunks, K)`` mean of each chunk's standardized values over the checkpoints
+    (float64 sums, one chunk read at a time): the start of a position-bias table."""
+    total = None
+    for c in range(num_checkpoints):
+        for k in range(num_chunks):
+            x = samples[c * num_chunks + k]["x"][0].double()  # (K,)
+            if total is None:
+                total = torch.zeros(num_chunks, x.numel(), dtype=torch.float64)
+            total[k] += x
+    assert total is not None
+    return total / num_checkpoints
+
+
 def _chunk_spec(chunk_size: int) -> ParamSpec:
     return ParamSpec.from_state_dict({"chunk": torch.zeros(chunk_size)})
 
@@ -324,6 +338,10 @@ class ChunkwiseGenerator:
         model folder) or an ``adapter_model.safetensors`` beside an ``adapter_config.json``
         (a PEFT folder), the config is recorded from there, if all checkpoints agree on it.
 
+        A tokenizer with a position-bias table (`paramgen.tokenizers.PositionalVAETokenizer`
+        with ``position_bias=True``) starts from each chunk's mean over the checkpoints
+        (standardized), computed in one pass before training.
+
         With a pinned base, ``data`` must serve the deltas over the same base
         (``ChunkDataset(..., base=)``, compared by digest): the statistics and the inner
         generator then learn ``D``. A dataset with a base is refused by a generator without one.
@@ -348,7 +366,11 @@ class ChunkwiseGenerator:
         if self.model_config is None and self.adapter_config is None and getattr(data, "paths", None):
             self._record(*_configs_beside(data.paths))
         self.stats = ChunkStats(self.layout).fit_chunks(data)
-        fit(self.generator, ChunkSamples(data, self.stats, conditions), config=config, **kwargs)
+        samples = ChunkSamples(data, self.stats, conditions)
+        tok = self.generator.tokenizer
+        if getattr(tok, "bias", None) is not None and hasattr(tok, "init_position_bias"):
+            tok.init_position_bias(_chunk_means(samples, self.layout.num_chunks, data.num_checkpoints))
+        fit(self.generator, samples, config=config, **kwargs)
         return self
 
     def _check_data_base(self, found: Any) -> None:

@@ -222,3 +222,19 @@ def test_reconstruct_decodes_the_posterior_mean_of_every_chunk_over_the_base(tmp
         gen.reconstruct(data, 2)
     with pytest.raises(BaseMismatchError):
         gen.reconstruct(ChunkDataset.from_state_dicts(layout, states), 0)
+
+
+def test_a_position_bias_table_starts_from_each_chunks_mean_over_the_zoo():
+    from paramgen.tokenizers import PositionalVAETokenizer
+
+    base, states = base_and_tunes(3)
+    layout = ChunkLayout(ParamSpec.from_state_dict(base), K)
+    data = ChunkDataset.from_state_dicts(layout, states, base=base)
+    tok = PositionalVAETokenizer(width=K, num_chunks=layout.num_chunks, latent_channels=2, latent_length=4, hidden_channels=8, num_down=1, position_dim=4, position_bias=True)
+    gen = build(layout, tokenizer=tok, base=base).fit(data, config=FitConfig(tokenizer_steps=0, prior_steps=1, batch_size=4, progress=False))
+    rows = ChunkSamples(data, gen.stats)
+    n = layout.num_chunks
+    want = torch.stack([torch.stack([rows[c * n + k]["x"][0] for c in range(3)]).double().mean(0) for k in range(n)])
+    assert torch.allclose(tok.bias.double(), want, atol=1e-6)
+    with pytest.raises(ValueError, match="expected means of shape"):
+        tok.init_position_bias(torch.zeros(1, K))

@@ -132,6 +132,26 @@ class PositionalVAETokenizer(nn.Module, Configurable):
         else:
             self.register_parameter("bias", None)
 
+    @torch.no_grad()
+    def init_position_bias(self, means: torch.Tensor) -> None:
+        """Set the bias table to ``means`` ``(num_chunks, width)`` (each chunk's mean over the
+        training rows, in the rows' scale): a closed-form start, so that the latent carries
+        only each checkpoint's deviation from the start of training instead of waiting for
+        a table of ``num_chunks x width`` values to be learned at the tokenizer's learning
+        rate (each row sees a gradient only when its chunk is in the batch).
+
+        Raises:
+            ValueError: The tokenizer has no bias table, or ``means`` has another shape or
+                non-finite values.
+        """
+        if self.bias is None:
+            raise ValueError("PositionalVAETokenizer.init_position_bias: this tokenizer has no bias table (position_bias=False)")
+        if tuple(means.shape) != tuple(self.bias.shape):
+            raise ValueError(f"PositionalVAETokenizer.init_position_bias: expected means of shape {tuple(self.bias.shape)}, got {tuple(means.shape)}")
+        if not torch.isfinite(means).all():
+            raise ValueError("PositionalVAETokenizer.init_position_bias: the means hold NaN or Inf")
+        self.bias.copy_(means.to(self.bias.device, self.bias.dtype))
+
     @property
     def latent_shape(self) -> tuple[int, int]:
         """Shape of one chunk's latent: ``(latent_channels, latent_length)``."""
