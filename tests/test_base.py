@@ -265,6 +265,12 @@ def test_chunk_dataset_from_a_base_pinned_zoo(tmp_path):
         ChunkDataset.from_zoo(layout, zoo)
     with pytest.raises(BaseMismatchError, match=PinnedBase.of(base).sha256):
         ChunkDataset.from_zoo(layout, zoo, base={k: v * 2 for k, v in base.items()})
+    # absolute=True: the weights themselves, as from a zoo without a base
+    absolute = ChunkDataset.from_zoo(layout, zoo, absolute=True)
+    plain = ChunkDataset.from_state_dicts(layout, [zoo.state_dict(i) for i in range(len(zoo))])
+    assert absolute.base is None and all(torch.equal(absolute[i]["values"], plain[i]["values"]) for i in range(len(plain)))
+    with pytest.raises(ValueError, match="absolute=True.*no base"):
+        ChunkDataset.from_zoo(layout, zoo, base=base, absolute=True)
 
 
 # --------------------------------------------------------------------------- generators

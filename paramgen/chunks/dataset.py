@@ -337,18 +337,23 @@ class ChunkDataset(Dataset):
         return self
 
     @classmethod
-    def from_zoo(cls, layout: ChunkLayout, zoo: Any, *, base: BaseLike = None, max_open_files: int = 32, reader: Literal["pread", "safetensors"] = "pread") -> ChunkDataset:
+    def from_zoo(
+        cls, layout: ChunkLayout, zoo: Any, *, base: BaseLike = None, absolute: bool = False, max_open_files: int = 32, reader: Literal["pread", "safetensors"] = "pread"
+    ) -> ChunkDataset:
         """Chunks of every checkpoint of a `paramgen.zoo.Zoo` view, read lazily from its run files.
 
         A run file stores ``name -> (rows, *shape)``; a checkpoint is one row, and a chunk
         of it one byte range, as for a plain file. When the zoo records a base
         (`paramgen.zoo.Zoo.base`), ``base`` is required and checked against the record.
+        ``absolute=True`` serves a base-pinned zoo's weights as they are, not as deltas
+        (e.g. to measure what a generator of absolute weights keeps), and takes no ``base``.
         The run files' digests are not checked here (that reads every byte): call
         ``zoo.verify()`` first for that.
 
         Raises:
             paramgen.base.BaseMismatchError: The zoo records a base and ``base`` is
-                missing or another one.
+                missing (without ``absolute=True``) or another one.
+            ValueError: ``absolute=True`` with a ``base``.
             SpecMismatchError: The zoo's tensors are not the layout's.
 
         Examples:
@@ -366,6 +371,11 @@ class ChunkDataset(Dataset):
         """
         if _as_zoo(zoo) is None:
             raise TypeError(f"ChunkDataset.from_zoo takes a paramgen.zoo.Zoo, got {type(zoo).__name__}")
+        if absolute:
+            if base is not None:
+                raise ValueError("ChunkDataset.from_zoo: absolute=True serves the weights themselves; it takes no base=")
+            data = cls(layout, _AbsoluteView(zoo), max_open_files=max_open_files, reader=reader)
+            return data
         return cls(layout, zoo, base=base, max_open_files=max_open_files, reader=reader)
 
     @property
@@ -532,7 +542,19 @@ def _as_zoo(obj: Any) -> Any:
         return None
     from paramgen.zoo.store import Zoo
 
-    return obj if isinstance(obj, Zoo) else None
+    return obj if isinstance(obj, (Zoo, _AbsoluteView)) else None
+
+
+class _AbsoluteView:
+    """A zoo seen without its recorded base (`ChunkDataset.from_zoo` with ``absolute=True``)."""
+
+    base = None
+
+    def __init__(self, zoo: Any) -> None:
+        self.zoo, self.root = zoo, zoo.root
+
+    def __iter__(self) -> Any:
+        return iter(self.zoo)
 
 
 def _zoo_entries(zoo: Any, base: BaseLike) -> list[tuple[Path, int | None]]:
