@@ -193,13 +193,16 @@ class ChunkSamples(torch.utils.data.Dataset):
     (`paramgen.normalize.ChunkStats.transform_chunks`), ``(1, K)``, zero on padding;
     ``"mask"`` ``(1, K)``; ``"cond"`` its chunk id, or ``(chunk id, task condition)`` when
     ``conditions`` gives one raw condition per checkpoint; ``"position"`` its chunk id (what
-    a positional tokenizer is given) and ``"checkpoint"`` the index of its checkpoint.
+    a positional tokenizer is given, plus ``offsets[checkpoint]`` when given: per-task
+    positions) and ``"checkpoint"`` the index of its checkpoint.
     """
 
-    def __init__(self, data: Any, stats: ChunkStats, conditions: Sequence[Any] | None = None) -> None:
+    def __init__(self, data: Any, stats: ChunkStats, conditions: Sequence[Any] | None = None, offsets: Sequence[int] | None = None) -> None:
         if conditions is not None and len(conditions) != data.num_checkpoints:
             raise ValueError(f"expected one condition per checkpoint ({data.num_checkpoints}), got {len(conditions)}")
-        self.data, self.stats, self.conditions = data, stats, conditions
+        if offsets is not None and len(offsets) != data.num_checkpoints:
+            raise ValueError(f"expected one position offset per checkpoint ({data.num_checkpoints}), got {len(offsets)}")
+        self.data, self.stats, self.conditions, self.offsets = data, stats, conditions, offsets
         # transform_chunks's float32 statistics, made once: an item is one chunk, and the
         # per-call checks of the batch API would cost more than the z-score itself.
         self._mean, self._std = stats.mean.float().cpu(), stats.std.float().cpu()
@@ -211,21 +214,22 @@ class ChunkSamples(torch.utils.data.Dataset):
         item = self.data[i]
         x = _zscore(item["values"].float(), self._mean, self._std, item["tensor"]) * item["mask"]  # (K,), as transform_chunks
         cond = item["chunk"] if self.conditions is None else (item["chunk"], self.conditions[item["checkpoint"]])
-        return {"x": x[None], "mask": item["mask"][None], "cond": cond, "position": item["chunk"], "checkpoint": item["checkpoint"]}
+        position = item["chunk"] + (0 if self.offsets is None else self.offsets[item["checkpoint"]])
+        return {"x": x[None], "mask": item["mask"][None], "cond": cond, "position": position, "checkpoint": item["checkpoint"]}
 
 
-def _chunk_means(samples: ChunkSamples, num_chunks: int, num_checkpoints: int) -> torch.Tensor:
-    """``(num_chunks, K)`` mean of each chunk's standardized values over the checkpoints
-    (float64 sums, one chunk read at a time): the start of a position-bias table."""
-    total = None
+def _chunk_means(samples: ChunkSamples, num_chunks: int, num_checkpoints: int, num_positions: int) -> torch.Tensor:
+    """``(num_positions, K)`` mean of each position's standardized chunk over the checkpoints
+    that have it (float64 sums, one chunk read at a time; zero where none does): the start
+    of a position-bias table."""
+    total = torch.zeros(num_positions, samples.data.layout.chunk_size, dtype=torch.float64)  # (P, K)
+    count = torch.zeros(num_positions, 1, dtype=torch.float64)
     for c in range(num_checkpoints):
         for k in range(num_chunks):
-            x = samples[c * num_chunks + k]["x"][0].double()  # (K,)
-            if total is None:
-                total = torch.zeros(num_chunks, x.numel(), dtype=torch.float64)
-            total[k] += x
-    assert total is not None
-    return total / num_checkpoints
+            item = samples[c * num_chunks + k]
+            total[item["position"]] += item["x"][0].double()
+            count[item["position"]] += 1
+    return total / count.clamp_min(1)
 
 
 def _chunk_spec(chunk_size: int) -> ParamSpec:
@@ -250,6 +254,12 @@ class ChunkwiseGenerator:
         base: A pinned base checkpoint (`paramgen.base.PinnedBase`, or a safetensors
             path, state dict or module) holding every layout tensor with its shape: the
             generator learns deltas over it and `sample` streams ``base + D``.
+        position_tasks: Task names (the raw task conditions) whose models each get their
+            own chunk positions: a positional tokenizer is then given ``task index x
+            num_chunks + chunk id`` and takes ``num_chunks x len(position_tasks)``
+            positions, so that what is specific to a (task, chunk) pair (e.g. a task's
+            head, or with a position-bias table each task's mean chunk) need not pass
+            through the latent. ``None``: positions are chunk ids.
 
     Attributes:
         stats: The normalizer (`paramgen.normalize.ChunkStats`, each tensor's mean and
@@ -268,6 +278,7 @@ class ChunkwiseGenerator:
         model_config: Any = None,
         adapter_config: Any = None,
         base: Any = None,
+        position_tasks: Sequence[str] | None = None,
     ) -> None:
         if (generator.vectorizer.rows, generator.vectorizer.width) != (1, layout.chunk_size):
             raise ValueError(f"the generator must make rows (1, {layout.chunk_size}), it makes ({generator.vectorizer.rows}, {generator.vectorizer.width})")
@@ -286,6 +297,28 @@ class ChunkwiseGenerator:
         if base is not None:
             self.base = PinnedBase.of(base)
             self.base.check_covers(layout, what="the chunk layout")
+        self.position_tasks: tuple[str, ...] | None = None
+        positions = getattr(generator.tokenizer, "num_chunks", None) if generator.positional else None
+        if position_tasks is not None:
+            self.position_tasks = tuple(str(t) for t in position_tasks)
+            if not task_conditioned or not generator.positional:
+                raise ValueError("position_tasks= gives a positional tokenizer one position per (task, chunk): it needs a task-conditioned generator with a positional tokenizer")
+            if not self.position_tasks or len(set(self.position_tasks)) != len(self.position_tasks):
+                raise ValueError(f"position_tasks must be distinct task names, at least one, got {list(self.position_tasks)}")
+        want = layout.num_chunks * (1 if self.position_tasks is None else len(self.position_tasks))
+        if positions is not None and positions != want:
+            raise ValueError(
+                f"the positional tokenizer takes {positions} positions; this layout has {layout.num_chunks} chunks"
+                + ("" if self.position_tasks is None else f" x {len(self.position_tasks)} tasks = {want}")
+            )
+
+    def _offset(self, cond: Any) -> int:
+        """The first position of ``cond``'s chunks: 0, or its task's index x chunks with ``position_tasks``."""
+        if self.position_tasks is None:
+            return 0
+        if not isinstance(cond, str) or cond not in self.position_tasks:
+            raise ValueError(f"this chunk-wise generator has positions per task; the condition must be one of {list(self.position_tasks)}, got {cond!r}")
+        return self.position_tasks.index(cond) * self.layout.num_chunks
 
     def _record(self, model_config: Any, adapter_config: Any) -> None:
         if model_config is not None and adapter_config is not None:
@@ -305,16 +338,21 @@ class ChunkwiseGenerator:
         model_config: Any = None,
         adapter_config: Any = None,
         base: Any = None,
+        position_tasks: Sequence[str] | None = None,
     ) -> ChunkwiseGenerator:
         """Compose the inner generator: rows of one chunk, a position conditioner (joined
         with ``task_conditioner`` if given); ``prior.cond_dim`` must equal
         ``position_dim`` (+ the task conditioner's ``dim``). ``model_config`` /
         ``adapter_config``: see the class (`fit` can also read them beside the checkpoints);
-        ``base``: the pinned base (see the class)."""
+        ``base``: the pinned base (see the class); ``position_tasks``: task names whose
+        chunks each get their own positions (see the class)."""
         position = ChunkPositionConditioner.from_layout(layout, dim=position_dim)
         conditioner: Conditioner = position if task_conditioner is None else ConcatConditioner(position, task_conditioner)  # type: ignore[arg-type]
         inner = Generator(vectorizer=ModelVectorizer(_chunk_spec(layout.chunk_size)), tokenizer=tokenizer, prior=prior, conditioner=conditioner)
-        return cls(layout, inner, task_conditioned=task_conditioner is not None, model_config=model_config, adapter_config=adapter_config, base=base)
+        return cls(
+            layout, inner, task_conditioned=task_conditioner is not None, model_config=model_config, adapter_config=adapter_config, base=base,
+            position_tasks=position_tasks,
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ devices
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> ChunkwiseGenerator:
@@ -366,10 +404,11 @@ class ChunkwiseGenerator:
         if self.model_config is None and self.adapter_config is None and getattr(data, "paths", None):
             self._record(*_configs_beside(data.paths))
         self.stats = ChunkStats(self.layout).fit_chunks(data)
-        samples = ChunkSamples(data, self.stats, conditions)
+        offsets = None if self.position_tasks is None or conditions is None else [self._offset(c) for c in conditions]
+        samples = ChunkSamples(data, self.stats, conditions, offsets)
         tok = self.generator.tokenizer
         if getattr(tok, "bias", None) is not None and hasattr(tok, "init_position_bias"):
-            tok.init_position_bias(_chunk_means(samples, self.layout.num_chunks, data.num_checkpoints))
+            tok.init_position_bias(_chunk_means(samples, self.layout.num_chunks, data.num_checkpoints, int(getattr(tok, "bias").shape[0])))  # noqa: B009  # checked above
         fit(self.generator, samples, config=config, **kwargs)
         return self
 
@@ -414,7 +453,7 @@ class ChunkwiseGenerator:
         if ids.ndim != 1 or ids.numel() == 0 or int(ids.min()) < 0 or int(ids.max()) >= self.layout.num_chunks:
             raise ValueError(f"chunk_ids must be a non-empty 1-D sequence of ids in [0, {self.layout.num_chunks})")
         raw: list[Any] = ids.tolist() if not self.task_conditioned else [(i, cond) for i in ids.tolist()]
-        positions = ids if self.generator.positional else None
+        positions = ids + self._offset(cond) if self.generator.positional else None
         z = self.generator.sample_flat(raw, 1, generator=generator, batch_size=len(raw), positions=positions, **sample_kwargs)  # (B, K) standardized
         assert self.stats is not None and isinstance(z, torch.Tensor)
         return self.stats.inverse_chunks(z, ids)
@@ -439,7 +478,7 @@ class ChunkwiseGenerator:
         return out
 
     @torch.no_grad()
-    def reconstruct(self, data: Any, index: int, *, batch_size: int = 256) -> dict[str, torch.Tensor]:
+    def reconstruct(self, data: Any, index: int, *, cond: Any = None, batch_size: int = 256) -> dict[str, torch.Tensor]:
         """Checkpoint ``index`` of ``data`` encoded and decoded by the tokenizer alone (no
         prior): what the latent keeps. Every chunk's latent is its posterior mean; with a
         pinned base the decoded deltas are added to it. Returns the layout's tensors.
@@ -448,6 +487,8 @@ class ChunkwiseGenerator:
             data: A `paramgen.chunks.ChunkDataset` of this layout (with this generator's
                 base when it has one).
             index: Which checkpoint of ``data``.
+            cond: Its task condition, for a generator with ``position_tasks`` (its chunks'
+                positions depend on the task), else ``None``.
             batch_size: Chunks encoded at once.
 
         Raises:
@@ -461,6 +502,9 @@ class ChunkwiseGenerator:
         self._check_data_base(getattr(data, "base", None))
         if not 0 <= index < data.num_checkpoints:
             raise IndexError(f"checkpoint {index} of a dataset of {data.num_checkpoints}")
+        if (self.position_tasks is None) != (cond is None):
+            raise ValueError("reconstruct: pass cond= (the checkpoint's task) exactly when the generator has position_tasks")
+        offset = self._offset(cond)
         rows = ChunkSamples(data, self.stats)
         n = self.layout.num_chunks
         device = self.generator.device
@@ -469,7 +513,7 @@ class ChunkwiseGenerator:
             for start in range(0, n, batch_size):
                 ids = torch.arange(start, min(start + batch_size, n))  # (B,)
                 x = torch.cat([rows[index * n + c]["x"] for c in ids.tolist()]).to(device)  # (B, K) standardized
-                positions = ids if self.generator.positional else None
+                positions = ids + offset if self.generator.positional else None
                 z = self.generator.reconstruct(x, positions=positions, batch_size=batch_size)
                 assert isinstance(z, torch.Tensor) and self.stats is not None
                 values = self.stats.inverse_chunks(z, ids).cpu()
@@ -624,6 +668,8 @@ class ChunkwiseGenerator:
         }
         if self.base is not None:  # only then: folders without a base keep their config
             config["base"] = self.base.record()
+        if self.position_tasks is not None:  # likewise
+            config["position_tasks"] = list(self.position_tasks)
         config = json.loads(json.dumps(config, allow_nan=False))  # as the file holds it (tuples become lists)
         config["config_sha256"] = _definition_sha256(config)
         config["weights_sha256"] = file_sha256(path / WEIGHTS_FILE)
@@ -714,7 +760,8 @@ class ChunkwiseGenerator:
     ) -> ChunkwiseGenerator:
         try:  # folders saved before configs were recorded have neither key
             configs = {"model_config": config.get("model_config"), "adapter_config": config.get("adapter_config")}
-            gen = cls(stats.layout, inner, task_conditioned=bool(config["task_conditioned"]), base=base, **configs)
+            tasks = config.get("position_tasks")
+            gen = cls(stats.layout, inner, task_conditioned=bool(config["task_conditioned"]), base=base, position_tasks=tasks, **configs)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{where}: {e}") from e
         gen.stats = stats.to(device) if device is not None else stats

@@ -238,3 +238,42 @@ def test_a_position_bias_table_starts_from_each_chunks_mean_over_the_zoo():
     assert torch.allclose(tok.bias.double(), want, atol=1e-6)
     with pytest.raises(ValueError, match="expected means of shape"):
         tok.init_position_bias(torch.zeros(1, K))
+
+
+def test_task_positions_give_each_task_its_own_chunk_positions(tmp_path):
+    from paramgen.pipelines.chunkwise import chunkwise
+
+    base, states = base_and_tunes(4)
+    tasks = ["a", "b", "a", "b"]
+    states = [{k: v + (0.5 if t == "b" else 0.0) for k, v in sd.items()} for sd, t in zip(states, tasks, strict=True)]
+    layout = ChunkLayout(ParamSpec.from_state_dict(base), K)
+    data = ChunkDataset.from_state_dicts(layout, states, base=base)
+    gen = chunkwise(
+        layout, condition="task", tasks=["a", "b"], positional=True, position_bias=True, task_positions=True, base=base,
+        latent_channels=2, latent_length=4, hidden_channels=8, num_down=1, position_dim=8, base_channels=8, channel_mults=(1,), timesteps=20,
+    )  # fmt: skip
+    n = layout.num_chunks
+    assert gen.position_tasks == ("a", "b") and gen.generator.tokenizer.num_chunks == 2 * n
+    gen.fit(data, conditions=tasks, config=FitConfig(tokenizer_steps=0, prior_steps=1, batch_size=4, progress=False))
+    # each task's rows of the bias table start at that task's mean chunk
+    rows = ChunkSamples(data, gen.stats)
+    for t, task in enumerate(["a", "b"]):
+        mine = [c for c, name in enumerate(tasks) if name == task]
+        want = torch.stack([torch.stack([rows[c * n + k]["x"][0] for c in mine]).double().mean(0) for k in range(n)])
+        assert torch.allclose(gen.generator.tokenizer.bias[t * n : (t + 1) * n].double(), want, atol=1e-6), task
+    # positions reach the tokenizer with the task's offset: sampling and reconstruction
+    seen = []
+    decode = gen.generator.tokenizer.decode
+    gen.generator.tokenizer.decode = lambda z, position=None: (seen.append(position.clone()), decode(z, position=position))[1]
+    gen.sample_chunks([0, 1], "b", generator=torch.Generator().manual_seed(0), sampler="ddim", steps=2)
+    gen.reconstruct(data, 1, cond="b")
+    assert seen[0].tolist() == [n, n + 1] and seen[1].tolist() == list(range(n, 2 * n))
+    del gen.generator.tokenizer.decode
+    with pytest.raises(ValueError, match="one of"):
+        gen.sample_chunks([0], "c")
+    with pytest.raises(ValueError, match="cond="):
+        gen.reconstruct(data, 1)
+    loaded = ChunkwiseGenerator.from_pretrained(gen.save_pretrained(tmp_path / "g"), base=base)
+    assert loaded.position_tasks == ("a", "b")
+    with pytest.raises(ValueError, match="task_positions"):
+        chunkwise(layout, positional=True, task_positions=True)

@@ -121,6 +121,7 @@ def chunkwise(
     position_dim: int = 64,
     positional: bool = False,
     position_bias: bool = False,
+    task_positions: bool = False,
     cond_dim: int = 64,
     timesteps: int = 1000,
     base_channels: int = 32,
@@ -151,6 +152,7 @@ def chunkwise(
     position_dim     64      harness
     positional       False   the plain VAE (issue 20: ``True`` for weights that work)
     position_bias    False   (a table as large as the model: only with ``positional``)
+    task_positions   False   (positions per (task, chunk): ``positional`` and ``condition="task"``)
     timesteps        1000    paper
     base_channels    32      harness (``prior_channels``)
     channel_mults    (1, 2)  harness
@@ -199,6 +201,10 @@ def chunkwise(
             decoder conditioned on the chunk's position) instead of the VAE.
         position_bias: With ``positional``: add a learned table of ``chunk_size`` values
             per chunk (as many parameters as the model) to the decoded chunks.
+        task_positions: With ``positional`` and ``condition="task"``: each task's chunks
+            get their own positions (`paramgen.chunkwise.ChunkwiseGenerator`'s
+            ``position_tasks``), so the tokenizer (and its bias table, one row per task and
+            chunk: each task's mean chunk) knows which task's model a chunk belongs to.
         cond_dim: Size of the task condition of ``condition="task"``.
         timesteps: Diffusion steps.
         base_channels: UNet width at its first level.
@@ -236,6 +242,8 @@ def chunkwise(
         base = source.base  # the dataset's deltas are over it: fit requires the same base
     if position_bias and not positional:
         raise ValueError("chunkwise: position_bias=True is an option of the positional tokenizer: pass positional=True too")
+    if task_positions and not (positional and condition == "task"):
+        raise ValueError("chunkwise: task_positions=True gives a positional tokenizer positions per (task, chunk): pass positional=True and condition='task'")
     if tokenizer is not None:
         given = [k for k, v in (("compression", compression is not None), ("positional", positional), ("position_bias", position_bias)) if v]
         if given:
@@ -268,7 +276,8 @@ def chunkwise(
         if tokenizer is not None:
             tok = tokenizer
         elif positional:
-            tok = PositionalVAETokenizer(width=layout.chunk_size, num_chunks=layout.num_chunks, position_dim=position_dim, position_bias=position_bias, **vae)
+            positions = layout.num_chunks * (len(names) if task_positions else 1)
+            tok = PositionalVAETokenizer(width=layout.chunk_size, num_chunks=positions, position_dim=position_dim, position_bias=position_bias, **vae)
         else:
             tok = VAETokenizer(rows=1, width=layout.chunk_size, **vae)
         prior = DiffusionPrior(
@@ -281,7 +290,7 @@ def chunkwise(
             task = IndexConditioner(names, dim=cond_dim)
         gen = ChunkwiseGenerator.build(
             layout, tokenizer=tok, prior=prior, task_conditioner=task, position_dim=position_dim, model_config=model_config,
-            adapter_config=adapter_config, base=base,
+            adapter_config=adapter_config, base=base, position_tasks=names if task_positions else None,
         )  # fmt: skip
     _log_capacity(tok, layout)
     return gen
