@@ -54,14 +54,14 @@ logger = logging.getLogger("benchmarks.fidelity")
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": dict(
-        zoo="quick", pipeline_seeds=(0,), samples=2, draws=2, chunk_size=4096, compression=16, latent_channels=4,
-        tokenizer_steps=30, prior_steps=30, batch_size=32, sample_steps=5, noise_levels=(0.5, 1.0, 4.0),
-        ablation=(4, 32), ablation_steps=10, behaviour_weight=0.0, boot=500,
+        zoo="quick", pipeline_seeds=(0,), samples=2, draws=1, chunk_size=4096, compression=16, latent_channels=4,
+        tokenizer_steps=10, prior_steps=10, batch_size=32, sample_steps=2, noise_levels=(0.5, 1.0, 4.0),
+        ablation=(32,), ablation_steps=5, boot=500,
     ),
     "default": dict(
         zoo="default", pipeline_seeds=(0, 1, 2), samples=5, draws=5, chunk_size=4096, compression=16, latent_channels=4,
         tokenizer_steps=600, prior_steps=600, batch_size=64, sample_steps=20, noise_levels=(0.5, 1.0, 4.0),
-        ablation=(1, 4, 16, 32), ablation_steps=300, behaviour_weight=0.0, boot=2000,
+        ablation=(1, 4, 16, 32), ablation_steps=300, boot=2000,
     ),
 }
 
@@ -140,7 +140,7 @@ def run(setup: RunSetup, size: dict[str, Any], res: Results, items: dict[str, An
 
     device = torch.device(setup.args.device)
     zoo_root = Path(setup.args.zoo) if setup.args.zoo else setup.out / "zoo"
-    preset = dict(FINETUNE_PRESETS[size["zoo"]])
+    preset = dict(size["zoo"] if isinstance(size["zoo"], Mapping) else FINETUNE_PRESETS[size["zoo"]])
     res.config["zoo_preset"] = preset
     clf = MiniLMClassifier()
     start = time.perf_counter()
@@ -178,7 +178,10 @@ def run(setup: RunSetup, size: dict[str, Any], res: Results, items: dict[str, An
         gains = [float(zoo.checkpoints[i].metrics["val_acc"]) - probe.val_acc for i in by_task[t]]
         res.add("original (fine-tuned)", t, "val_gain_over_frozen", gains)
     orig_preds = {t: torch.stack([ev.predict(t, state(i)) for i in by_task[t]]) for t in tasks}  # task -> (M, N)
-    fn_scale = {t: median_pairwise_disagreement(orig_preds[t]) for t in tasks}
+    # the unit of novelty_fn / diversity_fn: how often two of the task's fine-tunes disagree
+    # (floored at one test item: fine-tunes that never disagree leave it undefined)
+    fn_scale = {t: max(median_pairwise_disagreement(orig_preds[t]), 1 / len(ev.labels[t])) for t in tasks}
+    res.config["fn_scale"] = fn_scale
     pair_l2: dict[str, float] = {}
     for t in tasks:
         idx = by_task[t]
