@@ -273,6 +273,21 @@ def _with_bias(names: Sequence[str], state: Mapping[str, torch.Tensor]) -> list[
 
 
 # ----------------------------------------------------------------------------- one task
+def random_layers(table: Sequence[Any], *, generator: torch.Generator) -> list[str]:
+    """As many random layers of each type as the spectrum selected, drawn independently per
+    type from one random stream (a fresh, equally seeded generator per type would pick the
+    same block for every type)."""
+    by_type: dict[str, list[str]] = {}
+    for r in table:
+        by_type.setdefault(r.type, []).append(r.name)
+    chosen: list[str] = []
+    for t, names in by_type.items():
+        n_sel = sum(r.selected for r in table if r.type == t)
+        perm = torch.randperm(len(names), generator=generator).tolist()
+        chosen += [names[i] for i in perm[:n_sel]]
+    return chosen
+
+
 METHODS = ("generator (base only)", "generator (zoo)", "noise ~ base-only gen", "noise ~ zoo gen", "random layers")
 
 
@@ -329,14 +344,7 @@ def run_task(make_model: Callable[[int], Classifier], tokenizer: Any, task: Text
         pools["noise ~ base-only gen"] = matched_noise(base, pools["generator (base only)"], generator=g(3))
         pools["noise ~ zoo gen"] = matched_noise(base, pools["generator (zoo)"], generator=g(4))
         # Random layer choice: as many per type as the spectrum keeps, chosen with the seed.
-        by_type: dict[str, list[str]] = {}
-        for r in table:
-            by_type.setdefault(r.type, []).append(r.name)
-        rand_w = []
-        for t, names in by_type.items():
-            n_sel = sum(r.selected for r in table if r.type == t)
-            perm = torch.randperm(len(names), generator=g(5)).tolist()
-            rand_w += [names[i] for i in perm[:n_sel]]
+        rand_w = random_layers(table, generator=g(5))
         rand_w = [n for n in linear if n in rand_w]  # network order
         rand_layout = ChunkLayout(spec, size["chunk_size"], include=_with_bias(rand_w, base))
         gen = fit_generator(rand_layout, [base], size, seed * 10 + 2)

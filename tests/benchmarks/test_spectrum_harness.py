@@ -97,3 +97,19 @@ def test_spectrum_harness(tmp_path, monkeypatch, tiny_bert):
     assert len(snr) == 24 and sum(r["selected"] for r in snr) == 6  # 4 blocks x 6 types, one per type
     detail = [r for r in data["rows"] if r["task"] == "detail/positive-or-not" and r["method"] == "refined: generator (zoo)"]
     assert [r["seed"] for r in detail] == [1, 2] and all(len(r["indices"]) == 6 for r in detail)
+
+
+def test_random_layers_are_drawn_independently_per_type():
+    from types import SimpleNamespace
+
+    from benchmarks.spectrum import random_layers
+
+    types = ("query", "key", "value", "dense")
+    table = [SimpleNamespace(type=t, name=f"layer.{b}.{t}", selected=b == 0) for t in types for b in range(6)]
+    picks = []
+    for seed in range(8):
+        chosen = random_layers(table, generator=torch.Generator().manual_seed(seed))
+        assert len(chosen) == len(types) and {c.rsplit(".", 1)[1] for c in chosen} == set(types)  # one per type
+        picks.append(tuple(int(c.split(".")[1]) for c in chosen))
+    # with one fresh, equally seeded generator per type every type took the same block
+    assert any(len(set(p)) > 1 for p in picks)
