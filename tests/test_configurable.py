@@ -128,7 +128,10 @@ FROZEN: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {
     "identity": (lambda: IdentityTokenizer(rows=3, width=5), {"rows": 3, "width": 5}),
     "positional-vae": (
         lambda: PositionalVAETokenizer(width=8, num_chunks=3, latent_channels=2, latent_length=2, hidden_channels=8, num_down=1, position_dim=4, position_bias=True, input_noise=0.01),
-        {"width": 8, "num_chunks": 3, "latent_channels": 2, "latent_length": 2, "hidden_channels": 8, "num_down": 1, "position_dim": 4, "position_bias": True, "kl_weight": 1e-06, "input_noise": 0.01, "latent_noise": 0.0},
+        {
+            "width": 8, "num_chunks": 3, "latent_channels": 2, "latent_length": 2, "hidden_channels": 8, "num_down": 1, "position_dim": 4,
+            "position_bias": True, "kl_weight": 1e-06, "input_noise": 0.01, "latent_noise": 0.0,
+        },  # fmt: skip
     ),
     "diffusion-defaults": (
         lambda: DiffusionPrior(shape=(1, 5)),

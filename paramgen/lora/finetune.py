@@ -419,9 +419,13 @@ def build_finetune_zoo(
         root: The zoo folder.
         tasks: Tweet task names (`paramgen.lora.TASK_DESCRIPTIONS`).
         seeds: One run per task and seed (the head's initialization and the batches).
-        steps, lr, batch_size: `MiniLMClassifier.finetune`'s.
-        train_per_label, eval_per_label, data_seed, data_root: `paramgen.lora.text_tasks`'s
-            (``data_seed`` is its ``seed``: which tweets the splits keep).
+        steps: `MiniLMClassifier.finetune`'s optimizer steps.
+        lr: Its peak learning rate.
+        batch_size: Its texts per step.
+        train_per_label: `paramgen.lora.text_tasks`'s training tweets per label.
+        eval_per_label: Its validation and test tweets per label.
+        data_seed: Its ``seed``: which tweets the splits keep.
+        data_root: Its ``root``.
         max_length: Tokens per text.
         clf: A classifier to reuse (its ``max_length`` then applies); one is built otherwise.
         num_threads: Torch's intra-op threads while training (restored afterwards); the
