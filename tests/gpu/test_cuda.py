@@ -114,3 +114,42 @@ def test_chunkwise_fit_and_stream_on_cuda(tmp_path: Path) -> None:
     back = ChunkwiseGenerator.from_pretrained(tmp_path / "g", device="cuda")
     again = back.sample(generator=torch.Generator("cuda").manual_seed(0), **kw)
     assert isinstance(again, dict) and all(torch.equal(sd[k], again[k]) for k in sd)
+
+
+def base_delta_path(device: str, tmp_path: Path) -> None:
+    """Deltas over a pinned base on ``device``: a positional tokenizer with per-(task, chunk)
+    positions fitted on D, sampled as base + D into a file and a dict (same values), the
+    reconstruction, and a save/load that checks the base. Shared by a CPU and a CUDA test."""
+    from safetensors.torch import load_file
+
+    from paramgen.chunks import ChunkDataset, ChunkLayout
+    from paramgen.chunkwise import ChunkwiseGenerator
+    from paramgen.pipelines.chunkwise import chunkwise
+
+    torch.manual_seed(2)
+    base = {k: v.detach().clone() for k, v in torch.nn.Sequential(torch.nn.Linear(12, 10), torch.nn.Linear(10, 3)).state_dict().items()}
+    g = torch.Generator().manual_seed(3)
+    states = [{k: v + 0.01 * torch.randn(v.shape, generator=g) for k, v in base.items()} for _ in range(4)]
+    tasks = ["a", "b", "a", "b"]
+    layout = ChunkLayout(ParamSpec.from_state_dict(base), 32)
+    data = ChunkDataset.from_state_dicts(layout, states, base=base)
+    gen = chunkwise(
+        layout, condition="task", tasks=["a", "b"], base=base, positional=True, position_bias=True, task_positions=True, compression=2,
+        hidden_channels=8, num_down=1, position_dim=8, base_channels=8, channel_mults=(1,), timesteps=50,
+    ).to(device)  # fmt: skip
+    gen.fit(data, conditions=tasks, config=FitConfig(tokenizer_steps=5, prior_steps=5, batch_size=8, progress=False))
+    assert gen.device.type == device
+    kw = dict(sampler="ddim", steps=3, batch_size=4)
+    sd = gen.sample("b", generator=torch.Generator(device).manual_seed(0), **kw)
+    on_disk = load_file(str(gen.sample("b", out=tmp_path / "s.safetensors", generator=torch.Generator(device).manual_seed(0), **kw)))
+    assert isinstance(sd, dict) and all(v.device.type == "cpu" and torch.isfinite(v).all() and torch.equal(v, on_disk[k]) for k, v in sd.items())
+    assert max(float((sd[k] - base[k]).abs().max()) for k in base) < 1.0  # near the base: base + D
+    rec = gen.reconstruct(data, 1, cond="b")
+    assert all(torch.isfinite(v).all() for v in rec.values())
+    back = ChunkwiseGenerator.from_pretrained(gen.save_pretrained(tmp_path / "g"), base=base, device=device)
+    again = back.sample("b", generator=torch.Generator(device).manual_seed(0), **kw)
+    assert isinstance(again, dict) and all(torch.equal(sd[k], again[k]) for k in sd)
+
+
+def test_base_delta_path_on_cuda(tmp_path: Path) -> None:
+    base_delta_path("cuda", tmp_path)
