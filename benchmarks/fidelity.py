@@ -40,6 +40,7 @@ in results.json.
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -80,6 +81,10 @@ def rel_l2(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], names: 
 
 def l2(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], names: Sequence[str]) -> float:
     return sum(float((a[n].double() - b[n].double()).pow(2).sum()) for n in names) ** 0.5
+
+
+def norm(a: Mapping[str, torch.Tensor], names: Sequence[str]) -> float:
+    return sum(float(a[n].double().pow(2).sum()) for n in names) ** 0.5
 
 
 class Evaluator:
@@ -136,7 +141,7 @@ def run(setup: RunSetup, size: dict[str, Any], res: Results, items: dict[str, An
     from paramgen.base import PinnedBase
     from paramgen.lora import text_tasks
     from paramgen.lora.finetune import FINETUNE_PRESETS, MiniLMClassifier, build_finetune_zoo, frozen_logreg
-    from paramgen.novelty import RunningMoments, median_pairwise_disagreement, noise_at_distance, per_tensor_mean
+    from paramgen.novelty import RunningMoments, median_pairwise_disagreement, nearest_l2_state, noise_at_distance, pairwise_l2_states, per_tensor_mean
 
     device = torch.device(setup.args.device)
     zoo_root = Path(setup.args.zoo) if setup.args.zoo else setup.out / "zoo"
@@ -185,10 +190,11 @@ def run(setup: RunSetup, size: dict[str, Any], res: Results, items: dict[str, An
     pair_l2: dict[str, float] = {}
     for t in tasks:
         idx = by_task[t]
-        dists = [l2(state(idx[a]), state(idx[b]), names) for a in range(len(idx)) for b in range(a + 1, len(idx))]
+        pairs = pairwise_l2_states([functools.partial(state, i) for i in idx])  # (M, M), each checkpoint read M - 1 times at most
+        dists = pairs[torch.triu(torch.ones_like(pairs, dtype=torch.bool), diagonal=1)].tolist()
         pair_l2[t] = float(torch.tensor(dists).median())
         res.add("original (fine-tuned)", t, "pairwise_l2", dists)
-        res.add("original (fine-tuned)", t, "delta_norm_over_base_norm", [l2(state(i), base_w, names) / l2(base_w, {n: 0 * v for n, v in base_w.items()}, names) for i in idx])
+        res.add("original (fine-tuned)", t, "delta_norm_over_base_norm", [l2(state(i), base_w, names) / norm(base_w, names) for i in idx])
     acc_orig = {t: float(torch.stack([ev.correct(t, p) for p in orig_preds[t]]).mean()) for t in tasks}
 
     # ---- the memorization baselines, streamed over the task's checkpoints
@@ -204,9 +210,9 @@ def run(setup: RunSetup, size: dict[str, Any], res: Results, items: dict[str, An
 
     def score(method: str, t: str, sd: Mapping[str, torch.Tensor], seed: int) -> None:
         preds = ev.predict(t, sd)
-        dist = min(l2(sd, state(i), names) for i in by_task[t])  # one checkpoint at a time
+        dist, _ = nearest_l2_state(sd, (state(i) for i in by_task[t]))  # one checkpoint at a time
         soup = soups[t]
-        to_soup = l2(delta(sd), soup, names) / max(l2(soup, {n: 0 * v for n, v in soup.items()}, names), 1e-30)
+        to_soup = l2(delta(sd), soup, names) / max(norm(soup, names), 1e-30)
         models.setdefault((method, t), MethodModels()).add(preds, seed, dist / pair_l2[t], to_soup)
 
     for k_t, t in enumerate(tasks):
