@@ -86,6 +86,7 @@ __all__ = [
     "pairwise_l2_states",
     "median_pairwise_l2",
     "noise_at_distance",
+    "norm_matched_noise",
     "per_tensor_mean",
 ]
 
@@ -841,3 +842,63 @@ def per_tensor_mean(state: StateDict) -> dict[str, torch.Tensor]:
     """
     _layout(state, "state")
     return {name: t.detach().double().mean().to(t.dtype).expand_as(t).clone() if _is_weight(t) else t.detach().clone() for name, t in state.items()}
+
+
+def norm_matched_noise(reference: StateDict, like: StateDict, *, generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+    """A random state with, tensor by tensor, the norm of ``like`` and its distance to ``reference``.
+
+    The noise baseline for a generated sample ``like``: per floating-point tensor, with
+    ``r = reference[name]`` and ``g = like[name]``, the result keeps ``g``'s component
+    along ``r`` and replaces its component orthogonal to ``r`` by a random direction
+    orthogonal to ``r`` of the same length. So ``||c|| == ||g||`` and ``||c - r|| ==
+    ||g - r||`` (to float64 rounding, then the dtype's): the noise is as far from the
+    reference as the sample and has its norm, unlike ``r + noise`` (whose norm grows by
+    ``sqrt(1 + (d / ||r||)^2)``). A zero ``r`` gives a random direction of norm ``||g||``.
+    Integer buffers of ``like`` are copied; a tensor of ``like`` missing from ``reference``
+    is an error; names of ``reference`` missing from ``like`` are not returned.
+
+    Args:
+        reference: The state the distance is measured to (e.g. the nearest training checkpoint).
+        like: The state whose per-tensor norm and distance to ``reference`` are matched.
+        generator: Randomness (float32 draws, see `paramgen._random`).
+
+    Returns:
+        A new state dict with ``like``'s names, shapes, dtypes and devices.
+
+    Raises:
+        KeyError: A tensor of ``like`` is missing from ``reference``.
+        ValueError: Shapes differ, or a tensor is not finite.
+
+    Examples:
+        >>> import torch
+        >>> r = {"w": torch.tensor([3.0, 0.0, 0.0], dtype=torch.float64)}
+        >>> g = {"w": torch.tensor([3.0, 4.0, 0.0], dtype=torch.float64)}
+        >>> c = norm_matched_noise(r, g, generator=torch.Generator().manual_seed(0))
+        >>> round(float(c["w"].norm()), 9), round(float((c["w"] - r["w"]).norm()), 9), float(c["w"][0])
+        (5.0, 4.0, 3.0)
+    """
+    out: dict[str, torch.Tensor] = {}
+    for name, g in like.items():
+        if name not in reference:
+            raise KeyError(f"norm_matched_noise: {name!r} of like is not in reference")
+        r = reference[name]
+        if not _is_weight(g):
+            out[name] = g.detach().clone()
+            continue
+        if r.shape != g.shape:
+            raise ValueError(f"norm_matched_noise: {name!r} has shape {tuple(g.shape)} in like, {tuple(r.shape)} in reference")
+        g64 = g.detach().double().reshape(-1)
+        r64 = r.detach().to(g64.device, torch.float64).reshape(-1)
+        if not (torch.isfinite(g64).all() and torch.isfinite(r64).all()):
+            raise ValueError(f"norm_matched_noise: {name!r} is not finite")
+        r_norm = float(r64.norm())
+        r_hat = r64 / r_norm if r_norm > 0 else torch.zeros_like(r64)
+        along = float(g64 @ r_hat)
+        ortho = float((g64 - along * r_hat).norm())
+        u = _random.randn(g64.shape, generator=generator, device=g64.device, dtype=torch.float64)
+        u = u - float(u @ r_hat) * r_hat
+        u_norm = float(u.norm())
+        if u_norm == 0.0:  # a one-value tensor with r != 0 has no orthogonal direction
+            u_norm, u = 1.0, torch.zeros_like(u)
+        out[name] = (along * r_hat + ortho * u / u_norm).reshape(g.shape).to(g.dtype)
+    return out
