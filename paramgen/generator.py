@@ -67,8 +67,10 @@ import torch
 from torch import nn
 
 from paramgen import pretrained
+from paramgen.anchors import PrototypeAnchor
 from paramgen.base import PinnedBase
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer, require
+from paramgen.io import read_json, write_json
 from paramgen.layout import SINGLE, Layout, ZooRows, collate
 from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore
 from paramgen.spec import ParamSpec, SpecMismatchError
@@ -129,6 +131,15 @@ def _batches(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
+def _anchor_sha256(config: Mapping[str, Any]) -> str:
+    """SHA-256 of a saved generator's anchor record together with its ``config_sha256``."""
+    import hashlib
+    import json
+
+    record = {"anchor": config.get("anchor"), "config_sha256": config.get("config_sha256")}
+    return hashlib.sha256(json.dumps(record, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).hexdigest()
+
+
 def _positive_int(value: Any, name: str) -> int:
     """``value`` if it is an integer >= 1, else a `ValueError` naming the argument."""
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -152,9 +163,15 @@ class Generator:
             a state dict or a module): the generator learns and samples ``D = w - w_base``
             and `sample` returns ``base + D``. Single architectures only; the base must
             hold every vector tensor of the spec with its shape.
+        anchor: A residual anchor (`paramgen.anchors.PrototypeAnchor`): the generator
+            learns ``w - s * a(cond)`` (fit it on `residual_targets`) and `sample_flat`
+            adds ``s * a(cond)`` back, computed from each condition's own data. Single
+            architectures with a conditioner, without a pinned base; saved with the
+            generator.
 
     Attributes:
         base: The `paramgen.base.PinnedBase`, or ``None``.
+        anchor: The `paramgen.anchors.PrototypeAnchor`, or ``None``.
     """
 
     def __init__(
@@ -166,6 +183,7 @@ class Generator:
         conditioner: Conditioner | None = None,
         normalizer: Normalizer | None = None,
         base: Any = None,
+        anchor: PrototypeAnchor | None = None,
     ) -> None:
         layout = Layout(vectorizer, normalizer)  # checks the vectorizer and the normalizer
         pinned = None
@@ -210,6 +228,50 @@ class Generator:
         self.fitted = False
         self.base: PinnedBase | None = pinned
         self._base_vector: torch.Tensor | None = None  # (D,) float64, read once
+        if anchor is not None:
+            if not isinstance(anchor, PrototypeAnchor):
+                raise TypeError(f"anchor= takes a paramgen.anchors.PrototypeAnchor, got {type(anchor).__name__}")
+            if not layout.single or pinned is not None or conditioner is None:
+                raise ValueError("anchor= needs a conditional generator of one architecture without a pinned base (the anchor is computed from each condition)")
+            anchor.check_spec(layout.specs[SINGLE])
+        self.anchor: PrototypeAnchor | None = anchor
+
+    # ------------------------------------------------------------------ anchor
+    def with_anchor(self, anchor: PrototypeAnchor | None) -> Generator:
+        """A generator of the same components (shared, not copied) with ``anchor``.
+
+        Build a pipeline (e.g. `paramgen.pipelines.d2nwg`), then ``.with_anchor(...)``
+        before fitting; a fitted generator keeps its latent statistics and fitted state
+        (its prior must have been fitted on the matching residuals).
+
+        Examples:
+            >>> import torch
+            >>> from paramgen.anchors import PrototypeAnchor
+            >>> from paramgen.conditioners.ordered import OrderedSetConditioner
+            >>> from paramgen.heads import head_spec
+            >>> from paramgen.pipelines import d2nwg
+            >>> cond = lambda: OrderedSetConditioner(feature_dim=4, num_classes=3, per_class=4, hidden=8)
+            >>> gen = d2nwg(head_spec(4, 3), condition=cond, latent_length=8, hidden_channels=8, base_channels=8)
+            >>> gen.with_anchor(PrototypeAnchor(kind="prototype_head")).anchor.kind
+            'prototype_head'
+        """
+        out = type(self)(vectorizer=self.vectorizer, tokenizer=self.tokenizer, prior=self.prior, conditioner=self.conditioner,
+                         normalizer=self.normalizer, anchor=anchor)  # fmt: skip
+        out.latent_stats, out.fitted = self.latent_stats, self.fitted
+        return out
+
+    def residual_targets(self, flat: torch.Tensor, conds: Sequence[Any]) -> torch.Tensor:
+        """``w - s * a(cond)``: the vectors an anchored generator is fitted on, ``(M, D)``.
+
+        Fit with ``paramgen.fit(gen, gen.residual_targets(flat, conds), conds, ...)``;
+        `sample_flat` then adds ``s * a(cond)`` back.
+
+        Raises:
+            ValueError: The generator has no anchor, or a condition lacks what it needs.
+        """
+        if self.anchor is None:
+            raise ValueError("this generator has no anchor (build it with anchor=paramgen.anchors.PrototypeAnchor(...))")
+        return self.anchor.residual(flat, conds, self.spec)
 
     # ------------------------------------------------------------------ base
     def _base_flat(self, device: torch.device) -> torch.Tensor:
@@ -490,6 +552,8 @@ class Generator:
         per vector, for (and only for) a positional tokenizer.
         """
         self._require_fitted()
+        if self.anchor is not None:
+            raise ValueError("reconstruct encodes weights without their conditions; an anchored generator's codes are residuals over a(cond): encode gen.residual_targets(flat, conds) instead")
         _positive_int(batch_size, "batch_size")
         self._check_tasks_used(tasks)
         arch_list = self.layout.check_archs(archs, len(flat))
@@ -597,6 +661,10 @@ class Generator:
                 "generated weights contain NaN or Inf after de-normalization (e.g. exp of a huge "
                 "log-normalized running_var): the prior is likely undertrained"
             )
+        if self.anchor is not None:
+            assert isinstance(flat, torch.Tensor) and cond is not None  # checked in __init__
+            a = self.anchor(cond, self.spec).to(device=flat.device, dtype=torch.float64).repeat_interleave(n, dim=0)  # (B*n, D)
+            flat = (flat.to(torch.float64) + a).to(flat.dtype)
         if self.base is not None and not deltas:
             assert isinstance(flat, torch.Tensor)
             return self._add_base(flat)
@@ -695,7 +763,15 @@ class Generator:
         pinned base's record, ``base``, when there is one).
         """
         self._require_fitted()
-        return pretrained.save_pretrained(self, path)
+        out = pretrained.save_pretrained(self, path)
+        if self.anchor is not None:
+            # The anchor is part of what the samples are: recorded beside the components,
+            # with a digest tied to config_sha256 so that an edit of either is refused.
+            config = read_json(out / "config.json")
+            config["anchor"] = self.anchor.config()
+            config["anchor_sha256"] = _anchor_sha256(config)
+            write_json(out / "config.json", config)
+        return out
 
     @classmethod
     def from_pretrained(
@@ -735,4 +811,9 @@ class Generator:
                 (named by digest or tensor), or a base is given to a generator saved without.
         """
         gen: Generator = pretrained.from_pretrained(cls, path, spec=spec, device=device, base=base)
+        config = read_json(Path(path) / "config.json")
+        if "anchor" in config or "anchor_sha256" in config:
+            if config.get("anchor_sha256") != _anchor_sha256(config):
+                raise ValueError(f"{Path(path) / 'config.json'}: the anchor record was edited after saving (anchor_sha256 does not match); restore it")
+            return gen.with_anchor(PrototypeAnchor.from_config(config["anchor"]))
         return gen
