@@ -7,6 +7,10 @@ The pieces, one module each, in the order a user meets them:
   tasks share one vector).
 - `paramgen.lora.tasks`: `text_tasks` / `TextTask`, classification tasks built from the
   tweet corpus, each with a natural-language description (`TextTask.condition`).
+- `paramgen.lora.tasks_many`: `many_tweet_tasks`, all 18 tweet tasks in every label order
+  with each label's number in the description; `label_twins`, `label_slot_condition`.
+- `paramgen.lora.baselines`: `nearest_tasks`, `train_multitask_lora`, `fit_composition`
+  (what an adapter generated for an unseen task has to beat).
 - `paramgen.lora.minilm`: `MiniLMLoRA`, the base model plus paramgen's own forward of the
   LoRA layers on cached `Features`, and `MiniLMLoRA.train_lora`.
 - `paramgen.lora.finetune`: `MiniLMClassifier`, MiniLM fully fine-tuned (six blocks and a
@@ -38,6 +42,7 @@ Examples:
 
 from paramgen.conditioners.text_or_vector import TextOrVectorConditioner
 from paramgen.lora.adapters import load_adapter, load_peft_model, resolve_base_model, save_adapter
+from paramgen.lora.baselines import fit_composition, nearest_tasks, train_multitask_lora
 from paramgen.lora.export import AdapterExport
 from paramgen.lora.finetune import FINETUNE_PRESETS, FINETUNE_TASKS, LogRegBaseline, MiniLMClassifier, build_finetune_zoo, frozen_logreg
 from paramgen.lora.generate import check_description, generate_adapters
@@ -45,6 +50,7 @@ from paramgen.lora.minilm import Features, MiniLMLoRA
 from paramgen.lora.setup import BASE_MODEL_ID, AdapterError, LoRASetup, find_head, pad_head, pad_rows, unpad_head
 from paramgen.lora.setup import _minilm_path as _minilm_path  # not public: the local MiniLM folder (tests, harnesses)
 from paramgen.lora.tasks import TASK_DESCRIPTIONS, TextTask, text_tasks
+from paramgen.lora.tasks_many import SENTIMENTS, TWEET_TASKS, TaskSpec, label_slot_condition, label_twins, many_tweet_tasks
 from paramgen.lora.zoo import LoRAZoo
 
 __all__ = [
@@ -75,4 +81,13 @@ __all__ = [
     "build_finetune_zoo",
     "FINETUNE_TASKS",
     "FINETUNE_PRESETS",
+    "SENTIMENTS",
+    "TWEET_TASKS",
+    "TaskSpec",
+    "many_tweet_tasks",
+    "label_twins",
+    "label_slot_condition",
+    "nearest_tasks",
+    "train_multitask_lora",
+    "fit_composition",
 ]
