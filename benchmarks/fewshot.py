@@ -55,8 +55,9 @@ import torch.nn.functional as F
 from torch import nn
 
 import paramgen
-from benchmarks.common import Results, parser
+from benchmarks.common import Results, RunSetup, clustered_bootstrap, paired_bootstrap, paired_seed_ci, parallel_map
 from paramgen import Generator
+from paramgen.anchors import PrototypeAnchor
 from paramgen.conditioners.ordered import OrderedSetConditioner
 from paramgen.data.episodes import ClassPool, Episodes, fewshot_pool, gather, sample_episodes
 from paramgen.heads import fit_heads, head_accuracy, head_cross_entropy, head_spec, logistic_regression_heads, prototype_head
@@ -102,26 +103,33 @@ SIZES: dict[str, dict[str, Any]] = {
         ft_steps=(10, 30, 100),
         gen_ft_steps=(20, 50, 100),
         lr_c=(0.1, 1.0, 10.0),
+        seeds=1,
+        boot=1000,
     ),
     "default": dict(
+        # Scaled down from the single-seed run of docs/fewshot.md (10 backbone epochs, 2,000 tasks,
+        # 1,500 / 3,000 VAE / prior steps, 600 / 200 episodes) so that 3 whole-pipeline seeds fit
+        # on the shared CPU machine.
         per_class=800,
         width=64,
-        backbone_epochs=10,
-        zoo_tasks=2000,
+        backbone_epochs=6,
+        zoo_tasks=1000,
         zoo_draws=4,
         head_per_class=120,
         head_steps=300,
-        vae_steps=1500,
+        vae_steps=800,
         vae_channels=64,
         align_steps=0,
         residual=True,
-        prior_steps=3000,
+        prior_steps=2000,
         samples=10,
-        episodes=600,
-        val_episodes=200,
+        episodes=300,
+        val_episodes=100,
         ft_steps=(10, 30, 100, 300),
         gen_ft_steps=(20, 50, 100, 200),
         lr_c=(0.1, 1.0, 10.0, 100.0),
+        seeds=3,
+        boot=2000,
     ),
 }
 
@@ -144,18 +152,13 @@ def generate_heads(gen: Generator, support: torch.Tensor, n: int, *, generator: 
         batch_size: Heads decoded at once.
 
     Returns:
-        ``w (E, n, K, F)``, ``b (E, n, K)``; for a residual generator (``residual_scale``
-        set by `fit_generator`) the support's scaled nearest-centroid head is added.
+        ``w (E, n, K, F)``, ``b (E, n, K)``; a generator with a residual anchor
+        (`paramgen.anchors.PrototypeAnchor`) adds the support's scaled nearest-centroid head itself.
     """
     e, k, _, f = support.shape
     flat = gen.sample_flat(list(support), n, generator=generator, batch_size=batch_size, sampler="ddim", steps=50)  # (E * n, D)
     heads = gen.spec.unflatten_stacked(flat)
-    w, b = heads["weight"].view(e, n, k, f), heads["bias"].view(e, n, k)
-    scale = getattr(gen, "residual_scale", 0.0)
-    if scale:  # a residual generator: add the support set's scaled nearest-centroid head back
-        nc_w, nc_b = prototype_head(support)
-        w, b = w + scale * nc_w[:, None], b + scale * nc_b[:, None]
-    return w, b
+    return heads["weight"].view(e, n, k, f), heads["bias"].view(e, n, k)
 
 
 def select_by_support(w: torch.Tensor, b: torch.Tensor, support: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -206,17 +209,15 @@ def generated_method(
     Returns:
         ``w``, ``b`` (chosen heads), ``index`` (chosen sample), ``acc`` (query accuracy
         of the chosen heads, ``(E,)``), ``sample_acc`` (mean query accuracy of all ``n``
-        samples, ``(E,)``), ``all_w``, ``all_b`` (every sample).
+        samples, ``(E,)``), ``per_sample_acc`` (``(E, n)``), ``all_w``, ``all_b`` (every sample).
     """
     all_w, all_b = generate_heads(gen, support, n, generator=generator)
     w, b, idx = select_by_support(all_w, all_b, support)
     e, _, k, f = all_w.shape
     acc = head_accuracy(w, b, query, query_y)
     q = query.shape[1]
-    sample_acc = head_accuracy(
-        all_w.reshape(e * n, k, f), all_b.reshape(e * n, k), query.repeat_interleave(n, 0).reshape(e * n, q, f), query_y.repeat_interleave(n, 0)
-    ).view(e, n).mean(1)
-    return {"w": w, "b": b, "index": idx, "acc": acc, "sample_acc": sample_acc, "all_w": all_w, "all_b": all_b}
+    per_sample = head_accuracy(all_w.reshape(e * n, k, f), all_b.reshape(e * n, k), query.repeat_interleave(n, 0).reshape(e * n, q, f), query_y.repeat_interleave(n, 0)).view(e, n)
+    return {"w": w, "b": b, "index": idx, "acc": acc, "sample_acc": per_sample.mean(1), "per_sample_acc": per_sample, "all_w": all_w, "all_b": all_b}
 
 
 # ----------------------------------------------------------------------------- backbone and zoo
@@ -330,20 +331,18 @@ def fit_generator(zoo: dict[str, Any], feature_dim: int, size: dict[str, Any], *
     nn.Linear(feature_dim, WAY)  # unused: draws from the global RNG what the recorded results' later initializations expect
     rows = torch.tensor(zoo["task_of_row"])
     w, b = zoo["w"][rows], zoo["b"][rows]  # (M, K, F), (M, K)
-    scale = 0.0
-    if size.get("residual", False):
-        # Generate the head's difference from the (scaled) nearest-centroid head of the row's support set.
-        nc_w, nc_b = (torch.cat(t) for t in zip(*(prototype_head(c[None]) for c in zoo["conds"]), strict=True))
-        scale = float((w * nc_w).sum() / nc_w.pow(2).sum())  # least-squares scale over the zoo
-        w, b = w - scale * nc_w, b - scale * nc_b
     flat, _ = spec.flatten_stacked({"weight": w, "bias": b})  # (M, D)
     gen = make_generator(spec, feature_dim, size)
+    if size.get("residual", False):
+        # Generate the head's difference from the support set's nearest-centroid head, times one
+        # least-squares scale fitted on the zoo; the anchor is saved with the generator.
+        gen = gen.with_anchor(PrototypeAnchor(kind="prototype_head").fit_scale(flat, zoo["conds"], spec))
+        flat = gen.residual_targets(flat, zoo["conds"])
     tasks = [f"task{i}" for i in zoo["task_of_row"]]
     paramgen.fit(gen, 
         flat, zoo["conds"], tasks=tasks, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
         prior_lr=1e-3, generator=torch.Generator().manual_seed(seed), progress=progress,
     )  # fmt: skip
-    gen.residual_scale = scale  # type: ignore[attr-defined]  # 0: the generator makes whole heads
     return gen
 
 
@@ -354,9 +353,7 @@ def _episode_data(feats: Sequence[torch.Tensor], counts: list[int], n: int, shot
     return {"support": support, "query": query.flatten(1, 2), "query_y": _labels(n, WAY, QUERY)}
 
 
-def evaluate(
-    data: dict[str, torch.Tensor], gen: Generator, size: dict[str, Any], hp: dict[str, Any], *, seed: int
-) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def evaluate(data: dict[str, torch.Tensor], gen: Generator, size: dict[str, Any], hp: dict[str, Any], *, seed: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     """Every method on the episodes of ``data``; per-episode query accuracies and diagnostics.
 
     ``hp`` holds the chosen ``lr_c``, ``ft_steps``, ``gen_ft_steps``; a value that is a
@@ -375,7 +372,7 @@ def evaluate(
     n = size["samples"]
     start = time.perf_counter()
     g = generated_method(gen, sup, q, qy, n, generator=torch.Generator().manual_seed(seed))
-    info: dict[str, Any] = {"sample_s_per_head": (time.perf_counter() - start) / (e * n), "chosen_index": g["index"]}
+    info: dict[str, Any] = {"sample_s_per_head": (time.perf_counter() - start) / (e * n), "chosen_index": g["index"], "per_sample_acc": g["per_sample_acc"]}
     out["generated (1 sample)"] = g["sample_acc"]
     out[f"generated (best of {n} by support)"] = g["acc"]
     out[f"generated (mean of {n})"] = head_accuracy(g["all_w"].mean(1), g["all_b"].mean(1), q, qy)  # no selection: the samples' average head
@@ -423,100 +420,170 @@ def plot(res_rows: list[dict[str, Any]], path: Path, methods: list[str]) -> Path
     return path
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    p = parser("fewshot", __doc__.split("\n\n")[0])
-    p.add_argument("--progress", action="store_true", help="show progress bars")
-    p.add_argument(
-        "--zoo-holdout", type=int, default=0, metavar="N",
-        help="keep the first N base source classes of each dataset (and their rotations) out of the backbone; the zoo is fitted on them only (default 0: backbone and zoo use every base class)",
-    )  # fmt: skip
-    args = p.parse_args(argv)
-    size_name = "quick" if args.quick else "default"
-    size = {**SIZES[size_name], "zoo_holdout": args.zoo_holdout}
-    torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)  # module initializations; a script owns its process's RNG
-    out = Path(args.out or f"runs/fewshot-{size_name}" + (f"-holdout{args.zoo_holdout}" if args.zoo_holdout else ""))
-    out.mkdir(parents=True, exist_ok=True)
-    timer = time.perf_counter
-    started = timer()
-    seed = args.seed * 1000
+SIMPLE_BASELINES = ("nearest centroid", "logistic regression", "fine-tuned from zero")
 
+
+def run_seed(job: tuple[int, dict[str, Any], bool]) -> dict[str, Any]:
+    """One whole pipeline (backbone, zoo, generator, choices on validation, novel episodes) for one seed.
+
+    ``job`` is ``(seed, size, progress)`` (one picklable argument, for `benchmarks.common.parallel_map`).
+    The episodes (classes, images) do not depend on the seed, so that the seeds score the same
+    items; everything the pipeline learns or samples does. Returns plain per-episode values.
+    """
+    run_seed_, size, progress = job
+    torch.manual_seed(run_seed_)  # module initializations; this process runs one pipeline
+    timer = time.perf_counter
+    seed = run_seed_ * 1000
     pool = fewshot_pool(per_class=size["per_class"])
     start = timer()
     backbone_classes, zoo_classes = split_base(pool, size.get("zoo_holdout", 0))
-    backbone, backbone_acc = train_backbone(pool, size, seed=seed + 1, progress=args.progress, classes=backbone_classes)
+    backbone, backbone_acc = train_backbone(pool, size, seed=seed + 1, progress=progress, classes=backbone_classes)
     backbone_s = timer() - start
     feats = class_features(backbone, pool, backbone_classes)
     base = [feats[c] for c in zoo_classes]
-    logger.info("backbone: held-out base accuracy %.3f (%.0f s)", backbone_acc, backbone_s)
-
+    logger.info("seed %d backbone: held-out base accuracy %.3f (%.0f s)", run_seed_, backbone_acc, backbone_s)
     start = timer()
     zoo = build_zoo(base, size, seed=seed + 2)
     zoo_s = timer() - start
     start = timer()
-    gen = fit_generator(zoo, base[0].shape[1], size, seed=seed + 3, progress=args.progress)
+    gen = fit_generator(zoo, base[0].shape[1], size, seed=seed + 3, progress=progress)
     fit_s = timer() - start
-    logger.info("zoo %d heads (held-out acc %.3f, %.0f s); generator fitted in %.0f s", len(zoo["w"]), float(zoo["heldout_acc"].mean()), zoo_s, fit_s)
-
-    config = {"size": size_name, "seed": args.seed, "way": WAY, "query": QUERY, "shots": list(SHOTS), "classes": {k: [pool.names[c] for c in v] for k, v in pool.splits.items()},
-              "backbone_classes": [pool.names[c] for c in backbone_classes], "zoo_classes": [pool.names[c] for c in zoo_classes],
-              **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}}  # fmt: skip
-    res = Results("fewshot", start=started, config=config)
-    res.add("backbone", "base classes (held-out)", "acc", backbone_acc)
-    res.add("zoo heads", "base 5-way tasks (held-out)", "acc", zoo["heldout_acc"].tolist())
-    res.add("backbone", "all", "train_s", backbone_s)
-    res.add("zoo", "all", "build_s", zoo_s)
-    res.add("generator", "all", "fit_s", fit_s)
-
-    n_val, n_test = size["val_episodes"], size["episodes"]
+    logger.info("seed %d zoo %d heads (held-out acc %.3f, %.0f s); generator fitted in %.0f s", run_seed_, len(zoo["w"]), float(zoo["heldout_acc"].mean()), zoo_s, fit_s)
+    out: dict[str, Any] = {"seed": run_seed_, "backbone_acc": backbone_acc, "zoo_heldout_acc": zoo["heldout_acc"].tolist(), "backbone_s": backbone_s,
+                           "zoo_s": zoo_s, "fit_s": fit_s, "anchor": None if gen.anchor is None else gen.anchor.config(), "shots": {},
+                           "classes": {k: [pool.names[c] for c in v] for k, v in pool.splits.items()},
+                           "backbone_classes": [pool.names[c] for c in backbone_classes], "zoo_classes": [pool.names[c] for c in zoo_classes]}  # fmt: skip
     val_feats, novel_feats = [feats[c] for c in pool.splits["val"]], [feats[c] for c in pool.splits["novel"]]
     grid = {"lr_c": tuple(size["lr_c"]), "ft_steps": tuple(size["ft_steps"]), "gen_ft_steps": tuple(size["gen_ft_steps"])}
-    chosen: dict[int, dict[str, Any]] = {}
+    n = size["samples"]
     for shot in SHOTS:
         # Validation classes: choose each method's hyperparameters (never on novel classes).
-        data = _episode_data(val_feats, pool.counts("val"), n_val, shot, generator=torch.Generator().manual_seed(seed + 10 + shot))
-        accs, _ = evaluate(data, gen, size, grid, seed=seed + 20 + shot)
+        data = _episode_data(val_feats, pool.counts("val"), size["val_episodes"], shot, generator=torch.Generator().manual_seed(10 + shot))
+        val, _ = evaluate(data, gen, size, grid, seed=seed + 20 + shot)
         hp = {
-            "lr_c": _best(accs, "logistic regression C={:g}", grid["lr_c"]),
-            "ft_steps": _best(accs, "fine-tuned from zero {} steps", grid["ft_steps"]),
-            "gen_ft_steps": max((v for v in grid["gen_ft_steps"] if v), key=lambda v: (float(accs[f"generated + fine-tune {v} steps"].mean()), -v)),
+            "lr_c": _best(val, "logistic regression C={:g}", grid["lr_c"]),
+            "ft_steps": _best(val, "fine-tuned from zero {} steps", grid["ft_steps"]),
+            "gen_ft_steps": max((v for v in grid["gen_ft_steps"] if v), key=lambda v: (float(val[f"generated + fine-tune {v} steps"].mean()), -v)),
         }
-        chosen[shot] = hp
-        for name, a in accs.items():
-            res.add(name, f"val 5-way {shot}-shot", "acc", a.tolist())
-        logger.info("%d-shot: chosen on validation classes %s", shot, hp)
-
+        logger.info("seed %d %d-shot: chosen on validation classes %s", run_seed_, shot, hp)
         # Novel classes: the reported numbers.
-        data = _episode_data(novel_feats, pool.counts("novel"), n_test, shot, generator=torch.Generator().manual_seed(seed + 30 + shot))
+        data = _episode_data(novel_feats, pool.counts("novel"), size["episodes"], shot, generator=torch.Generator().manual_seed(30 + shot))
         accs, info = evaluate(data, gen, size, hp, seed=seed + 40 + shot)
-        task = f"novel 5-way {shot}-shot"
         names = {
             "nearest centroid": "nearest centroid",
             f"logistic regression C={hp['lr_c']:g}": "logistic regression",
             f"fine-tuned from zero {hp['ft_steps']} steps": "fine-tuned from zero",
             "generated (1 sample)": "generated (1 sample)",
-            f"generated (best of {size['samples']} by support)": f"generated (best of {size['samples']} by support)",
-            f"generated (mean of {size['samples']})": f"generated (mean of {size['samples']})",
+            f"generated (best of {n} by support)": f"generated (best of {n} by support)",
+            f"generated (mean of {n})": f"generated (mean of {n})",
             f"generated + fine-tune {hp['gen_ft_steps']} steps": "generated best + fine-tune",
             "generated (other episode's support)": "generated (other episode's support)",
         }
-        extra = {"logistic regression": {"C": hp["lr_c"]}, "fine-tuned from zero": {"steps": hp["ft_steps"]}, "generated best + fine-tune": {"steps": hp["gen_ft_steps"]}}
-        for key, label in names.items():
-            res.add(label, task, "acc", accs[key].tolist(), **extra.get(label, {}))
-        res.add(f"generated (best of {size['samples']} by support)", task, "support_acc", info["support_acc_chosen"].tolist())
-        res.add("generated", task, "sample_s_per_head", info["sample_s_per_head"])
-    res.config["chosen_on_validation"] = {str(k): v for k, v in chosen.items()}
+        out["shots"][shot] = {
+            "chosen": hp,
+            "val": {k: v.tolist() for k, v in val.items()},
+            "novel": {label: accs[key].tolist() for key, label in names.items()},
+            "per_sample_acc": info["per_sample_acc"].tolist(),
+            "chosen_index": info["chosen_index"].tolist(),
+            "support_acc_chosen": info["support_acc_chosen"].tolist(),
+            "sample_s_per_head": info["sample_s_per_head"],
+        }
+    return out
 
+
+def add_paired_rows(res: Results, task: str, per_seed: dict[str, torch.Tensor], generated: Sequence[str], baselines: Sequence[str], *, boot: int, seed: int) -> str:
+    """Rows ``"<generated> - <best simple baseline>"``: paired differences of per-episode accuracies.
+
+    ``per_seed[method]`` is ``(K seeds, N episodes)`` on the same episodes. The best simple
+    baseline is the one with the highest mean over seeds and episodes (stated in the rows
+    as ``baseline``). Metrics: ``acc_diff_items`` (paired bootstrap over episodes of the
+    seed-averaged accuracies), ``acc_diff_seeds_x_items`` (`clustered_bootstrap` over seeds
+    and episodes) and ``acc_diff_seeds`` (`paired_seed_ci`, a t-interval over seeds' means).
+    Returns the best baseline's name.
+    """
+    best = max(baselines, key=lambda b: float(per_seed[b].mean()))
+    for g in generated:
+        a, b = per_seed[g], per_seed[best]
+        extra = {"baseline": best}
+        mean, lo, hi = paired_bootstrap(a.mean(0), b.mean(0), n_boot=boot, seed=seed)
+        res.rows.append({"method": f"{g} - best baseline", "task": task, "metric": "acc_diff_items", "value": mean, "ci_low": lo, "ci_high": hi, "n": a.shape[1], **extra})
+        if a.shape[0] > 1:
+            mean, lo, hi = clustered_bootstrap(a, b, n_boot=boot, seed=seed)
+            res.rows.append({"method": f"{g} - best baseline", "task": task, "metric": "acc_diff_seeds_x_items", "value": mean, "ci_low": lo, "ci_high": hi, "n": a.numel(), **extra})
+            mean, lo, hi = paired_seed_ci(a.mean(1).tolist(), b.mean(1).tolist())
+            res.rows.append({"method": f"{g} - best baseline", "task": task, "metric": "acc_diff_seeds", "value": mean, "ci_low": lo, "ci_high": hi, "n": a.shape[0], **extra})
+    return best
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def arguments(p: Any) -> None:
+        p.add_argument("--progress", action="store_true", help="show progress bars")
+        p.add_argument(
+            "--zoo-holdout", type=int, default=0, metavar="N",
+            help="keep the first N base source classes of each dataset (and their rotations) out of the backbone; the zoo is fitted on them only (default 0: backbone and zoo use every base class)",
+        )  # fmt: skip
+        p.add_argument("--seeds", type=int, default=None, help="whole-pipeline seeds --seed, --seed + 1, ... (default: 1 at --quick, 3 at the default size)")
+        p.add_argument("--workers", type=int, default=1, help="seeds run in this many processes at once (one torch thread each)")
+
+    setup = RunSetup.from_args("fewshot", __doc__, SIZES, argv, add_arguments=arguments, out_suffix=lambda a: f"-holdout{a.zoo_holdout}" if a.zoo_holdout else "")
+    args, size_name, out = setup.args, setup.size_name, setup.out
+    size = {**setup.size, "zoo_holdout": args.zoo_holdout}
+    if args.seeds is not None:
+        size["seeds"] = args.seeds
+    if size["seeds"] < 1:
+        raise SystemExit(f"--seeds must be >= 1, got {size['seeds']}")
+    out.mkdir(parents=True, exist_ok=True)
+    seeds = [args.seed + i for i in range(size["seeds"])]
+    runs = parallel_map(run_seed, [(s, size, args.progress) for s in seeds], workers=args.workers)
+
+    config = {"size": size_name, "seed": args.seed, "seeds": seeds, "way": WAY, "query": QUERY, "shots": list(SHOTS),
+              "classes": runs[0]["classes"],
+              "backbone_classes": runs[0]["backbone_classes"], "zoo_classes": runs[0]["zoo_classes"], "anchor": [r["anchor"] for r in runs],
+              **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}}  # fmt: skip
+    res = setup.results(**config)
+    res.add("backbone", "base classes (held-out)", "acc", [r["backbone_acc"] for r in runs])
+    res.add("zoo heads", "base 5-way tasks (held-out)", "acc", [a for r in runs for a in r["zoo_heldout_acc"]])
+    res.add("backbone", "all", "train_s", [r["backbone_s"] for r in runs])
+    res.add("zoo", "all", "build_s", [r["zoo_s"] for r in runs])
+    res.add("generator", "all", "fit_s", [r["fit_s"] for r in runs])
     n = size["samples"]
-    methods = ["nearest centroid", "logistic regression", "fine-tuned from zero", "generated (1 sample)",
-               f"generated (best of {n} by support)", f"generated (mean of {n})", "generated best + fine-tune"]
-    png = plot(res.rows, out / "fewshot.png", methods)
-    path = res.write(out, mlflow=not args.no_mlflow, artifacts=[png])
+    gen_best, gen_ft = f"generated (best of {n} by support)", "generated best + fine-tune"
+    res.config["chosen_on_validation"] = {str(r["seed"]): {str(shot): r["shots"][shot]["chosen"] for shot in SHOTS} for r in runs}
+    res.config["best_simple_baseline"] = {}
+    for shot in SHOTS:
+        for name in runs[0]["shots"][shot]["val"]:
+            res.add(name, f"val 5-way {shot}-shot", "acc", [a for r in runs for a in r["shots"][shot]["val"][name]])
+        task = f"novel 5-way {shot}-shot"
+        per_seed = {m: torch.tensor([r["shots"][shot]["novel"][m] for r in runs], dtype=torch.float64) for m in runs[0]["shots"][shot]["novel"]}  # (K, N)
+        for m, v in per_seed.items():
+            extra: dict[str, Any] = {}
+            if m == "logistic regression":
+                extra = {"C": [r["shots"][shot]["chosen"]["lr_c"] for r in runs]}
+            elif m == "fine-tuned from zero":
+                extra = {"steps": [r["shots"][shot]["chosen"]["ft_steps"] for r in runs]}
+            elif m == gen_ft:
+                extra = {"steps": [r["shots"][shot]["chosen"]["gen_ft_steps"] for r in runs]}
+            res.add(m, task, "acc", v.flatten().tolist(), **extra)
+            if len(runs) > 1:
+                res.add(m, task, "acc_seed_means", v.mean(1).tolist())
+        res.add(gen_best, task, "support_acc", [a for r in runs for a in r["shots"][shot]["support_acc_chosen"]])
+        res.add("generated", task, "sample_s_per_head", [r["shots"][shot]["sample_s_per_head"] for r in runs])
+        res.config["best_simple_baseline"][task] = add_paired_rows(res, task, per_seed, [gen_best, gen_ft], SIMPLE_BASELINES, boot=size["boot"], seed=args.seed)
+        # Per-item values: per seed, per episode (the episodes are the same for every seed), per sample.
+        res.items[task] = {
+            "seeds": seeds,
+            "acc": {m: v.tolist() for m, v in per_seed.items()},
+            "generated_per_sample_acc": [r["shots"][shot]["per_sample_acc"] for r in runs],
+            "generated_chosen_index": [r["shots"][shot]["chosen_index"] for r in runs],
+        }
+
+    methods = ["nearest centroid", "logistic regression", "fine-tuned from zero", "generated (1 sample)", gen_best, f"generated (mean of {n})", gen_ft]
+    png = plot([r for r in res.rows if r["metric"] == "acc"], out / "fewshot.png", methods)
+    path = setup.write(res, artifacts=[png])
     print(res.table(skip_tasks=[f"val 5-way {s}-shot" for s in SHOTS]))
     print(f"results: {path}\nplot: {png}")
     return 0
 
 
 if __name__ == "__main__":
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
     raise SystemExit(main())

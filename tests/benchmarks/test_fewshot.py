@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import json
 
-from tests.benchmarks.test_harnesses import methods, run
+from tests.benchmarks import test_harnesses
+from tests.benchmarks.test_harnesses import methods
+
+
+def run(module, tmp_path, monkeypatch, tiny, extra=()):
+    """`test_harnesses.run`, with the per-item values (``"items"``) the harness also writes."""
+    monkeypatch.setattr(test_harnesses, "SCHEMA", test_harnesses.SCHEMA | {"items"})
+    return test_harnesses.run(module, tmp_path, monkeypatch, tiny, extra)
 
 TINY = dict(per_class=40, backbone_epochs=1, zoo_tasks=30, zoo_draws=2, head_per_class=20, head_steps=10, vae_steps=5,
             vae_channels=8, prior_steps=5, samples=3, episodes=6, val_episodes=5, ft_steps=(5, 10), gen_ft_steps=(5,), lr_c=(1.0,))  # fmt: skip
@@ -24,6 +31,26 @@ def test_fewshot_harness_same_seed_same_table(tmp_path, monkeypatch):
     values = lambda d: [(r["method"], r["task"], r["metric"], r["value"]) for r in d["rows"] if not (r["metric"].endswith("_s") or "_s_" in r["metric"])]  # noqa: E731  (timings differ)
     assert values(a) == values(b)
     assert json.dumps(a["config"]["chosen_on_validation"]) == json.dumps(b["config"]["chosen_on_validation"])
+    nc = a["items"]["novel 5-way 1-shot"]["acc"]["nearest centroid"]  # (seeds, episodes)
+    assert sum(nc[0]) / len(nc[0]) == next(r["value"] for r in novel if r["method"] == "nearest centroid")
+    assert a["config"]["anchor"][0]["kind"] == "prototype_head"
+
+
+def test_fewshot_two_seeds_paired_rows(tmp_path, monkeypatch):
+    from benchmarks import fewshot
+
+    d = run(fewshot, tmp_path, monkeypatch, {**TINY, "boot": 50}, ["--seeds", "2"])
+    task = "novel 5-way 5-shot"
+    items = d["items"][task]
+    assert items["seeds"] == [1, 2] and len(items["acc"]["nearest centroid"]) == 2 and len(items["acc"]["nearest centroid"][0]) == 6
+    assert len(items["generated_per_sample_acc"][0][0]) == 3  # (seed, episode, sample)
+    best = d["config"]["best_simple_baseline"][task]
+    means = {m: sum(map(sum, v)) / 12 for m, v in items["acc"].items()}
+    assert best == max(("nearest centroid", "logistic regression", "fine-tuned from zero"), key=means.get)
+    diffs = {r["metric"]: r for r in d["rows"] if r["task"] == task and r["method"] == "generated (best of 3 by support) - best baseline"}
+    assert set(diffs) == {"acc_diff_items", "acc_diff_seeds_x_items", "acc_diff_seeds"}
+    expected = means["generated (best of 3 by support)"] - means[best]
+    assert all(abs(r["value"] - expected) < 1e-9 and r["baseline"] == best and r["ci_low"] <= r["value"] <= r["ci_high"] for r in diffs.values())
 
 
 def test_fewshot_help(capsys):
