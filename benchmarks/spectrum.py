@@ -2,36 +2,44 @@
 
 Question: does generating a few spectrum-selected layers of a fine-tuned transformer and
 refining them greedily on validation (D2NWG sec. 3.5, app. A.3-A.4, Alg. 1) improve its
-test score, and does the generator do better than random search at the same distance?
+test score, and does a generator that reconstructs do better than the memorization and
+noise baselines with the same candidate budget?
 
 Setting: MiniLM (all-MiniLM-L6-v2) with mean pooling and a linear head, fine-tuned briefly
 on tweet tasks (`paramgen.lora.text_tasks`): the six encoder blocks and the head train,
-the embeddings stay frozen, dropout is off. That fine-tuned model is the task's *base*.
-`SpectrumSelector(fraction=0.25, mode="spectrum")` ranks the base's 36 encoder matrices
-per type (q, k, v, attention output, MLP up, MLP down) and keeps one per type (weights
-and biases). A chunk-index generator (`ChunkwiseGenerator`: VAE + DiffusionPrior,
-conditioned on chunk position) learns those tensors:
+the embeddings stay frozen, dropout is off. Each of ``ft_seeds`` fine-tuning runs (its own
+data order) gives a *base*; everything below is repeated per base, and the intervals are
+over these fine-tuning seeds (and over test items).
 
-- ``base only``: D2NWG's recipe, the base checkpoint alone (its chunks are the samples);
-- ``zoo``: the base's run plus ``zoo_runs - 1`` more fine-tuning runs (other data orders),
-  each contributing its last ``keep_last`` checkpoints.
+Per base: `SpectrumSelector(fraction=0.25, mode="spectrum")` ranks its 36 encoder
+matrices per type (q, k, v, attention output, MLP up, MLP down) and keeps one per type
+(weights and biases). A chunk-index generator (`paramgen.pipelines.chunkwise`: a
+position-conditioned VAE with a per-chunk bias table, a latent DDPM conditioned on chunk
+position) learns the deltas ``D = w - w_pretrained`` of those tensors over the pinned
+pretrained model (`paramgen.base.PinnedBase`), from the base's own last ``keep_last``
+checkpoints (the base and its fine-tuning trajectory: D2NWG's recipe of learning from the
+fine-tuned model).
 
-Refinement (Alg. 1, `GreedyRefiner`): ``k`` whole selections are sampled up front
-(``sample(base=...)``); for each selected layer in network order, candidate ``j`` is that
-layer's weight and bias from sample ``j``; the best by *validation* accuracy is kept only
-if it beats the current validation accuracy. Test is scored once, after refinement.
+Refinement (Alg. 1, `GreedyRefiner`): ``k`` candidates per selected layer, in network
+order; the best by *validation* accuracy is kept only if it beats the current validation
+accuracy. Test is scored once, after refinement. Candidate pools, same procedure:
 
-Baselines, same candidate budget and the same greedy procedure:
-- ``noise``: candidate = base + Gaussian direction scaled to the generated candidates'
-  mean L2 distance to the base, per tensor (random search at matched distance);
-- ``random layers``: one random block per type instead of the spectrum's choice, the
-  ``base only`` generator recipe fitted on those layers.
+- ``generator``: ``k`` whole samples (pretrained + sampled D); skipped, and said so, when
+  the generator's reconstruction of the base is no closer to it than the per-tensor mean;
+- ``trajectory checkpoints``: the generator's own training checkpoints other than the base
+  (the memorization baseline);
+- ``norm-matched noise``: per generated sample, `paramgen.novelty.norm_matched_noise`
+  around the base: each tensor as far from the base as the sample and with its norm;
+- ``per-tensor mean``: each tensor replaced by its mean (what earlier generators made);
+- ``random layers``: one random block per type instead of the spectrum's, drawn
+  independently per type, the same generator recipe fitted on those layers.
 
-Seeds: generator fits, sampling, noise and random layer choice use seed ``s``; the
-fine-tuned base models and the zoo are shared across seeds (fine-tuning is the costly
-part here). Rows: test accuracy per method (mean and 95 % interval over seeds), paired
-differences vs base and vs the matched-noise baseline, validation accuracy after
-refinement (the selection score), the layers each seed changed, the SNR table.
+Rows also swap whole selections in without refinement: the generator's reconstruction of
+the base, sample 0, the per-tensor mean, the pretrained values (``D = 0``) and the soup of
+the trajectory checkpoints. For each pool: relative L2 of the candidates to the base,
+their distance over the norm of the base's ``D``, and their correlation with the base.
+Paired differences over fine-tuning seeds (t-interval) and over seeds x test items
+(crossed bootstrap); per-item correctness is in results.json under ``"items"``.
 """
 
 from __future__ import annotations
@@ -49,32 +57,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmarks.common import Results, parser
+from benchmarks.common import Results, clustered_bootstrap, parser
+from paramgen.base import PinnedBase
 from paramgen.chunks import ChunkDataset, ChunkLayout
 from paramgen.chunkwise import ChunkwiseGenerator
 from paramgen.lora import TextTask, text_tasks
+from paramgen.novelty import norm_matched_noise, per_tensor_mean
 from paramgen.pipelines import chunkwise
 from paramgen.pipelines.chunkwise import fit_config
 from paramgen.selectors import GreedyRefiner, LayerSNR, SpectrumSelector, layer_type
 from paramgen.spec import ParamSpec
 from paramgen.training import FitConfig
 
-__all__ = ["SIZES", "Classifier", "Split", "main", "fit_settings", "make_generator", "matched_noise", "refine", "run_task", "short_name"]
+__all__ = [
+    "METHODS", "SIZES", "Classifier", "Split", "candidate_stats", "main", "fit_settings", "make_generator", "refine", "random_layers",
+    "run_task", "short_name",
+]  # fmt: skip
 
 logger = logging.getLogger(__name__)
 
 SIZES: dict[str, dict[str, Any]] = {
     "quick": dict(
         tasks=("negative-vs-positive",), train_per_label=150, eval_per_label=30, max_length=32,
-        ft_steps=12, ft_batch=16, zoo_runs=2, keep_last=2, keep_every=2,
-        chunk_size=1024, vae_channels=8, latent_channels=4, latent_length=16, prior_channels=8, position_dim=32,
-        vae_steps=20, prior_steps=20, fit_batch=64, ddim_steps=5, k=2, seeds=3,
+        ft_steps=12, ft_batch=16, ft_seeds=2, keep_last=3, keep_every=2,
+        chunk_size=1024, compression=16, vae_channels=8, latent_channels=4, prior_channels=8, position_dim=32,
+        vae_steps=20, prior_steps=20, fit_batch=64, ddim_steps=5, k=2, boot=500,
     ),
     "default": dict(
         tasks=("negative-vs-positive", "sentiment"), train_per_label=300, eval_per_label=80, max_length=32,
-        ft_steps=30, ft_batch=16, zoo_runs=3, keep_last=2, keep_every=5,
-        chunk_size=1024, vae_channels=16, latent_channels=4, latent_length=16, prior_channels=16, position_dim=64,
-        vae_steps=100, prior_steps=150, fit_batch=64, ddim_steps=10, k=3, seeds=3,
+        ft_steps=30, ft_seeds=3, ft_batch=16, keep_last=4, keep_every=5,
+        chunk_size=1024, compression=4, vae_channels=16, latent_channels=4, prior_channels=16, position_dim=64,
+        vae_steps=150, prior_steps=150, fit_batch=64, ddim_steps=10, k=3, boot=2000,
     ),
 }  # fmt: skip
 
@@ -132,13 +145,17 @@ class Split:
         return self.ids[idx, :length], self.mask[idx, :length]
 
     @torch.inference_mode()
-    def accuracy(self, model: Classifier, batch_size: int = 64) -> float:
+    def correct(self, model: Classifier, batch_size: int = 64) -> torch.Tensor:
+        """``(N,)`` 0/1: whether ``model`` gets each item right, in the split's order."""
         order = self.mask.sum(1).argsort()  # batches of similar length
-        correct = 0
+        out = torch.zeros(len(order))
         for s in range(0, len(order), batch_size):
             idx = order[s : s + batch_size]
-            correct += int((model(*self.batch(idx)).argmax(1) == self.y[idx]).sum())
-        return correct / len(order)
+            out[idx] = (model(*self.batch(idx)).argmax(1) == self.y[idx]).float()
+        return out
+
+    def accuracy(self, model: Classifier, batch_size: int = 64) -> float:
+        return float(self.correct(model, batch_size).mean())
 
 
 def fine_tune(model: Classifier, train: Split, *, steps: int, batch: int, keep: Sequence[int], generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
@@ -163,20 +180,22 @@ def fine_tune(model: Classifier, train: Split, *, steps: int, batch: int, keep: 
 
 
 # ----------------------------------------------------------------------------- generator
-def make_generator(layout: ChunkLayout, size: Mapping[str, Any]) -> ChunkwiseGenerator:
-    """`paramgen.pipelines.chunkwise` at ``size`` (no noise augmentation in the VAE); weights
+def make_generator(layout: ChunkLayout, size: Mapping[str, Any], base: PinnedBase) -> ChunkwiseGenerator:
+    """`paramgen.pipelines.chunkwise` at ``size`` over the pinned ``base``: deltas, a
+    position-conditioned VAE with a per-chunk bias table, no noise augmentation; weights
     from the process's generator (``seed=None``)."""
     return chunkwise(
-        layout, seed=None, latent_channels=size["latent_channels"], latent_length=size["latent_length"], hidden_channels=size["vae_channels"],
+        layout, seed=None, compression=size["compression"], latent_channels=size["latent_channels"], hidden_channels=size["vae_channels"],
         input_noise=0.0, latent_noise=0.0, position_dim=size["position_dim"], base_channels=size["prior_channels"],
+        positional=True, position_bias=True, base=base,
     )  # fmt: skip
 
 
-def fit_generator(layout: ChunkLayout, zoo: Sequence[Mapping[str, torch.Tensor]], size: Mapping[str, Any], seed: int) -> ChunkwiseGenerator:
-    """The chunk-index generator (VAE + latent DDPM conditioned on chunk position) fitted on ``zoo``."""
+def fit_generator(data: ChunkDataset, size: Mapping[str, Any], base: PinnedBase, seed: int) -> ChunkwiseGenerator:
+    """The chunk-index generator fitted on ``data`` (the deltas of some checkpoints over ``base``)."""
     torch.manual_seed(seed)  # module initialization
-    gen = make_generator(layout, size)
-    return gen.fit(ChunkDataset.from_state_dicts(layout, list(zoo)), config=fit_settings(size, seed))
+    gen = make_generator(data.layout, size, base)
+    return gen.fit(data, config=fit_settings(size, seed))
 
 
 def fit_settings(size: Mapping[str, Any], seed: int) -> FitConfig:
@@ -187,37 +206,14 @@ def fit_settings(size: Mapping[str, Any], seed: int) -> FitConfig:
     )  # fmt: skip
 
 
-def sample_pool(gen: ChunkwiseGenerator, base: Mapping[str, torch.Tensor], k: int, *, steps: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
-    """``k`` whole selections, each cut to the generated tensors (the rest of ``base`` passes through)."""
+def sample_pool(gen: ChunkwiseGenerator, k: int, *, steps: int, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
+    """``k`` whole selections (pinned base + sampled D), cut to the generated tensors."""
     pool = []
     for _ in range(k):
-        sd = gen.sample(base=base, generator=generator, sampler="ddim", steps=steps)
+        sd = gen.sample(generator=generator, sampler="ddim", steps=steps)
         assert isinstance(sd, dict)  # no out= path: a state dict
         pool.append({n: sd[n] for n in gen.layout.names})
     return pool
-
-
-def matched_noise(base: Mapping[str, torch.Tensor], pool: Sequence[Mapping[str, torch.Tensor]], *, generator: torch.Generator) -> list[dict[str, torch.Tensor]]:
-    """Random search at matched distance: per tensor, base + a Gaussian direction of the
-    pool's mean L2 distance to the base.
-
-    Examples:
-        >>> import torch
-        >>> base = {"w": torch.zeros(3, 4)}
-        >>> pool = [{"w": torch.ones(3, 4)}, {"w": 3 * torch.ones(3, 4)}]  # distances 2*sqrt(3), 6*sqrt(3)
-        >>> noise = matched_noise(base, pool, generator=torch.Generator().manual_seed(0))
-        >>> [round(float(c["w"].norm()), 4) for c in noise] == [round(4 * 3 ** 0.5, 4)] * 2
-        True
-    """
-    dist = {n: sum(float((p[n] - base[n]).norm()) for p in pool) / len(pool) for n in pool[0]}
-    out = []
-    for _ in pool:
-        cand = {}
-        for n, d in dist.items():
-            e = torch.randn(base[n].shape, generator=generator)
-            cand[n] = base[n] + d * e / e.norm()
-        out.append(cand)
-    return out
 
 
 # ----------------------------------------------------------------------------- refinement
@@ -235,31 +231,56 @@ def refine(model: Classifier, layers: Sequence[str], pool: Sequence[Mapping[str,
 
     refiner = GreedyRefiner(candidates=candidates, score=lambda m: val.accuracy(m), k=len(pool))  # type: ignore[arg-type]
     result = refiner.refine(model, layers, generator=torch.Generator())  # candidates are drawn up front: unused
-    test_acc = test.accuracy(model)
+    test_correct = test.correct(model)
     model.load_state_dict(base, strict=False)
     return {
         "val_acc": result.final_score,
         "val_acc_before": result.initial_score,
-        "test_acc": test_acc,
+        "test_acc": float(test_correct.mean()),
+        "test_correct": test_correct.tolist(),
         "accepted": [short_name(n) for n in result.accepted],
         "indices": [d.best_index if d.accepted else -1 for d in result.decisions],
         "decisions": [(short_name(d.layer), d.base_score, d.best_score, d.best_index, d.accepted) for d in result.decisions],
     }
 
 
-def relative_distance(base: Mapping[str, torch.Tensor], pool: Sequence[Mapping[str, torch.Tensor]]) -> float:
-    """Mean over candidates and tensors of ``||c - base|| / ||base||``."""
-    vals = [float((p[n] - base[n]).norm() / base[n].norm().clamp_min(1e-12)) for p in pool for n in p]
-    return sum(vals) / len(vals)
+def candidate_stats(base: Mapping[str, torch.Tensor], pretrained: Mapping[str, torch.Tensor], pool: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, float]:
+    """Means over candidates (float64) of ``rel_l2`` = ``||c - base|| / ||base||`` and
+    ``over_delta`` = ``||c - base|| / ||base - pretrained||`` over all the candidate's
+    tensors together (``over_delta``: 0 is the base itself, 1 is as far as the pretrained
+    values), and ``corr``: the Pearson correlation of ``c`` with ``base``, per matrix,
+    averaged over the matrices.
+
+    Examples:
+        >>> import torch
+        >>> b, p = {"w": torch.tensor([[1.0, 2.0, 4.0]])}, {"w": torch.tensor([[1.0, 2.0, 3.0]])}
+        >>> {k: round(v, 3) for k, v in candidate_stats(b, p, [p]).items()}
+        {'rel_l2': 0.218, 'over_delta': 1.0, 'corr': 0.982}
+    """
+    rel, over, corr = [], [], []
+    for c in pool:
+        sq_d = sq_b = sq_delta = 0.0
+        for n in c:
+            x, b, w0 = c[n].double(), base[n].double(), pretrained[n].double()
+            sq_d += float((x - b).pow(2).sum())
+            sq_b += float(b.pow(2).sum())
+            sq_delta += float((b - w0).pow(2).sum())
+            if x.ndim == 2:
+                xc, bc = (x - x.mean()).reshape(-1), (b - b.mean()).reshape(-1)
+                den = float(xc.norm() * bc.norm())
+                corr.append(float(xc @ bc) / den if den > 0 else 0.0)
+        rel.append(math.sqrt(sq_d / max(sq_b, 1e-300)))
+        over.append(math.sqrt(sq_d / max(sq_delta, 1e-300)))
+    return {"rel_l2": sum(rel) / len(rel), "over_delta": sum(over) / len(over), "corr": sum(corr) / len(corr) if corr else float("nan")}
 
 
-def swapped_accuracy(model: Classifier, sample: Mapping[str, torch.Tensor], split: Split) -> float:
-    """Accuracy with every generated tensor of ``sample`` swapped in (no refinement)."""
+def swapped_correct(model: Classifier, sample: Mapping[str, torch.Tensor], split: Split) -> torch.Tensor:
+    """Per-item correctness with every tensor of ``sample`` swapped in (no refinement)."""
     base = {n: t.detach().clone() for n, t in model.state_dict().items() if n in sample}
     model.load_state_dict(dict(sample), strict=False)
-    acc = split.accuracy(model)
+    out = split.correct(model)
     model.load_state_dict(base, strict=False)
-    return acc
+    return out
 
 
 def _with_bias(names: Sequence[str], state: Mapping[str, torch.Tensor]) -> list[str]:
@@ -270,6 +291,10 @@ def _with_bias(names: Sequence[str], state: Mapping[str, torch.Tensor]) -> list[
         if bias in state:
             out.append(bias)
     return out
+
+
+def _soup(states: Sequence[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    return {n: torch.stack([s[n].double() for s in states]).mean(0).to(states[0][n].dtype) for n in states[0]}
 
 
 # ----------------------------------------------------------------------------- one task
@@ -288,81 +313,106 @@ def random_layers(table: Sequence[Any], *, generator: torch.Generator) -> list[s
     return chosen
 
 
-METHODS = ("generator (base only)", "generator (zoo)", "noise ~ base-only gen", "noise ~ zoo gen", "random layers")
+GENERATOR = "generator"
+METHODS = (GENERATOR, "trajectory checkpoints", "norm-matched noise", "per-tensor mean", "random layers")
+SWAPPED = ("reconstruction", "sample 0", "per-tensor mean", "pretrained (D = 0)", "trajectory soup", "random layers: sample 0")
 
 
-def run_task(make_model: Callable[[int], Classifier], tokenizer: Any, task: TextTask, size: Mapping[str, Any], seeds: Sequence[int], *, ft_seed: int = 0) -> dict[str, Any]:
-    """Fine-tune the base and the zoo, select layers, then per seed: fit, sample, refine.
+def run_task(make_model: Callable[[int], Classifier], tokenizer: Any, task: TextTask, size: Mapping[str, Any], ft_seeds: Sequence[int]) -> dict[str, Any]:
+    """Per fine-tuning seed: fine-tune the base, select layers, fit, sample, refine.
 
-    Returns ``{"base_val", "base_test", "snr", "selected", "seeds": {seed: {method: record}}, "timing"}``.
+    Returns ``{"seeds": {ft_seed: record}, "timing"}``; a record holds the base's scores,
+    the SNR table, the selection, the reconstruction check and one entry per method.
     """
     timing: dict[str, float] = {}
     ml = size["max_length"]
     train, val, test = (Split.of(tokenizer, s, ml) for s in (task.train, task.val, task.test))
-
-    # 1. Fine-tuning: run 0 is the base; every run keeps its last checkpoints for the zoo.
-    start = time.perf_counter()
-    steps = size["ft_steps"]
-    keep = [steps - i * size["keep_every"] for i in range(size["keep_last"])]
     model = make_model(task.num_labels)
-    init = {n: t.clone() for n, t in model.state_dict().items()}
-    zoo_all = fine_tune(model, train, steps=steps, batch=size["ft_batch"], keep=keep, generator=torch.Generator().manual_seed(ft_seed * 100))
-    base = {n: t.detach().clone() for n, t in model.state_dict().items()}
-    for run in range(1, size["zoo_runs"]):
-        model.load_state_dict(init)
-        zoo_all += fine_tune(model, train, steps=steps, batch=size["ft_batch"], keep=keep, generator=torch.Generator().manual_seed(ft_seed * 100 + run))
-    model.load_state_dict(base)
-    timing["finetune_s"] = time.perf_counter() - start
-    base_val, base_test = val.accuracy(model), test.accuracy(model)
-
-    # 2. Spectrum selection over the encoder's matrices (one per type at 25 %).
-    selector = SpectrumSelector(fraction=0.25, mode="spectrum")
-    linear = model.linear_names()
-    table = selector.scan(base, names=linear)
-    spec = ParamSpec.from_state_dict(base)
-    chosen_w = [n for n in linear if any(r.name == n and r.selected for r in table)]  # network order
-    selected = _with_bias(chosen_w, base)
-    layout = ChunkLayout(spec, size["chunk_size"], include=selected)
-    zoo = [{n: z[n] for n in selected} for z in zoo_all]
-    del zoo_all
-
+    pretrained = {n: t.detach().clone() for n, t in model.state_dict().items()}
+    pinned = PinnedBase.of(pretrained)
+    steps = size["ft_steps"]
+    keep = sorted(steps - i * size["keep_every"] for i in range(size["keep_last"]))
+    if keep[0] < 1:
+        raise ValueError(f"keep_last x keep_every reaches before step 1 ({keep})")
     per_seed: dict[int, dict[str, Any]] = {}
-    for seed in seeds:
-        def g(k: int, seed: int = seed) -> torch.Generator:  # one stream per use
-            return torch.Generator().manual_seed(seed * 1000 + k)
+    for f in ft_seeds:
 
-        rec: dict[str, Any] = {}
-        pools: dict[str, list[dict[str, torch.Tensor]]] = {}
-        # 3. Generators on the spectrum layers: base checkpoint alone, and the zoo.
-        for key, (name, data) in enumerate((("generator (base only)", [base]), ("generator (zoo)", zoo))):
-            start = time.perf_counter()
-            gen = fit_generator(layout, data, size, seed * 10 + key)
-            timing[f"fit_s/{name}"] = timing.get(f"fit_s/{name}", 0.0) + time.perf_counter() - start
-            start = time.perf_counter()
-            pools[name] = sample_pool(gen, base, size["k"], steps=size["ddim_steps"], generator=g(1 + key))
-            timing["sample_s"] = timing.get("sample_s", 0.0) + time.perf_counter() - start
-        pools["noise ~ base-only gen"] = matched_noise(base, pools["generator (base only)"], generator=g(3))
-        pools["noise ~ zoo gen"] = matched_noise(base, pools["generator (zoo)"], generator=g(4))
-        # Random layer choice: as many per type as the spectrum keeps, chosen with the seed.
+        def g(k: int, f: int = f) -> torch.Generator:  # one stream per use
+            return torch.Generator().manual_seed(f * 1000 + k)
+
+        # 1. Fine-tuning run f: its last checkpoint is the base, the earlier kept ones its trajectory.
+        start = time.perf_counter()
+        model.load_state_dict(pretrained)
+        kept = fine_tune(model, train, steps=steps, batch=size["ft_batch"], keep=keep, generator=torch.Generator().manual_seed(f * 100))
+        base = {n: t.detach().clone() for n, t in model.state_dict().items()}
+        timing["finetune_s"] = timing.get("finetune_s", 0.0) + time.perf_counter() - start
+        rec: dict[str, Any] = {"base_val": val.accuracy(model), "base_test_correct": test.correct(model).tolist()}
+
+        # 2. Spectrum selection over the encoder's matrices (one per type at 25 %).
+        linear = model.linear_names()
+        table = SpectrumSelector(fraction=0.25, mode="spectrum").scan(base, names=linear)
+        spec = ParamSpec.from_state_dict(base)
+        chosen_w = [n for n in linear if any(r.name == n and r.selected for r in table)]  # network order
+        selected = _with_bias(chosen_w, base)
+        rec.update(snr=table, selected=[short_name(n) for n in chosen_w])
+        base_sel = {n: base[n] for n in selected}
+        w0_sel = {n: pretrained[n] for n in selected}
+        trajectory = [{n: z[n] for n in selected} for z in kept]  # ascending steps: the last is the base
+        assert all(torch.equal(trajectory[-1][n], base[n]) for n in selected)
+
+        # 3. The generator of D over the pretrained model, from the base's trajectory.
+        layout = ChunkLayout(spec, size["chunk_size"], include=selected)
+        data = ChunkDataset.from_state_dicts(layout, trajectory, base=pinned)
+        start = time.perf_counter()
+        gen = fit_generator(data, size, pinned, f * 10)
+        timing["fit_s"] = timing.get("fit_s", 0.0) + time.perf_counter() - start
+        recon = gen.reconstruct(data, len(trajectory) - 1)
+        recon = {n: recon[n] for n in selected}
+        ptm = per_tensor_mean(base_sel)
+        rec["reconstruction"] = candidate_stats(base_sel, w0_sel, [recon])
+        rec["per-tensor mean stats"] = candidate_stats(base_sel, w0_sel, [ptm])
+        skip = rec["reconstruction"]["rel_l2"] >= rec["per-tensor mean stats"]["rel_l2"]
+        start = time.perf_counter()
+        pools = {GENERATOR: sample_pool(gen, size["k"], steps=size["ddim_steps"], generator=g(1))}
+        timing["sample_s"] = timing.get("sample_s", 0.0) + time.perf_counter() - start
+        pools["trajectory checkpoints"] = trajectory[:-1][-size["k"] :]
+        noise_g = g(3)
+        pools["norm-matched noise"] = [norm_matched_noise(base_sel, c, generator=noise_g) for c in pools[GENERATOR]]
+        pools["per-tensor mean"] = [ptm]
         rand_w = random_layers(table, generator=g(5))
         rand_w = [n for n in linear if n in rand_w]  # network order
-        rand_layout = ChunkLayout(spec, size["chunk_size"], include=_with_bias(rand_w, base))
-        gen = fit_generator(rand_layout, [base], size, seed * 10 + 2)
-        pools["random layers"] = sample_pool(gen, base, size["k"], steps=size["ddim_steps"], generator=g(6))
+        rand_sel = _with_bias(rand_w, base)
+        rand_data = ChunkDataset.from_state_dicts(ChunkLayout(spec, size["chunk_size"], include=rand_sel), [{n: z[n] for n in rand_sel} for z in kept], base=pinned)
+        rand_gen = fit_generator(rand_data, size, pinned, f * 10 + 2)
+        pools["random layers"] = sample_pool(rand_gen, size["k"], steps=size["ddim_steps"], generator=g(6))
 
-        # 4. Greedy refinement on validation, same budget for every method.
+        # 4. Greedy refinement on validation, the same procedure for every pool.
         for name in METHODS:
             layers = rand_w if name == "random layers" else chosen_w
-            start = time.perf_counter()
-            rec[name] = refine(model, layers, pools[name], val, test)
-            timing["greedy_s"] = timing.get("greedy_s", 0.0) + time.perf_counter() - start
-            rec[name]["rel_l2"] = relative_distance(base, pools[name])
-            rec[name]["layers"] = [short_name(n) for n in layers]
-            if name in ("generator (base only)", "generator (zoo)", "random layers"):
-                rec[name]["test_acc_unrefined"] = swapped_accuracy(model, pools[name][0], test)
-        per_seed[seed] = rec
-        logger.info("%s seed %d: base %.3f | %s", task.name, seed, base_test, " | ".join(f"{m} {r['test_acc']:.3f} {r['accepted']}" for m, r in rec.items()))
-    return {"base_val": base_val, "base_test": base_test, "snr": table, "selected": [short_name(n) for n in chosen_w], "seeds": per_seed, "timing": timing}
+            ref_base = {n: base[n] for n in (rand_sel if name == "random layers" else selected)}
+            ref_w0 = {n: pretrained[n] for n in ref_base}
+            if name == GENERATOR and skip:
+                r: dict[str, Any] = {"skipped": True, "test_correct": rec["base_test_correct"], "val_acc": rec["base_val"], "accepted": [], "indices": [], "decisions": []}
+                r["test_acc"] = sum(r["test_correct"]) / len(r["test_correct"])
+            else:
+                start = time.perf_counter()
+                r = refine(model, layers, pools[name], val, test)
+                timing["greedy_s"] = timing.get("greedy_s", 0.0) + time.perf_counter() - start
+                r["skipped"] = False
+            r.update(candidate_stats(ref_base, ref_w0, pools[name]))
+            r["layers"] = [short_name(n) for n in layers]
+            rec[name] = r
+        swaps = {
+            "reconstruction": recon, "sample 0": pools[GENERATOR][0], "per-tensor mean": ptm, "pretrained (D = 0)": w0_sel,
+            "trajectory soup": _soup(trajectory), "random layers: sample 0": pools["random layers"][0],
+        }  # fmt: skip
+        rec["swapped"] = {k: swapped_correct(model, v, test).tolist() for k, v in swaps.items()}
+        per_seed[f] = rec
+        base_acc = sum(rec["base_test_correct"]) / len(rec["base_test_correct"])
+        logger.info("%s ft seed %d: base %.3f | recon rel_l2 %.4f (per-tensor mean %.4f)%s | %s", task.name, f, base_acc,
+                    rec["reconstruction"]["rel_l2"], rec["per-tensor mean stats"]["rel_l2"], " generator SKIPPED" if skip else "",
+                    " | ".join(f"{m} {rec[m]['test_acc']:.3f} {rec[m]['accepted']}" for m in METHODS))  # fmt: skip
+    return {"seeds": per_seed, "timing": timing}
 
 
 # ----------------------------------------------------------------------------- main
@@ -398,6 +448,18 @@ def _snr_summary(table: Sequence[LayerSNR]) -> str:
     return "\n".join(lines)
 
 
+def _acc(correct: Sequence[float]) -> float:
+    return sum(correct) / len(correct)
+
+
+def _paired_rows(res: Results, label: str, task: str, a: torch.Tensor, b: torch.Tensor, boot: int, seed: int, **extra: Any) -> None:
+    """``a - b`` for ``(K, N)`` per fine-tuning seed x test item correctness: a t-interval over
+    seeds (``test_acc diff``) and a crossed bootstrap over seeds and items."""
+    res.add(label, task, "test_acc diff (ft seeds)", (a.mean(1) - b.mean(1)).tolist(), **extra)
+    mean, lo, hi = clustered_bootstrap(a, b, n_boot=boot, seed=seed)
+    res.rows.append({"method": label, "task": task, "metric": "test_acc diff (ft seeds x items)", "value": mean, "ci_low": lo, "ci_high": hi, "n": a.numel(), **extra})
+
+
 def main(argv: Sequence[str] | None = None, *, make_model: Callable[[int], Classifier] | None = None, tokenizer: Any = None) -> int:
     args = parser("spectrum", __doc__.split("\n\n")[0]).parse_args(argv)
     size_name = "quick" if args.quick else "default"
@@ -405,52 +467,69 @@ def main(argv: Sequence[str] | None = None, *, make_model: Callable[[int], Class
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     out = Path(args.out or f"runs/spectrum-{size_name}")
-    seeds = [args.seed + i for i in range(size["seeds"])]
-    res = Results("spectrum", config={"size": size_name, "seed": args.seed, "seeds": seeds, "selected_on": "val",
-                                      "fine_tuned": "encoder blocks + head (embeddings frozen), shared across seeds",
+    ft_seeds = [args.seed + i for i in range(size["ft_seeds"])]
+    res = Results("spectrum", config={"size": size_name, "seed": args.seed, "ft_seeds": ft_seeds, "selected_on": "val",
+                                      "fine_tuned": "encoder blocks + head (embeddings frozen), one base per fine-tuning seed",
                                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})  # fmt: skip
     if make_model is None:
         make_model, tokenizer = load_minilm()
     tasks = text_tasks(size["tasks"], train_per_label=size["train_per_label"], eval_per_label=size["eval_per_label"], seed=args.seed)
 
-    pooled: dict[str, list[float]] = {}
+    pooled: dict[str, list[torch.Tensor]] = {}
     summaries = []
     for name, task in tasks.items():
-        r = run_task(make_model, tokenizer, task, size, seeds, ft_seed=args.seed)
-        res.add("base (fine-tuned)", name, "test_acc", r["base_test"], shared_across_seeds=True, n_test=len(task.test))
-        res.add("base (fine-tuned)", name, "val_acc", r["base_val"], n_val=len(task.val))
-        for row in r["snr"]:
-            res.add(short_name(row.name), f"snr/{name}", "snr_spectrum", row.snr if math.isfinite(row.snr) else 1e30,
-                    tensor=row.name, type=row.type, selected=row.selected)  # fmt: skip
+        r = run_task(make_model, tokenizer, task, size, ft_seeds)
+        recs = [r["seeds"][f] for f in ft_seeds]
+        base_c = torch.tensor([x["base_test_correct"] for x in recs])  # (K, N)
+        res.items.setdefault(name, {})["labels"] = task.test.y.tolist()
+        res.items[name]["base (fine-tuned)"] = base_c.tolist()
+        res.add("base (fine-tuned)", name, "test_acc", base_c.mean(1).tolist(), per_seed=base_c.mean(1).tolist(), n_test=len(task.test))
+        res.add("base (fine-tuned)", name, "val_acc", [x["base_val"] for x in recs], n_val=len(task.val))
+        for key, label in (("reconstruction", "reconstruction of the base"), ("per-tensor mean stats", "per-tensor mean of the base")):
+            for stat in ("rel_l2", "over_delta", "corr"):
+                res.add(label, name, stat, [x[key][stat] for x in recs])
+        for f, x in zip(ft_seeds, recs, strict=True):
+            for row in x["snr"]:
+                res.add(short_name(row.name), f"snr/{name}", "snr_spectrum", row.snr if math.isfinite(row.snr) else 1e30,
+                        tensor=row.name, type=row.type, selected=row.selected, ft_seed=f)  # fmt: skip
         for m in METHODS:
-            recs = [r["seeds"][s][m] for s in seeds]
-            test = [x["test_acc"] for x in recs]
-            diff = [t - r["base_test"] for t in test]
-            res.add(f"refined: {m}", name, "test_acc", test, per_seed=test, selected_on="val")
-            res.add(f"refined: {m}", name, "test_acc - base", diff, per_seed=diff)
-            res.add(f"refined: {m}", name, "val_acc", [x["val_acc"] for x in recs])
-            res.add(f"refined: {m}", name, "layers_accepted", [len(x["accepted"]) for x in recs], of=len(recs[0]["layers"]))
-            res.add(f"refined: {m}", name, "rel_l2_candidates", [x["rel_l2"] for x in recs])
-            if "test_acc_unrefined" in recs[0]:
-                res.add(f"sample: {m}", name, "test_acc", [x["test_acc_unrefined"] for x in recs], note="sample 0, all its layers swapped in, no greedy")
-            pooled.setdefault(m, []).extend(diff)
-            for s, x in zip(seeds, recs, strict=True):
-                res.add(f"refined: {m}", f"detail/{name}", "test_acc", x["test_acc"], seed=s, val_acc=x["val_acc"], layers=x["layers"],
-                        accepted=x["accepted"], indices=x["indices"], decisions=x["decisions"])  # fmt: skip
-        for gen_name, noise_name in (("generator (base only)", "noise ~ base-only gen"), ("generator (zoo)", "noise ~ zoo gen")):
-            d = [r["seeds"][s][gen_name]["test_acc"] - r["seeds"][s][noise_name]["test_acc"] for s in seeds]
-            res.add(f"{gen_name} - noise", name, "test_acc diff", d, per_seed=d)
-            pooled.setdefault(f"{gen_name} - noise", []).extend(d)
+            mr = [x[m] for x in recs]
+            c = torch.tensor([x["test_correct"] for x in mr])
+            res.items[name][f"refined: {m}"] = c.tolist()
+            test = c.mean(1).tolist()
+            res.add(f"refined: {m}", name, "test_acc", test, per_seed=test, selected_on="val", skipped=[x["skipped"] for x in mr])
+            _paired_rows(res, f"refined: {m} - base", name, c, base_c, size["boot"], args.seed)
+            res.add(f"refined: {m}", name, "val_acc", [x["val_acc"] for x in mr])
+            res.add(f"refined: {m}", name, "layers_accepted", [len(x["accepted"]) for x in mr], of=len(mr[0]["layers"]))
+            for stat in ("rel_l2", "over_delta", "corr"):
+                res.add(f"refined: {m}", name, f"candidates_{stat}", [x[stat] for x in mr])
+            pooled.setdefault(f"refined: {m} - base", []).append(c - base_c)
+            for f, x in zip(ft_seeds, mr, strict=True):
+                res.add(f"refined: {m}", f"detail/{name}", "test_acc", x["test_acc"], ft_seed=f, val_acc=x["val_acc"], layers=x["layers"],
+                        accepted=x["accepted"], indices=x["indices"], decisions=x["decisions"], skipped=x["skipped"])  # fmt: skip
+        gen_c = torch.tensor([x[GENERATOR]["test_correct"] for x in recs])
+        for other in METHODS[1:]:
+            c = torch.tensor([x[other]["test_correct"] for x in recs])
+            _paired_rows(res, f"refined: generator - {other}", name, gen_c, c, size["boot"], args.seed)
+            pooled.setdefault(f"refined: generator - {other}", []).append(gen_c - c)
+        for k in SWAPPED:
+            c = torch.tensor([x["swapped"][k] for x in recs])
+            res.items[name][f"swapped: {k}"] = c.tolist()
+            res.add(f"swapped: {k}", name, "test_acc", c.mean(1).tolist(), note="the whole selection swapped in, no greedy")
+            _paired_rows(res, f"swapped: {k} - base", name, c, base_c, size["boot"], args.seed)
         for k, v in r["timing"].items():
             res.add("timing", name, k, v)
-        summaries.append(f"{name}: spectrum keeps {r['selected']} (SNR, highest first; * selected)\n" + _snr_summary(r["snr"]))
-        summaries.append("  layers changed per seed: " + "; ".join(
-            f"{m}: " + " ".join(f"s{s}={'+'.join(r['seeds'][s][m]['accepted']) or '-'}" for s in seeds) for m in METHODS))
-    if len(tasks) > 1:
-        for m in METHODS:
-            res.add(f"refined: {m}", "all tasks", "test_acc - base", pooled[m], n_tasks=len(tasks))
-        for key in ("generator (base only) - noise", "generator (zoo) - noise"):
-            res.add(key, "all tasks", "test_acc diff", pooled[key], n_tasks=len(tasks))
+        summaries.append(f"{name}: selections per ft seed: " + "; ".join(f"f{f}={'+'.join(x['selected'])}" for f, x in zip(ft_seeds, recs, strict=True)))
+        summaries.append(f"{name}: spectrum of ft seed {ft_seeds[0]} (SNR, highest first; * selected)\n" + _snr_summary(recs[0]["snr"]))
+        summaries.append("  layers changed per ft seed: " + "; ".join(
+            f"{m}: " + " ".join(f"f{f}={'skipped' if x[m]['skipped'] else '+'.join(x[m]['accepted']) or '-'}" for f, x in zip(ft_seeds, recs, strict=True))
+            for m in METHODS))  # fmt: skip
+    if len(tasks) > 1:  # every task's items, each fine-tuning seed's row joined across tasks
+        for label, diffs in pooled.items():
+            d = torch.cat(diffs, 1)
+            res.add(label, "all tasks", "test_acc diff (ft seeds)", d.mean(1).tolist(), n_tasks=len(tasks))
+            mean, lo, hi = clustered_bootstrap(d, torch.zeros_like(d), n_boot=size["boot"], seed=args.seed)
+            res.rows.append({"method": label, "task": "all tasks", "metric": "test_acc diff (ft seeds x items)", "value": mean, "ci_low": lo, "ci_high": hi, "n": d.numel()})
 
     path = res.write(out, mlflow=not args.no_mlflow)
     print(res.table(skip_tasks=[r["task"] for r in res.rows if r["task"].startswith(("snr/", "detail/"))]))

@@ -137,21 +137,6 @@ def _chunk_layout() -> ChunkLayout:
     return ChunkLayout(ParamSpec.from_state_dict({"a.weight": torch.zeros(6, 10), "a.bias": torch.zeros(6), "b.weight": torch.zeros(3, 6)}), 16)
 
 
-def test_spectrum_builds_the_former_chunkwise_generator():
-    from benchmarks import spectrum
-    from paramgen.chunkwise import ChunkwiseGenerator
-
-    layout = _chunk_layout()
-    size = {"latent_channels": 2, "latent_length": 8, "vae_channels": 8, "prior_channels": 8, "position_dim": 16}
-
-    def reference() -> Any:
-        tok = VAETokenizer(rows=1, width=layout.chunk_size, latent_channels=size["latent_channels"], latent_length=size["latent_length"], hidden_channels=size["vae_channels"], num_down=2)
-        prior = DiffusionPrior(shape=tok.latent_shape, cond_dim=size["position_dim"], base_channels=size["prior_channels"], channel_mults=(1, 2), ema_decay=0.995)
-        return ChunkwiseGenerator.build(layout, tokenizer=tok, prior=prior, position_dim=size["position_dim"])
-
-    _compare(reference, lambda: spectrum.make_generator(layout, size))
-
-
 def test_scale_builds_the_former_chunkwise_generator():
     from benchmarks import scale_child
     from paramgen.chunkwise import ChunkwiseGenerator
@@ -174,9 +159,7 @@ def test_harness_fit_settings_are_the_pipelines_defaults_plus_their_sizes():
     from paramgen.training import FitConfig
 
     size = {"vae_steps": 7, "prior_steps": 9, "fit_batch": 16}
-    assert spectrum.fit_settings(size, 3) == FitConfig(
-        tokenizer_steps=7, prior_steps=9, batch_size=16, tokenizer_lr=1e-3, prior_lr=1e-3, schedule="cosine", warmup_steps=10, seed=3, progress=False
-    )
+    assert spectrum.fit_settings(size, 3) == FitConfig(tokenizer_steps=7, prior_steps=9, batch_size=16, tokenizer_lr=1e-3, prior_lr=1e-3, schedule="cosine", warmup_steps=10, seed=3, progress=False)
     # benchmarks.scale's MiniLM fit and scale_child's speed fit
     assert FIT_CONFIGS["chunkwise"](tokenizer_steps=7, prior_steps=9, seed=3, progress=False) == FitConfig(
         tokenizer_steps=7, prior_steps=9, batch_size=64, tokenizer_lr=1e-3, prior_lr=1e-3, schedule="cosine", warmup_steps=50, max_grad_norm=1.0, seed=3, progress=False

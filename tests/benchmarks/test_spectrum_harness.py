@@ -22,9 +22,9 @@ from paramgen.lora import text_tasks
 from tests.benchmarks.test_harnesses import methods, run
 
 TINY = dict(
-    train_per_label=8, eval_per_label=6, max_length=16, ft_steps=3, ft_batch=4, zoo_runs=2, keep_last=2, keep_every=1,
-    chunk_size=256, vae_channels=8, latent_channels=2, latent_length=4, prior_channels=8, position_dim=8,
-    vae_steps=2, prior_steps=2, fit_batch=16, ddim_steps=2, k=3, seeds=2,
+    train_per_label=8, eval_per_label=6, max_length=16, ft_steps=4, ft_batch=4, ft_seeds=2, keep_last=3, keep_every=1,
+    chunk_size=256, compression=16, vae_channels=8, latent_channels=2, prior_channels=8, position_dim=8,
+    vae_steps=2, prior_steps=2, fit_batch=16, ddim_steps=2, k=2, boot=50,
 )  # fmt: skip
 
 
@@ -46,57 +46,76 @@ def tiny_bert():
 
 
 def _choices(result: dict) -> dict:
-    drop = {"test_acc", "test_acc_unrefined"}
-    return {s: {m: {k: v for k, v in rec.items() if k not in drop} for m, rec in per.items()} for s, per in result["seeds"].items()}
+    drop = {"test_acc", "test_correct"}
+    return {f: {m: {k: v for k, v in rec[m].items() if k not in drop} for m in spectrum.METHODS} | {"selected": rec["selected"], "base_val": rec["base_val"]} for f, rec in result["seeds"].items()}
 
 
 def test_refinement_ignores_test_split(tiny_bert):
     make, tokenizer = tiny_bert
     task = text_tasks(["negative-vs-positive"], train_per_label=12, eval_per_label=12, seed=0)["negative-vs-positive"]
     size = {**spectrum.SIZES["quick"], **TINY}
-    ref = spectrum.run_task(make, tokenizer, task, size, seeds=[0])
+    ref = spectrum.run_task(make, tokenizer, task, size, ft_seeds=[0])
     flipped = attrs.evolve(task, test=TextSplit(task.test.x, 1 - task.test.y))
     g = torch.Generator().manual_seed(3)
     other_x = tuple(reversed(task.train.x[: len(task.test.x)]))
     replaced = attrs.evolve(task, test=TextSplit(other_x, task.test.y[torch.randperm(len(task.test.y), generator=g)]))
-    outs = [spectrum.run_task(make, tokenizer, variant, size, seeds=[0]) for variant in (flipped, replaced)]
+    outs = [spectrum.run_task(make, tokenizer, variant, size, ft_seeds=[0]) for variant in (flipped, replaced)]
     for out in outs:
         assert _choices(out) == _choices(ref)
-        assert out["selected"] == ref["selected"] and out["base_val"] == ref["base_val"]
     # Flipped labels: every reported test accuracy becomes 1 - acc (the test split is read, for reporting only).
-    assert outs[0]["base_test"] == pytest.approx(1 - ref["base_test"])
+    r0, f0 = ref["seeds"][0], outs[0]["seeds"][0]
+    assert [1 - c for c in r0["base_test_correct"]] == f0["base_test_correct"]
     for m in spectrum.METHODS:
-        assert outs[0]["seeds"][0][m]["test_acc"] == pytest.approx(1 - ref["seeds"][0][m]["test_acc"])
+        assert f0[m]["test_acc"] == pytest.approx(1 - r0[m]["test_acc"])
     # The refinement did something to check: candidates were tried on every selected layer.
-    rec = ref["seeds"][0]["generator (base only)"]
-    assert len(rec["decisions"]) == len(ref["selected"]) == 6 and len(rec["indices"]) == 6
-    assert len(ref["seeds"][0]["random layers"]["layers"]) == 6
+    rec = r0[spectrum.GENERATOR]
+    assert not rec["skipped"] and len(rec["decisions"]) == len(r0["selected"]) == 6 and len(rec["indices"]) == 6
+    assert len(r0["random layers"]["layers"]) == 6
+    # The pools are what they claim: noise has each generated sample's norm and distance to the base.
+    assert r0["norm-matched noise"]["rel_l2"] == pytest.approx(r0[spectrum.GENERATOR]["rel_l2"], rel=1e-4)
+    assert r0["reconstruction"]["rel_l2"] < r0["per-tensor mean stats"]["rel_l2"]
 
 
-def test_matched_noise_distance():
-    g = torch.Generator().manual_seed(0)
-    base = {"w": torch.randn(5, 7, generator=g), "b": torch.randn(5, generator=g)}
-    pool = [{n: t + s * torch.randn(t.shape, generator=g) for n, t in base.items()} for s in (0.1, 0.3, 0.5)]
-    noise = spectrum.matched_noise(base, pool, generator=g)
-    for n, b in base.items():
-        target = sum(float((p[n] - b).norm()) for p in pool) / len(pool)
-        assert all(float((c[n] - b).norm()) == pytest.approx(target, rel=1e-5) for c in noise)
+def test_generator_learns_deltas_with_a_positional_tokenizer():
+    from paramgen.base import PinnedBase
+    from paramgen.chunks import ChunkLayout
+    from paramgen.spec import ParamSpec
+    from paramgen.tokenizers import PositionalVAETokenizer
+
+    sd = {"a.weight": torch.randn(6, 10), "a.bias": torch.randn(6)}
+    base = PinnedBase.of(sd)
+    size = {**TINY, "compression": 4}
+    gen = spectrum.make_generator(ChunkLayout(ParamSpec.from_state_dict(sd), 16), size, base)
+    tok = gen.generator.tokenizer
+    assert isinstance(tok, PositionalVAETokenizer) and tok.compression == 4.0
+    assert gen.base is not None and gen.base.sha256 == base.sha256
+
+
+def test_candidate_stats():
+    base = {"w": torch.tensor([[1.0, 2.0], [3.0, 5.0]]), "b": torch.zeros(2)}
+    pre = {"w": torch.tensor([[1.0, 2.0], [3.0, 4.0]]), "b": torch.zeros(2)}
+    assert spectrum.candidate_stats(base, pre, [base]) == {"rel_l2": 0.0, "over_delta": 0.0, "corr": pytest.approx(1.0)}
+    assert spectrum.candidate_stats(base, pre, [pre])["over_delta"] == pytest.approx(1.0)
 
 
 def test_spectrum_harness(tmp_path, monkeypatch, tiny_bert):
     # The tiny BERT stands in for MiniLM (same code path; `--quick` runs the real model).
     monkeypatch.setattr(spectrum, "load_minilm", lambda: tiny_bert)
-    tiny = {**TINY, "tasks": ("negative-vs-positive", "positive-or-not"), "k": 1, "train_per_label": 4, "eval_per_label": 4}
+    tiny = {**TINY, "tasks": ("negative-vs-positive", "positive-or-not"), "train_per_label": 4, "eval_per_label": 4}
     data = run(spectrum, tmp_path, monkeypatch, tiny)
     assert {f"refined: {m}" for m in spectrum.METHODS} | {"base (fine-tuned)"} <= methods(data)
     rows = {(r["method"], r["task"], r["metric"]): r for r in data["rows"]}
-    assert rows[("refined: generator (base only)", "negative-vs-positive", "test_acc")]["n"] == 2
-    assert rows[("refined: random layers", "all tasks", "test_acc - base")]["n"] == 4
-    assert rows[("generator (zoo) - noise", "all tasks", "test_acc diff")]["n"] == 4
+    assert rows[("refined: generator", "negative-vs-positive", "test_acc")]["n"] == 2
+    assert rows[("refined: random layers - base", "all tasks", "test_acc diff (ft seeds)")]["n"] == 2
+    assert rows[("refined: generator - norm-matched noise", "all tasks", "test_acc diff (ft seeds x items)")]["n"] == 2 * 20  # ft seeds x (test items of both tasks)
+    assert ("swapped: reconstruction", "positive-or-not", "test_acc") in rows
+    assert ("refined: per-tensor mean", "positive-or-not", "candidates_corr") in rows
     snr = [r for r in data["rows"] if r["task"] == "snr/negative-vs-positive"]
-    assert len(snr) == 24 and sum(r["selected"] for r in snr) == 6  # 4 blocks x 6 types, one per type
-    detail = [r for r in data["rows"] if r["task"] == "detail/positive-or-not" and r["method"] == "refined: generator (zoo)"]
-    assert [r["seed"] for r in detail] == [1, 2] and all(len(r["indices"]) == 6 for r in detail)
+    assert len(snr) == 2 * 24 and sum(r["selected"] for r in snr) == 2 * 6  # 4 blocks x 6 types, one per type, per ft seed
+    detail = [r for r in data["rows"] if r["task"] == "detail/positive-or-not" and r["method"] == "refined: generator"]
+    assert [r["ft_seed"] for r in detail] == [1, 2] and all(len(r["indices"]) == 6 for r in detail)
+    items = data["items"]["positive-or-not"]
+    assert len(items["refined: generator"]) == 2 and len(items["refined: generator"][0]) == len(items["labels"])
 
 
 def test_random_layers_are_drawn_independently_per_type():
