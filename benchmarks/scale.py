@@ -30,20 +30,20 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from benchmarks.common import Results, parser
-from benchmarks.scale_child import build_chunkwise
 
-__all__ = ["main", "SIZES"]
+__all__ = ["main", "SIZES", "Models", "block_tensors", "compare_states", "noise_like", "paired_rows", "pearson", "quality"]
 
 logger = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
@@ -51,10 +51,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # Synthetic models: (layers, width) of a stack of Linear(width, width) with biases.
 SYNTHETIC = {"1M": (1, 1024), "10M": (10, 1024), "100M": (24, 2048)}
 
+# benchmarks.fidelity's chunk-wise generator of D (chunks of 4096, a positional VAE at 16x, 4 latent channels)
+GENERATOR: dict[str, Any] = dict(chunk_size=4096, compression=16, latent_channels=4)
+
 SIZES: dict[str, dict[str, Any]] = {
     # quick: the rows of the default cut to about the rule's 2 minutes on an idle machine: the
-    # 100M model alone with one denoising step, fp32 fit only, a short MiniLM generator scored
-    # on few tweets, one DDIM setting (DDPM-1000 and bf16 in the default only).
+    # 100M model alone with one denoising step, fp32 fit only (bf16 in the default only); the
+    # quick fine-tune zoo (2 tasks x 2 seeds of 10 steps, small splits; built in <out>/zoo), a
+    # generator of few steps, one pipeline seed, one sample per task, one swapped tensor.
     "quick": dict(
         models=("100M",),
         speed_steps=1,
@@ -63,18 +67,19 @@ SIZES: dict[str, dict[str, Any]] = {
         fit_runs=((1, "fp32"), (2, "fp32")),  # (processes, precision); bf16 (10x slower on CPU) in the default
         vae_channels=16,
         prior_channels=16,
-        vae_steps=150,
-        prior_steps=150,
-        samples=2,
-        ddim_steps=5,
-        swap_tensors=("encoder.layer.5.attention.output.dense.weight",),
+        zoo="quick",
+        pipeline_seeds=(0,),
+        samples=1,
+        tokenizer_steps=20,
+        prior_steps=20,
+        batch_size=32,
+        sample_steps=20,
+        swap_prefixes=("encoder.layer.5.attention.output.dense.weight",),  # 36 chunks
         swap_samples=1,
-        step_counts=(5,),
-        ddpm=False,
-        probe_tasks=("negative-or-not",),
-        train_per_label=30,  # each scoring embeds every tweet with MiniLM: the quick run's main cost
-        eval_per_label=25,
-        pairs=50,
+        step_counts=(20,),
+        ddpm=True,
+        boot=500,
+        **GENERATOR,
     ),
     "default": dict(
         models=("1M", "10M", "MiniLM", "100M"),
@@ -84,18 +89,23 @@ SIZES: dict[str, dict[str, Any]] = {
         fit_runs=((1, "fp32"), (2, "fp32"), (1, "bf16")),
         vae_channels=32,
         prior_channels=32,
-        vae_steps=4000,
-        prior_steps=6000,
-        samples=5,
-        ddim_steps=20,
-        swap_tensors=tuple(f"encoder.layer.5.{n}" for n in ("attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight", "attention.output.dense.weight")),
-        swap_samples=3,
+        # sections 3-4: benchmarks.fidelity's zoo and generator (300 + 300 fit steps, not its
+        # 600 + 600: the time budget), 3 pipeline seeds
+        zoo="default",
+        pipeline_seeds=(0, 1, 2),
+        samples=2,  # whole DDIM-20 models per task and pipeline seed
+        tokenizer_steps=300,
+        prior_steps=300,
+        batch_size=64,
+        sample_steps=20,
+        # layer 5's attention value path (value and output projections with biases: 74 chunks;
+        # DDPM-1000 on all four projections, 150 chunks, cost about 35 s per draw on an idle core)
+        swap_prefixes=("encoder.layer.5.attention.self.value.", "encoder.layer.5.attention.output.dense."),
+        swap_samples=1,  # per task, pipeline seed and sampler
         step_counts=(20, 50, 100),
         ddpm=True,
-        probe_tasks=("sentiment", "negative-or-not", "positive-or-not"),
-        train_per_label=400,
-        eval_per_label=200,
-        pairs=400,
+        boot=2000,
+        **GENERATOR,
     ),
 }
 # With --device cuda: the sampling rows use bigger batches (the working set is on the device),
@@ -137,115 +147,187 @@ def child(args: list[str], *, procs: int = 1, threads: int = 1) -> dict[str, Any
     return json.loads(result.read_text())
 
 
-# ----------------------------------------------------------------------------- MiniLM scoring
-class Scorer:
-    """Downstream scores of MiniLM weights: linear probes on frozen mean-pooled embeddings and
-    the Spearman agreement of pair similarities with the original model."""
-
-    def __init__(self, size: dict[str, Any], seed: int) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-        from paramgen.lora import text_tasks
-
-        path = str(minilm_path())
-        self.model = AutoModel.from_pretrained(path).eval()
-        self.original = {k: v.clone() for k, v in self.model.state_dict().items()}
-        self.tasks = text_tasks(size["probe_tasks"], train_per_label=size["train_per_label"], eval_per_label=size["eval_per_label"], seed=seed)
-        first = next(iter(self.tasks.values()))
-        g = torch.Generator().manual_seed(seed)
-        test = list(first.test.x)  # the pool's test tweets (every task shares the pool)
-        other = torch.randperm(len(test), generator=g).tolist()
-        self.pairs = [(i, other[i]) for i in range(min(size["pairs"], len(test))) if other[i] != i]
-        texts = sorted({x for t in self.tasks.values() for s in (t.train, t.test) for x in s.x}, key=lambda x: (len(x), x))  # by length: little padding
-        self.row = {x: i for i, x in enumerate(texts)}
-        tok = AutoTokenizer.from_pretrained(path)
-        self.batches = [tok(texts[s : s + 128], padding=True, truncation=True, max_length=64, return_tensors="pt") for s in range(0, len(texts), 128)]
-        self.test = test
-        self.reference = self.similarities(self.embed(self.original))
-
-    @torch.no_grad()
-    def embed(self, state: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Sentence embeddings ``(T, 384)`` as sentence-transformers makes them (mean pooling, L2 norm)."""
-        self.model.load_state_dict({**self.original, **state}, strict=True)
-        out = []
-        for enc in self.batches:
-            h = self.model(**enc).last_hidden_state  # (B, L, H)
-            m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
-            out.append(torch.nn.functional.normalize((h * m).sum(1) / m.sum(1), dim=-1))
-        return torch.nan_to_num(torch.cat(out))
-
-    def similarities(self, emb: torch.Tensor) -> torch.Tensor:
-        a = emb[[self.row[self.test[i]] for i, _ in self.pairs]]
-        b = emb[[self.row[self.test[j]] for _, j in self.pairs]]
-        return (a * b).sum(1)  # cosine (embeddings are unit vectors)
-
-    def scores(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
-        from scipy.stats import spearmanr
-        from sklearn.linear_model import LogisticRegression
-        from sklearn.pipeline import make_pipeline
-        from sklearn.preprocessing import StandardScaler
-
-        emb = self.embed(state).numpy()
-        accs = {}
-        for name, task in self.tasks.items():
-            x_tr, x_te = emb[[self.row[x] for x in task.train.x]], emb[[self.row[x] for x in task.test.x]]
-            probe = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=2000))  # fixed, not tuned
-            probe.fit(x_tr, task.train.y.numpy())
-            accs[name] = float((probe.predict(x_te) == task.test.y.numpy()).mean())
-        rho = spearmanr(self.similarities(torch.from_numpy(emb)).numpy(), self.reference.numpy()).statistic
-        return {"probe_acc": sum(accs.values()) / len(accs), **{f"probe_acc/{k}": v for k, v in accs.items()}, "spearman_vs_original": float(0.0 if rho != rho else rho)}
+# ----------------------------------------------------------------------------- quality and steps: helpers
+def _sq_distance(a: Mapping[str, torch.Tensor], b: Mapping[str, torch.Tensor], names: Sequence[str]) -> float:
+    """``||a - b||^2`` over ``names``, tensor by tensor in float64."""
+    return sum(float((a[n].double() - b[n].double()).pow(2).sum()) for n in names)
 
 
-def rel_distance(state: dict[str, torch.Tensor], original: dict[str, torch.Tensor], names: Sequence[str]) -> float:
-    """``||w - w0|| / ||w0||`` over the named tensors."""
-    num = sum(float((state[n].double() - original[n].double()).pow(2).sum()) for n in names)
-    den = sum(float(original[n].double().pow(2).sum()) for n in names)
-    return (num / den) ** 0.5
+def _norm(a: Mapping[str, torch.Tensor], names: Sequence[str]) -> float:
+    return math.sqrt(sum(float(a[n].double().pow(2).sum()) for n in names))
 
 
-def matched_noise(state: dict[str, torch.Tensor], original: dict[str, torch.Tensor], names: Sequence[str], g: torch.Generator) -> dict[str, torch.Tensor]:
-    """The original plus Gaussian noise at exactly the per-tensor L2 distance of ``state``."""
+def pearson(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
+    """Pearson correlation over all coordinates of the ``(a, b)`` tensor pairs taken together (float64 sums).
+
+    A constant side (e.g. one tensor replaced by its mean) has covariance 0 with anything:
+    its correlation is reported as 0.0, not NaN.
+
+    Raises:
+        ValueError: No coordinates.
+
+    Examples:
+        >>> round(pearson([(torch.tensor([1.0, 2.0]), torch.tensor([2.0, 4.0])), (torch.tensor([3.0]), torch.tensor([6.0]))]), 6)
+        1.0
+    """
+    n = sa = sb = saa = sbb = sab = 0.0
+    for a, b in pairs:
+        a64, b64 = a.detach().double().reshape(-1), b.detach().double().reshape(-1)
+        n += a64.numel()
+        sa, sb = sa + float(a64.sum()), sb + float(b64.sum())
+        saa, sbb, sab = saa + float(a64 @ a64), sbb + float(b64 @ b64), sab + float(a64 @ b64)
+    if n == 0:
+        raise ValueError("pearson: no coordinates")
+    va, vb = saa / n - (sa / n) ** 2, sbb / n - (sb / n) ** 2
+    if va <= 0 or vb <= 0:
+        return 0.0
+    return (sab / n - sa * sb / n**2) / math.sqrt(va * vb)
+
+
+def compare_states(x: Mapping[str, torch.Tensor], refs: Sequence[Mapping[str, torch.Tensor]], base: Mapping[str, torch.Tensor], names: Sequence[str], *, skip: int | None = None) -> dict[str, float]:
+    """``x`` against the L2-nearest of ``refs`` (``skip``: an index left out, e.g. ``x`` itself) over ``names``.
+
+    Returns ``nearest`` (its index), ``rel_l2`` (``||x - r|| / ||r||``), ``corr`` (Pearson of
+    x and r over all coordinates), ``rel_l2_delta`` (``||x - r|| / ||r - base||``: the error
+    in units of the reference's fine-tuning delta), ``corr_delta`` (Pearson of ``x - base``
+    and ``r - base``) and ``norm_ratio`` (``||x|| / ||r||``).
+
+    Examples:
+        >>> base = {"w": torch.tensor([1.0, 1.0, 1.0])}
+        >>> refs = [{"w": torch.tensor([1.0, 2.0, 4.0])}, {"w": torch.tensor([9.0, 9.0, 9.0])}]
+        >>> c = compare_states({"w": torch.tensor([1.0, 2.0, 4.0])}, refs, base, ["w"])
+        >>> c["nearest"], c["rel_l2"], round(c["corr_delta"], 6), c["norm_ratio"]
+        (0, 0.0, 1.0, 1.0)
+    """
+    candidates = [(_sq_distance(x, r, names), i) for i, r in enumerate(refs) if i != skip]
+    if not candidates:
+        raise ValueError("compare_states: no reference left to compare with")
+    d2, i = min(candidates)
+    r = refs[i]
+    r_norm, x_norm = _norm(r, names), _norm(x, names)
+    delta_norm = math.sqrt(_sq_distance(r, base, names))
+    if r_norm == 0 or delta_norm == 0:
+        raise ValueError("compare_states: the nearest reference is zero or equals the base; relative distances are undefined")
+    return {
+        "nearest": float(i),
+        "rel_l2": math.sqrt(d2) / r_norm,
+        "corr": pearson((x[n], r[n]) for n in names),
+        "rel_l2_delta": math.sqrt(d2) / delta_norm,
+        "corr_delta": pearson((x[n].double() - base[n].double(), r[n].double() - base[n].double()) for n in names),
+        "norm_ratio": x_norm / r_norm,
+    }
+
+
+def noise_like(
+    sample: Mapping[str, torch.Tensor], refs: Sequence[Mapping[str, torch.Tensor]], names: Sequence[str], *, generator: torch.Generator | None = None
+) -> tuple[dict[str, torch.Tensor], int]:
+    """The norm-matched noise of ``sample`` and the index of its reference, the L2-nearest of ``refs``.
+
+    Per tensor of ``names`` (`paramgen.novelty.norm_matched_noise`): exactly ``sample``'s
+    norm and its distance to the reference, in a random direction; not reference + noise,
+    whose norm would grow.
+
+    Examples:
+        >>> refs = [{"w": torch.tensor([3.0, 0.0, 0.0])}]
+        >>> noise, i = noise_like({"w": torch.tensor([3.0, 4.0, 0.0])}, refs, ["w"], generator=torch.Generator().manual_seed(0))
+        >>> i, round(float(noise["w"].norm()), 5), round(float((noise["w"] - refs[0]["w"]).norm()), 5)
+        (0, 5.0, 4.0)
+    """
+    from paramgen.novelty import norm_matched_noise
+
+    _, i = min((_sq_distance(sample, r, names), i) for i, r in enumerate(refs))
+    return norm_matched_noise({n: refs[i][n] for n in names}, {n: sample[n] for n in names}, generator=generator), i
+
+
+def block_tensors(layout: Any, chunk_ids: torch.Tensor, values: torch.Tensor, names: Sequence[str], *, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor]:
+    """The tensors ``names`` from chunk values ``(B, K)`` whose rows are the chunks ``chunk_ids`` ``(B,)``.
+
+    Each tensor's chunks are concatenated in order, the padding past the tensor's end
+    dropped, reshaped to the tensor's shape and cast to ``dtype``.
+
+    Raises:
+        ValueError: A chunk of a named tensor is not among ``chunk_ids``, or shapes disagree.
+    """
+    ids = torch.as_tensor(chunk_ids).reshape(-1).tolist()
+    if values.ndim != 2 or values.shape[0] != len(ids) or values.shape[1] != layout.chunk_size:
+        raise ValueError(f"block_tensors: expected values ({len(ids)}, {layout.chunk_size}), got {tuple(values.shape)}")
+    row = {int(c): k for k, c in enumerate(ids)}
     out = {}
-    for n in names:
-        u = torch.randn(original[n].shape, generator=g)
-        out[n] = original[n] + float((state[n] - original[n]).norm()) * u / u.norm()
-    return out
-
-
-def tensor_gaussian(original: dict[str, torch.Tensor], names: Sequence[str], g: torch.Generator) -> dict[str, torch.Tensor]:
-    """Independent Gaussians with each tensor's mean and std (one checkpoint: per tensor, not per element)."""
-    return {n: original[n].mean() + original[n].std() * torch.randn(original[n].shape, generator=g) for n in names}
-
-
-@torch.no_grad()
-def sample_chunks(gen: Any, names: Sequence[str], g: torch.Generator, **kwargs: Any) -> dict[str, torch.Tensor]:
-    """Only the chunks of the named tensors, un-standardized, as tensors."""
-    layout, out = gen.layout, {}
     for name in names:
-        t = layout.tensor_index(name)
-        ids = list(layout.chunks_of(t))
-        z = gen.generator.sample_flat(ids, 1, generator=g, batch_size=512, **kwargs)  # (B, K) standardized
-        values = gen.stats.inverse_chunks(z, ids)  # (B, K) at the tensor's scale, float32
-        out[name] = values.reshape(-1)[: layout.tensors[t].numel].reshape(layout.tensors[t].shape)
+        chunks = list(layout.chunks_of(name))
+        absent = [c for c in chunks if c not in row]
+        if absent:
+            raise ValueError(f"block_tensors: chunk {absent[0]} of {name!r} is not among the sampled chunks")
+        flat = torch.cat([values[row[c], : int(layout.lengths[c])] for c in chunks])
+        out[name] = flat.reshape(layout.tensors[layout.tensor_index(name)].shape).to(dtype)
     return out
 
 
-@torch.no_grad()
-def reconstruction(gen: Any, data: Any) -> dict[str, torch.Tensor]:
-    """Every chunk of the checkpoint encoded and decoded by the VAE alone (no prior)."""
-    from paramgen.chunkwise import ChunkSamples
-    from paramgen.streaming import assemble
+class Models:
+    """What one method produced for one task: test predictions, pipeline seeds (-1: none), distances."""
 
-    rows = ChunkSamples(data, gen.stats)
+    def __init__(self) -> None:
+        self.preds: list[torch.Tensor] = []
+        self.seeds: list[int] = []
+        self.metrics: dict[str, list[float]] = {}
 
-    def batches():
-        for s in range(0, len(rows), 512):
-            ids = torch.arange(s, min(s + 512, len(rows)))
-            x = torch.cat([rows[i]["x"] for i in ids.tolist()])  # (B, K)
-            z = gen.generator.reconstruct(x)  # (B, K) standardized
-            yield ids, gen.stats.inverse_chunks(z, ids)
+    def add(self, preds: torch.Tensor, seed: int, metrics: Mapping[str, float]) -> None:
+        self.preds.append(preds)
+        self.seeds.append(seed)
+        for k, v in metrics.items():
+            self.metrics.setdefault(k, []).append(float(v))
 
-    return assemble(gen.layout, batches())
+    def per_seed(self, labels: torch.Tensor, seeds: Sequence[int]) -> torch.Tensor:
+        """``(K, N)`` correctness per pipeline seed and test item, averaged over the seed's models;
+        a method independent of the pipeline (seed -1) gives the same row for every seed."""
+        correct = torch.stack([(p == labels).double() for p in self.preds])  # (M, N)
+        if set(self.seeds) == {-1}:
+            return correct.mean(0, keepdim=True).expand(len(seeds), -1)
+        rows = []
+        for s in seeds:
+            mine = [j for j, x in enumerate(self.seeds) if x == s]
+            if not mine:
+                raise ValueError(f"no models of pipeline seed {s}")
+            rows.append(correct[mine].mean(0))
+        return torch.stack(rows)
+
+
+def paired_rows(
+    res: Results,
+    models: Mapping[tuple[str, str], Models],
+    labels: Mapping[str, torch.Tensor],
+    pairs: Sequence[tuple[str, str]],
+    seeds: Sequence[int],
+    *,
+    n_boot: int,
+    seed: int,
+    target: float | None = None,
+    target_pairs: Sequence[tuple[str, str]] = (),
+) -> None:
+    """Paired accuracy differences ``a - b`` per task and pooled over tasks (items concatenated).
+
+    ``acc_diff_seeds_x_items``: `benchmarks.common.clustered_bootstrap` over pipeline seeds and
+    test items (each cell: an item's correctness averaged over the seed's models);
+    ``acc_diff_seeds``: the per-seed mean differences, t-interval. For ``target_pairs``,
+    ``within_target`` says whether the whole bootstrap interval lies within ``+-target``.
+    """
+    from benchmarks.common import clustered_bootstrap
+
+    tasks = list(labels)
+    for a_name, b_name in pairs:
+        if not all((a_name, t) in models and (b_name, t) in models for t in tasks):
+            continue
+        for scope in [*tasks, "pooled"]:
+            ts = tasks if scope == "pooled" else [scope]
+            a = torch.cat([models[(a_name, t)].per_seed(labels[t], seeds) for t in ts], 1)  # (K, N)
+            b = torch.cat([models[(b_name, t)].per_seed(labels[t], seeds) for t in ts], 1)
+            mean, lo, hi = clustered_bootstrap(a, b, n_boot=n_boot, seed=seed)
+            extra: dict[str, Any] = dict(baseline=b_name, seeds=list(seeds))
+            if target is not None and (a_name, b_name) in target_pairs:
+                extra.update(target=target, within_target=bool(-target <= lo and hi <= target))
+            label = f"{a_name} - {b_name}"
+            res.rows.append({"method": label, "task": scope, "metric": "acc_diff_seeds_x_items", "value": mean, "ci_low": lo, "ci_high": hi, "n": a.numel(), **extra})
+            res.add(label, scope, "acc_diff_seeds", (a.mean(1) - b.mean(1)).tolist(), **extra)
 
 
 # ----------------------------------------------------------------------------- main
@@ -253,6 +335,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = parser("scale", __doc__.split("\n\n")[0])
     p.add_argument("--device", default="cpu", help="device of the throughput and fit rows (cpu or cuda[:i]); quality and steps always run on the CPU")
     p.add_argument("--sections", default=",".join(SECTIONS), help=f"comma-separated subset of {','.join(SECTIONS)}")
+    p.add_argument("--zoo", default=None, help="the fine-tune zoo of quality and steps (built or resumed there; default: runs/fidelity-default/zoo for the default size if present, else <out>/zoo)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -270,7 +353,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     torch.manual_seed(args.seed)
     out = Path(args.out or f"runs/scale-{size_name}").resolve()
     out.mkdir(parents=True, exist_ok=True)
-    g = lambda k: torch.Generator().manual_seed(args.seed * 1000 + k)  # noqa: E731 - one stream per use
     started = time.perf_counter()
     config = {"size": size_name, "seed": args.seed, "device": str(device), "sections": sections, **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}}
     res = Results("scale", start=started, config=config)
@@ -335,7 +417,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     logger.info("fit throughput done (%.0f s since start)", time.perf_counter() - started)
     if "quality" in sections or "steps" in sections:
-        quality(res, size, sections, args.seed, g)
+        zoo_root = Path(args.zoo) if args.zoo else default_zoo(size_name, out)
+        logger.info("quality/steps zoo: %s", zoo_root)
+        quality(res, size, sections, args.seed, zoo_root)
         logger.info("quality and steps done (%.0f s since start)", time.perf_counter() - started)
 
     # 5. Outputs: table, results.json, plot, MLflow.
@@ -348,68 +432,168 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-def quality(res: Results, size: dict[str, Any], sections: Sequence[str], seed: int, g: Any) -> None:
-    """Sections 3 and 4, on the CPU: a chunk-wise generator of all of MiniLM, scored downstream."""
-    # 3. Quality: learn all of MiniLM's weights chunk-wise from the one pretrained checkpoint.
-    from paramgen.chunks import ChunkDataset, ChunkLayout, spec_from_safetensors
+# Method names of sections 3 and 4 (rows, items and paired differences use them).
+ORIGINAL = "original (fine-tuned)"
+RECON = "tokenizer reconstruction"
+SOUP = "soup (mean of the task's fine-tunes)"
+MEAN = "per-tensor mean (of each original)"
+NOISE = "norm-matched noise (per generated sample)"
+BLOCK_MEAN = "block: per-tensor mean (of the soup's block)"
+BLOCK_NOISE = "block: norm-matched noise (per DDIM sample)"
+
+
+def generated(label: str) -> str:
+    return f"generated {label}"
+
+
+def block(label: str) -> str:
+    return f"block: generated {label}"
+
+
+def default_zoo(size_name: str, out: Path) -> Path:
+    """The zoo of sections 3 and 4 without ``--zoo``: the fidelity default run's (same preset)
+    for the default size when it is there, else ``<out>/zoo`` (built there)."""
+    fidelity = Path("runs/fidelity-default/zoo")
+    if size_name == "default" and (fidelity / "base.safetensors").exists():
+        return fidelity
+    return out / "zoo"
+
+
+def quality(res: Results, size: dict[str, Any], sections: Sequence[str], seed: int, zoo_root: Path) -> None:
+    """Sections 3 and 4, on the CPU: `benchmarks.fidelity`'s chunk-wise generator of D over the
+    pinned pretrained MiniLM, fitted on a zoo of full fine-tunes, once per pipeline seed;
+    models scored by each task's test accuracy (`MiniLMClassifier.predict`)."""
+    from benchmarks.fidelity import Evaluator, generator_for
+    from paramgen.base import PinnedBase
+    from paramgen.lora import text_tasks
+    from paramgen.lora.finetune import FINETUNE_PRESETS, MiniLMClassifier, build_finetune_zoo
+    from paramgen.novelty import norm_matched_noise, per_tensor_mean
     from paramgen.pipelines.chunkwise import fit_config
 
-    path = minilm_path() / "model.safetensors"
-    layout = ChunkLayout(spec_from_safetensors(path), 4096)
-    data = ChunkDataset(layout, path)
-    gen = build_chunkwise(layout, vae_channels=size["vae_channels"], prior_channels=size["prior_channels"])
+    preset = dict(size["zoo"] if isinstance(size["zoo"], Mapping) else FINETUNE_PRESETS[size["zoo"]])
+    res.config.update(zoo_preset=preset, zoo_root=str(zoo_root))
+    clf = MiniLMClassifier()
     start = time.perf_counter()
-    gen.fit(
-        data,
-        config=fit_config(tokenizer_steps=size["vae_steps"], prior_steps=size["prior_steps"], seed=seed, progress=False),  # the pipeline's defaults are this fit's
-    )
-    res.add("chunk-wise generator", f"MiniLM ({layout.numel / 1e6:.1f}M, {layout.num_chunks} chunks)", "fit_s", time.perf_counter() - start)
-    logger.info("MiniLM chunk-wise generator fitted in %.0f s", time.perf_counter() - start)
-    scorer = Scorer(size, seed)
-    original = scorer.original
-    names = layout.names
-    per: dict[str, list[dict[str, float]]] = {}
+    zoo = build_finetune_zoo(zoo_root, clf=clf, **preset)
+    res.add("zoo (full fine-tunes)", "all", "build_s", time.perf_counter() - start)
+    base = PinnedBase.of(zoo_root / "base.safetensors")
+    zoo.check_base(base)
+    tasks = text_tasks(list(preset["tasks"]), train_per_label=preset["train_per_label"], eval_per_label=preset["eval_per_label"], seed=preset.get("data_seed", 0))
+    ev = Evaluator(clf, tasks, {name: len(t.label_names) for name, t in tasks.items()})
+    names = list(clf.names)
+    base_w = {n: base.tensor(n) for n in names}
+    by_task = {t: [i for i, c in enumerate(zoo.checkpoints) if c.task == t] for t in tasks}
+    few = {t: len(i) for t, i in by_task.items() if len(i) < 2}
+    if few:
+        raise ValueError(f"scale: each task needs at least 2 fine-tunes in the zoo (the originals' nearest other one), got {few}")
+    res.config.update(zoo_runs=[c.run_id for c in zoo.checkpoints], test_items={t: len(ev.labels[t]) for t in tasks})
+    res.items["labels"] = {t: ev.labels[t].tolist() for t in tasks}
+    originals: dict[str, list[dict[str, torch.Tensor]]] = {}
+    for t in tasks:  # the task's fine-tunes, held (6 x 42 MB in the default)
+        originals[t] = []
+        for i in by_task[t]:
+            sd = zoo.state_dict(i)
+            originals[t].append({n: sd[n] for n in names})
+    soups = {t: {n: torch.stack([o[n].double() for o in originals[t]]).mean(0).to(base_w[n].dtype) for n in names} for t in tasks}
+    models: dict[tuple[str, str], Models] = {}
+    # a row's distances: whole models to the nearest original of the task (originals: the
+    # nearest *other* fine-tune); the steps section's blocks to the soup's block it replaces
+    whole_keys = {"rel_l2": "rel_l2_to_nearest", "corr": "corr_to_nearest", "rel_l2_delta": "rel_l2_delta_to_nearest", "corr_delta": "corr_delta_to_nearest", "norm_ratio": "norm_over_nearest"}
+    block_keys = {k: v.replace("nearest", "soup_block") for k, v in whole_keys.items()}
 
-    def score(method: str, state: dict[str, torch.Tensor], tensors: Sequence[str] = names) -> None:
-        s = scorer.scores(state)
-        s["rel_l2_to_original"] = rel_distance({**original, **state}, original, tensors)
-        per.setdefault(method, []).append(s)
+    def whole(method: str, t: str, sd: Mapping[str, torch.Tensor], ps: int, skip: int | None = None) -> None:
+        c = compare_states(sd, originals[t], base_w, names, skip=skip)
+        models.setdefault((method, t), Models()).add(ev.predict(t, sd), ps, {v: c[k] for k, v in whole_keys.items()})
 
-    score("original", {})
-    if "quality" in sections:
-        score("VAE reconstruction", reconstruction(gen, data))
-    ddim = dict(sampler="ddim", steps=size["ddim_steps"])
-    generated_name = f"generated DDIM-{size['ddim_steps']}"
-    for i in range(size["samples"] if "quality" in sections else 0):
+    swap = [n for n in names if n.startswith(tuple(size["swap_prefixes"]))]
+    if not swap:
+        raise ValueError(f"scale: no tensor of the zoo starts with one of swap_prefixes {list(size['swap_prefixes'])}")
+    soup_block = {t: {n: soups[t][n] for n in swap} for t in tasks}
+    base_block = {n: base_w[n] for n in swap}
+
+    def in_soup(method: str, t: str, blk: Mapping[str, torch.Tensor], ps: int) -> None:
+        c = compare_states(blk, [soup_block[t]], base_block, swap)
+        models.setdefault((method, t), Models()).add(ev.predict(t, {**soups[t], **blk}), ps, {v: c[k] for k, v in block_keys.items()})
+
+    # ---- what does not depend on the generator (pipeline seed -1)
+    for t in tasks:
+        whole(SOUP, t, soups[t], -1)
+        if "quality" in sections:
+            for k, o in enumerate(originals[t]):
+                whole(ORIGINAL, t, o, -1, skip=k)
+                whole(MEAN, t, per_tensor_mean(o), -1)
+        if "steps" in sections:
+            in_soup(BLOCK_MEAN, t, per_tensor_mean(soup_block[t]), -1)
+    logger.info("baselines scored")
+
+    # ---- the generator, once per pipeline seed
+    gen_label = f"DDIM-{size['sample_steps']}"
+    step_labels = [f"DDIM-{s}" for s in size["step_counts"]]
+    g = lambda ps, k: torch.Generator().manual_seed(seed * 1_000_003 + ps * 1000 + k)  # noqa: E731 - one stream per use
+    for ps in size["pipeline_seeds"]:
+        gen, data = generator_for(zoo, base, size, ps)
         start = time.perf_counter()
-        sample = gen.sample(generator=g(100 + i), **ddim)
-        res.add(generated_name, "MiniLM whole model", "sample_s", time.perf_counter() - start)
-        score(generated_name, sample)
-        score("noise at matched per-tensor L2", matched_noise(sample, original, names, g(200 + i)))
-        score("per-tensor Gaussian", tensor_gaussian(original, names, g(300 + i)))
-        del sample
-    for method, runs in per.items():
-        for metric in runs[0]:
-            res.add(method, "MiniLM whole model", metric, [r[metric] for r in runs])
+        gen.fit(
+            data, conditions=[c.task for c in zoo.checkpoints],
+            config=fit_config(tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"], batch_size=size["batch_size"], seed=ps, progress=False),
+        )  # fmt: skip
+        res.add(generated(gen_label), "all", "fit_s", time.perf_counter() - start, seed=ps)
+        logger.info("pipeline seed %d: generator fitted in %.0f s", ps, time.perf_counter() - start)
+        timesteps = int(gen.generator.prior.schedule.timesteps)
+        settings = [(f"DDIM-{s}", dict(sampler="ddim", steps=s)) for s in size["step_counts"]] + ([(f"DDPM-{timesteps}", dict(sampler="ddpm"))] if size["ddpm"] else [])
+        step_labels = [label for label, _ in settings]
+        for k_t, t in enumerate(tasks):
+            if "quality" in sections:
+                for i in by_task[t]:
+                    rec = gen.reconstruct(data, i, cond=t)
+                    whole(RECON, t, {n: rec[n] for n in names}, ps)
+                for j in range(size["samples"]):
+                    start = time.perf_counter()
+                    sd = gen.sample(t, generator=g(ps, 100 * k_t + j), sampler="ddim", steps=size["sample_steps"])
+                    res.add(generated(gen_label), t, "sample_s", time.perf_counter() - start, seed=ps)
+                    sample = {n: sd[n] for n in names}
+                    del sd
+                    whole(generated(gen_label), t, sample, ps)
+                    noise, _ = noise_like(sample, originals[t], names, generator=g(ps, 100 * k_t + 50 + j))  # reference: the sample's nearest original
+                    whole(NOISE, t, noise, ps)
+            if "steps" in sections:
+                ids = torch.tensor([c for n in swap for c in gen.layout.chunks_of(n)])  # (B,)
+                base_values = gen.base_chunks(ids)  # (B, K) float64
+                for j in range(size["swap_samples"]):
+                    for label, kw in settings:
+                        start = time.perf_counter()
+                        d = gen.sample_chunks(ids, t, generator=g(ps, 100 * k_t + 80 + j), **kw).cpu()  # (B, K): the same seed for every sampler
+                        seconds = time.perf_counter() - start
+                        res.add(block(label), t, "s_per_model (extrapolated)", seconds / len(ids) * gen.layout.num_chunks, seed=ps, chunks=len(ids))
+                        blk = block_tensors(gen.layout, ids, d.double() + base_values, swap, dtype=base_w[swap[0]].dtype)
+                        in_soup(block(label), t, blk, ps)
+                        if label == step_labels[0]:
+                            in_soup(BLOCK_NOISE, t, norm_matched_noise(soup_block[t], blk, generator=g(ps, 100 * k_t + 90 + j)), ps)
+        logger.info("pipeline seed %d scored", ps)
+        del gen, data
 
-    logger.info("MiniLM whole-model samples scored")
-    # 4. DDPM-1000 vs DDIM steps: one block's chunks generated, the rest original.
-    swap = list(size["swap_tensors"])
-    swap_chunks = sum(len(layout.chunks_of(n)) for n in swap)
-    settings = [(f"DDIM-{s}", dict(sampler="ddim", steps=s)) for s in size["step_counts"]] + ([("DDPM-1000", dict(sampler="ddpm"))] if size["ddpm"] else [])
-    task = f"MiniLM, {swap_chunks} chunks swapped"
-    for label, kw in settings if "steps" in sections else ():
-        runs, times = [], []
-        for i in range(size["swap_samples"]):
-            start = time.perf_counter()
-            state = sample_chunks(gen, swap, g(400 + i), **kw)
-            times.append((time.perf_counter() - start) / swap_chunks * layout.num_chunks)
-            s = scorer.scores(state)
-            s["rel_l2_to_original"] = rel_distance({**original, **state}, original, swap)
-            runs.append(s)
-        res.add(f"generated {label}", task, "s_per_model (extrapolated)", times)
-        for metric in ("probe_acc", "spearman_vs_original", "rel_l2_to_original"):
-            res.add(f"generated {label}", task, metric, [r[metric] for r in runs])
+    # ---- rows: per method and task, pooled; per-item predictions; paired differences
+    res.config["block"] = {"tensors": swap, "values": sum(base_w[n].numel() for n in swap)}
+    pooled: dict[str, list[float]] = {}
+    for (method, t), mm in models.items():
+        acc = [float((p == ev.labels[t]).double().mean()) for p in mm.preds]
+        extra = dict(seeds=sorted(set(mm.seeds)))
+        res.add(method, t, "acc", acc, **extra)
+        for metric, values in mm.metrics.items():
+            res.add(method, t, metric, values, **extra)
+        res.items.setdefault("models", {}).setdefault(method, {})[t] = {"seeds": mm.seeds, "preds": [p.tolist() for p in mm.preds]}
+        pooled.setdefault(method, []).extend(acc)
+    for method, acc in pooled.items():
+        res.add(method, "pooled", "acc", acc)
+    seeds = list(size["pipeline_seeds"])
+    gen_name = generated(gen_label)
+    pairs = [(gen_name, NOISE), (gen_name, SOUP), (gen_name, MEAN), (gen_name, ORIGINAL), (RECON, ORIGINAL)]
+    ddpm = [label for label in step_labels if label.startswith("DDPM")]
+    if ddpm:
+        pairs += [(block(label), block(ddpm[0])) for label in step_labels if label != ddpm[0]]
+    pairs += [(block(step_labels[0]), BLOCK_MEAN), (block(step_labels[0]), BLOCK_NOISE), (block(step_labels[0]), SOUP)]
+    target_pairs = [(block(step_labels[0]), block(ddpm[0]))] if ddpm else []
+    paired_rows(res, models, ev.labels, pairs, seeds, n_boot=size["boot"], seed=seed, target=0.005, target_pairs=target_pairs)
 
 
 def plot_throughput(plot: dict[str, list[float]], png: Path) -> None:
