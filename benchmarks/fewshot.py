@@ -536,7 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seeds = [args.seed + i for i in range(size["seeds"])]
     runs = parallel_map(run_seed, [(s, size, args.progress) for s in seeds], workers=args.workers)
 
-    config = {"size": size_name, "seed": args.seed, "seeds": seeds, "way": WAY, "query": QUERY, "shots": list(SHOTS),
+    config = {"size": size_name, "seed": args.seed, "seed_list": seeds, "way": WAY, "query": QUERY, "shots": list(SHOTS),
               "classes": runs[0]["classes"],
               "backbone_classes": runs[0]["backbone_classes"], "zoo_classes": runs[0]["zoo_classes"], "anchor": [r["anchor"] for r in runs],
               **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}}  # fmt: skip

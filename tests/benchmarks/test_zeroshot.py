@@ -6,17 +6,32 @@ import torch
 
 import paramgen
 from benchmarks import zeroshot
-from tests.benchmarks.test_harnesses import methods, run
+from tests.benchmarks import test_harnesses
+from tests.benchmarks.test_harnesses import methods
+
+
+def run(module, tmp_path, monkeypatch, tiny, extra=()):
+    """`test_harnesses.run`, with the per-item values (``"items"``) the harness also writes."""
+    monkeypatch.setattr(test_harnesses, "SCHEMA", test_harnesses.SCHEMA | {"items"})
+    return test_harnesses.run(module, tmp_path, monkeypatch, tiny, extra)
 
 
 def test_zeroshot_harness(tmp_path, monkeypatch):
     tiny = dict(train_per_class=12, eval_per_class=6, pca=8, zoo_tasks=4, val_tasks=1, test_tasks=1, unseen_tasks=2,
-                vae_steps=3, vae_channels=8, align_steps=3, prior_steps=3, samples=2, zoo_fractions=(0.5, 1.0))
-    data = run(zeroshot, tmp_path, monkeypatch, tiny)
-    assert {"generated", "generated best-of-n (support)", "random head", "mean of zoo heads", "most similar zoo task",
-            "nearest zoo rows", "prototype (support)", "trained head (oracle)"} <= methods(data)
-    sizes = {r["zoo_fraction"] for r in data["rows"] if r["method"] == "generated" and r["task"] == "unseen dataset (digits)"}
+                vae_steps=3, vae_channels=8, align_steps=3, prior_steps=3, samples=2, zoo_fractions=(0.5, 1.0), lr_c=(1.0,), boot=50)
+    data = run(zeroshot, tmp_path, monkeypatch, tiny, ["--seeds", "2"])
+    assert {*zeroshot.GENERATED, *zeroshot.SIMPLE_BASELINES, "trained head (oracle)", "generated [anchor=prototype_row]"} <= methods(data)
+    sizes = {r.get("zoo_fraction", 1.0) for r in data["rows"] if r["method"] == "generated" and r["task"] == "unseen dataset (digits)"}
     assert sizes == {0.5, 1.0}
+    task = "unseen dataset (digits)"
+    items = data["items"][task]
+    assert items["seeds"] == [1, 2] and len(items["tasks"]) == 2 and len(items["test_acc"]["generated"]) == 2
+    best = data["config"]["best_simple_baseline"][task]
+    mean = lambda m: sum(map(sum, items["test_acc"][m])) / 4  # noqa: E731
+    assert best == max(zeroshot.SIMPLE_BASELINES, key=mean)
+    diff = next(r for r in data["rows"] if r["task"] == task and r["method"] == "generated - best baseline" and r["metric"] == "acc_diff_seeds_x_items")
+    assert abs(diff["value"] - (mean("generated") - mean(best))) < 1e-9 and diff["baseline"] == best
+    assert {c["anchor"] for c in data["config"]["chosen_on_validation"].values()} <= {"none", "prototype_row"}
     assert (tmp_path / "out" / "zeroshot-zoo-size.png").stat().st_size > 0
 
 
