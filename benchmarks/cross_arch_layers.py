@@ -1,0 +1,361 @@
+"""``python -m benchmarks.cross_arch_layers``: weights for architectures the generator never saw, layer by layer.
+
+Question (issue 23): can a generator that writes each *layer* from a descriptor of it
+(layer kind, in / out channels, kernel, relative depth, position in the layer,
+architecture text) give better initializations for unseen depths and widths than random
+init or than growing the nearest seen member (Net2Net)?
+
+Setting: random depth / width members of the ConvNet family (and, at the default size,
+the ResNet family), drawn once from a box of depths and widths: *seen* members (the box's
+smallest corner always among them) train the generator; *interpolation* members lie inside
+the box of seen depths and widths but were not seen; *extrapolation* members lie outside it
+(deeper or wider). Every member is trained on five-class tasks of digits (and, at the
+default size, Fashion-MNIST) with `paramgen.zoo` (resumable); held-out members' own
+checkpoints are only a reference (``original``).
+
+Layout: `paramgen.layerwise.LayerRowLayout`, rows of ``width`` values in output-channel
+order (tokens or latents per layer in proportion to its size), scaled by
+`paramgen.layerwise.normalize_rows` (weights times sqrt(fan-in), running variances logged).
+Generator: one row at a time, conditioned on ``(task, descriptor)`` through
+``ConcatConditioner(OneHotConditioner(tasks), DescriptorConditioner(text=...))``, built by
+`paramgen.pipelines.igpg` (VQ tokens + GPT, ``--components vq-gpt``) or
+`paramgen.pipelines.d2nwg` (VAE + latent DDPM, ``--components vae-ddpm``) over a one-row
+spec: only the components differ.
+
+Initializations of each held-out (member, task), per pipeline seed:
+- ``generated``: every row sampled from its descriptor; ``random init``: PyTorch's
+  default initialization; ``net2net``: the nearest seen member that can grow into the
+  target (its last checkpoint on the same task and seed), grown with
+  `paramgen.models.net2net` (function-preserving, no noise).
+- each also ``+ bn-recal``: `paramgen.models.batchnorm.recalibrate_batchnorm` on
+  ``recal_batches`` training batches.
+Test accuracy at epoch 0 and after one epoch of fine-tuning (the zoo's optimizer
+settings). Paired differences ``generated - random init`` and ``generated - net2net``
+(same recalibration) per group, with a seed x item clustered bootstrap interval and a
+t-interval over per-seed means. Nothing is selected or tuned: every setting is fixed
+in `SIZES`, no split is used to choose among samples.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import logging
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import torch
+
+import paramgen
+from benchmarks.common import Results, RunSetup, capped, clustered_bootstrap, paired_seed_ci, parallel_map
+from paramgen.conditioners import ConcatConditioner
+from paramgen.conditioners.descriptor import DescriptorConditioner
+from paramgen.conditioners.index import OneHotConditioner
+from paramgen.data import Task
+from paramgen.layerwise import LayerRowLayout, denormalize_rows, normalize_rows
+from paramgen.models import build_model
+from paramgen.models.batchnorm import recalibrate_batchnorm
+from paramgen.models.net2net import can_grow, grow_convnet, grow_resnet
+from paramgen.pipelines import d2nwg, igpg
+from paramgen.spec import ParamSpec
+from paramgen.zoo import RunConfig, TrainConfig, build_zoo, evaluate, load_run_task
+from paramgen.zoo.build import subset_runs
+
+__all__ = ["main", "SIZES", "Member", "plan_members", "nearest_seen", "make_generator", "METHODS"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("generated", "random init", "net2net")
+
+SIZES: dict[str, dict[str, Any]] = {
+    "quick": dict(
+        families={"convnet": dict(box_depths=(2, 3), box_widths=(4, 6, 8), extra_depths=(4,), extra_widths=(12,), seen=4, interpolation=2, extrapolation=2)},
+        plan_seed=0,
+        datasets=("digits",),
+        tasks_per_dataset=1,
+        seeds=(0, 1),
+        zoo_epochs=6,
+        keep_epochs=(5, 6),
+        fashion_train_per_class=150,
+        width=32,
+        text=False,
+        tokens_per_chunk=8,
+        codebook_size=128,
+        hidden=128,
+        tokenizer_steps=400,
+        prior_steps=400,
+        d_model=64,
+        layers=2,
+        latent_length=8,
+        recal_batches=10,
+        eval_per_class=100,
+        finetune_train_per_class=100,
+    ),
+    "default": dict(
+        families={
+            "convnet": dict(box_depths=(2, 3), box_widths=(4, 5, 6, 7, 8), extra_depths=(4,), extra_widths=(10, 12), seen=6, interpolation=4, extrapolation=4),
+            "resnet": dict(box_depths=(8, 14), box_widths=(2, 3, 4, 5), extra_depths=(20,), extra_widths=(6, 7), seen=5, interpolation=3, extrapolation=4),
+        },
+        plan_seed=0,
+        datasets=("digits", "fashion_mnist"),
+        tasks_per_dataset=1,
+        seeds=(0, 1, 2),
+        zoo_epochs=8,
+        keep_epochs=(6, 7, 8),
+        fashion_train_per_class=300,
+        width=32,
+        text=True,
+        tokens_per_chunk=8,
+        codebook_size=256,
+        hidden=256,
+        tokenizer_steps=2000,
+        prior_steps=3000,
+        d_model=128,
+        layers=3,
+        latent_length=8,
+        recal_batches=10,
+        eval_per_class=200,
+        finetune_train_per_class=200,
+    ),
+}
+
+
+@attrs.frozen
+class Member:
+    """One architecture of the space: its family, depth, base width and split."""
+
+    family: str
+    depth: int
+    width: int
+    split: str  # "seen", "interpolation" or "extrapolation"
+
+    @property
+    def key(self) -> str:
+        return f"{self.family}-d{self.depth}-w{self.width}"
+
+    @property
+    def arch(self) -> str:
+        return self.family
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        if self.family == "convnet":
+            return {"channels": [self.width] + [2 * self.width] * (self.depth - 1)}
+        return {"depth": self.depth, "widths": [self.width, 2 * self.width, 4 * self.width], "in_channels": 1}
+
+
+def plan_members(families: dict[str, dict[str, Any]], *, seed: int) -> list[Member]:
+    """Seen, interpolation and extrapolation members of each family, drawn once with ``seed``.
+
+    Inside the box of ``box_depths`` x ``box_widths``: the smallest corner and ``seen - 1``
+    random others are seen, ``interpolation`` of the rest are held out; ``extrapolation``
+    members are drawn from the grid extended by ``extra_depths`` / ``extra_widths``, outside the box.
+    """
+    rng = random.Random(seed)
+    out: list[Member] = []
+    for family, f in families.items():
+        box = list(itertools.product(f["box_depths"], f["box_widths"]))
+        corner = (min(f["box_depths"]), min(f["box_widths"]))
+        rest = [c for c in box if c != corner]
+        rng.shuffle(rest)
+        if f["seen"] - 1 + f["interpolation"] > len(rest):
+            raise ValueError(f"{family}: the box holds {len(box)} members, asked for {f['seen']} seen + {f['interpolation']} interpolation")
+        seen = [corner, *rest[: f["seen"] - 1]]
+        interp = rest[f["seen"] - 1 : f["seen"] - 1 + f["interpolation"]]
+        outside = [c for c in itertools.product((*f["box_depths"], *f["extra_depths"]), (*f["box_widths"], *f["extra_widths"])) if c not in box]
+        rng.shuffle(outside)
+        extrap = outside[: f["extrapolation"]]
+        for split, cells in (("seen", seen), ("interpolation", interp), ("extrapolation", extrap)):
+            out += [Member(family, d, w, split) for d, w in sorted(cells)]
+    return out
+
+
+def nearest_seen(target: Member, members: Sequence[Member]) -> Member:
+    """The largest seen member of ``target``'s family that grows into it (Net2Net widen / deepen)."""
+
+    def grows(src: Member) -> bool:
+        if src.family != target.family:
+            return False
+        if src.family == "convnet":
+            return can_grow(src.kwargs["channels"], target.kwargs["channels"])
+        return src.depth <= target.depth and src.width <= target.width
+
+    options = [m for m in members if m.split == "seen" and grows(m)]
+    if not options:
+        raise ValueError(f"no seen member grows into {target.key}")
+    return max(options, key=lambda m: (m.depth * m.width, m.depth, m.key))
+
+
+def make_generator(kind: str, conditioner: Any, size: dict[str, Any]) -> paramgen.Generator:
+    """The row generator (``"vq-gpt"``: `paramgen.pipelines.igpg`; ``"vae-ddpm"``: `paramgen.pipelines.d2nwg`) over a one-row spec."""
+    row = ParamSpec.from_state_dict({"row": torch.zeros(size["width"])})
+    if kind == "vq-gpt":
+        return igpg(
+            row, condition=conditioner, seed=None, chunk_size=None, codebook_size=size["codebook_size"], tokens_per_chunk=size["tokens_per_chunk"],
+            code_dim=16, hidden=size["hidden"], anneal_steps=max(1, size["tokenizer_steps"] // 2), context=None, d_model=size["d_model"],
+            layers=size["layers"], heads=4, normalizer=None,
+        )  # fmt: skip
+    if kind == "vae-ddpm":
+        return d2nwg(
+            row, condition=conditioner, seed=None, latent_channels=2, latent_length=size["latent_length"], hidden_channels=64,
+            base_channels=64, channel_mults=(1, 2), normalizer=None,
+        )  # fmt: skip
+    raise ValueError(f"components must be 'vq-gpt' or 'vae-ddpm', got {kind!r}")
+
+
+def _train_batches(task: Task, n: int, seed: int, batch_size: int = 64) -> list[torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(task.train.y), generator=g)
+    x = task.train.x
+    assert isinstance(x, torch.Tensor)
+    return [x[order[i : i + batch_size]] for i in range(0, min(len(order), n * batch_size), batch_size)]
+
+
+def _finetune_job(job: dict[str, Any]) -> list[float]:
+    """Worker: test accuracy of one initialization at epoch 0 and after one epoch."""
+    from paramgen.zoo import evaluate, train_classifier
+
+    model = build_model(job["arch"], num_classes=job["task"].num_classes, **job["kwargs"])
+    model.load_state_dict(job["state_dict"], strict=True)
+    acc0 = evaluate(model, job["test"])[0]
+    snaps = train_classifier(model, job["task"], TrainConfig(epochs=1, lr=5e-3, batch_size=64), seed=job["seed"], keep_epochs=[1], init=False, eval_splits={"test": job["test"]})
+    return [acc0, snaps[0].metrics["test_acc"]]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    def add_arguments(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--components", choices=("vq-gpt", "vae-ddpm"), default="vq-gpt", help="generator components (default: IGPG's VQ tokens + GPT)")
+        p.add_argument("--workers", type=int, default=2, help="processes for the zoo and fine-tuning")
+
+    setup = RunSetup.from_args(
+        "cross_arch_layers", __doc__, SIZES, argv, add_arguments=add_arguments, out_suffix=lambda a: "" if a.components == "vq-gpt" else f"-{a.components}"
+    )
+    args, size_name, size, out = setup.args, setup.size_name, setup.size, setup.out
+    timer = time.perf_counter
+    members = plan_members(size["families"], seed=size["plan_seed"])
+    by_key = {m.key: m for m in members}
+    held = [m for m in members if m.split != "seen"]
+    logger.info("members: %s", {s: [m.key for m in members if m.split == s] for s in ("seen", "interpolation", "extrapolation")})
+
+    # 1. The zoo: every member on every task and seed (held-out members only as a reference).
+    train = TrainConfig(epochs=size["zoo_epochs"], lr=5e-3, batch_size=64)
+    runs: list[RunConfig] = []
+    for m in members:
+        common: dict[str, Any] = dict(k=5, arch=m.arch, arch_kwargs=m.kwargs, seeds=size["seeds"], train=train, keep_epochs=size["keep_epochs"], max_eval_per_class=None)
+        for ds in size["datasets"]:
+            cap = size["fashion_train_per_class"] if ds == "fashion_mnist" else None
+            runs += subset_runs(ds, size["tasks_per_dataset"], max_train_per_class=cap, **common)
+    start = timer()
+    zoo = build_zoo(out.parent / "zoos" / f"cross_arch_layers-{size_name}", runs, workers=args.workers, progress=False)
+    zoo_s = timer() - start
+
+    def key_of(c: Any) -> str:
+        return next(m.key for m in members if m.arch == c.arch and {k: v for k, v in c.arch_kwargs.items() if k != "num_classes"} == m.kwargs)
+
+    ckpt_key = {c.id: key_of(c) for c in zoo}
+    names = sorted(zoo.tasks)
+    datasets: dict[str, Task] = {}
+    run_of = {r.task: r for r in runs}
+    tasks = {t: load_run_task(run_of[t], datasets) for t in names}
+    tests = {t: capped(tasks[t].test, size["eval_per_class"]) for t in names}
+    ft_tasks = {t: load_run_task(attrs.evolve(run_of[t], max_train_per_class=size["finetune_train_per_class"]), datasets) for t in names}
+    templates = {m.key: build_model(m.arch, num_classes=5, **m.kwargs) for m in members}
+    layouts = {k: LayerRowLayout(t, width=size["width"]) for k, t in templates.items()}
+
+    res = Results("cross_arch_layers", start=setup.started, config={
+        "size": size_name, "seed": args.seed, "components": args.components, "zoo_checkpoints": len(zoo),
+        "members": {m.key: {"split": m.split, "kwargs": m.kwargs} for m in members}, "tasks": names,
+        "rows_per_member": {k: v.rows for k, v in layouts.items()},
+        **{k: v for k, v in size.items() if k != "families"}, "families": size["families"],
+    })  # fmt: skip
+    res.add("zoo", "all", "build_s", zoo_s)
+    last = max(size["keep_epochs"])
+    # acc[(method, variant, epoch)][(seed, member, task)] = accuracy
+    acc: dict[tuple[str, str, int], dict[tuple[int, str, str], float]] = {}
+    fit_times, sample_times = [], []
+    for seed in size["seeds"]:
+        # 2. One row generator per pipeline seed, fitted on the seen members' checkpoints of that seed.
+        torch.manual_seed(args.seed * 1000 + seed)  # module initialization of the components
+        g = torch.Generator().manual_seed(args.seed * 1000 + seed)
+        rows, conds = [], []
+        for c in zoo:
+            k = ckpt_key[c.id]
+            if c.seed != seed or by_key[k].split != "seen":
+                continue
+            lay = layouts[k]
+            rows.append(normalize_rows(lay.flatten(zoo.state_dict(c)).values.float(), lay.descriptors, lay.mask))
+            conds += [(c.task, d) for d in lay.descriptors]
+        flat = torch.cat(rows)  # (M_rows, C)
+        conditioner = ConcatConditioner(OneHotConditioner(names), DescriptorConditioner(text=size["text"]))
+        gen = make_generator(args.components, conditioner, size)
+        start = timer()
+        paramgen.fit(gen, flat, conds, tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"], batch_size=64,
+                     tokenizer_lr=1e-3, prior_lr=1e-3, generator=g, progress=False)  # fmt: skip
+        fit_times.append(timer() - start)
+        logger.info("seed %d: generator fitted on %d rows in %.1f s", seed, flat.shape[0], fit_times[-1])
+
+        # 3. Initializations of every held-out (member, task).
+        jobs = []
+        start = timer()
+        for m in held:
+            lay = layouts[m.key]
+            for t in names:
+                own = next(c for c in zoo if ckpt_key[c.id] == m.key and c.task == t and c.seed == seed and c.epoch == last)
+                src = nearest_seen(m, members)
+                donor = zoo.model(next(c for c in zoo if ckpt_key[c.id] == src.key and c.task == t and c.seed == seed and c.epoch == last))
+                grow_g = torch.Generator().manual_seed(seed)
+                grown = grow_convnet(donor, m.kwargs["channels"], generator=grow_g) if m.family == "convnet" else grow_resnet(donor, depth=m.depth, widths=m.kwargs["widths"], generator=grow_g)  # type: ignore[arg-type]
+                z = gen.sample_flat([(t, d) for d in lay.descriptors], 1, generator=g)
+                assert isinstance(z, torch.Tensor)
+                generated = lay.unflatten(denormalize_rows(z.float(), lay.descriptors, lay.mask).to(torch.float32))
+                torch.manual_seed(args.seed * 1000 + seed)
+                random_init = build_model(m.arch, num_classes=5, **m.kwargs).state_dict()
+                batches = _train_batches(tasks[t], size["recal_batches"], seed)
+                inits = {"generated": generated, "random init": random_init, "net2net": grown.state_dict()}
+                acc.setdefault(("original", "", 0), {})[(seed, m.key, t)] = evaluate(zoo.model(own), tests[t])[0]  # the member's own checkpoint
+                for method, sd in inits.items():
+                    model = build_model(m.arch, num_classes=5, **m.kwargs)
+                    model.load_state_dict(sd)
+                    recal = recalibrate_batchnorm(model, batches).state_dict()
+                    for variant, state in (("", sd), ("+ bn-recal", recal)):
+                        jobs.append({"arch": m.arch, "kwargs": m.kwargs, "task": ft_tasks[t], "test": tests[t], "state_dict": {k: v.clone() for k, v in state.items()},
+                                     "seed": seed, "item": (seed, m.key, t), "method": method, "variant": variant})  # fmt: skip
+        sample_times.append(timer() - start)
+        for job, curve in zip(jobs, parallel_map(_finetune_job, jobs, workers=args.workers), strict=True):
+            for epoch, a in enumerate(curve):
+                acc.setdefault((job["method"], job["variant"], epoch), {})[job["item"]] = a
+
+    res.add("generator", "all", "fit_s", fit_times)
+    res.add("generator", "all", "init_s_per_seed", sample_times)
+    res.items = {f"{m} {v}".strip() + f" @{e}": [{"seed": s, "member": k, "task": t, "split": by_key[k].split, "acc": a} for (s, k, t), a in vals.items()] for (m, v, e), vals in acc.items()}
+
+    # 4. Rows per group: means over items, and paired differences over seeds x items.
+    seeds = list(size["seeds"])
+    for split in ("interpolation", "extrapolation"):
+        keys = [(k, t) for k in (m.key for m in held if m.split == split) for t in names]
+        if not keys:
+            continue
+        for (method, variant, epoch), vals in sorted(acc.items()):
+            res.add(f"{method} {variant}".strip(), split, "test_acc", [vals[(s, k, t)] for s in seeds for k, t in keys], epoch=epoch)
+        for variant in ("", "+ bn-recal"):
+            for epoch in (0, 1):
+                gen_v = acc[("generated", variant, epoch)]
+                for base in ("random init", "net2net"):
+                    base_v = acc[(base, variant, epoch)]
+                    a = [[gen_v[(s, k, t)] for k, t in keys] for s in seeds]  # (K, N)
+                    b = [[base_v[(s, k, t)] for k, t in keys] for s in seeds]
+                    d, lo, hi = clustered_bootstrap(a, b, seed=args.seed)
+                    ds, slo, shi = paired_seed_ci([sum(r) / len(r) for r in a], [sum(r) / len(r) for r in b])
+                    row = res.add(f"generated - {base} {variant}".strip(), split, "paired_diff", d, epoch=epoch, seed_ci=[slo, shi], n_items=len(keys), n_seeds=len(seeds))
+                    row["ci_low"], row["ci_high"] = lo, hi  # the seed x item bootstrap interval
+    path = setup.write(res)
+    print(res.table())
+    print(f"results: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
