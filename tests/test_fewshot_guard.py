@@ -22,8 +22,8 @@ from benchmarks.fewshot import (
 F_DIM = 8
 
 
-@pytest.fixture(scope="module")
-def gen():
+@pytest.fixture(scope="module", params=[False, True], ids=["whole", "anchored"])
+def gen(request):
     torch.manual_seed(0)
     g = torch.Generator().manual_seed(0)
     t = 12
@@ -33,8 +33,10 @@ def gen():
         "conds": [torch.randn(WAY, 1 + i % 2, F_DIM, generator=g) for i in range(t)],
         "task_of_row": list(range(t)),
     }
-    size = dict(vae_channels=8, vae_steps=3, align_steps=0, prior_steps=3)
-    return fit_generator(zoo, F_DIM, size, seed=0)
+    size = dict(vae_channels=8, vae_steps=3, align_steps=0, prior_steps=3, residual=request.param)
+    out = fit_generator(zoo, F_DIM, size, seed=0)
+    assert (out.anchor is not None) == request.param
+    return out
 
 
 def _episodes(seed: int, e: int = 4, shot: int = 2, q: int = 3):
@@ -59,6 +61,19 @@ def test_generated_head_ignores_queries(gen):
     # The support set is what the heads depend on.
     other = run(support.flip(1), query, query_y)
     assert not torch.allclose(other["all_w"], ref["all_w"])
+
+
+def test_anchor_is_the_support_sets_prototype_head(gen):
+    support, query, query_y = _episodes(2)
+    ref = generated_method(gen, support, query, query_y, 2, generator=torch.Generator().manual_seed(7))
+    if gen.anchor is None:
+        pytest.skip("a whole-head generator has no anchor")
+    plain = gen.with_anchor(None)
+    res = generated_method(plain, support, query, query_y, 2, generator=torch.Generator().manual_seed(7))
+    w, b = nearest_centroid(support)  # (E, K, F): from the support only
+    s = gen.anchor.scale
+    torch.testing.assert_close(ref["all_w"], res["all_w"] + s * w[:, None])
+    torch.testing.assert_close(ref["all_b"], res["all_b"] + s * b[:, None])
 
 
 def test_selection_uses_support_accuracy():
