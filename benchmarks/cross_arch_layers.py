@@ -59,6 +59,7 @@ from paramgen.layerwise import LayerRowLayout, denormalize_rows, normalize_rows
 from paramgen.models import build_model
 from paramgen.models.batchnorm import recalibrate_batchnorm
 from paramgen.models.net2net import can_grow, grow_convnet, grow_resnet
+from paramgen.models.permute import align_convnets
 from paramgen.pipelines import d2nwg, igpg
 from paramgen.spec import ParamSpec
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, evaluate, load_run_task
@@ -81,6 +82,7 @@ SIZES: dict[str, dict[str, Any]] = {
         keep_epochs=(5, 6),
         fashion_train_per_class=150,
         width=32,
+        align=True,
         text=False,
         tokens_per_chunk=8,
         codebook_size=128,
@@ -90,6 +92,8 @@ SIZES: dict[str, dict[str, Any]] = {
         d_model=64,
         layers=2,
         latent_length=8,
+        vae_hidden=32,
+        unet_channels=32,
         recal_batches=10,
         eval_per_class=100,
         finetune_train_per_class=100,
@@ -107,6 +111,7 @@ SIZES: dict[str, dict[str, Any]] = {
         keep_epochs=(6, 7, 8),
         fashion_train_per_class=300,
         width=32,
+        align=True,
         text=True,
         tokens_per_chunk=8,
         codebook_size=256,
@@ -116,6 +121,8 @@ SIZES: dict[str, dict[str, Any]] = {
         d_model=128,
         layers=3,
         latent_length=8,
+        vae_hidden=64,
+        unet_channels=64,
         recal_batches=10,
         eval_per_class=200,
         finetune_train_per_class=200,
@@ -200,8 +207,8 @@ def make_generator(kind: str, conditioner: Any, size: dict[str, Any]) -> paramge
         )  # fmt: skip
     if kind == "vae-ddpm":
         return d2nwg(
-            row, condition=conditioner, seed=None, latent_channels=2, latent_length=size["latent_length"], hidden_channels=64,
-            base_channels=64, channel_mults=(1, 2), normalizer=None,
+            row, condition=conditioner, seed=None, latent_channels=2, latent_length=size["latent_length"], hidden_channels=size["vae_hidden"],
+            base_channels=size["unet_channels"], channel_mults=(1, 2), normalizer=None,
         )  # fmt: skip
     raise ValueError(f"components must be 'vq-gpt' or 'vae-ddpm', got {kind!r}")
 
@@ -230,9 +237,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.add_argument("--components", choices=("vq-gpt", "vae-ddpm"), default="vq-gpt", help="generator components (default: IGPG's VQ tokens + GPT)")
         p.add_argument("--workers", type=int, default=2, help="processes for the zoo and fine-tuning")
 
-    setup = RunSetup.from_args(
-        "cross_arch_layers", __doc__, SIZES, argv, add_arguments=add_arguments, out_suffix=lambda a: "" if a.components == "vq-gpt" else f"-{a.components}"
-    )
+    setup = RunSetup.from_args("cross_arch_layers", __doc__, SIZES, argv, add_arguments=add_arguments, out_suffix=lambda a: "" if a.components == "vq-gpt" else f"-{a.components}")
     args, size_name, size, out = setup.args, setup.size_name, setup.size, setup.out
     timer = time.perf_counter
     members = plan_members(size["families"], seed=size["plan_seed"])
@@ -280,13 +285,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         # 2. One row generator per pipeline seed, fitted on the seen members' checkpoints of that seed.
         torch.manual_seed(args.seed * 1000 + seed)  # module initialization of the components
         g = torch.Generator().manual_seed(args.seed * 1000 + seed)
+        train_cps = [c for c in zoo if c.seed == seed and by_key[ckpt_key[c.id]].split == "seen"]
+        states = {c.id: zoo.state_dict(c) for c in train_cps}
+        if size["align"]:
+            # Line up the channels of the seen ConvNets (a permutation: same functions), narrowest
+            # first, so that channel c of a layer means much the same in every member.
+            order = sorted((c for c in train_cps if c.arch == "convnet"), key=lambda c: (by_key[ckpt_key[c.id]].depth, by_key[ckpt_key[c.id]].width, c.id))
+            for c, net in zip(order, align_convnets([zoo.model(c) for c in order]), strict=True):  # type: ignore[misc]
+                states[c.id] = net.state_dict()
         rows, conds = [], []
-        for c in zoo:
-            k = ckpt_key[c.id]
-            if c.seed != seed or by_key[k].split != "seen":
-                continue
-            lay = layouts[k]
-            rows.append(normalize_rows(lay.flatten(zoo.state_dict(c)).values.float(), lay.descriptors, lay.mask))
+        for c in train_cps:
+            lay = layouts[ckpt_key[c.id]]
+            rows.append(normalize_rows(lay.flatten(states[c.id]).values.float(), lay.descriptors, lay.mask))
             conds += [(c.task, d) for d in lay.descriptors]
         flat = torch.cat(rows)  # (M_rows, C)
         conditioner = ConcatConditioner(OneHotConditioner(names), DescriptorConditioner(text=size["text"]))

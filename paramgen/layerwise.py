@@ -271,13 +271,14 @@ def descriptor_features(descriptors: Sequence[LayerDescriptor], *, bands: int = 
     """Numbers of each descriptor, ``(N, F)`` float32 (the architecture text excluded).
 
     One-hot kind (`KINDS`), ``log2`` of in / out channels, kernel size, fan-in, rows and
-    pieces, and relative depth, channel position and piece with ``bands`` Fourier bands.
+    pieces; relative depth, relative channel position (over the layer's channels) and
+    absolute channel position (over 64) with ``bands`` Fourier bands each; the piece.
 
     Examples:
         >>> import torch
         >>> from paramgen.models import ConvNet
         >>> descriptor_features(LayerRowLayout(ConvNet(), width=32).descriptors).shape
-        torch.Size([65, 30])
+        torch.Size([65, 38])
     """
     if not descriptors:
         raise ValueError("expected at least one descriptor, got none")
@@ -292,8 +293,9 @@ def descriptor_features(descriptors: Sequence[LayerDescriptor], *, bands: int = 
     )  # fmt: skip
     depth = torch.tensor([d.depth for d in descriptors])
     pos = torch.tensor([(d.channel + d.channels / 2) / d.out_channels for d in descriptors])
+    absolute = torch.tensor([(d.channel + d.channels / 2) / 64 for d in descriptors])  # channel c of aligned members of any width
     piece = torch.tensor([(d.piece + 0.5) / d.pieces for d in descriptors])
-    return torch.cat([kind, num, _fourier(depth, bands), _fourier(pos, bands), piece[:, None]], dim=1)
+    return torch.cat([kind, num, _fourier(depth, bands), _fourier(pos, bands), _fourier(absolute, bands), piece[:, None]], dim=1)
 
 
 def _row_scale(descriptors: Sequence[LayerDescriptor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,30 @@
+"""DescriptorConditioner: fixed vectors from layer descriptors, distinct where the layers differ."""
+
+import pytest
+import torch
+
+from paramgen.conditioners import ConcatConditioner
+from paramgen.conditioners.descriptor import DescriptorConditioner
+from paramgen.conditioners.index import OneHotConditioner
+from paramgen.layerwise import LayerRowLayout
+from paramgen.models import ConvNet
+
+
+def test_vectors_follow_the_descriptors():
+    narrow, wide = (LayerRowLayout(ConvNet(channels=c), width=16) for c in ([4, 8], [6, 12]))
+    cond = DescriptorConditioner()
+    a, b = cond(list(narrow.descriptors)), cond(list(wide.descriptors))
+    assert a.shape == (narrow.rows, cond.dim) and b.shape == (wide.rows, cond.dim)
+    assert len(cond.state_dict()) == 0  # nothing trainable: a fit computes conditions once
+    assert torch.unique(a, dim=0).shape[0] == narrow.rows  # every row of a member is told apart
+    assert not torch.equal(a[0], b[0])  # same position, other widths
+    both = ConcatConditioner(OneHotConditioner(["t1", "t2"]), cond)
+    assert both([("t2", narrow.descriptors[0])]).shape == (1, 2 + cond.dim)
+
+
+def test_bad_raw_conditions_raise():
+    cond = DescriptorConditioner()
+    with pytest.raises(TypeError, match="LayerDescriptor"):
+        cond(["conv"])
+    with pytest.raises(ValueError, match="bands"):
+        DescriptorConditioner(bands=0)
