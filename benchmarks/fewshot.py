@@ -431,6 +431,7 @@ def run_seed(job: tuple[int, dict[str, Any], bool]) -> dict[str, Any]:
     items; everything the pipeline learns or samples does. Returns plain per-episode values.
     """
     run_seed_, size, progress = job
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # a spawned worker's own log (a no-op where logging is set up)
     torch.manual_seed(run_seed_)  # module initializations; this process runs one pipeline
     timer = time.perf_counter
     seed = run_seed_ * 1000

@@ -357,6 +357,7 @@ def run_seed(job: tuple[int, dict[str, Any], str]) -> dict[str, Any]:
     ``job`` is ``(seed, size, cache path)``. Returns per-task values: ``{"groups": {group: {method: [acc per task]}}, ...}``.
     """
     seed, size, cache = job
+    logging.basicConfig(level=logging.INFO, format="%(message)s")  # a spawned worker's own log (a no-op where logging is set up)
     torch.manual_seed(seed)
     feats = project(features(size, Path(cache)), size)
     fdim = size["pca"]

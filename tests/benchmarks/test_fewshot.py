@@ -4,14 +4,7 @@ from __future__ import annotations
 
 import json
 
-from tests.benchmarks import test_harnesses
-from tests.benchmarks.test_harnesses import methods
-
-
-def run(module, tmp_path, monkeypatch, tiny, extra=()):
-    """`test_harnesses.run`, with the per-item values (``"items"``) the harness also writes."""
-    monkeypatch.setattr(test_harnesses, "SCHEMA", test_harnesses.SCHEMA | {"items"})
-    return test_harnesses.run(module, tmp_path, monkeypatch, tiny, extra)
+from tests.benchmarks.test_harnesses import methods, run
 
 TINY = dict(per_class=40, backbone_epochs=1, zoo_tasks=30, zoo_draws=2, head_per_class=20, head_steps=10, vae_steps=5,
             vae_channels=8, prior_steps=5, samples=3, episodes=6, val_episodes=5, ft_steps=(5, 10), gen_ft_steps=(5,), lr_c=(1.0,))  # fmt: skip

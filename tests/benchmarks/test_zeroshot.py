@@ -6,14 +6,7 @@ import torch
 
 import paramgen
 from benchmarks import zeroshot
-from tests.benchmarks import test_harnesses
-from tests.benchmarks.test_harnesses import methods
-
-
-def run(module, tmp_path, monkeypatch, tiny, extra=()):
-    """`test_harnesses.run`, with the per-item values (``"items"``) the harness also writes."""
-    monkeypatch.setattr(test_harnesses, "SCHEMA", test_harnesses.SCHEMA | {"items"})
-    return test_harnesses.run(module, tmp_path, monkeypatch, tiny, extra)
+from tests.benchmarks.test_harnesses import methods, run
 
 
 def test_zeroshot_harness(tmp_path, monkeypatch):
