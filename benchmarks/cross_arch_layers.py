@@ -306,6 +306,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                      tokenizer_lr=1e-3, prior_lr=1e-3, generator=g, progress=False)  # fmt: skip
         fit_times.append(timer() - start)
         logger.info("seed %d: generator fitted on %d rows in %.1f s", seed, flat.shape[0], fit_times[-1])
+        # What the tokenizer alone keeps: seen members' last checkpoints, encoded and decoded.
+        for c in train_cps:
+            if c.epoch != last:
+                continue
+            k = ckpt_key[c.id]
+            lay, m = layouts[k], by_key[k]
+            z = normalize_rows(lay.flatten(states[c.id]).values.float(), lay.descriptors, lay.mask)
+            rec = gen.reconstruct(z)
+            assert isinstance(rec, torch.Tensor)
+            model = build_model(m.arch, num_classes=5, **m.kwargs)
+            model.load_state_dict(lay.unflatten(denormalize_rows(rec, lay.descriptors, lay.mask), extras=lay.flatten(states[c.id]).extras))
+            acc.setdefault(("reconstruction", "", 0), {})[(seed, k, c.task)] = evaluate(model, tests[c.task])[0]
+            acc.setdefault(("original", "", 0), {})[(seed, k, c.task)] = evaluate(zoo.model(c), tests[c.task])[0]
 
         # 3. Initializations of every held-out (member, task).
         jobs = []
@@ -318,9 +331,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 donor = zoo.model(next(c for c in zoo if ckpt_key[c.id] == src.key and c.task == t and c.seed == seed and c.epoch == last))
                 grow_g = torch.Generator().manual_seed(seed)
                 grown = grow_convnet(donor, m.kwargs["channels"], generator=grow_g) if m.family == "convnet" else grow_resnet(donor, depth=m.depth, widths=m.kwargs["widths"], generator=grow_g)  # type: ignore[arg-type]
-                z = gen.sample_flat([(t, d) for d in lay.descriptors], 1, generator=g)
-                assert isinstance(z, torch.Tensor)
-                generated = lay.unflatten(denormalize_rows(z.float(), lay.descriptors, lay.mask).to(torch.float32))
+                sampled = gen.sample_flat([(t, d) for d in lay.descriptors], 1, generator=g)
+                assert isinstance(sampled, torch.Tensor)
+                generated = lay.unflatten(denormalize_rows(sampled.float(), lay.descriptors, lay.mask).to(torch.float32))
                 torch.manual_seed(args.seed * 1000 + seed)
                 random_init = build_model(m.arch, num_classes=5, **m.kwargs).state_dict()
                 batches = _train_batches(tasks[t], size["recal_batches"], seed)
@@ -344,11 +357,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 4. Rows per group: means over items, and paired differences over seeds x items.
     seeds = list(size["seeds"])
+    seen_items = [(s, k, t) for (s, k, t) in acc[("reconstruction", "", 0)]]
+    for method in ("original", "reconstruction"):
+        res.add(method, "seen", "test_acc", [acc[(method, "", 0)][i] for i in seen_items], epoch=0)
     for split in ("interpolation", "extrapolation"):
         keys = [(k, t) for k in (m.key for m in held if m.split == split) for t in names]
         if not keys:
             continue
         for (method, variant, epoch), vals in sorted(acc.items()):
+            if method == "reconstruction":
+                continue
             res.add(f"{method} {variant}".strip(), split, "test_acc", [vals[(s, k, t)] for s in seeds for k, t in keys], epoch=epoch)
         for variant in ("", "+ bn-recal"):
             for epoch in (0, 1):

@@ -47,8 +47,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
         m.reset_running_stats()
         m.momentum = None  # cumulative average: every batch counts the same
     model.eval()
-    for m in norms:
-        m.train()
+    for norm in norms:
+        norm.train()
     seen = 0
     try:
         for x in batches:
@@ -57,8 +57,8 @@ def recalibrate_batchnorm(model: nn.Module, batches: Iterable[torch.Tensor]) -> 
     finally:
         for m, mom in zip(norms, momenta, strict=True):
             m.momentum = mom
-        for m, flag in flags.items():
-            m.train(flag)
+        for module, flag in flags.items():
+            module.train(flag)
     if seen == 0:
         raise ValueError("recalibrate_batchnorm: expected at least one batch, got none")
     return model

@@ -29,6 +29,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -59,8 +60,7 @@ def _counts(g: torch.Tensor, old: int) -> torch.Tensor:
     return torch.bincount(g, minlength=old).to(torch.float64)
 
 
-def _copy_bn(dst: nn.Module, src: nn.Module, g: torch.Tensor) -> None:
-    assert isinstance(dst, nn.modules.batchnorm._BatchNorm) and isinstance(src, nn.modules.batchnorm._BatchNorm)
+def _copy_bn(dst: Any, src: Any, g: torch.Tensor) -> None:
     for name in ("weight", "bias", "running_mean", "running_var"):
         getattr(dst, name).copy_(getattr(src, name)[g])
     dst.num_batches_tracked.copy_(src.num_batches_tracked)
@@ -78,7 +78,7 @@ def _copy_weight(dst: torch.Tensor, src: torch.Tensor, g_out: torch.Tensor, g_in
     dst.copy_(w.to(dst.dtype))
 
 
-def _identity_block(block: nn.Module) -> None:
+def _identity_block(block: Any) -> None:
     """Make a ConvNet block (conv -> BN -> ReLU) compute the identity on non-negative inputs."""
     conv = block.conv
     with torch.no_grad():
@@ -88,8 +88,8 @@ def _identity_block(block: nn.Module) -> None:
             conv.weight[(c, c) + (centre,) * (conv.weight.ndim - 2)] = 1.0
         if conv.bias is not None:
             conv.bias.zero_()
-        bn = block.bn
-        if isinstance(bn, nn.modules.batchnorm._BatchNorm):
+        bn: Any = block.bn
+        if isinstance(block.bn, nn.modules.batchnorm._BatchNorm):
             bn.running_mean.zero_()
             bn.running_var.fill_(1.0)
             bn.weight.fill_(float(torch.sqrt(torch.tensor(1.0 + bn.eps, dtype=torch.float64))))  # undoes the normalization
@@ -127,13 +127,16 @@ def grow_convnet(source: ConvNet, channels: Sequence[int], *, noise: float = 0.0
     channels = [int(c) for c in channels]
     if not can_grow(old, channels):
         raise ValueError(f"grow_convnet: cannot grow channels {old} into {channels}: every block must be at least as wide, extra blocks at least as wide as the last ({old[-1]})")
-    kernel = source.blocks[0].conv.kernel_size[0]
-    batchnorm = isinstance(source.blocks[0].bn, nn.modules.batchnorm._BatchNorm)
+    first: Any = source.blocks[0]  # module attributes, typed loosely by nn.Module
+    kernel = int(first.conv.kernel_size[0])
+    batchnorm = isinstance(first.bn, nn.modules.batchnorm._BatchNorm)
     target = ConvNet(in_channels=source.in_channels, channels=channels, num_classes=source.num_classes, kernel_size=kernel, batchnorm=batchnorm, dims=source.dims)  # type: ignore[arg-type]
     # Deepen first at the source's widths (identity blocks), then widen every block.
     path = old + [old[-1]] * (len(channels) - len(old))
     g_prev: torch.Tensor | None = None
     prev_old = source.in_channels
+    block: Any
+    src: Any
     for i, block in enumerate(target.blocks):
         g = widen_map(path[i], channels[i], generator=generator)
         if i < len(old):
@@ -186,21 +189,22 @@ def grow_resnet(source: ResNet, *, depth: int, widths: Sequence[int], noise: flo
     dst_stages = (target.layer1, target.layer2, target.layer3)
     for s, (src_stage, dst_stage) in enumerate(zip(src_stages, dst_stages, strict=True)):
         g, w_old = maps[s], old[s]
+        dst: Any
+        block_src: Any
         for b, dst in enumerate(dst_stage):
             if b < len(src_stage):
-                src = src_stage[b]
+                block_src = src_stage[b]
             else:
-                src = BasicBlock(w_old, w_old)
-                src.bn2.weight.zero_()
-                src.bn2.bias.zero_()  # the branch outputs zero: the block is relu(x) = x on x >= 0
-            assert isinstance(dst, BasicBlock) and isinstance(src, BasicBlock)
-            _copy_weight(dst.conv1.weight, src.conv1.weight, g, g_in, old_in, noise, generator)  # mid channels share the stage's map
-            _copy_bn(dst.bn1, src.bn1, g)
-            _copy_weight(dst.conv2.weight, src.conv2.weight, g, g, w_old, noise, generator)
-            _copy_bn(dst.bn2, src.bn2, g)
+                block_src = BasicBlock(w_old, w_old)
+                block_src.bn2.weight.zero_()
+                block_src.bn2.bias.zero_()  # the branch outputs zero: the block is relu(x) = x on x >= 0
+            _copy_weight(dst.conv1.weight, block_src.conv1.weight, g, g_in, old_in, noise, generator)  # mid channels share the stage's map
+            _copy_bn(dst.bn1, block_src.bn1, g)
+            _copy_weight(dst.conv2.weight, block_src.conv2.weight, g, g, w_old, noise, generator)
+            _copy_bn(dst.bn2, block_src.bn2, g)
             if len(dst.shortcut) > 0:
-                _copy_weight(dst.shortcut[0].weight, src.shortcut[0].weight, g, g_in, old_in, noise, generator)
-                _copy_bn(dst.shortcut[1], src.shortcut[1], g)
+                _copy_weight(dst.shortcut[0].weight, block_src.shortcut[0].weight, g, g_in, old_in, noise, generator)
+                _copy_bn(dst.shortcut[1], block_src.shortcut[1], g)
             g_in, old_in = g, w_old
     _copy_weight(target.fc.weight, source.fc.weight, torch.arange(source.num_classes), g_in, old_in, 0.0, None)
     target.fc.bias.copy_(source.fc.bias)

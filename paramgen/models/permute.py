@@ -24,6 +24,7 @@ Examples:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -45,9 +46,10 @@ def permute_convnet(model: ConvNet, perms: Sequence[torch.Tensor]) -> ConvNet:
     for i, (p, c) in enumerate(zip(perms, model.channels, strict=True)):
         if not torch.equal(torch.sort(p).values, torch.arange(c)):
             raise ValueError(f"permute_convnet: block {i} needs a permutation of range({c}), got {p.tolist()}")
+    first: Any = model.blocks[0]  # module attributes, typed loosely by nn.Module
     out = ConvNet(
-        in_channels=model.in_channels, channels=model.channels, num_classes=model.num_classes, kernel_size=model.blocks[0].conv.kernel_size[0],
-        batchnorm=isinstance(model.blocks[0].bn, nn.modules.batchnorm._BatchNorm), dims=model.dims,  # type: ignore[arg-type]
+        in_channels=model.in_channels, channels=model.channels, num_classes=model.num_classes, kernel_size=int(first.conv.kernel_size[0]),
+        batchnorm=isinstance(first.bn, nn.modules.batchnorm._BatchNorm), dims=model.dims,  # type: ignore[arg-type]
     )  # fmt: skip
     state = model.state_dict()
     new = {}
@@ -95,6 +97,7 @@ def align_convnets(models: Sequence[ConvNet]) -> list[ConvNet]:
     for model in models:
         perms: list[torch.Tensor] = []
         prev: torch.Tensor | None = None
+        block: Any
         for i, block in enumerate(model.blocks):
             w = block.conv.weight.detach().to(torch.float64)
             if prev is not None:
