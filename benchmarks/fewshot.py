@@ -157,6 +157,7 @@ def generate_heads(gen: Generator, support: torch.Tensor, n: int, *, generator: 
     """
     e, k, _, f = support.shape
     flat = gen.sample_flat(list(support), n, generator=generator, batch_size=batch_size, sampler="ddim", steps=50)  # (E * n, D)
+    assert isinstance(flat, torch.Tensor)  # one architecture
     heads = gen.spec.unflatten_stacked(flat)
     return heads["weight"].view(e, n, k, f), heads["bias"].view(e, n, k)
 

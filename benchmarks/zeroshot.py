@@ -70,6 +70,7 @@ from paramgen import Generator
 from paramgen.anchors import PrototypeAnchor
 from paramgen.conditioners import mobilenet_features
 from paramgen.data import load_dataset
+from paramgen.data.task import SplitName
 from paramgen.heads import class_condition, class_means, head_accuracy, logistic_regression_heads, match_classes, prototype_head, train_linear_head
 from paramgen.io import read_json, save_safetensors, write_json
 from paramgen.novelty import disagreement, elementwise_gaussian, noisy_checkpoints
@@ -143,10 +144,16 @@ def image_splits(size: dict[str, Any]) -> dict[str, dict[str, tuple[torch.Tensor
     """Images and labels of every dataset and split: ``{dataset: {split: (x, y)}}``."""
     fashion = load_dataset("fashion_mnist")
     digits = load_dataset("digits")
-    caps = {"train": size["train_per_class"], "val": size["eval_per_class"], "test": size["eval_per_class"]}
-    base = {s: _capped(fashion.split(s).x, fashion.split(s).y, caps[s]) for s in caps}
+    caps: dict[SplitName, int] = {"train": size["train_per_class"], "val": size["eval_per_class"], "test": size["eval_per_class"]}
+
+    def xy(task: Any, split: SplitName) -> tuple[torch.Tensor, torch.Tensor]:
+        x = task.split(split).x
+        assert isinstance(x, torch.Tensor)  # images, not token strings
+        return x, task.split(split).y
+
+    base: dict[str, tuple[torch.Tensor, torch.Tensor]] = {s: _capped(*xy(fashion, s), caps[s]) for s in caps}
     out = {f"fashion_rot{r}" if r else "fashion": {s: (torch.rot90(x, r // 90, dims=(-2, -1)), y) for s, (x, y) in base.items()} for r in (0, 90, 180, 270)}
-    out[UNSEEN_DATASET] = {s: (digits.split(s).x, digits.split(s).y) for s in caps}
+    out[UNSEEN_DATASET] = {str(s): xy(digits, s) for s in caps}
     return out
 
 
@@ -221,6 +228,7 @@ def generate_heads(gen: Generator, cond: torch.Tensor, n: int, generator: torch.
     """``n`` heads ``W (n, K, F)``, ``b (n, K)`` for one conditioning set ``(K, S, F)`` (row k from class k flagged)."""
     k, f = cond.shape[0], cond.shape[-1]
     flat = gen.sample_flat([class_condition(cond, i) for i in range(k)], n, generator=generator, sampler="ddim", steps=50)  # (K * n, F + 1)
+    assert isinstance(flat, torch.Tensor)  # one architecture
     heads = flat.view(k, n, f + 1).transpose(0, 1)  # (n, K, F + 1)
     return heads[..., :f].contiguous(), heads[..., f].contiguous()
 
@@ -496,8 +504,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for frac in runs[0]["zoo_size"]:
         scaling[float(frac)] = {name: {m: [v for r in runs for v in r["zoo_size"][frac][name][m]] for m in vals} for name, vals in runs[0]["zoo_size"][frac].items()}
         for name, vals in scaling[float(frac)].items():
-            for m, v in vals.items():
-                res.add(m, name, "test_acc", v, zoo_fraction=float(frac), seeds=len(runs))
+            for m, accs in vals.items():
+                res.add(m, name, "test_acc", accs, zoo_fraction=float(frac), seeds=len(runs))
     artifacts = plots(scaling, {name: {m: [v for r in runs for v in r["groups"][name][m]] for m in methods} for name in groups}, out, [n for n in groups if n.startswith("unseen")])
     path = setup.write(res, artifacts=artifacts)
     print(res.table())

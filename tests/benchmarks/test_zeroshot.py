@@ -11,7 +11,7 @@ from tests.benchmarks.test_harnesses import methods, run
 
 def test_zeroshot_harness(tmp_path, monkeypatch):
     tiny = dict(train_per_class=12, eval_per_class=6, pca=8, zoo_tasks=4, val_tasks=1, test_tasks=1, unseen_tasks=2,
-                vae_steps=3, vae_channels=8, align_steps=3, prior_steps=3, samples=2, zoo_fractions=(0.5, 1.0), lr_c=(1.0,), boot=50)
+                vae_steps=3, vae_channels=8, align_steps=3, prior_steps=3, samples=2, zoo_fractions=(0.5, 1.0), lr_c=(1.0,), boot=50)  # fmt: skip
     data = run(zeroshot, tmp_path, monkeypatch, tiny, ["--seeds", "2"])
     assert {*zeroshot.GENERATED, *zeroshot.SIMPLE_BASELINES, "trained head (oracle)", "generated [anchor=prototype_row]"} <= methods(data)
     sizes = {r.get("zoo_fraction", 1.0) for r in data["rows"] if r["method"] == "generated" and r["task"] == "unseen dataset (digits)"}
@@ -47,8 +47,18 @@ def test_generated_head_sees_only_the_conditioning_images():
     from paramgen.heads import class_condition
 
     row_conds = [class_condition(conds[t], k) for t in tasks for k in range(5)]
-    paramgen.fit(gen, rows, row_conds, tasks=[f"{t[0]}:{c}" for t in tasks for c in t[1]], tokenizer_steps=2, align_steps=2, prior_steps=2,
-            batch_size=8, generator=torch.Generator().manual_seed(1), progress=False)
+    paramgen.fit(
+        gen,
+        rows,
+        row_conds,
+        tasks=[f"{t[0]}:{c}" for t in tasks for c in t[1]],
+        tokenizer_steps=2,
+        align_steps=2,
+        prior_steps=2,
+        batch_size=8,
+        generator=torch.Generator().manual_seed(1),
+        progress=False,
+    )
     w, b = zeroshot.generate_heads(gen, conds[tasks[1]], 2, torch.Generator().manual_seed(2))
     # Shuffle the test and validation labels and replace their images: conditions and heads are unchanged.
     tampered = {ds: dict(sp) for ds, sp in feats.items()}
