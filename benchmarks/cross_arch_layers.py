@@ -29,8 +29,11 @@ Initializations of each held-out (member, task), per pipeline seed:
   `paramgen.models.net2net` (function-preserving, no noise).
 - each also ``+ bn-recal``: `paramgen.models.batchnorm.recalibrate_batchnorm` on
   ``recal_batches`` training batches.
-Test accuracy at epoch 0 and after one epoch of fine-tuning (the zoo's optimizer
-settings). Paired differences ``generated - random init`` and ``generated - net2net``
+Test accuracy at epoch 0 (both) and after one epoch of fine-tuning (the ``+ bn-recal``
+initializations; the zoo's optimizer settings). With ``align`` the seen ConvNets'
+channels are lined up first (`paramgen.models.permute.align_convnets`; functions
+unchanged). Diagnostics on the seen members: ``reconstruction`` (tokenizer alone) and
+``generated`` (sampled for a member the generator saw). Paired differences ``generated - random init`` and ``generated - net2net``
 (same recalibration) per group, with a seed x item clustered bootstrap interval and a
 t-interval over per-seed means. Nothing is selected or tuned: every setting is fixed
 in `SIZES`, no split is used to choose among samples.
@@ -84,10 +87,10 @@ SIZES: dict[str, dict[str, Any]] = {
         width=32,
         align=True,
         text=False,
-        tokens_per_chunk=8,
-        codebook_size=128,
-        hidden=128,
-        tokenizer_steps=400,
+        tokens_per_chunk=16,
+        codebook_size=256,
+        hidden=256,
+        tokenizer_steps=800,
         prior_steps=400,
         d_model=64,
         layers=2,
@@ -222,12 +225,19 @@ def _train_batches(task: Task, n: int, seed: int, batch_size: int = 64) -> list[
 
 
 def _finetune_job(job: dict[str, Any]) -> list[float]:
-    """Worker: test accuracy of one initialization at epoch 0 and after one epoch."""
+    """Worker: test accuracy of one initialization at epoch 0 and (with ``finetune``) after one epoch.
+
+    In training mode BatchNorm normalizes with batch statistics, so fine-tuning a network
+    with or without recalibrated running statistics differs only in where the running
+    averages start: only the recalibrated initializations are fine-tuned.
+    """
     from paramgen.zoo import evaluate, train_classifier
 
     model = build_model(job["arch"], num_classes=job["task"].num_classes, **job["kwargs"])
     model.load_state_dict(job["state_dict"], strict=True)
     acc0 = evaluate(model, job["test"])[0]
+    if not job["finetune"]:
+        return [acc0]
     snaps = train_classifier(model, job["task"], TrainConfig(epochs=1, lr=5e-3, batch_size=64), seed=job["seed"], keep_epochs=[1], init=False, eval_splits={"test": job["test"]})
     return [acc0, snaps[0].metrics["test_acc"]]
 
@@ -319,6 +329,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.load_state_dict(lay.unflatten(denormalize_rows(rec, lay.descriptors, lay.mask), extras=lay.flatten(states[c.id]).extras))
             acc.setdefault(("reconstruction", "", 0), {})[(seed, k, c.task)] = evaluate(model, tests[c.task])[0]
             acc.setdefault(("original", "", 0), {})[(seed, k, c.task)] = evaluate(zoo.model(c), tests[c.task])[0]
+            # Generated for a *seen* member: can row-by-row sampling give a working network at all?
+            sampled = gen.sample_flat([(c.task, d) for d in lay.descriptors], 1, generator=g)
+            assert isinstance(sampled, torch.Tensor)
+            model.load_state_dict(lay.unflatten(denormalize_rows(sampled.float(), lay.descriptors, lay.mask)))
+            acc.setdefault(("generated", "", 0), {})[(seed, k, c.task)] = evaluate(model, tests[c.task])[0]
+            batches = _train_batches(tasks[c.task], size["recal_batches"], seed)
+            acc.setdefault(("generated", "+ bn-recal", 0), {})[(seed, k, c.task)] = evaluate(recalibrate_batchnorm(model, batches), tests[c.task])[0]
 
         # 3. Initializations of every held-out (member, task).
         jobs = []
@@ -345,7 +362,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     recal = recalibrate_batchnorm(model, batches).state_dict()
                     for variant, state in (("", sd), ("+ bn-recal", recal)):
                         jobs.append({"arch": m.arch, "kwargs": m.kwargs, "task": ft_tasks[t], "test": tests[t], "state_dict": {k: v.clone() for k, v in state.items()},
-                                     "seed": seed, "item": (seed, m.key, t), "method": method, "variant": variant})  # fmt: skip
+                                     "seed": seed, "item": (seed, m.key, t), "method": method, "variant": variant,
+                                     "finetune": variant == "+ bn-recal"})  # fmt: skip
         sample_times.append(timer() - start)
         for job, curve in zip(jobs, parallel_map(_finetune_job, jobs, workers=args.workers), strict=True):
             for epoch, a in enumerate(curve):
@@ -358,8 +376,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     # 4. Rows per group: means over items, and paired differences over seeds x items.
     seeds = list(size["seeds"])
     seen_items = [(s, k, t) for (s, k, t) in acc[("reconstruction", "", 0)]]
-    for method in ("original", "reconstruction"):
-        res.add(method, "seen", "test_acc", [acc[(method, "", 0)][i] for i in seen_items], epoch=0)
+    for method, variant in (("original", ""), ("reconstruction", ""), ("generated", ""), ("generated", "+ bn-recal")):
+        res.add(f"{method} {variant}".strip(), "seen", "test_acc", [acc[(method, variant, 0)][i] for i in seen_items], epoch=0)
     for split in ("interpolation", "extrapolation"):
         keys = [(k, t) for k in (m.key for m in held if m.split == split) for t in names]
         if not keys:
@@ -368,8 +386,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             if method == "reconstruction":
                 continue
             res.add(f"{method} {variant}".strip(), split, "test_acc", [vals[(s, k, t)] for s in seeds for k, t in keys], epoch=epoch)
-        for variant in ("", "+ bn-recal"):
-            for epoch in (0, 1):
+        for variant, epochs in (("", (0,)), ("+ bn-recal", (0, 1))):
+            for epoch in epochs:
                 gen_v = acc[("generated", variant, epoch)]
                 for base in ("random init", "net2net"):
                     base_v = acc[(base, variant, epoch)]
