@@ -1,9 +1,9 @@
 """``python -m benchmarks.scale``: D2NWG section 5 (chunk-wise generation of large models) scaled to this CPU.
 
 Question: how fast, and in how much memory, does chunk-wise generation make whole models
-from 1M to 100M+ parameters; how do DDPM-1000 and DDIM step counts trade time against
-quality; and does a chunk-index generator fitted on one real checkpoint (MiniLM) make
-working models, or anything better than noise at the same distance?
+from 1M to 100M+ parameters; and on a chunk-wise generator that reconstructs (D over a
+pinned pretrained MiniLM, learned from a zoo of full fine-tunes), do its samples work, do
+they beat norm-matched noise, and does DDIM-20 sample as well as DDPM-1000?
 
 Sections (all rows through `Results`):
 1. ``throughput``: an *untrained* chunk-wise generator (chunk 4096, VAE + latent DDPM, DDIM
@@ -15,15 +15,24 @@ Sections (all rows through `Results`):
 2. ``fit throughput``: steps/s of the ``modelzoo`` generator (VAE + ImageSetConditioner +
    DiffusionPrior) on random inputs of the zoo's shapes: 1 vs 2 processes (torchrun,
    gloo, same global batch 64) x fp32 vs bf16 autocast, all in this run.
-3. ``quality``: a chunk-wise generator fitted on MiniLM's pretrained weights alone (each
-   chunk one sample, conditioned on its position); whole sampled MiniLMs scored by a
-   linear probe on frozen sentence embeddings (tweet tasks, train -> test, fixed C, nothing
-   tuned) and by the Spearman agreement of sentence-pair similarities with the original.
-   Side by side: the original, the VAE reconstruction, generated samples, the original +
-   Gaussian noise at the generated samples' per-tensor L2 distance, a per-tensor Gaussian.
-4. ``steps``: DDPM-1000 vs DDIM-20/50/100 on the same generator: the chunks of one block
-   are sampled, swapped into the original, scored as in 3; time per whole model is
-   extrapolated from the time per chunk.
+3. ``quality``: `benchmarks.fidelity`'s setting: a zoo of full MiniLM fine-tunes
+   (`paramgen.lora.finetune.build_finetune_zoo`, preset ``quick`` / ``default``; ``--zoo``
+   reuses one), the chunk-wise generator of D = w - w_pretrained conditioned on (chunk
+   position, task) (`benchmarks.fidelity.generator_for`), fitted once per pipeline seed.
+   Whole models scored by each task's test accuracy (`MiniLMClassifier.predict`, every
+   test prediction kept in ``items``): the originals, the tokenizer reconstruction of each,
+   DDIM samples, norm-matched noise (one draw per sample: per tensor the sample's norm and
+   its distance to the sample's nearest original, `paramgen.novelty.norm_matched_noise`),
+   the soup (mean of the task's fine-tunes), the per-tensor mean of each original. Each
+   with its relative L2 and correlation to the nearest original (weights and deltas).
+4. ``steps``: DDIM-20/50/100 vs DDPM-1000 on the same fitted generators: the chunks of one
+   block (layer 5's attention value path in the default) are sampled with the same seed
+   per sampler, swapped into the task's soup and scored as in 3, beside the block's
+   per-tensor mean and norm-matched noise (reference: the soup's block); time per whole
+   model extrapolated from the time per chunk.
+Paired differences (DDIM-20 - DDPM-1000, generated - noise, ...) per task and pooled:
+a bootstrap over pipeline seeds and test items (`benchmarks.common.clustered_bootstrap`)
+and a t-interval over pipeline seeds.
 """
 
 from __future__ import annotations
@@ -187,7 +196,7 @@ def pearson(pairs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> float:
 def compare_states(x: Mapping[str, torch.Tensor], refs: Sequence[Mapping[str, torch.Tensor]], base: Mapping[str, torch.Tensor], names: Sequence[str], *, skip: int | None = None) -> dict[str, float]:
     """``x`` against the L2-nearest of ``refs`` (``skip``: an index left out, e.g. ``x`` itself) over ``names``.
 
-    Returns ``nearest`` (its index), ``rel_l2`` (``||x - r|| / ||r||``), ``corr`` (Pearson of
+    Returns ``nearest`` (its index, as a float), ``rel_l2`` (``||x - r|| / ||r||``), ``corr`` (Pearson of
     x and r over all coordinates), ``rel_l2_delta`` (``||x - r|| / ||r - base||``: the error
     in units of the reference's fine-tuning delta), ``corr_delta`` (Pearson of ``x - base``
     and ``r - base``) and ``norm_ratio`` (``||x|| / ||r||``).
@@ -197,7 +206,7 @@ def compare_states(x: Mapping[str, torch.Tensor], refs: Sequence[Mapping[str, to
         >>> refs = [{"w": torch.tensor([1.0, 2.0, 4.0])}, {"w": torch.tensor([9.0, 9.0, 9.0])}]
         >>> c = compare_states({"w": torch.tensor([1.0, 2.0, 4.0])}, refs, base, ["w"])
         >>> c["nearest"], c["rel_l2"], round(c["corr_delta"], 6), c["norm_ratio"]
-        (0, 0.0, 1.0, 1.0)
+        (0.0, 0.0, 1.0, 1.0)
     """
     candidates = [(_sq_distance(x, r, names), i) for i, r in enumerate(refs) if i != skip]
     if not candidates:
