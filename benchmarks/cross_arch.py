@@ -190,7 +190,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = timer()
     zoo = build_zoo(out.parent / "zoos" / f"cross_arch-{size_name}", runs, workers=2, progress=False)
     zoo_s = timer() - start
-    key_of = {c.spec_id: arch_key(c.arch, dict(c.arch_kwargs)) for c in zoo}
+    key_of = {c.spec_id: arch_key(str(c.arch), dict(c.arch_kwargs)) for c in zoo}
     keys = list(size["archs"])
     spec_of = {key_of[sid]: zoo.specs[sid] for sid in zoo.spec_ids}
     seen = [k for k in keys if FAMILY[k][2]]
@@ -243,16 +243,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         seen_idx = [i for i, (k, _) in enumerate(pairs) if k in seen]
         for temp in size["temperatures"]:
             draws = gen.sample_flat([conds_of[i] for i in seen_idx], n, archs=[archs_of[i] for i in seen_idx], generator=g(3), temperature=temp)
+            assert isinstance(draws, list)  # a family: one vector per sample
             accs = [float(accuracy(pairs[i][0], torch.stack(draws[j * n : (j + 1) * n]), vals[pairs[i][1]]).mean()) for j, i in enumerate(seen_idx)]
             val_acc[temp] = sum(accs) / len(accs)
             res.add("generated", "validation", "val_acc", accs, temperature=temp)
-        options["temperature"] = max(val_acc, key=val_acc.get)
+        options["temperature"] = max(val_acc, key=lambda t: val_acc[t])
         logger.info("sampling temperature %s (validation accuracy %s)", options["temperature"], val_acc)
         res.config["temperature"] = options["temperature"]
 
     # 3b. Generate for every (architecture, task); compare with the originals on test.
     start = timer()
     samples = gen.sample_flat(conds_of, n, archs=archs_of, generator=g(2), **options)
+    assert isinstance(samples, list)  # a family: one vector per sample
     sample_s = timer() - start
     res.add("generated", "all", "sample_s_per_model", sample_s / len(samples))
     per: dict[tuple[str, str], list[float]] = {}

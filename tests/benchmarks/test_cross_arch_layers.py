@@ -32,3 +32,39 @@ def test_nearest_seen_is_the_largest_that_grows():
     assert nearest_seen(Member("convnet", 3, 7, "interpolation"), members).key == "convnet-d2-w6"
     with pytest.raises(ValueError, match="no seen member"):
         nearest_seen(Member("resnet", 8, 2, "extrapolation"), members)
+
+
+TINY = dict(
+    families={
+        "convnet": dict(box_depths=(2,), box_widths=(2, 3), extra_depths=(3,), extra_widths=(), seen=1, interpolation=1, extrapolation=1),
+        "resnet": dict(box_depths=(8,), box_widths=(1, 2), extra_depths=(14,), extra_widths=(), seen=1, interpolation=1, extrapolation=1),
+    },
+    seeds=(0,),
+    zoo_epochs=1,
+    keep_epochs=(1,),
+    tokenizer_steps=3,
+    prior_steps=3,
+    codebook_size=8,
+    hidden=16,
+    d_model=16,
+    layers=1,
+    vae_hidden=8,
+    unet_channels=8,
+    recal_batches=2,
+    eval_per_class=5,
+    finetune_train_per_class=5,
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("components", ["vq-gpt", "vae-ddpm"])
+def test_tiny_run_end_to_end(components, tmp_path, monkeypatch):
+    from benchmarks import cross_arch_layers
+    from tests.benchmarks.test_harnesses import methods, run
+
+    data = run(cross_arch_layers, tmp_path, monkeypatch, TINY, extra=["--components", components, "--workers", "1"])
+    assert {"generated", "random init + bn-recal", "net2net + bn-recal", "original", "reconstruction"} <= methods(data)
+    diffs = {(r["method"], r["task"], r["epoch"]) for r in data["rows"] if r["metric"] == "paired_diff"}
+    assert ("generated - net2net + bn-recal", "interpolation", 1) in diffs and ("generated - random init", "extrapolation", 0) in diffs
+    items = data["items"]["net2net + bn-recal @1"]
+    assert {i["member"] for i in items} == {"convnet-d2-w3", "convnet-d3-w2", "resnet-d8-w2", "resnet-d14-w1"}
