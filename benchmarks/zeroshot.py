@@ -35,20 +35,34 @@ the target class with an extra input channel on the whole set; the aligned encod
 not tell the flagged classes apart, 9 % nearest-neighbour group accuracy on validation
 rows vs 100 % for class sets, and its heads were at chance.)
 
-Rows (accuracy on the test split of each task unless named otherwise; n = tasks):
+Residual anchor (a setting): with ``anchor="prototype_row"`` the generator learns each row
+minus ``s`` times its class's prototype row (`paramgen.anchors.PrototypeAnchor`, ``s`` by
+least squares on the zoo) and adds it back when sampling. Each seed fits both settings on
+the full zoo and reports as ``generated`` the one with the better validation accuracy.
+
+Seeds (``--seeds``): the conditioning draws, generator fits, sampling and baseline noise
+change with the seed; the zoo, validation and test tasks do not, so the seeds score the
+same tasks (per-task values under ``items`` in results.json).
+
+Rows (accuracy on the test split of each task unless named otherwise; n = seeds x tasks):
 - ``generated``: mean over ``samples`` generated heads; ``generated best-of-n (support)``:
-  the head with the best accuracy on the conditioning images themselves.
-- ``random head``: a freshly initialized linear layer.
-- ``mean of zoo heads``: the average zoo head.
-- ``most similar zoo task``: the zoo head whose task has the highest class-matched cosine
-  similarity of class-mean features of the conditioning images, its rows reordered by
-  that matching.
-- ``nearest zoo rows``: for each class, the zoo row whose class mean is nearest (cosine).
-- references that use no zoo: ``prototype (support)``, nearest class mean of the
-  conditioning images; ``trained head (oracle)``, logistic regression on the task's whole
-  training split.
-- zoo size (figure 6a): generated, mean of zoo heads and most similar zoo task with
-  10 %, 30 % and 100 % of the zoo (one generator fitted per size).
+  the head with the best accuracy on the conditioning images themselves; both for each
+  anchor setting too (``[anchor=...]``).
+- baselines (`SIMPLE_BASELINES`): prototype (support); logistic regression on the
+  conditioning images (C chosen on validation tasks); nearest zoo task (retrieval: the zoo
+  task with the most similar class means of conditioning images, its head aligned by the
+  class matching); best zoo head by support accuracy (aligned the same way); nearest zoo
+  rows; mean of zoo heads; the memorization baselines of `paramgen.novelty` (the retrieved
+  head plus noise, the soup of the 5 nearest tasks' aligned heads, a per-coordinate
+  Gaussian); a random head. ``trained head (oracle)``: logistic regression on the task's
+  whole training split.
+- ``disagreement`` rows: functional novelty, the share of test images on which a head's
+  prediction differs from the retrieved zoo head's.
+- ``generated - best baseline``: paired differences to the simple baseline with the best
+  mean (``acc_diff_items``: bootstrap over tasks; ``acc_diff_seeds_x_items``: clustered
+  bootstrap over seeds and tasks; ``acc_diff_seeds``: t-interval over seeds).
+- zoo size (figure 6a): generated, nearest zoo task and mean of zoo heads for each zoo
+  fraction below 1 (one generator of the chosen setting per fraction).
 """
 
 from __future__ import annotations
