@@ -490,8 +490,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     res.config["chosen_on_validation"] = {str(r["seed"]): r["val_choice"] for r in runs}
     res.add("zoo", "all", "heads", 3 * size["zoo_tasks"])
     res.add("zoo", "all", "build_s", [r["zoo_s"] for r in runs])
-    for key in runs[0]["fit_s"]:
-        res.add("generator", f"fit {key}", "fit_s", [r["fit_s"][key] for r in runs])
+    for key in sorted({k for r in runs for k in r["fit_s"]}):  # "<anchor> <zoo heads>"; smaller zoos use each seed's chosen anchor
+        res.add("generator", f"fit {key}", "fit_s", [r["fit_s"][key] for r in runs if key in r["fit_s"]])
     groups = list(runs[0]["groups"])
     methods = [*GENERATED, *(f"{m} [anchor={a}]" for a in size["anchors"] for m in GENERATED), *SIMPLE_BASELINES, "trained head (oracle)"]
     res.config["best_simple_baseline"] = {}
