@@ -337,8 +337,7 @@ def fit_generator(zoo: dict[str, Any], feature_dim: int, size: dict[str, Any], *
     if size.get("residual", False):
         # Generate the head's difference from the support set's nearest-centroid head, times one
         # least-squares scale fitted on the zoo; the anchor is saved with the generator.
-        gen = gen.with_anchor(PrototypeAnchor(kind="prototype_head").fit_scale(flat, zoo["conds"], spec))
-        flat = gen.residual_targets(flat, zoo["conds"])
+        gen = gen.with_anchor(PrototypeAnchor(kind="prototype_head").fit_scale(flat, zoo["conds"], spec))  # fit learns w - s * a(cond)
     tasks = [f"task{i}" for i in zoo["task_of_row"]]
     paramgen.fit(gen, 
         flat, zoo["conds"], tasks=tasks, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],

@@ -229,8 +229,7 @@ def fit_row_generator(rows: torch.Tensor, row_conds: list[torch.Tensor], row_gro
     minus its class prototype row (`paramgen.anchors.PrototypeAnchor`, least-squares scale over the zoo)."""
     gen = row_generator(feature_dim, size)
     if anchor == "prototype_row":
-        gen = gen.with_anchor(PrototypeAnchor(kind="prototype_row", feature_dim=feature_dim).fit_scale(rows, row_conds, gen.spec))
-        rows = gen.residual_targets(rows, row_conds)
+        gen = gen.with_anchor(PrototypeAnchor(kind="prototype_row", feature_dim=feature_dim).fit_scale(rows, row_conds, gen.spec))  # fit learns w - s * a(cond)
     elif anchor != "none":
         raise ValueError(f"anchor must be 'none' or 'prototype_row', got {anchor!r}")
     paramgen.fit(gen, rows, row_conds, tasks=row_groups, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],

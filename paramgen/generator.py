@@ -164,7 +164,7 @@ class Generator:
             and `sample` returns ``base + D``. Single architectures only; the base must
             hold every vector tensor of the spec with its shape.
         anchor: A residual anchor (`paramgen.anchors.PrototypeAnchor`): the generator
-            learns ``w - s * a(cond)`` (fit it on `residual_targets`) and `sample_flat`
+            learns ``w - s * a(cond)`` (`fit` subtracts it: pass the weights) and `sample_flat`
             adds ``s * a(cond)`` back, computed from each condition's own data. Single
             architectures with a conditioner, without a pinned base; saved with the
             generator.
@@ -263,7 +263,7 @@ class Generator:
     def residual_targets(self, flat: torch.Tensor, conds: Sequence[Any]) -> torch.Tensor:
         """``w - s * a(cond)``: the vectors an anchored generator is fitted on, ``(M, D)``.
 
-        Fit with ``paramgen.fit(gen, gen.residual_targets(flat, conds), conds, ...)``;
+        ``paramgen.fit(gen, flat, conds, ...)`` fits on these by itself (pass the weights);
         `sample_flat` then adds ``s * a(cond)`` back.
 
         Raises:

@@ -35,7 +35,7 @@ def fitted() -> tuple[Generator, list[torch.Tensor]]:
     w = torch.randn(8, spec.numel, generator=torch.Generator().manual_seed(1))
     anchor = PrototypeAnchor(kind="prototype_head").fit_scale(w, conds, spec)
     gen = _pipeline().with_anchor(anchor)
-    paramgen.fit(gen, gen.residual_targets(w, conds), conds, tokenizer_steps=2, prior_steps=2, generator=torch.Generator().manual_seed(0), progress=False)
+    paramgen.fit(gen, w, conds, tokenizer_steps=2, prior_steps=2, generator=torch.Generator().manual_seed(0), progress=False)
     return gen, conds
 
 

@@ -38,14 +38,21 @@ class _Zoo:
         the flat vectors (a lazy dataset is its own rows: its normalization is its business).
 
         This is where checkpoints become rows: with a pinned base, the rows are those of
-        the deltas ``w - w_base`` (and the normalizer's statistics are the deltas')."""
+        the deltas ``w - w_base`` (and the normalizer's statistics are the deltas'); with a
+        residual anchor, those of ``w - s * a(cond)`` (`Generator.residual_targets`)."""
         if self.dataset is not None:
+            if generator.anchor is not None:
+                raise ValueError("an anchored generator fits on in-memory weight vectors with their conditions, not on a lazy dataset")
             return self.dataset
         assert self.flat is not None
         flat = self.flat
         if generator.base is not None:
             assert isinstance(flat, torch.Tensor)  # a single architecture (checked by the generator)
             flat = generator.delta(flat)  # (M, D)
+        if generator.anchor is not None:
+            if self.conds is None or not isinstance(flat, torch.Tensor):
+                raise ValueError("an anchored generator needs one condition per checkpoint (its anchor is computed from the condition's data)")
+            flat = generator.residual_targets(flat, self.conds)  # (M, D): w - s * a(cond)
         generator.layout.fit_normalizer(flat, self.tasks, self.archs)
         x, mask = generator.layout.to_rows(flat, self.tasks, self.archs)  # (M, N, C) on the CPU
         return ZooRows(x, mask, self.conds, self.tasks)
