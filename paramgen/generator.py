@@ -69,6 +69,7 @@ from torch import nn
 from paramgen import pretrained
 from paramgen.anchors import PrototypeAnchor
 from paramgen.base import PinnedBase
+from paramgen.guidance import Guidance, LatentGuidance
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer, require
 from paramgen.io import read_json, write_json
 from paramgen.layout import SINGLE, Layout, ZooRows, collate
@@ -593,6 +594,7 @@ class Generator:
         batch_size: int = 256,
         positions: Sequence[int] | torch.Tensor | None = None,
         deltas: bool = False,
+        guidance: Guidance | None = None,
         **sample_kwargs: Any,
     ) -> torch.Tensor | list[torch.Tensor]:
         """Sample ``n`` weight vectors per condition: ``(B * n, D)`` in weight scale.
@@ -614,6 +616,11 @@ class Generator:
                 of each condition (``B``; each repeated for its ``n`` samples).
             deltas: With a pinned base, return the sampled deltas ``D`` instead of
                 ``base + D`` (added in float64, cast to the vector dtype).
+            guidance: A `paramgen.guidance.Guidance`: at each DDIM step the predicted
+                latents are decoded into weights (with the anchor and the pinned base),
+                scored by its loss on each sample's own condition, and moved along the
+                negative gradient. Needs a `paramgen.priors.DiffusionPrior` sampled with
+                DDIM and one architecture.
             **sample_kwargs: Passed to ``prior.sample``, which acts on each or raises
                 naming it (e.g. ``steps=20``: DDIM steps; with ``sampler="ddpm"`` it
                 raises). A `paramgen.priors.DiffusionPrior` samples with DDIM, 50 steps,
@@ -623,10 +630,12 @@ class Generator:
             ValueError: ``n`` or ``batch_size`` is not a positive integer; a per-task
                 normalizer lacks the tasks; ``tasks`` or ``archs`` do not match the
                 conditions, or are given to a generator that does not use them.
-            TypeError: A sampling option the prior does not take (named, with the valid ones).
+            TypeError: A sampling option the prior does not take (named, with the valid
+                ones); ``guidance`` for a prior that is not a diffusion prior.
             NotFittedError: The generator is not fitted.
         """
         self._require_fitted()
+        self._check_guidance(guidance)
         _positive_int(n, "n")
         _positive_int(batch_size, "batch_size")
         self._check_tasks_used(tasks)
@@ -648,6 +657,11 @@ class Generator:
         total = b * n
         rows = []
         for s in _batches(total, batch_size):
+            if guidance is not None:
+                assert cond is not None  # checked in _check_guidance
+                sample_kwargs["guidance"] = self._latent_guidance(guidance, [cond[i // n] for i in range(s.start, s.stop)],
+                                                                  None if tasks is None else [tasks[i // n] for i in range(s.start, s.stop)],
+                                                                  None if pos is None else pos[s])  # fmt: skip
             z = self.prior.sample(s.stop - s.start, None if c is None else c[s], generator=generator, **sample_kwargs)
             if not self.discrete:
                 if not torch.isfinite(z).all():
@@ -669,6 +683,38 @@ class Generator:
             assert isinstance(flat, torch.Tensor)
             return self._add_base(flat)
         return flat
+
+    def _check_guidance(self, guidance: Guidance | None) -> None:
+        """Refuse loss guidance where it cannot act: not a `Guidance`, a prior without a
+        DDIM loop that takes it, a family, an unconditional generator."""
+        if guidance is None:
+            return
+        if not isinstance(guidance, Guidance):
+            raise TypeError(f"guidance= takes a paramgen.guidance.Guidance, got {type(guidance).__name__}")
+        if self.discrete or "guidance" not in getattr(self.prior, "SAMPLE_OPTIONS", ()):
+            raise TypeError(f"guidance= steers the DDIM steps of a diffusion prior (paramgen.priors.DiffusionPrior); this generator's prior is {type(self.prior).__name__}, which takes no guidance")
+        if self.family:
+            raise ValueError("guidance= needs a generator of one architecture; this one serves a family (FamilyVectorizer)")
+        if self.conditioner is None:
+            raise ValueError("guidance= computes its loss from each sample's condition; this generator is unconditional")
+
+    def _latent_guidance(self, guidance: Guidance, conds: list[Any], tasks: list[str] | None, positions: torch.Tensor | None) -> LatentGuidance:
+        """``guidance`` as a loss on the prior's latents: the decoding of `sample_flat`,
+        differentiable, for the samples of ``conds`` (one condition per sample)."""
+        anchor = None if self.anchor is None else self.anchor(conds, self.spec)  # (B, D), from the conditions' own data
+
+        def loss(x0: torch.Tensor) -> torch.Tensor:
+            rows = self._decode(self.latent_stats.restore(x0), positions)
+            flat = self.layout.from_rows(rows, tasks, [SINGLE] * len(conds))
+            assert isinstance(flat, torch.Tensor)  # one architecture (checked)
+            if anchor is not None:
+                flat = flat + anchor.to(device=flat.device, dtype=flat.dtype)
+            if self.base is not None:
+                flat = flat + self._base_flat(flat.device).to(flat.dtype)
+            weights = flat if guidance.inputs == "flat" else self.spec.unflatten_stacked(flat)
+            return guidance.loss(weights, conds)
+
+        return LatentGuidance(loss, scale=guidance.scale, max_grad_norm=guidance.max_grad_norm)
 
     def _check_tasks_used(self, tasks: Sequence[str] | None) -> None:
         """``tasks=`` only selects a per-task normalizer's statistics: refuse them where

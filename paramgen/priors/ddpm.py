@@ -33,6 +33,7 @@ from torch import nn
 
 from paramgen._random import rand, randint, randn
 from paramgen._validate import host_values
+from paramgen.guidance import LatentGuidance, guide_eps
 from paramgen.priors._checks import check_cond, reject_unknown_options
 from paramgen.priors.schedule import LinearSchedule, ddim_sample, ddpm_sample
 from paramgen.priors.unet1d import UNet1D
@@ -121,7 +122,7 @@ class DiffusionPrior(nn.Module, Configurable):
     """
 
     #: The keyword options of `sample` (see there).
-    SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ("sampler", "steps", "guidance_scale", "eta")
+    SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ("sampler", "steps", "guidance_scale", "eta", "guidance")
 
     ema_null_cond: torch.Tensor | None
     ema_updates: torch.Tensor
@@ -268,13 +269,14 @@ class DiffusionPrior(nn.Module, Configurable):
         steps: int | None = None,
         guidance_scale: float | None = None,
         eta: float | None = None,
+        guidance: LatentGuidance | None = None,
         **unknown: Any,
     ) -> torch.Tensor:
         """Draw ``n`` latents with the EMA weights.
 
         The sampling options (`SAMPLE_OPTIONS`) are ``sampler``, ``steps``,
-        ``guidance_scale`` and ``eta``; `paramgen.Generator.sample` passes its extra
-        keywords here. Every option given acts: ``steps`` and ``eta`` are DDIM's, so
+        ``guidance_scale``, ``eta`` and ``guidance``; `paramgen.Generator.sample` passes its extra
+        keywords here. Every option given acts: ``steps``, ``eta`` and ``guidance`` are DDIM's, so
         giving them to a DDPM call raises instead of being ignored.
 
         Args:
@@ -290,6 +292,9 @@ class DiffusionPrior(nn.Module, Configurable):
                 unless it is 1.
             eta: DDIM stochasticity, ``0`` (deterministic DDIM; ``None`` means 0) to
                 ``1`` (DDPM-like noise); DDIM only.
+            guidance: A `paramgen.guidance.LatentGuidance`: after each step's ``x0``
+                prediction, ``x0`` moves along the negative gradient of its loss
+                (`paramgen.guidance.guide_eps`); DDIM only. It draws no randomness.
             **unknown: Any other keyword raises.
 
         Returns:
@@ -299,7 +304,7 @@ class DiffusionPrior(nn.Module, Configurable):
             TypeError: An option this prior does not take (e.g. ``temperature=``, a
                 `paramgen.priors.GPTPrior` option); the message lists the valid ones.
             ValueError: An option of the wrong type or out of range, or a DDIM option
-                (``steps``, ``eta``) in a DDPM call.
+                (``steps``, ``eta``, ``guidance``) in a DDPM call.
 
         Examples:
             >>> import torch
@@ -313,7 +318,7 @@ class DiffusionPrior(nn.Module, Configurable):
             >>> prior.sample(2, temperature=0.7)
             Traceback (most recent call last):
             ...
-            TypeError: DiffusionPrior.sample got temperature=0.7; valid options: sampler, steps, guidance_scale, eta
+            TypeError: DiffusionPrior.sample got temperature=0.7; valid options: sampler, steps, guidance_scale, eta, guidance
         """
         reject_unknown_options("DiffusionPrior.sample", unknown, self.SAMPLE_OPTIONS)
         _positive_int("n", n)
@@ -326,9 +331,11 @@ class DiffusionPrior(nn.Module, Configurable):
             raise ValueError(f"DiffusionPrior.sample: guidance_scale must be a finite number, got {guidance_scale!r}")
         if eta is not None and (not _finite_number(eta) or not 0.0 <= eta <= 1.0):
             raise ValueError(f"DiffusionPrior.sample: eta must be a number in [0, 1], got {eta!r}")
+        if guidance is not None and not isinstance(guidance, LatentGuidance):
+            raise TypeError(f"DiffusionPrior.sample: guidance must be a paramgen.guidance.LatentGuidance, got {type(guidance).__name__}")
         if sampler == "ddpm":
             how = "sampler='ddpm'" if given_sampler is not None else "the prior's default sampler"
-            for name, value in (("steps", steps), ("eta", eta)):
+            for name, value in (("steps", steps), ("eta", eta), ("guidance", guidance)):
                 if value is not None:
                     raise ValueError(
                         f"DiffusionPrior.sample: {name}={value!r} acts with the DDIM sampler only, but this call samples with "
@@ -355,13 +362,20 @@ class DiffusionPrior(nn.Module, Configurable):
             eps_c, eps_u = both.to(work).chunk(2)
             return eps_u + w * (eps_c - eps_u)
 
+        abars = self.schedule.alphas_cumprod.to(device=device, dtype=work)  # (T,)
+
+        def guided_eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            # x0 moves along the loss's negative gradient before the DDIM step uses it.
+            assert guidance is not None
+            return guide_eps(guidance, eps_fn(x, t), x, abars[t].reshape(-1, *([1] * (x.ndim - 1))))
+
         shape = (n, *self.shape)
         with _eval_mode(net):  # dropout off; the EMA copy is always in eval mode
             if sampler == "ddpm":
                 out = ddpm_sample(eps_fn, shape, self.schedule, generator=generator, device=device, dtype=work)
             else:
                 out = ddim_sample(
-                    eps_fn, shape, self.schedule, steps=self.ddim_steps if steps is None else steps, eta=float(eta or 0.0),
+                    eps_fn if guidance is None else guided_eps_fn, shape, self.schedule, steps=self.ddim_steps if steps is None else steps, eta=float(eta or 0.0),
                     generator=generator, device=device, dtype=work,
                 )  # fmt: skip
         return out.to(dtype)
