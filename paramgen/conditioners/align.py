@@ -33,7 +33,7 @@ from tqdm.auto import tqdm
 
 from paramgen._random import randint, randperm
 
-__all__ = ["LatentProjection", "align_to_latents", "retrieval_accuracy"]
+__all__ = ["LatentProjection", "align_to_latents", "reinitialize", "retrieval_accuracy"]
 
 
 class LatentProjection(nn.Module):
@@ -83,6 +83,55 @@ class LatentProjection(nn.Module):
         if cond.dim() != 2 or cond.shape[1] != self.cond_dim:
             raise ValueError(f"LatentProjection: expected conditions (M, {self.cond_dim}), got {tuple(cond.shape)}")
         return F.normalize(self.cond_proj(cond.to(self._dtype())), dim=-1)  # (M, P)
+
+
+@torch.no_grad()
+def reinitialize(module: nn.Module, *, generator: torch.Generator | None = None) -> int:
+    """Draw fresh initial values for every trainable parameter of ``module``, in place.
+
+    For alignment restarts (``FitConfig.align_restarts``): a submodule with
+    ``reset_parameters`` (``nn.Linear``, ``nn.LayerNorm``, ...) that owns a trainable
+    parameter resets itself; any other trainable parameter (e.g. a Set Transformer's
+    inducing points or PMA seeds) is drawn Xavier-uniform when it has two or more
+    dimensions and set to zero otherwise. Frozen parameters (``requires_grad=False``,
+    e.g. a pretrained feature extractor) are left as they are.
+
+    Args:
+        module: The module to re-initialize.
+        generator: Seeds the draws (``reset_parameters`` draws from torch's global
+            generator, so it is forked and seeded from this one; the caller's global
+            state is left as it was). ``None``: torch's global generator.
+
+    Returns:
+        The number of parameters given new values.
+
+    Examples:
+        >>> import torch
+        >>> lin = torch.nn.Linear(3, 2)
+        >>> before = lin.weight.clone()
+        >>> reinitialize(lin, generator=torch.Generator().manual_seed(0))
+        2
+        >>> torch.equal(before, lin.weight)
+        False
+    """
+    seed = None if generator is None else int(randint(2**62, (1,), generator=generator, device="cpu"))
+    done: set[int] = set()
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for sub in module.modules():
+            own = [p for p in sub.parameters(recurse=False) if p.requires_grad]
+            if own and callable(getattr(sub, "reset_parameters", None)):
+                sub.reset_parameters()
+                done.update(id(p) for p in sub.parameters(recurse=False))
+        for p in module.parameters():
+            if p.requires_grad and id(p) not in done:
+                if p.dim() >= 2:
+                    nn.init.xavier_uniform_(p)
+                else:
+                    nn.init.zeros_(p)
+                done.add(id(p))
+    return sum(1 for p in module.parameters() if p.requires_grad and id(p) in done)
 
 
 def _group_rows(groups: Sequence[str] | None, m: int) -> list[list[int]]:

@@ -66,6 +66,11 @@ class FitConfig:
     Attributes:
         tokenizer_steps: Optimizer steps of the tokenizer stage.
         align_steps: Steps of the contrastive alignment stage (0 skips it).
+        align_restarts: Runs of the alignment stage, each from another seeded
+            initialization of the conditioner's trainable weights (the first from the
+            conditioner as given), keeping the one with the lowest final training loss
+            (the mean loss of its last ``max(1, align_steps // 10)`` steps); every
+            restart's final loss is logged. 1 (the default): one run, as before.
         prior_steps: Optimizer steps of the prior stage.
         batch_size: Models per optimizer step (the global batch, over all processes and
             accumulation steps; capped at the zoo size).
@@ -102,6 +107,7 @@ class FitConfig:
 
     tokenizer_steps: int = attrs.field(default=2000, validator=_non_negative)
     align_steps: int = attrs.field(default=0, validator=_non_negative)
+    align_restarts: int = attrs.field(default=1, validator=_positive)
     prior_steps: int = attrs.field(default=5000, validator=_non_negative)
     batch_size: int = attrs.field(default=64, validator=_positive)
     tokenizer_lr: float = attrs.field(default=1e-3, validator=_positive_float)
@@ -139,4 +145,3 @@ class FitConfig:
         d = attrs.asdict(self)
         d["betas"] = list(self.betas)
         return d
-

@@ -16,7 +16,7 @@ from paramgen.training.checkpoint import Saved
 from paramgen.training.config import NonFiniteLossError
 from paramgen.training.engine import LossModule, Run, gradient_loop, stream_seed, trainable_parameters
 
-__all__ = ["Behaviour", "tokenizer_stage", "latents_stage", "align_stage", "prior_stage"]
+__all__ = ["AlignResult", "Behaviour", "final_loss", "tokenizer_stage", "latents_stage", "align_stage", "prior_stage"]
 
 logger = logging.getLogger("paramgen.training")
 
@@ -58,10 +58,7 @@ def tokenizer_stage(
         if not positional:
             return {}
         if batch.get("position") is None:
-            raise ValueError(
-                f"the tokenizer ({type(tok).__name__}) is positional: every training item needs a 'position' "
-                "(its chunk id, as paramgen.chunkwise.ChunkSamples gives it)"
-            )
+            raise ValueError(f"the tokenizer ({type(tok).__name__}) is positional: every training item needs a 'position' (its chunk id, as paramgen.chunkwise.ChunkSamples gives it)")
         return {"position": batch["position"]}
 
     def loss(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -111,12 +108,44 @@ def latents_stage(run: Run, generator: Generator, rows: torch.utils.data.Dataset
     return _Encoded(generator.latent_stats.standardize(latents), None, enc.conds, enc.tasks)  # (M, *latent_shape)
 
 
-def align_stage(run: Run, generator: Generator, enc: _Encoded) -> None:
-    """Align the conditioner with the latents contrastively (D2NWG Alg. 2), seeded by the run."""
-    from paramgen.conditioners.align import align_to_latents
+@attrs.frozen
+class AlignResult:
+    """What `align_stage` did: the final training loss of each restart and which one was kept.
+
+    ``final_losses[r]`` is the mean loss of restart ``r``'s last ``max(1, steps // 10)``
+    steps; ``spread`` is their range (max - min), 0 with one restart.
+    """
+
+    final_losses: tuple[float, ...]
+    best: int
+
+    @property
+    def spread(self) -> float:
+        return max(self.final_losses) - min(self.final_losses)
+
+
+def final_loss(losses: Sequence[float]) -> float:
+    """The final training loss of an alignment run: the mean of its last ``max(1, len // 10)``
+    step losses (one step's batch is too noisy to rank restarts by)."""
+    tail = losses[-max(1, len(losses) // 10) :]
+    return sum(tail) / len(tail)
+
+
+def align_stage(run: Run, generator: Generator, enc: _Encoded) -> AlignResult | None:
+    """Align the conditioner with the latents contrastively (D2NWG Alg. 2), seeded by the run.
+
+    With ``config.align_restarts = R > 1`` the alignment runs ``R`` times: restart 0 from the
+    conditioner as given (exactly the single run of ``R = 1``), restart ``r`` from a fresh
+    seeded initialization of its trainable weights
+    (`paramgen.conditioners.align.reinitialize`) and its own batch stream; the conditioner
+    keeps the weights of the restart with the lowest final training loss (`final_loss`).
+    Each restart's final loss is logged (``align/restart_loss`` at step ``r``), then
+    ``align/best_restart`` and ``align/restart_spread``.
+    """
+    from paramgen.conditioners.align import align_to_latents, reinitialize
 
     if run.config.align_steps == 0:
-        return
+        return None
     conditioner, conds = generator.conditioner, enc.conds
     if not isinstance(conditioner, nn.Module) or conds is None:
         raise ValueError("the align stage needs a trainable conditioner (an nn.Module) and conds")
@@ -124,18 +153,54 @@ def align_stage(run: Run, generator: Generator, enc: _Encoded) -> None:
     if latents is None:
         raise ValueError("the align stage needs the quantized latents of the discrete tokenizer")
     target = latents.flatten(1)
-    # The projection head is initialized from the global RNG: fork it, seeded, so that the
-    # stage is reproducible and leaves the caller's RNG as it was.
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(stream_seed(run.config.seed, "align", "init"))
-        g = torch.Generator().manual_seed(stream_seed(run.config.seed, "align", "batches"))
-        losses = align_to_latents(
-            conditioner, conds, target, groups=enc.tasks, steps=run.config.align_steps,
-            batch_size=run.config.batch_size, lr=run.config.align_lr, generator=g, progress=run.config.progress and run.main,
-        )
-    if run.main:
-        run.log.log_metrics({"align/loss_first": losses[0], "align/loss_last": losses[-1]}, step=run.config.align_steps)
-        logger.info("align step %d/%d: loss=%.4g (first step: %.4g)", run.config.align_steps, run.config.align_steps, losses[-1], losses[0])
+    restarts, steps, seed = run.config.align_restarts, run.config.align_steps, run.config.seed
+    trainable = [p.requires_grad for p in conditioner.parameters()]
+    initial = {k: v.detach().clone() for k, v in conditioner.state_dict().items()} if restarts > 1 else None
+    best_state: dict[str, torch.Tensor] | None = None
+    finals: list[float] = []
+    for r in range(restarts):
+        # Restart 0 keeps the streams of a single run, so R = 1 is the run it always was.
+        tag: tuple[Any, ...] = () if r == 0 else (r,)
+        if r > 0:
+            assert initial is not None
+            conditioner.load_state_dict(initial)
+            for p, flag in zip(conditioner.parameters(), trainable, strict=True):
+                p.requires_grad_(flag)
+            reinitialize(conditioner, generator=torch.Generator().manual_seed(stream_seed(seed, "align", "reinit", r)))
+        # The projection head is initialized from the global RNG: fork it, seeded, so that the
+        # stage is reproducible and leaves the caller's RNG as it was.
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(stream_seed(seed, "align", "init", *tag))
+            g = torch.Generator().manual_seed(stream_seed(seed, "align", "batches", *tag))
+            losses = align_to_latents(
+                conditioner,
+                conds,
+                target,
+                groups=enc.tasks,
+                steps=steps,
+                batch_size=run.config.batch_size,
+                lr=run.config.align_lr,
+                generator=g,
+                progress=run.config.progress and run.main,
+            )
+        finals.append(final_loss(losses))
+        if run.main:
+            if restarts > 1:
+                run.log.log_metrics({"align/restart_loss": finals[-1]}, step=r)
+                logger.info("align restart %d/%d: final loss %.4g (last step %.4g, first %.4g)", r + 1, restarts, finals[-1], losses[-1], losses[0])
+            else:
+                run.log.log_metrics({"align/loss_first": losses[0], "align/loss_last": losses[-1]}, step=steps)
+                logger.info("align step %d/%d: loss=%.4g (first step: %.4g)", steps, steps, losses[-1], losses[0])
+        if restarts > 1 and finals[-1] < min(finals[:-1], default=float("inf")):  # ties keep the earlier restart
+            best_state = {k: v.detach().clone() for k, v in conditioner.state_dict().items()}
+    result = AlignResult(tuple(finals), min(range(restarts), key=finals.__getitem__))
+    if best_state is not None:
+        conditioner.load_state_dict(best_state)
+        conditioner.requires_grad_(False).eval()
+    if run.main and restarts > 1:
+        run.log.log_metrics({"align/best_restart": result.best, "align/restart_spread": result.spread}, step=steps)
+        logger.info("align: kept restart %d of %d (final losses %s; spread %.4g)", result.best + 1, restarts, ", ".join(f"{x:.4g}" for x in finals), result.spread)
+    return result
 
 
 class _Latents(torch.utils.data.Dataset):
@@ -203,7 +268,14 @@ def prior_stage(run: Run, generator: Generator, enc: _Encoded, start: int, saved
     parts = {"prior": prior} | ({"conditioner": conditioner} if cond_params else {})
     raw = None if conditioner is None or fixed is not None else enc.conds
     gradient_loop(
-        run, "prior", LossModule(loss, **parts), _Latents(z, fixed, raw), steps=run.config.prior_steps, lr=run.config.prior_lr,
-        start=start, saved=saved, save=save, update_ema=getattr(prior, "update_ema", None),
+        run,
+        "prior",
+        LossModule(loss, **parts),
+        _Latents(z, fixed, raw),
+        steps=run.config.prior_steps,
+        lr=run.config.prior_lr,
+        start=start,
+        saved=saved,
+        save=save,
+        update_ema=getattr(prior, "update_ema", None),
     )
-
