@@ -159,3 +159,47 @@ def test_errors(fitted):
         SupportCrossEntropy()({"weight": torch.zeros(1, 3, 4), "bias": torch.zeros(1, 3)}, [torch.randn(2, 1, 4)])
     with pytest.raises(TypeError, match="by name"):
         fitted.sample_flat(sup, 1, steps=2, guidance=Guidance(SupportCrossEntropy(), inputs="flat"))
+
+
+def test_guided_harness_rows_pair_with_the_unguided_samples_of_fewshot(fitted):
+    """`benchmarks.fewshot_tuning._add_guided`: its scale-0 samples are those of `benchmarks.fewshot`'s
+    own sampling (checked inside), and each scale gets accuracy, paired-difference and CE rows."""
+    from benchmarks import fewshot
+    from benchmarks.common import Results
+    from benchmarks.fewshot_tuning import _add_guided
+    from paramgen.heads import head_accuracy
+
+    g = torch.Generator().manual_seed(13)
+    sup = torch.stack(_support(14, 3))  # (E, K, S, F)
+    q, qy = torch.randn(3, 6, 4, generator=g), torch.arange(3).repeat(2).expand(3, -1)
+    out = fewshot.generated_method(fitted, sup, q, qy, 2, generator=torch.Generator().manual_seed(5))
+    accs = {"generated (1 sample)": out["sample_acc"], "generated (best of 2 by support)": out["acc"],
+            "generated (mean of 2)": head_accuracy(out["all_w"].mean(1), out["all_b"].mean(1), q, qy)}  # fmt: skip
+    res = Results("t", config={})
+    res.items["v"] = {"val 5-way 1-shot": {}}
+    lines = _add_guided(res, "v", 1, {"support": sup, "query": q, "query_y": qy}, fitted, 2, [3e4], accs, seed=5)
+    assert len(lines) == 1 and "support CE" in lines[0]
+    assert {(r["metric"], r.get("guidance_scale")) for r in res.rows} == {("support_ce", 0.0), ("support_ce", 3e4), ("acc", 3e4), ("acc_diff", 3e4)}
+    assert len(res.items["v"]["val 5-way 1-shot"]["generated (best of n by support), guidance 30000"]) == 3
+    with pytest.raises(AssertionError, match="scale 0 changed"):  # unguided values from other samples are refused
+        _add_guided(res, "v", 1, {"support": sup, "query": q, "query_y": qy}, fitted, 2, [3e4], {k: 1 - v for k, v in accs.items()}, seed=5)
+
+
+@pytest.mark.slow
+def test_fewshot_tuning_guided_variant_writes_paired_rows(tmp_path, monkeypatch):
+    """The harness's guided variant: scale-0 samples equal the unguided ones (checked inside), rows per scale."""
+    import json
+
+    from benchmarks import fewshot, fewshot_tuning
+    from tests.benchmarks.test_fewshot import TINY
+
+    monkeypatch.setitem(fewshot.SIZES, "quick", {**fewshot.SIZES["quick"], **TINY})
+    monkeypatch.setitem(fewshot_tuning.SIZES, "quick", {"variants": ["residual + support guidance"], "episodes": 3, "overrides": {}})
+    assert fewshot_tuning.main(["--quick", "--no-mlflow", "--out", str(tmp_path)]) == 0
+    data = json.loads((tmp_path / "results.json").read_text())
+    diffs = [r for r in data["rows"] if r["metric"] == "acc_diff"]
+    assert {r["guidance_scale"] for r in diffs} == set(fewshot_tuning.GUIDANCE_SCALES) and len(diffs) == 2 * 3 * len(fewshot_tuning.GUIDANCE_SCALES)
+    ce = [r for r in data["rows"] if r["metric"] == "support_ce"]
+    assert {r["guidance_scale"] for r in ce} == {0.0, *fewshot_tuning.GUIDANCE_SCALES}
+    items = data["items"]["residual + support guidance"]["val 5-way 1-shot"]
+    assert len(items["generated (best of n by support), guidance 10"]) == 3 and len(items["support_ce, guidance 0"]) == 3
