@@ -13,7 +13,11 @@ selected: every reported generated model is a plain sample.
 
 Rows (test accuracy unless named otherwise):
 - ``zoo``: the task's training checkpoints (the reference).
-- ``generated``: samples conditioned on the task (DDPM, 1000 steps); ``reconstruction``: the VAE alone.
+- ``generated``: samples conditioned on the task's image set the generator was fitted with
+  (DDPM, 1000 steps); ``generated (fresh draw)``: conditioned instead on a new random draw of
+  the task's training images (same shots, a set the generator never saw), the number that
+  says whether the condition is the task or one memorized image set; the paired per-task
+  difference of the two; ``reconstruction``: the VAE alone.
 - ``generated DDIM-50``: the same prior sampled with 50 DDIM steps (vs 1000 DDPM steps),
   with the wall-time ratio.
 - ``kde latent``: S_KDE, a kernel density in the same latent space (same tokenizer). The
@@ -28,6 +32,11 @@ Rows (test accuracy unless named otherwise):
   ``wrong_iou``: the largest overlap of wrong predictions with a checkpoint of the task.
 - fine-tuning curves (``epoch`` 0/1/5/25) of generated, random init, KDE and baselines.
 - the task-by-condition accuracy matrix: weights generated for condition c, tested on t.
+- ``alignment``: the final training loss of each contrastive-alignment restart
+  (``FitConfig.align_restarts``; the restart with the lowest one is kept) and their spread.
+
+``results.json`` holds per-item values under ``items``: the test accuracy of every sample
+per task for the zoo, the generated and the fresh-draw rows.
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import attrs
 import torch
@@ -57,11 +66,12 @@ from paramgen.novelty import (
 )
 from paramgen.pipelines import d2nwg
 from paramgen.priors import KDEPrior
+from paramgen.tracking import NullLogger
 from paramgen.zoo import RunConfig, TrainConfig, Zoo, build_zoo, load_run_task, preset, train_classifier
 from paramgen.zoo.build import subset_runs
 from paramgen.zoo.train import predict_many
 
-__all__ = ["main", "SIZES", "make_generator"]
+__all__ = ["main", "SIZES", "make_generator", "AlignLosses", "image_condition"]
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +87,7 @@ SIZES: dict[str, dict[str, Any]] = {
         vae_steps=500,
         vae_channels=32,
         align_steps=300,
+        align_restarts=3,
         prior_steps=1000,
         samples=5,
         eval_per_class=100,
@@ -91,6 +102,7 @@ SIZES: dict[str, dict[str, Any]] = {
         vae_steps=4000,
         vae_channels=64,
         align_steps=1000,
+        align_restarts=3,
         prior_steps=8000,
         samples=10,
         eval_per_class=200,
@@ -128,6 +140,46 @@ def make_generator(spec: ParamSpec, feature_dim: int, size: dict[str, Any]) -> G
     return d2nwg(spec, condition="dataset", feature_dim=feature_dim, seed=None, hidden_channels=size["vae_channels"])
 
 
+class AlignLosses(NullLogger):
+    """A tracker for `paramgen.fit` that keeps the alignment restarts' final training losses
+    (``align/restart_loss``; with one restart, the last step's ``align/loss_last``)."""
+
+    def __init__(self) -> None:
+        self.finals: list[float] = []
+        self.best: int | None = None
+
+    def log_metrics(self, metrics: Any, *, step: int | None = None) -> None:
+        if "align/restart_loss" in metrics:
+            self.finals.append(float(metrics["align/restart_loss"]))
+        elif "align/loss_last" in metrics:
+            self.finals.append(float(metrics["align/loss_last"]))
+        if "align/best_restart" in metrics:
+            self.best = int(metrics["align/best_restart"])
+
+    def report(self, res: Results, group: str) -> None:
+        """Rows: each restart's final loss, the kept one and the spread (max - min)."""
+        if not self.finals:
+            return
+        best = self.best if self.best is not None else 0
+        res.add("alignment", group, "restart_final_loss", self.finals, kept=best)
+        res.add("alignment", group, "kept_final_loss", self.finals[best])
+        res.add("alignment", group, "restart_loss_spread", max(self.finals) - min(self.finals), restarts=len(self.finals))
+
+
+def tensor(flat: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """``sample_flat``'s one ``(B, D)`` tensor (a single-architecture generator returns no list)."""
+    if not isinstance(flat, torch.Tensor):
+        raise TypeError(f"expected one (B, D) tensor of weights, got a {type(flat).__name__}")
+    return flat
+
+
+def image_condition(task: Task, extractor: Any, shots: int, generator: torch.Generator) -> torch.Tensor:
+    """``(K, shots, F)``: MobileNetV2 features of ``shots`` random training images per class."""
+    x, _ = task.support_set(shots, split="train", generator=generator)
+    assert isinstance(x, torch.Tensor)  # images, not the text of a text task
+    return set_features(extractor, x.reshape(task.num_classes, shots, *x.shape[1:]))
+
+
 def _finetune_job(job: dict[str, Any]) -> list[float]:
     """Worker: fine-tune one model; test accuracy at epoch 0 and at each requested epoch."""
     from paramgen.zoo import evaluate
@@ -144,8 +196,9 @@ def _finetune_job(job: dict[str, Any]) -> list[float]:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(job["seed"])
             for m in model.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+                reset = getattr(m, "reset_parameters", None)
+                if callable(reset):
+                    reset()
     test = capped(task.test, job["eval_per_class"])
     accs = [evaluate(model, test)[0]]
     epochs = job["epochs"]
@@ -177,20 +230,20 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     # 2. Conditions: 5 training images per class -> frozen MobileNetV2 features (K, S, F).
     extractor = mobilenet_features()
-    feats = {}
-    for name, task in tasks.items():
-        x, _ = task.support_set(size["shots"], split="train", generator=g(1))
-        feats[name] = set_features(extractor, x.reshape(task.num_classes, size["shots"], *x.shape[1:]))
+    feats = {name: image_condition(task, extractor, size["shots"], g(1)) for name, task in tasks.items()}  # the fitted sets
     conds = [feats[t] for t in tasks_of]
+    # A fresh draw per task: other random training images (another stream), a set the generator never saw.
+    fresh = {name: image_condition(task, extractor, size["shots"], g(8)) for name, task in tasks.items()}
 
     # 3. One generator for all tasks: VAE + contrastively aligned set encoder + latent DDPM.
     gen = make_generator(spec, extractor.feature_dim, size)
     start = timer()
+    align = AlignLosses()
     paramgen.fit(gen, flat, conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
-            prior_lr=1e-3, generator=g(2), progress=False)
+            prior_lr=1e-3, align_restarts=size["align_restarts"], generator=g(2), progress=False, tracker=align)
     fit_s = timer() - start
     # S_KDE: the same tokenizer, normalizer and (frozen) conditioner, a KDE prior.
-    kde = Generator(vectorizer=gen.vectorizer, tokenizer=gen.tokenizer, prior=KDEPrior(), conditioner=gen.conditioner, normalizer=gen.normalizer)
+    kde = Generator(vectorizer=gen.vectorizer, tokenizer=gen.tokenizer, prior=cast(Any, KDEPrior()), conditioner=gen.conditioner, normalizer=gen.normalizer)
     paramgen.fit(kde, flat, conds, tasks=tasks_of, tokenizer_steps=0, generator=g(3), progress=False)
 
     # 4. Samples for every task at once (n per condition, in task order).
@@ -199,17 +252,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     start = timer()
     # DDPM-1000 explicitly: the committed "generated" rows were sampled with it (the
     # library's default sampler before DDIM-50, which the next row measures).
-    generated = gen.sample_flat(every, n, generator=g(4), sampler="ddpm").view(len(names), n, -1)
+    generated = tensor(gen.sample_flat(every, n, generator=g(4), sampler="ddpm")).view(len(names), n, -1)
     ddpm_s = timer() - start
     start = timer()
-    ddim = gen.sample_flat(every, n, generator=g(5), sampler="ddim", steps=50).view(len(names), n, -1)
+    ddim = tensor(gen.sample_flat(every, n, generator=g(5), sampler="ddim", steps=50)).view(len(names), n, -1)
     ddim_s = timer() - start
-    kde_samples = kde.sample_flat(every, n, generator=g(6)).view(len(names), n, -1)
+    kde_samples = tensor(kde.sample_flat(every, n, generator=g(6))).view(len(names), n, -1)
+    fresh_samples = tensor(gen.sample_flat([fresh[name] for name in names], n, generator=g(7), sampler="ddpm")).view(len(names), n, -1)
 
     res = Results("modelzoo", start=started, config={"size": size_name, "seed": args.seed, "zoo_checkpoints": len(zoo), "zoo_tasks": len(names),
                                                       **{k: (list(v) if isinstance(v, tuple) else v) for k, v in size.items()}})
     res.add("zoo", "all", "build_s", zoo_s)
     res.add("generator", "all", "fit_s", fit_s)
+    align.report(res, "restarts")
     res.add("generated", "all", "sample_s_per_model", ddpm_s / generated[:, :, 0].numel())
     res.add("generated DDIM-50", "all", "sample_s_per_model", ddim_s / ddim[:, :, 0].numel())
     res.add("generated DDIM-50", "all", "ddpm_time_over_ddim", ddpm_s / ddim_s)
@@ -220,10 +275,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     kept: dict[tuple[str, str], torch.Tensor] = {}
     for ti, name in enumerate(names):
         own = flat[[i for i, t in enumerate(tasks_of) if t == name]]
-        methods = {"generated": generated[ti], "generated DDIM-50": ddim[ti], "reconstruction": gen.reconstruct(own), "kde latent": kde_samples[ti]}
+        methods = {"generated": generated[ti], "generated (fresh draw)": fresh_samples[ti], "generated DDIM-50": ddim[ti],
+                   "reconstruction": tensor(gen.reconstruct(own)), "kde latent": kde_samples[ti]}
         # D2NWG's sample selection: the best of the n samples by *validation* accuracy.
         best = accuracies(zoo, generated[ti], vals[name])[0].argmax()
         methods["generated best-of-n (val)"] = generated[ti][best : best + 1]
+        best = accuracies(zoo, fresh_samples[ti], vals[name])[0].argmax()
+        methods["generated (fresh draw) best-of-n (val)"] = fresh_samples[ti][best : best + 1]
         sigma = matched_sigma(own, float(nearest_l2(generated[ti], flat)[0].median()), scale=scale, generator=g(10 + ti))
         methods["noise 0.06"] = noisy_checkpoints(own, n, sigma=0.06, scale=scale, generator=g(20 + ti))[0]
         methods["noise 0.12"] = noisy_checkpoints(own, n, sigma=0.12, scale=scale, generator=g(30 + ti))[0]
@@ -233,8 +291,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         zoo_acc, zoo_preds = accuracies(zoo, own, tests[name])
         res.add("zoo", name, "test_acc", zoo_acc.tolist(), epoch=0)
         per_method.setdefault("zoo", []).append(float(zoo_acc.mean()))
+        res.items.setdefault("test_acc per sample", {}).setdefault("zoo", {})[name] = zoo_acc.tolist()
         for method, w in methods.items():
             acc, preds = accuracies(zoo, w, tests[name])
+            if method in ("generated", "generated (fresh draw)"):
+                res.items["test_acc per sample"].setdefault(method, {})[name] = acc.tolist()
             res.add(method, name, "test_acc", acc.tolist(), epoch=0)
             res.add(method, name, "novelty_l2", nearest_l2(w, flat)[0].tolist())
             res.add(method, name, "wrong_iou", wrong_prediction_iou(preds, zoo_preds, tests[name].y).tolist())
@@ -243,7 +304,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.info("task %d/%d %s: zoo %.3f generated %.3f", ti + 1, len(names), name, per_method["zoo"][-1], per_method["generated"][-1])
     for method, accs in per_method.items():
         res.add(method, "mean over tasks", "test_acc", accs, epoch=0)
-    for method in ("generated", "generated best-of-n (val)"):
+    # The fresh-draw number beside the fitted-set one: paired per task (t-interval over tasks).
+    diffs = [a - b for a, b in zip(per_method["generated (fresh draw)"], per_method["generated"], strict=True)]
+    res.add("fresh draw - fitted set", "mean over tasks", "test_acc_diff", diffs, note="generated (fresh draw) - generated, paired per task")
+    for method in ("generated", "generated (fresh draw)", "generated best-of-n (val)"):
         rel = [a / z for a, z in zip(per_method[method], per_method["zoo"], strict=True)]
         res.add(method, "mean over tasks", "acc_over_zoo", rel)
         res.add(method, "worst task", "acc_over_zoo", min(rel))
