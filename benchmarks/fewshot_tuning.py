@@ -99,6 +99,14 @@ def guided_samples(data: dict[str, torch.Tensor], gen: Generator, n: int, scale:
     return {"1 sample": per_sample.mean(1), "best": head_accuracy(best_w, best_b, q, qy), "mean": head_accuracy(w.mean(1), b.mean(1), q, qy), "support_ce": ce.mean(1)}
 
 
+def _minus_baselines(res: Results, label: str, values: torch.Tensor, accs: dict[str, torch.Tensor], name: str, task: str, scale: float, shot: int) -> None:
+    """Rows ``label - baseline`` for the simple baselines on the same episodes (paired bootstrap over episodes)."""
+    for baseline in ("nearest centroid", "logistic regression C=10"):
+        d, lo, hi = paired_bootstrap(values, accs[baseline], seed=shot)
+        res.rows.append({"method": f"{label} - {baseline}", "task": task, "metric": "acc_diff", "value": d, "ci_low": lo, "ci_high": hi,
+                         "n": len(values), "variant": name, "guidance_scale": scale, "ci": "paired bootstrap over episodes"})  # fmt: skip
+
+
 def _add_guided(res: Results, name: str, shot: int, data: dict[str, torch.Tensor], gen: Generator, n: int, scales: Sequence[float], accs: dict[str, torch.Tensor], seed: int) -> list[str]:
     """Rows and items of the guided samples at every scale, beside the unguided ones (``accs``)."""
     task = f"val 5-way {shot}-shot"
@@ -108,6 +116,7 @@ def _add_guided(res: Results, name: str, shot: int, data: dict[str, torch.Tensor
     for kind in unguided:
         if not torch.equal(plain[kind], unguided[kind]):
             raise AssertionError(f"guidance at scale 0 changed the {kind} accuracies: the guided path is not the unguided one")
+    _minus_baselines(res, "generated (best of n by support)", unguided["best"], accs, name, task, 0.0, shot)
     out = []
     for scale in scales:
         got = guided_samples(data, gen, n, float(scale), seed=seed)
@@ -122,6 +131,7 @@ def _add_guided(res: Results, name: str, shot: int, data: dict[str, torch.Tensor
             items[f"{label}, guidance {scale:g}"] = got[kind].tolist()
             parts.append(f"{float(got[kind].mean()):.3f} ({d:+.3f} [{lo:+.3f}, {hi:+.3f}])")
         items[f"support_ce, guidance {scale:g}"] = got["support_ce"].tolist()
+        _minus_baselines(res, f"generated (best of n by support), guidance {scale:g}", got["best"], accs, name, task, float(scale), shot)
         out.append(f"  guidance {scale:g}, {shot}-shot: 1 sample / best / mean (minus unguided) " + " / ".join(parts)
                    + f"; support CE {float(plain['support_ce'].mean()):.3f} -> {float(got['support_ce'].mean()):.3f}")  # fmt: skip
     items = res.items[name][task]

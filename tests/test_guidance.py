@@ -174,12 +174,15 @@ def test_guided_harness_rows_pair_with_the_unguided_samples_of_fewshot(fitted):
     q, qy = torch.randn(3, 6, 4, generator=g), torch.arange(3).repeat(2).expand(3, -1)
     out = fewshot.generated_method(fitted, sup, q, qy, 2, generator=torch.Generator().manual_seed(5))
     accs = {"generated (1 sample)": out["sample_acc"], "generated (best of 2 by support)": out["acc"],
-            "generated (mean of 2)": head_accuracy(out["all_w"].mean(1), out["all_b"].mean(1), q, qy)}  # fmt: skip
+            "generated (mean of 2)": head_accuracy(out["all_w"].mean(1), out["all_b"].mean(1), q, qy),
+            "nearest centroid": torch.full((3,), 0.5), "logistic regression C=10": torch.full((3,), 0.5)}  # fmt: skip
     res = Results("t", config={})
     res.items["v"] = {"val 5-way 1-shot": {}}
     lines = _add_guided(res, "v", 1, {"support": sup, "query": q, "query_y": qy}, fitted, 2, [3e4], accs, seed=5)
     assert len(lines) == 1 and "support CE" in lines[0]
-    assert {(r["metric"], r.get("guidance_scale")) for r in res.rows} == {("support_ce", 0.0), ("support_ce", 3e4), ("acc", 3e4), ("acc_diff", 3e4)}
+    assert {(r["metric"], r.get("guidance_scale")) for r in res.rows} == {("support_ce", 0.0), ("support_ce", 3e4), ("acc", 3e4), ("acc_diff", 3e4), ("acc_diff", 0.0)}
+    minus = {r["method"]: r["value"] for r in res.rows if r["metric"] == "acc_diff"}
+    assert minus["generated (best of n by support) - nearest centroid"] == pytest.approx(float(out["acc"].mean()) - 0.5)
     assert len(res.items["v"]["val 5-way 1-shot"]["generated (best of n by support), guidance 30000"]) == 3
     with pytest.raises(AssertionError, match="scale 0 changed"):  # unguided values from other samples are refused
         _add_guided(res, "v", 1, {"support": sup, "query": q, "query_y": qy}, fitted, 2, [3e4], {k: 1 - v for k, v in accs.items()}, seed=5)
@@ -198,7 +201,8 @@ def test_fewshot_tuning_guided_variant_writes_paired_rows(tmp_path, monkeypatch)
     assert fewshot_tuning.main(["--quick", "--no-mlflow", "--out", str(tmp_path)]) == 0
     data = json.loads((tmp_path / "results.json").read_text())
     diffs = [r for r in data["rows"] if r["metric"] == "acc_diff"]
-    assert {r["guidance_scale"] for r in diffs} == set(fewshot_tuning.GUIDANCE_SCALES) and len(diffs) == 2 * 3 * len(fewshot_tuning.GUIDANCE_SCALES)
+    scales = fewshot_tuning.GUIDANCE_SCALES
+    assert {r["guidance_scale"] for r in diffs} == {0.0, *scales} and len(diffs) == 2 * (2 + 5 * len(scales))  # per shot: unguided - 2 baselines; per scale 3 + 2
     ce = [r for r in data["rows"] if r["metric"] == "support_ce"]
     assert {r["guidance_scale"] for r in ce} == {0.0, *fewshot_tuning.GUIDANCE_SCALES}
     items = data["items"]["residual + support guidance"]["val 5-way 1-shot"]
