@@ -20,6 +20,7 @@ interval over episodes) and the support cross-entropy of the plain samples.
 
 Example:
     python -m benchmarks.fewshot_tuning --variants '{"whole": {"residual": false}, "residual": {}}'
+    python -m benchmarks.fewshot_tuning --quick --combine runs/s0/results.json runs/s1/results.json runs/s2/results.json
     python -m benchmarks.fewshot_tuning --quick --variants '{"residual + guidance": {"residual": true, "guidance_scales": [10, 100]}}'
 """
 
@@ -33,13 +34,13 @@ from collections.abc import Sequence
 import torch
 
 from benchmarks import fewshot as fs
-from benchmarks.common import Results, RunSetup, paired_bootstrap
+from benchmarks.common import Results, RunSetup, clustered_bootstrap, paired_bootstrap, paired_seed_ci
 from paramgen.data.episodes import fewshot_pool
 from paramgen.generator import Generator
 from paramgen.guidance import Guidance, SupportCrossEntropy
 from paramgen.heads import head_accuracy, head_cross_entropy
 
-__all__ = ["main", "VARIANTS", "SIZES", "GUIDANCE_SCALES", "guided_samples"]
+__all__ = ["main", "VARIANTS", "SIZES", "GUIDANCE_SCALES", "guided_samples", "combine_seeds"]
 
 #: Scales of support-set loss guidance (`paramgen.guidance`); chosen from the size of the
 #: latent gradients and the support cross-entropy on separate validation episodes, no query
@@ -139,13 +140,70 @@ def _add_guided(res: Results, name: str, shot: int, data: dict[str, torch.Tensor
     return out
 
 
+def combine_seeds(runs: Sequence[dict], variant: str = "residual + support guidance", *, boot: int = 2000) -> list[dict]:
+    """Paired differences of the guided variant over several whole-pipeline seeds (results.json dicts).
+
+    Every run must hold the variant's per-episode items on the same validation episodes (the
+    harness draws them independently of ``--seed``). For each shot, each scale, and each of
+    1 sample / best of n / mean of n: guided minus unguided; and the guided and unguided best
+    of n minus nearest centroid and logistic regression. Intervals: seeds x episodes
+    (`clustered_bootstrap`) and seeds (`paired_seed_ci`, a t-interval over the seeds' means).
+
+    Raises:
+        ValueError: Fewer than two runs, a run without the variant, or runs of other episodes.
+    """
+    if len(runs) < 2:
+        raise ValueError(f"combine_seeds needs the results of 2 or more seeds, got {len(runs)}")
+    items = []
+    for i, r in enumerate(runs):
+        if variant not in r.get("items", {}):
+            raise ValueError(f"run {i} (seed {r.get('config', {}).get('seed')}) has no items of the variant {variant!r}")
+        items.append(r["items"][variant])
+    if any(sorted(it) != sorted(items[0]) or any(len(it[t]["nearest centroid"]) != len(items[0][t]["nearest centroid"]) for t in it) for it in items):
+        raise ValueError("the runs hold other tasks or numbers of episodes; combine runs of one harness size")
+    rows = []
+    for task in sorted(items[0]):
+        labels = items[0][task]
+        scales = sorted({lab.rsplit("guidance ", 1)[1] for lab in labels if lab.startswith("generated") and ", guidance " in lab}, key=float)
+        pairs = []
+        for sc in scales:
+            for kind in ("generated (1 sample)", "generated (best of n by support)", "generated (mean of n)"):
+                pairs.append((f"{kind}, guidance {sc}", kind, sc))
+            for baseline in ("nearest centroid", "logistic regression C=10"):
+                pairs.append((f"generated (best of n by support), guidance {sc}", baseline, sc))
+        for baseline in ("nearest centroid", "logistic regression C=10"):
+            pairs.append(("generated (best of n by support)", baseline, "0"))
+        for a_label, b_label, sc in pairs:
+            a = torch.tensor([it[task][a_label] for it in items], dtype=torch.float64)  # (seeds, episodes)
+            b = torch.tensor([it[task][b_label] for it in items], dtype=torch.float64)
+            d, lo, hi = clustered_bootstrap(a, b, n_boot=boot, seed=0)
+            _, slo, shi = paired_seed_ci(a.mean(1).tolist(), b.mean(1).tolist())
+            rows.append({"method": f"{a_label} - {b_label}", "task": task, "metric": "acc_diff", "value": d, "ci_low": lo, "ci_high": hi, "n": a.numel(),
+                         "seed_ci_low": slo, "seed_ci_high": shi, "seeds": len(items), "guidance_scale": float(sc), "variant": variant,
+                         "a_mean": float(a.mean()), "b_mean": float(b.mean()), "ci": "clustered bootstrap over seeds x episodes; seed_ci: t over seeds"})  # fmt: skip
+    return rows
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     def arguments(p: argparse.ArgumentParser) -> None:
         p.add_argument("--variants", default=None, help="JSON object name -> overrides of the quick size (default: VARIANTS)")
         p.add_argument("--episodes", type=int, default=None, help="validation episodes per shot (default: 100; 30 at --quick)")
+        p.add_argument("--combine", nargs="+", default=None, metavar="RESULTS_JSON",
+                       help="only pool the guided variant of these runs (one per seed) into paired differences over seeds x episodes")  # fmt: skip
 
     setup = RunSetup.from_args("fewshot_tuning", __doc__, SIZES, argv, add_arguments=arguments)
     args, run = setup.args, setup.size
+    if args.combine:
+        from paramgen.io import read_json
+
+        runs = [read_json(p) for p in args.combine]
+        res = setup.results(combined=list(args.combine), seeds=[r["config"].get("seed") for r in runs])
+        res.rows.extend(combine_seeds(runs))
+        for r in res.rows:
+            print(f"{r['task']} | {r['method']}: {r['a_mean']:.3f} - {r['b_mean']:.3f} = {r['value']:+.4f} [{r['ci_low']:+.4f}, {r['ci_high']:+.4f}] "
+                  f"(seeds: [{r['seed_ci_low']:+.4f}, {r['seed_ci_high']:+.4f}])")  # fmt: skip
+        print(f"results: {setup.write(res)}")
+        return 0
     variants = json.loads(args.variants) if args.variants else {k: VARIANTS[k] for k in run["variants"]}
     episodes = args.episodes or run["episodes"]
     seed = args.seed * 1000

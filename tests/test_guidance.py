@@ -207,3 +207,20 @@ def test_fewshot_tuning_guided_variant_writes_paired_rows(tmp_path, monkeypatch)
     assert {r["guidance_scale"] for r in ce} == {0.0, *fewshot_tuning.GUIDANCE_SCALES}
     items = data["items"]["residual + support guidance"]["val 5-way 1-shot"]
     assert len(items["generated (best of n by support), guidance 10"]) == 3 and len(items["support_ce, guidance 0"]) == 3
+
+
+def test_combine_seeds_pairs_seeds_and_episodes():
+    from benchmarks.fewshot_tuning import combine_seeds
+
+    def run(seed: int, shift: float) -> dict:
+        base = {"nearest centroid": [0.8, 0.6], "logistic regression C=10": [0.7, 0.7], "generated (1 sample)": [0.5, 0.5],
+                "generated (best of n by support)": [0.6, 0.6], "generated (mean of n)": [0.5, 0.7]}  # fmt: skip
+        guided = {f"{k}, guidance 10": [v + shift for v in vals] for k, vals in base.items() if k.startswith("generated")}
+        return {"config": {"seed": seed}, "items": {"residual + support guidance": {"val 5-way 1-shot": {**base, **guided}}}}
+
+    rows = {r["method"]: r for r in combine_seeds([run(0, 0.1), run(1, 0.3)], boot=200)}
+    best = rows["generated (best of n by support), guidance 10 - generated (best of n by support)"]
+    assert best["value"] == pytest.approx(0.2) and best["seeds"] == 2 and best["n"] == 4
+    assert rows["generated (best of n by support) - nearest centroid"]["value"] == pytest.approx(-0.1)
+    with pytest.raises(ValueError, match="2 or more seeds"):
+        combine_seeds([run(0, 0.1)])
