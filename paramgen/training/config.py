@@ -145,3 +145,4 @@ class FitConfig:
         d = attrs.asdict(self)
         d["betas"] = list(self.betas)
         return d
+

@@ -16,6 +16,7 @@ from paramgen.training.checkpoint import Saved
 from paramgen.training.config import NonFiniteLossError
 from paramgen.training.engine import LossModule, Run, gradient_loop, stream_seed, trainable_parameters
 
+
 __all__ = ["AlignResult", "Behaviour", "final_loss", "tokenizer_stage", "latents_stage", "align_stage", "prior_stage"]
 
 logger = logging.getLogger("paramgen.training")
@@ -58,7 +59,10 @@ def tokenizer_stage(
         if not positional:
             return {}
         if batch.get("position") is None:
-            raise ValueError(f"the tokenizer ({type(tok).__name__}) is positional: every training item needs a 'position' (its chunk id, as paramgen.chunkwise.ChunkSamples gives it)")
+            raise ValueError(
+                f"the tokenizer ({type(tok).__name__}) is positional: every training item needs a 'position' "
+                "(its chunk id, as paramgen.chunkwise.ChunkSamples gives it)"
+            )
         return {"position": batch["position"]}
 
     def loss(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
@@ -173,15 +177,8 @@ def align_stage(run: Run, generator: Generator, enc: _Encoded) -> AlignResult | 
             torch.manual_seed(stream_seed(seed, "align", "init", *tag))
             g = torch.Generator().manual_seed(stream_seed(seed, "align", "batches", *tag))
             losses = align_to_latents(
-                conditioner,
-                conds,
-                target,
-                groups=enc.tasks,
-                steps=steps,
-                batch_size=run.config.batch_size,
-                lr=run.config.align_lr,
-                generator=g,
-                progress=run.config.progress and run.main,
+                conditioner, conds, target, groups=enc.tasks, steps=steps,
+                batch_size=run.config.batch_size, lr=run.config.align_lr, generator=g, progress=run.config.progress and run.main,
             )
         finals.append(final_loss(losses))
         if run.main:
@@ -268,14 +265,7 @@ def prior_stage(run: Run, generator: Generator, enc: _Encoded, start: int, saved
     parts = {"prior": prior} | ({"conditioner": conditioner} if cond_params else {})
     raw = None if conditioner is None or fixed is not None else enc.conds
     gradient_loop(
-        run,
-        "prior",
-        LossModule(loss, **parts),
-        _Latents(z, fixed, raw),
-        steps=run.config.prior_steps,
-        lr=run.config.prior_lr,
-        start=start,
-        saved=saved,
-        save=save,
-        update_ema=getattr(prior, "update_ema", None),
+        run, "prior", LossModule(loss, **parts), _Latents(z, fixed, raw), steps=run.config.prior_steps, lr=run.config.prior_lr,
+        start=start, saved=saved, save=save, update_ema=getattr(prior, "update_ema", None),
     )
+
