@@ -16,7 +16,6 @@ from paramgen.training.checkpoint import Saved
 from paramgen.training.config import NonFiniteLossError
 from paramgen.training.engine import LossModule, Run, gradient_loop, stream_seed, trainable_parameters
 
-
 __all__ = ["AlignResult", "Behaviour", "final_loss", "tokenizer_stage", "latents_stage", "align_stage", "prior_stage"]
 
 logger = logging.getLogger("paramgen.training")
