@@ -60,6 +60,7 @@ from paramgen import Generator
 from paramgen.anchors import PrototypeAnchor
 from paramgen.conditioners.ordered import OrderedSetConditioner
 from paramgen.data.episodes import ClassPool, Episodes, fewshot_pool, gather, sample_episodes
+from paramgen.guidance import Guidance, SupportCrossEntropy
 from paramgen.heads import fit_heads, head_accuracy, head_cross_entropy, head_spec, logistic_regression_heads, prototype_head
 from paramgen.models import Conv4
 from paramgen.pipelines import d2nwg
@@ -141,7 +142,9 @@ def _labels(e: int, way: int, per_class: int) -> torch.Tensor:
 
 
 # ----------------------------------------------------------------------------- methods
-def generate_heads(gen: Generator, support: torch.Tensor, n: int, *, generator: torch.Generator, batch_size: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+def generate_heads(
+    gen: Generator, support: torch.Tensor, n: int, *, generator: torch.Generator, batch_size: int = 256, guidance: Guidance | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """``n`` generated heads per episode from the support features only.
 
     Args:
@@ -150,13 +153,14 @@ def generate_heads(gen: Generator, support: torch.Tensor, n: int, *, generator: 
         n: Heads per episode.
         generator: Randomness of sampling.
         batch_size: Heads decoded at once.
+        guidance: Optional support-set loss guidance (`paramgen.guidance`); it reads the support only.
 
     Returns:
         ``w (E, n, K, F)``, ``b (E, n, K)``; a generator with a residual anchor
         (`paramgen.anchors.PrototypeAnchor`) adds the support's scaled nearest-centroid head itself.
     """
     e, k, _, f = support.shape
-    flat = gen.sample_flat(list(support), n, generator=generator, batch_size=batch_size, sampler="ddim", steps=50)  # (E * n, D)
+    flat = gen.sample_flat(list(support), n, generator=generator, batch_size=batch_size, sampler="ddim", steps=50, guidance=guidance)  # (E * n, D)
     assert isinstance(flat, torch.Tensor)  # one architecture
     heads = gen.spec.unflatten_stacked(flat)
     return heads["weight"].view(e, n, k, f), heads["bias"].view(e, n, k)
@@ -193,6 +197,7 @@ def generated_method(
     n: int,
     *,
     generator: torch.Generator,
+    guidance: Guidance | None = None,
 ) -> dict[str, Any]:
     """Generate ``n`` heads per episode, choose by support accuracy, score on the queries.
 
@@ -212,7 +217,7 @@ def generated_method(
         of the chosen heads, ``(E,)``), ``sample_acc`` (mean query accuracy of all ``n``
         samples, ``(E,)``), ``per_sample_acc`` (``(E, n)``), ``all_w``, ``all_b`` (every sample).
     """
-    all_w, all_b = generate_heads(gen, support, n, generator=generator)
+    all_w, all_b = generate_heads(gen, support, n, generator=generator, guidance=guidance)
     w, b, idx = select_by_support(all_w, all_b, support)
     e, _, k, f = all_w.shape
     acc = head_accuracy(w, b, query, query_y)
@@ -371,7 +376,9 @@ def evaluate(data: dict[str, torch.Tensor], gen: Generator, size: dict[str, Any]
         out[f"fine-tuned from zero {steps} steps"] = head_accuracy(*fit_heads(sup_x, sup_y, WAY, steps=steps, lr=0.1), q, qy)
     n = size["samples"]
     start = time.perf_counter()
-    g = generated_method(gen, sup, q, qy, n, generator=torch.Generator().manual_seed(seed))
+    scale = size.get("support_guidance", 0.0)  # paramgen.guidance on the support set's cross-entropy; 0: none
+    guidance = Guidance(SupportCrossEntropy(), scale=scale) if scale else None
+    g = generated_method(gen, sup, q, qy, n, generator=torch.Generator().manual_seed(seed), guidance=guidance)
     info: dict[str, Any] = {"sample_s_per_head": (time.perf_counter() - start) / (e * n), "chosen_index": g["index"], "per_sample_acc": g["per_sample_acc"]}
     out["generated (1 sample)"] = g["sample_acc"]
     out[f"generated (best of {n} by support)"] = g["acc"]
