@@ -121,8 +121,9 @@ def reinitialize(module: nn.Module, *, generator: torch.Generator | None = None)
             torch.manual_seed(seed)
         for sub in module.modules():
             own = [p for p in sub.parameters(recurse=False) if p.requires_grad]
-            if own and callable(getattr(sub, "reset_parameters", None)):
-                sub.reset_parameters()
+            reset = getattr(sub, "reset_parameters", None)
+            if own and callable(reset):
+                reset()
                 done.update(id(p) for p in sub.parameters(recurse=False))
         for p in module.parameters():
             if p.requires_grad and id(p) not in done:
