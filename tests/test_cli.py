@@ -161,7 +161,7 @@ GOOD = 'zoo = "zoo"\nout = "gen"\n[generator]\npipeline = "d2nwg"\n'
 @pytest.mark.parametrize(
     "text, message",
     [
-        (GOOD + "[fit]\nsteps = 3\n", "[fit] has no key 'steps'; valid keys: align_lr, align_steps, batch_size"),
+        (GOOD + "[fit]\nsteps = 3\n", "[fit] has no key 'steps'; valid keys: align_lr, align_restarts, align_steps, batch_size"),
         (GOOD.replace("d2nwg", "diffusion"), "unknown pipeline 'diffusion'; expected one of chunkwise, cond-pdiff, d2nwg, igpg"),
         (GOOD + "latent_lenght = 8\n", "pipeline 'd2nwg' has no option 'latent_lenght'; valid options: condition, seed, tasks, chunk_size"),
         (GOOD + "condition = 'image'\n", "condition must be one of 'task', 'text', 'text+arch', 'none'"),

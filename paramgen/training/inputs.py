@@ -210,6 +210,8 @@ def check_zoo(generator: Generator, flat: Any, conds: Sequence[Any] | None, task
 def run_fingerprint(generator: Generator, zoo: _Zoo, config: FitConfig) -> dict[str, Any]:
     """What a resumed run must share with the interrupted one."""
     keep = {k: v for k, v in config.to_dict().items() if k not in ("checkpoint_every", "checkpoint_dir", "progress", "num_workers", "log_every")}
+    if keep.get("align_restarts") == 1:  # the default: checkpoints written before the field existed still resume
+        del keep["align_restarts"]
     if zoo.flat is None:
         size = [zoo.m, generator.layout.rows, generator.layout.width]
     elif generator.layout.single and isinstance(zoo.flat, torch.Tensor):

@@ -70,6 +70,11 @@ def test_modelzoo_harness(tmp_path, monkeypatch):
     finetuned = [r for r in data["rows"] if r["task"] == "fine-tuned"]
     assert {r["epoch"] for r in finetuned} == {0, 1} and all(r["n"] == 2 for r in finetuned)
     assert any(r["metric"] == "diag_is_row_max" for r in data["rows"])
+    assert {"generated (fresh draw)", "generated (fresh draw) best-of-n (val)", "fresh draw - fitted set"} <= methods(data)
+    restarts = [r for r in data["rows"] if r["metric"] == "restart_final_loss"]
+    assert len(restarts) == 1 and restarts[0]["n"] == modelzoo.SIZES["quick"]["align_restarts"]
+    per_sample = data["items"]["test_acc per sample"]
+    assert set(per_sample) == {"zoo", "generated", "generated (fresh draw)"} and all(len(v) == 2 for v in per_sample.values())
 
 
 def test_unconditional_harness_same_seed_same_table(tmp_path, monkeypatch):
