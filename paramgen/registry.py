@@ -69,6 +69,7 @@ BUILTINS: dict[str, str] = {
     "architecture": "paramgen.conditioners.architecture:ArchitectureConditioner",
     "concat": "paramgen.conditioners.architecture:ConcatConditioner",
     "text-or-vector": "paramgen.conditioners.text_or_vector:TextOrVectorConditioner",
+    "descriptor": "paramgen.conditioners.descriptor:DescriptorConditioner",
     "chunk-position": "paramgen.chunkwise:ChunkPositionConditioner",
     # other saved parts
     "accuracy-predictor": "paramgen.predictor:AccuracyPredictor",
