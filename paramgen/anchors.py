@@ -69,7 +69,7 @@ def _check_feature_dim(_: Any, __: Any, value: Any) -> None:
 class PrototypeAnchor:
     """The nearest-class-mean head of a condition's own images, as a residual anchor.
 
-    Args:
+    Attributes:
         kind: ``"prototype_head"`` (a condition is a support set ``(K, S, F)``) or
             ``"prototype_row"`` (a condition is one class's images ``(1, S, C)``).
         scale: ``s``: the generator learns ``w - s * a(cond)`` and adds ``s * a(cond)`` back.

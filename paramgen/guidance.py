@@ -88,7 +88,7 @@ def _check_inputs(_: Any, __: Any, value: Any) -> None:
 class Guidance:
     """Loss guidance for `paramgen.Generator.sample_flat` (``guidance=``).
 
-    Args:
+    Attributes:
         loss: A `WeightsLoss`: ``loss(weights, conds) -> (B,)``.
         scale: Step along the negative gradient, in the prior's (standardized) latent
             units per unit of loss gradient; 0 samples exactly as without guidance.
@@ -118,7 +118,7 @@ class Guidance:
 class LatentGuidance:
     """Loss guidance in the prior's latent space (`paramgen.priors.DiffusionPrior.sample`, ``guidance=``).
 
-    Args:
+    Attributes:
         loss: ``loss(x0) -> (B,)``: predicted clean latents ``(B, C, T)`` (standardized,
             as the prior samples them) to one loss per sample, differentiable in ``x0``.
         scale: Step along the negative gradient; 0 leaves the chain unchanged bit for bit.
@@ -200,7 +200,7 @@ class SupportCrossEntropy:
     label of image ``s`` of class ``k`` is ``k``: the loss uses only what the condition
     holds. The support features are moved to the weights' device and dtype.
 
-    Args:
+    Attributes:
         weight: Name of the head's ``(K, F)`` weight in the spec.
         bias: Name of its ``(K,)`` bias, or ``None`` for a head without one.
 
