@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -72,13 +72,19 @@ def tables(data: dict[str, Any]) -> str:
     return "\n".join(out)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def print_tables(argv: Sequence[str] | None, *, usage: str | None, tables: Callable[[dict[str, Any]], str]) -> int:
+    """The command line of a ``*_tables`` module: one results.json path in, its tables printed
+    (exit 2 with the usage line, the docstring's last line, otherwise)."""
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)  # the usage line
+        print((usage or "").strip().splitlines()[-1], file=sys.stderr)  # the usage line
         return 2
     print(tables(json.loads(Path(args[0]).read_text())))
     return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return print_tables(argv, usage=__doc__, tables=tables)
 
 
 if __name__ == "__main__":

@@ -448,10 +448,6 @@ def _snr_summary(table: Sequence[LayerSNR]) -> str:
     return "\n".join(lines)
 
 
-def _acc(correct: Sequence[float]) -> float:
-    return sum(correct) / len(correct)
-
-
 def _paired_rows(res: Results, label: str, task: str, a: torch.Tensor, b: torch.Tensor, boot: int, seed: int, **extra: Any) -> None:
     """``a - b`` for ``(K, N)`` per fine-tuning seed x test item correctness: a t-interval over
     seeds (``test_acc diff``) and a crossed bootstrap over seeds and items."""

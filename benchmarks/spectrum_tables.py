@@ -5,12 +5,10 @@
 
 from __future__ import annotations
 
-import json
-import sys
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
+from benchmarks import fidelity_tables
 from benchmarks.spectrum import METHODS, SWAPPED
 
 SEEDS, ITEMS = "test_acc diff (ft seeds)", "test_acc diff (ft seeds x items)"
@@ -83,12 +81,7 @@ def tables(data: dict[str, Any]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = list(sys.argv[1:] if argv is None else argv)
-    if len(args) != 1:
-        print(__doc__.strip().splitlines()[-1], file=sys.stderr)  # the usage line
-        return 2
-    print(tables(json.loads(Path(args[0]).read_text())))
-    return 0
+    return fidelity_tables.print_tables(argv, usage=__doc__, tables=tables)
 
 
 if __name__ == "__main__":
