@@ -23,6 +23,7 @@ Examples:
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import math
@@ -39,6 +40,7 @@ from typing import Any, TypeVar
 
 __all__ = [
     "parser",
+    "override_size",
     "RunSetup",
     "mean_ci",
     "Results",
@@ -55,6 +57,8 @@ __all__ = [
 
 T = TypeVar("T")
 
+logger = logging.getLogger(__name__)
+
 
 def parser(harness: str, description: str) -> argparse.ArgumentParser:
     """The arguments every harness takes: ``--quick``, ``--seed``, ``--out``, ``--no-mlflow``."""
@@ -65,7 +69,50 @@ def parser(harness: str, description: str) -> argparse.ArgumentParser:
     p.add_argument("--no-mlflow", action="store_true", help="skip MLflow logging")
     # Small models run fastest on one thread; two threads on two busy cores thrash.
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: 1)")
+    p.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", dest="overrides",
+        help="override one key of the chosen size (JSON value, else a string; a dotted KEY reaches into a nested dict), e.g. --set pipeline_seeds=3",
+    )  # fmt: skip
     return p
+
+
+def override_size(size: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """``size`` with ``KEY=VALUE`` overrides applied (``--set``); only existing keys.
+
+    A value is read as JSON (``3``, ``[0, 1]``, ``true``), else kept as a string; a dotted
+    key (``image.seeds``) reaches into a nested dict. Nested dicts are copied, not changed.
+
+    Raises:
+        ValueError: An override without ``=``, or a key the size does not have (the valid
+            keys are named).
+
+    Examples:
+        >>> override_size({"steps": 10, "image": {"seeds": [0]}}, ["steps=3", "image.seeds=[0, 1]"])
+        {'steps': 3, 'image': {'seeds': [0, 1]}}
+        >>> override_size({"steps": 10}, ["stpes=3"])
+        Traceback (most recent call last):
+        ...
+        ValueError: --set stpes=3: the size has no key 'stpes'; its keys are ['steps']
+    """
+    out = copy.deepcopy(dict(size))
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--set expects KEY=VALUE, got {item!r}")
+        try:
+            value = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        *parents, leaf = key.split(".")
+        node: Any = out
+        for part in parents:
+            if not isinstance(node, dict) or not isinstance(node.get(part), dict):
+                raise ValueError(f"--set {item}: {part!r} is not a nested setting of the size")
+            node = node[part]
+        if leaf not in node:
+            raise ValueError(f"--set {item}: the size has no key {leaf!r}; its keys are {sorted(node)}")
+        node[leaf] = value
+    return out
 
 
 @dataclass(frozen=True)
@@ -140,7 +187,10 @@ class RunSetup:
         torch.manual_seed(args.seed)  # module initializations; a harness owns its process's RNG
         suffix = out_suffix(args) if out_suffix is not None else ""
         out = Path(args.out or f"runs/{harness}-{size_name}{suffix}")
-        return cls(harness=harness, args=args, size_name=size_name, size=dict(sizes[size_name]), out=out)
+        size = override_size(sizes[size_name], args.overrides)
+        if args.overrides:
+            logger.info("%s: size %s with --set %s", harness, size_name, " ".join(args.overrides))
+        return cls(harness=harness, args=args, size_name=size_name, size=size, out=out)
 
     @property
     def seed(self) -> int:

@@ -73,3 +73,18 @@ def test_run_setup_harness_arguments_and_output_suffix(tmp_path):
         RunSetup.from_args("unit", None, {"default": {}}, ["--quick"])
     with pytest.raises(SystemExit):
         RunSetup.from_args("unit", None, {"default": {}}, ["--bogus"])
+
+
+def test_run_setup_set_overrides_one_key_of_the_size_and_refuses_unknown_keys():
+    from benchmarks.common import RunSetup
+
+    sizes = {"quick": {"seeds": 1, "image": {"tasks": 2, "name": "a"}}, "default": {"seeds": 3, "image": {"tasks": 8, "name": "b"}}}
+    setup = RunSetup.from_args("unit", None, sizes, ["--quick", "--set", "seeds=3", "--set", "image.tasks=4", "--set", "image.name=zoo-x"])
+    assert setup.size == {"seeds": 3, "image": {"tasks": 4, "name": "zoo-x"}}
+    assert sizes["quick"] == {"seeds": 1, "image": {"tasks": 2, "name": "a"}}  # the harness's SIZES are not changed
+    with pytest.raises(ValueError, match="no key 'sedes'.*'image', 'seeds'"):
+        RunSetup.from_args("unit", None, sizes, ["--quick", "--set", "sedes=3"])
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        RunSetup.from_args("unit", None, sizes, ["--set", "seeds"])
+    with pytest.raises(ValueError, match="'seeds' is not a nested setting"):
+        RunSetup.from_args("unit", None, sizes, ["--set", "seeds.x=1"])
