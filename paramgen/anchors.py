@@ -21,6 +21,15 @@ Two anchors, both the nearest class mean as a linear head (``W = 2 mu``, ``b = -
 The scale is fixed, or fitted by least squares on the zoo (`PrototypeAnchor.fit_scale`):
 ``s = <w, a> / <a, a>`` over every coordinate of every zoo model.
 
+For generators of whole networks (whose last layer reads features the network computes
+itself, so no prototype head can be written from the condition), `NearestTaskAnchor`
+anchors on the zoo instead: ``a(cond)`` is the stored weights of the zoo task whose
+conditioning data looks most like ``cond`` (cosine similarity of the class means, in
+class order), e.g. that task's best checkpoint by validation. The generator then learns
+how a task's checkpoints differ from its anchor, and a new condition starts from the
+nearest task's weights. Its keys and weights are saved with the generator
+(``anchor.safetensors``).
+
 Examples:
     >>> import torch
     >>> from paramgen.heads import head_spec
@@ -44,7 +53,7 @@ import torch
 
 from paramgen.spec import ParamSpec
 
-__all__ = ["AnchorKind", "PrototypeAnchor"]
+__all__ = ["AnchorKind", "PrototypeAnchor", "NearestTaskAnchor", "Anchor", "anchor_from_config"]
 
 AnchorKind = Literal["prototype_head", "prototype_row"]
 _KINDS = ("prototype_head", "prototype_row")
@@ -202,3 +211,173 @@ class PrototypeAnchor:
         if missing:
             raise ValueError(f"the anchor record lacks {missing}")
         return cls(kind=config["kind"], scale=config["scale"], feature_dim=config["feature_dim"])
+
+
+def _condition_key(cond: Any, i: int) -> torch.Tensor:
+    """``(K * F,)``: the L2-normalized class means of a condition ``(K, S, F)``, in class order (float64)."""
+    if not isinstance(cond, torch.Tensor) or not cond.is_floating_point():
+        raise TypeError(f"a nearest_task anchor needs each condition as a floating tensor (K, S, F); condition {i} is {type(cond).__name__}")
+    if cond.dim() != 3 or min(cond.shape) < 1:
+        raise ValueError(f"a nearest_task anchor needs each condition as a set of examples per class (K, S>=1, F); condition {i} has shape {tuple(cond.shape)}")
+    if not bool(torch.isfinite(cond).all()):
+        raise ValueError(f"condition {i} has NaN or infinite values")
+    return torch.nn.functional.normalize(cond.detach().to(torch.float64).mean(1).reshape(-1), dim=0)
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    return tuple(str(v) for v in value)
+
+
+@attrs.frozen(eq=False)
+class NearestTaskAnchor:
+    """The stored weights of the nearest zoo task (by its conditioning data) as a residual anchor.
+
+    Build it with `from_zoo`. Each task has a *key* (the mean over its conditions of their
+    normalized class means, in class order) and a *value* (weights in the spec's flat
+    order); ``a(cond)`` is the value of the key with the highest cosine similarity to the
+    condition's own key. Class order matters (a task with its labels swapped is another
+    task), as it does for the weights.
+
+    Attributes:
+        keys: ``(T, K * F)`` float64 unit vectors, one per task.
+        values: ``(T, D)`` float64 weights, one per task.
+        tasks: The tasks' names (for logs and `nearest`).
+        scale: ``s``: the generator learns ``w - s * a(cond)``.
+
+    Examples:
+        >>> import torch
+        >>> from paramgen.spec import ParamSpec
+        >>> spec = ParamSpec.from_state_dict({"w": torch.zeros(3)})
+        >>> a, b = torch.randn(2, 4, 3), torch.randn(2, 4, 3)      # two tasks: 2 classes x 4 examples x 3 features
+        >>> anchor = NearestTaskAnchor.from_zoo({"a": [a], "b": [b]}, {"a": torch.zeros(3), "b": torch.ones(3)})
+        >>> anchor.nearest([b + 0.01 * torch.randn(2, 4, 3)])
+        ['b']
+        >>> anchor.vectors([b], spec)
+        tensor([[1., 1., 1.]])
+    """
+
+    keys: torch.Tensor
+    values: torch.Tensor
+    tasks: tuple[str, ...] = attrs.field(converter=_names)
+    scale: float = attrs.field(default=1.0, converter=float, validator=_check_scale)
+
+    kind = "nearest_task"
+
+    def __attrs_post_init__(self) -> None:
+        k, v = self.keys, self.values
+        if not isinstance(k, torch.Tensor) or not isinstance(v, torch.Tensor) or k.dim() != 2 or v.dim() != 2:
+            raise ValueError(f"NearestTaskAnchor: keys (T, K*F) and values (T, D) must be 2-D tensors, got {getattr(k, 'shape', k)!r} and {getattr(v, 'shape', v)!r}")
+        if not (k.shape[0] == v.shape[0] == len(self.tasks) >= 1):
+            raise ValueError(f"NearestTaskAnchor: {len(self.tasks)} tasks need as many keys and values, got {k.shape[0]} and {v.shape[0]}")
+        if not (bool(torch.isfinite(k).all()) and bool(torch.isfinite(v).all())):
+            raise ValueError("NearestTaskAnchor: keys and values must be finite")
+
+    @classmethod
+    def from_zoo(cls, conds_by_task: Mapping[str, Sequence[Any]], values: Mapping[str, torch.Tensor], *, scale: float = 1.0) -> NearestTaskAnchor:
+        """An anchor over the zoo's tasks.
+
+        Args:
+            conds_by_task: Each task's conditions (one or more draws of ``(K, S, F)``).
+            values: Each task's anchor weights, flat ``(D,)`` in the spec's order (e.g.
+                its best checkpoint by validation).
+            scale: ``s``.
+
+        Raises:
+            ValueError: Tasks that differ between the two mappings, a task without
+                conditions, conditions of different shapes, values of different sizes.
+        """
+        if set(conds_by_task) != set(values) or not values:
+            raise ValueError(f"conds_by_task and values must name the same tasks, got {sorted(conds_by_task)} and {sorted(values)}")
+        names = sorted(values)
+        keys = []
+        for name in names:
+            conds = list(conds_by_task[name])
+            if not conds:
+                raise ValueError(f"task {name!r} has no conditions")
+            keys.append(torch.nn.functional.normalize(torch.stack([_condition_key(c, i) for i, c in enumerate(conds)]).mean(0), dim=0))
+        if len({k.shape for k in keys}) != 1:
+            raise ValueError(f"every task's conditions must have one shape (K, S, F) with the same K * F, got key sizes {sorted({k.numel() for k in keys})}")
+        vals = [values[n].detach().reshape(-1).to(device="cpu", dtype=torch.float64) for n in names]
+        if len({v.numel() for v in vals}) != 1:
+            raise ValueError(f"every task's value must have the same size D, got {sorted({v.numel() for v in vals})}")
+        return cls(keys=torch.stack([k.cpu() for k in keys]), values=torch.stack(vals), tasks=tuple(names), scale=scale)
+
+    def check_spec(self, spec: ParamSpec) -> None:
+        """Refuse a spec whose flat size is not the values' ``D``."""
+        if spec.numel != self.values.shape[1]:
+            raise ValueError(f"this nearest_task anchor stores weights of {self.values.shape[1]} values; the generator's spec has {spec.numel}")
+
+    def _indices(self, conds: Sequence[Any]) -> list[int]:
+        if isinstance(conds, torch.Tensor) and conds.dim() == 3:
+            raise TypeError("conds must be a sequence of conditions (one tensor per model), not one tensor; wrap it in a list")
+        if len(conds) == 0:
+            raise ValueError("the anchor needs at least one condition")
+        q = torch.stack([_condition_key(c, i) for i, c in enumerate(conds)])
+        if q.shape[1] != self.keys.shape[1]:
+            raise ValueError(f"conditions give keys of {q.shape[1]} values (K * F), the anchor's tasks have {self.keys.shape[1]}")
+        return (q.cpu() @ self.keys.T).argmax(1).tolist()
+
+    def nearest(self, conds: Sequence[Any]) -> list[str]:
+        """The nearest task of each condition."""
+        return [self.tasks[j] for j in self._indices(conds)]
+
+    def vectors(self, conds: Sequence[Any], spec: ParamSpec) -> torch.Tensor:
+        """The unscaled anchors ``(B, D)``: the nearest task's stored weights, on the conditions' device and in their dtype."""
+        self.check_spec(spec)
+        idx = self._indices(conds)
+        like = conds[0]
+        return self.values[idx].to(device=like.device, dtype=like.dtype)
+
+    def __call__(self, conds: Sequence[Any], spec: ParamSpec) -> torch.Tensor:
+        """``s * a(cond)``: the scaled anchors ``(B, D)`` the generator adds to its samples."""
+        return self.scale * self.vectors(conds, spec)
+
+    def residual(self, flat: torch.Tensor, conds: Sequence[Any], spec: ParamSpec) -> torch.Tensor:
+        """``w - s * a(cond)`` ``(M, D)`` (float64 arithmetic, cast to ``flat``'s dtype and device)."""
+        if flat.dim() != 2 or flat.shape != (len(conds), spec.numel):
+            raise ValueError(f"expected weight vectors ({len(conds)}, {spec.numel}) (one per condition), got {tuple(flat.shape)}")
+        a = self.vectors(conds, spec).to(device=flat.device, dtype=torch.float64)
+        return (flat.to(torch.float64) - self.scale * a).to(flat.dtype)
+
+    def config(self) -> dict[str, Any]:
+        """The JSON record saved in the generator's ``config.json`` (the tensors go to `tensors`)."""
+        return {"type": "NearestTaskAnchor", "kind": self.kind, "scale": self.scale, "tasks": list(self.tasks)}
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        """The keys and values, saved as ``anchor.safetensors`` beside the generator."""
+        return {"keys": self.keys, "values": self.values}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor]) -> NearestTaskAnchor:
+        """Rebuild from `config`'s record and `tensors`.
+
+        Raises:
+            ValueError: Not a ``NearestTaskAnchor`` record, a missing field or tensor.
+        """
+        if not isinstance(config, Mapping) or config.get("type") != "NearestTaskAnchor":
+            raise ValueError(f"expected an anchor record with type 'NearestTaskAnchor', got {config!r}"[:300])
+        missing = [k for k in ("scale", "tasks") if k not in config] + [k for k in ("keys", "values") if k not in tensors]
+        if missing:
+            raise ValueError(f"the nearest_task anchor record lacks {missing}")
+        return cls(keys=tensors["keys"].to(torch.float64), values=tensors["values"].to(torch.float64), tasks=tuple(config["tasks"]), scale=config["scale"])
+
+
+#: The anchors a generator takes (`paramgen.Generator`'s ``anchor=``).
+Anchor = PrototypeAnchor | NearestTaskAnchor
+
+
+def anchor_from_config(config: Mapping[str, Any], tensors: Mapping[str, torch.Tensor] | None = None) -> Anchor:
+    """The anchor of a saved record: one of the two classes of this module, chosen by ``type``
+    (nothing else is imported).
+
+    Raises:
+        ValueError: An unknown ``type``, or a ``NearestTaskAnchor`` record without its tensors.
+    """
+    kind = config.get("type") if isinstance(config, Mapping) else None
+    if kind == "PrototypeAnchor":
+        return PrototypeAnchor.from_config(config)
+    if kind == "NearestTaskAnchor":
+        if tensors is None:
+            raise ValueError("a NearestTaskAnchor record needs its tensors (anchor.safetensors)")
+        return NearestTaskAnchor.from_config(config, tensors)
+    raise ValueError(f"unknown anchor type {kind!r}; expected 'PrototypeAnchor' or 'NearestTaskAnchor'")

@@ -67,11 +67,11 @@ import torch
 from torch import nn
 
 from paramgen import pretrained
-from paramgen.anchors import PrototypeAnchor
+from paramgen.anchors import Anchor, NearestTaskAnchor, PrototypeAnchor, anchor_from_config
 from paramgen.base import PinnedBase
 from paramgen.guidance import Guidance, LatentGuidance
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer, require
-from paramgen.io import read_json, write_json
+from paramgen.io import file_sha256, read_json, save_safetensors, write_json
 from paramgen.layout import SINGLE, Layout, ZooRows, collate
 from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore
 from paramgen.spec import ParamSpec, SpecMismatchError
@@ -164,15 +164,17 @@ class Generator:
             a state dict or a module): the generator learns and samples ``D = w - w_base``
             and `sample` returns ``base + D``. Single architectures only; the base must
             hold every vector tensor of the spec with its shape.
-        anchor: A residual anchor (`paramgen.anchors.PrototypeAnchor`): the generator
-            learns ``w - s * a(cond)`` (`fit` subtracts it: pass the weights) and `sample_flat`
-            adds ``s * a(cond)`` back, computed from each condition's own data. Single
-            architectures with a conditioner, without a pinned base; saved with the
-            generator.
+        anchor: A residual anchor (`paramgen.anchors.PrototypeAnchor`, computed from each
+            condition's own data, or `paramgen.anchors.NearestTaskAnchor`, the stored
+            weights of the zoo task nearest to the condition): the generator learns
+            ``w - s * a(cond)`` (`fit` subtracts it: pass the weights) and `sample_flat`
+            adds ``s * a(cond)`` back. Single architectures with a conditioner, without a
+            pinned base; saved with the generator.
 
     Attributes:
         base: The `paramgen.base.PinnedBase`, or ``None``.
-        anchor: The `paramgen.anchors.PrototypeAnchor`, or ``None``.
+        anchor: The anchor (`paramgen.anchors.PrototypeAnchor` or
+            `paramgen.anchors.NearestTaskAnchor`), or ``None``.
     """
 
     def __init__(
@@ -184,7 +186,7 @@ class Generator:
         conditioner: Conditioner | None = None,
         normalizer: Normalizer | None = None,
         base: Any = None,
-        anchor: PrototypeAnchor | None = None,
+        anchor: Anchor | None = None,
     ) -> None:
         layout = Layout(vectorizer, normalizer)  # checks the vectorizer and the normalizer
         pinned = None
@@ -230,15 +232,15 @@ class Generator:
         self.base: PinnedBase | None = pinned
         self._base_vector: torch.Tensor | None = None  # (D,) float64, read once
         if anchor is not None:
-            if not isinstance(anchor, PrototypeAnchor):
-                raise TypeError(f"anchor= takes a paramgen.anchors.PrototypeAnchor, got {type(anchor).__name__}")
+            if not isinstance(anchor, (PrototypeAnchor, NearestTaskAnchor)):
+                raise TypeError(f"anchor= takes a paramgen.anchors.PrototypeAnchor or NearestTaskAnchor, got {type(anchor).__name__}")
             if not layout.single or pinned is not None or conditioner is None:
                 raise ValueError("anchor= needs a conditional generator of one architecture without a pinned base (the anchor is computed from each condition)")
             anchor.check_spec(layout.specs[SINGLE])
-        self.anchor: PrototypeAnchor | None = anchor
+        self.anchor: Anchor | None = anchor
 
     # ------------------------------------------------------------------ anchor
-    def with_anchor(self, anchor: PrototypeAnchor | None) -> Generator:
+    def with_anchor(self, anchor: Anchor | None) -> Generator:
         """A generator of the same components (shared, not copied) with ``anchor``.
 
         Build a pipeline (e.g. `paramgen.pipelines.d2nwg`), then ``.with_anchor(...)``
@@ -815,6 +817,9 @@ class Generator:
             # with a digest tied to config_sha256 so that an edit of either is refused.
             config = read_json(out / "config.json")
             config["anchor"] = self.anchor.config()
+            if isinstance(self.anchor, NearestTaskAnchor):  # its keys and weights, with their digest in the record
+                save_safetensors(out / "anchor.safetensors", self.anchor.tensors(), metadata={"format": "paramgen-anchor"})
+                config["anchor"]["tensors_sha256"] = file_sha256(out / "anchor.safetensors")
             config["anchor_sha256"] = _anchor_sha256(config)
             write_json(out / "config.json", config)
         return out
@@ -861,5 +866,14 @@ class Generator:
         if "anchor" in config or "anchor_sha256" in config:
             if config.get("anchor_sha256") != _anchor_sha256(config):
                 raise ValueError(f"{Path(path) / 'config.json'}: the anchor record was edited after saving (anchor_sha256 does not match); restore it")
-            return gen.with_anchor(PrototypeAnchor.from_config(config["anchor"]))
+            record = config["anchor"]
+            tensors = None
+            if isinstance(record, Mapping) and "tensors_sha256" in record:
+                tensor_path = Path(path) / "anchor.safetensors"
+                if not tensor_path.exists() or file_sha256(tensor_path) != record["tensors_sha256"]:
+                    raise ValueError(f"{tensor_path}: missing, or not the file saved with this generator (tensors_sha256 does not match)")
+                from safetensors.torch import load_file
+
+                tensors = load_file(str(tensor_path))
+            return gen.with_anchor(anchor_from_config({k: v for k, v in record.items() if k != "tensors_sha256"}, tensors))
         return gen

@@ -142,3 +142,72 @@ def test_an_edited_anchor_record_is_refused(fitted, tmp_path):
     (path / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match="anchor record was edited"):
         Generator.from_pretrained(path)
+
+
+# ----------------------------------------------------------------------------- nearest task
+def _task_zoo(spec, tasks: int = 3, draws: int = 2, per_task: int = 3):
+    """Tasks whose conditions differ by class means; each task's checkpoints scatter around its own centre."""
+    g = torch.Generator().manual_seed(5)
+    centres = {f"t{i}": torch.randn(K, 1, F, generator=g) * 3 for i in range(tasks)}
+    conds_by_task = {t: [c + 0.1 * torch.randn(K, 2, F, generator=g) for _ in range(draws)] for t, c in centres.items()}
+    values = {t: torch.randn(spec.numel, generator=g) for t in centres}
+    flat, conds = [], []
+    for t in centres:
+        for i in range(per_task):
+            flat.append(values[t] + 0.01 * torch.randn(spec.numel, generator=g))
+            conds.append(conds_by_task[t][i % draws])
+    return centres, conds_by_task, values, torch.stack(flat), conds
+
+
+def test_nearest_task_anchor_returns_the_nearest_tasks_weights_and_keeps_class_order():
+    from paramgen.anchors import NearestTaskAnchor
+
+    spec = head_spec(F, K)
+    centres, conds_by_task, values, _, _ = _task_zoo(spec)
+    anchor = NearestTaskAnchor.from_zoo(conds_by_task, values, scale=0.5)
+    fresh = [c + 0.1 * torch.randn(K, 2, F, generator=torch.Generator().manual_seed(9)) for c in centres.values()]
+    assert anchor.nearest(fresh) == list(centres)
+    torch.testing.assert_close(anchor.vectors(fresh, spec), torch.stack([values[t] for t in centres]))
+    torch.testing.assert_close(anchor(fresh, spec), 0.5 * torch.stack([values[t] for t in centres]))
+    # The same classes in another order are another task (the weights' outputs are in class order).
+    order = NearestTaskAnchor.from_zoo({"a": [centres["t0"]], "a swapped": [centres["t0"][[1, 0, 2]]]}, {"a": values["t0"], "a swapped": values["t1"]})
+    assert order.nearest([fresh[0], fresh[0][[1, 0, 2]]]) == ["a", "a swapped"]
+    half = anchor.vectors([fresh[1].to(torch.float16)], spec)
+    assert half.dtype == torch.float16
+    with pytest.raises(ValueError, match=r"\(K, S>=1, F\)"):
+        anchor.vectors([torch.randn(K, F)], spec)
+    with pytest.raises(ValueError, match="keys of 6 values"):
+        anchor.vectors([torch.randn(K, 2, 2)], spec)
+    with pytest.raises(ValueError, match="NaN"):
+        anchor.vectors([torch.full((K, 2, F), float("nan"))], spec)
+    with pytest.raises(ValueError, match="stores weights of"):
+        anchor.check_spec(head_spec(F + 1, K))
+    with pytest.raises(ValueError, match="same tasks"):
+        NearestTaskAnchor.from_zoo(conds_by_task, {"t0": values["t0"]})
+
+
+def test_generator_with_a_nearest_task_anchor_fits_residuals_and_saves_its_memory(tmp_path):
+    from paramgen.anchors import NearestTaskAnchor
+
+    spec = head_spec(F, K)
+    _, conds_by_task, values, flat, conds = _task_zoo(spec)
+    anchor = NearestTaskAnchor.from_zoo(conds_by_task, values)
+    gen = _pipeline().with_anchor(anchor)
+    res = gen.residual_targets(flat, conds)
+    assert float(res.abs().max()) < 0.1  # each checkpoint is its nearest task's value plus a small residual
+    paramgen.fit(gen, flat, conds, tokenizer_steps=2, prior_steps=2, generator=torch.Generator().manual_seed(0), progress=False)
+    path = gen.save_pretrained(tmp_path / "g")
+    assert (path / "anchor.safetensors").exists()
+    back = Generator.from_pretrained(path)
+    assert isinstance(back.anchor, NearestTaskAnchor) and back.anchor.tasks == anchor.tasks
+    assert torch.equal(back.anchor.values, anchor.values) and torch.equal(back.anchor.keys, anchor.keys)
+    new = conds[:2]
+    a = gen.sample_flat(new, 2, generator=torch.Generator().manual_seed(3))
+    b = back.sample_flat(new, 2, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    (path / "anchor.safetensors").write_bytes((path / "anchor.safetensors").read_bytes()[:-8] + b"\0" * 8)
+    with pytest.raises(ValueError, match="tensors_sha256 does not match"):
+        Generator.from_pretrained(path)
+    (path / "anchor.safetensors").unlink()
+    with pytest.raises(ValueError, match="missing, or not the file"):
+        Generator.from_pretrained(path)
