@@ -207,7 +207,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     variants = json.loads(args.variants) if args.variants else {k: VARIANTS[k] for k in run["variants"]}
     episodes = args.episodes or run["episodes"]
     seed = args.seed * 1000
-    size = {**fs.SIZES["quick"], **run["overrides"]}
+    # Variants are compared unguided (support guidance is a variant of its own, sampled beside its unguided twin).
+    size = {**fs.SIZES["quick"], "support_guidance": 0.0, **run["overrides"]}
     pool = fewshot_pool(per_class=size["per_class"])
     holdouts = sorted({over.get("zoo_holdout", 0) for over in variants.values()})
     setups = {}

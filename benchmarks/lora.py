@@ -93,8 +93,8 @@ _COMMON: dict[str, Any] = dict(
 )  # fmt: skip
 SIZES: dict[str, dict[str, Any]] = {
     "quick": dict(
-        _COMMON, seeds=1, train_per_label=100, eval_per_label=60, runs_per_task=2, steps=100, keep_last=10, selection_per_task=100,
-        original_stride=2, vae_steps=200, prior_steps=300, samples=8, ddim_steps=25, multitask_steps=300, composition_steps=20,
+        _COMMON, seeds=1, train_per_label=100, eval_per_label=60, runs_per_task=2, steps=60, keep_last=10, selection_per_task=100,
+        original_stride=2, vae_steps=200, prior_steps=300, samples=6, ddim_steps=25, multitask_steps=200, composition_steps=10,
         novelty_items=100, novelty_ref_stride=5,
     ),
     "default": dict(
