@@ -64,6 +64,8 @@ from paramgen.models.batchnorm import recalibrate_batchnorm
 from paramgen.models.net2net import can_grow, grow_convnet, grow_resnet
 from paramgen.models.permute import align_convnets
 from paramgen.pipelines import d2nwg, igpg
+from paramgen._random import randn
+from paramgen.priors.schedule import ddim_sample
 from paramgen.spec import ParamSpec
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, evaluate, load_run_task
 from paramgen.zoo.build import subset_runs
@@ -97,6 +99,8 @@ SIZES: dict[str, dict[str, Any]] = {
         latent_length=8,
         vae_hidden=32,
         unet_channels=32,
+        noise_scale=0.0,
+        val_noise_scales=(0.0, 0.3, 1.0),
         recal_batches=10,
         eval_per_class=100,
         finetune_train_per_class=100,
@@ -126,6 +130,8 @@ SIZES: dict[str, dict[str, Any]] = {
         latent_length=8,
         vae_hidden=64,
         unet_channels=64,
+        noise_scale=0.0,
+        val_noise_scales=(0.0, 0.3, 1.0),
         recal_batches=10,
         eval_per_class=200,
         finetune_train_per_class=200,
@@ -205,7 +211,7 @@ def make_generator(kind: str, conditioner: Any, size: dict[str, Any]) -> paramge
     if kind == "vq-gpt":
         return igpg(
             row, condition=conditioner, seed=None, chunk_size=None, codebook_size=size["codebook_size"], tokens_per_chunk=size["tokens_per_chunk"],
-            code_dim=16, hidden=size["hidden"], anneal_steps=max(1, size["tokenizer_steps"] // 2), context=None, d_model=size["d_model"],
+            code_dim=size.get("code_dim", 16), hidden=size["hidden"], anneal_steps=max(1, size["tokenizer_steps"] // 2), context=None, d_model=size["d_model"],
             layers=size["layers"], heads=4, normalizer=None,
         )  # fmt: skip
     if kind == "vae-ddpm":
@@ -214,6 +220,39 @@ def make_generator(kind: str, conditioner: Any, size: dict[str, Any]) -> paramge
             base_channels=size["unet_channels"], channel_mults=(1, 2), normalizer=None,
         )  # fmt: skip
     raise ValueError(f"components must be 'vq-gpt' or 'vae-ddpm', got {kind!r}")
+
+
+def sample_rows(gen: paramgen.Generator, conds: Sequence[Any], *, noise_scale: float, generator: torch.Generator) -> torch.Tensor:
+    """One row per condition, ``(B, C)``, sampled at a lowered noise level.
+
+    A latent DDPM (`paramgen.priors.DiffusionPrior`): deterministic DDIM (``eta = 0``, the
+    prior's steps) from ``x_T`` scaled by ``noise_scale`` (0: every row from ``x_T = 0``,
+    close to the mode of its condition; 1: an ordinary sample). A GPT prior: softmax
+    temperature ``noise_scale``, greedy (``top_k=1``) at 0.
+
+    Rows of one member are sampled independently; a lower noise level makes them agree
+    with each other more (each is nearer its condition's typical row).
+    """
+    if not 0.0 <= noise_scale <= 1.0:
+        raise ValueError(f"noise_scale must lie in [0, 1], got {noise_scale!r}")
+    if gen.discrete:
+        kw: dict[str, Any] = {"top_k": 1} if noise_scale == 0 else {"temperature": noise_scale}
+        out = gen.sample_flat(list(conds), 1, generator=generator, **kw)
+        assert isinstance(out, torch.Tensor)
+        return out
+    # DiffusionPrior.sample draws x_T itself; its parts are public, so the scaled start is run here.
+    prior = gen.prior
+    c = gen.condition(list(conds))
+    assert c is not None
+    c = c.to(gen.device)
+    net = prior.unet if prior.ema_decay == 0 else prior.ema
+    x_t = noise_scale * randn((len(conds), *prior.shape), generator=generator, device=gen.device)  # (B, C_lat, T_lat), as the prior draws it
+    with torch.no_grad():
+        z = ddim_sample(lambda x, t: net(x, t, c), x_t.shape, prior.schedule, steps=prior.ddim_steps, eta=0.0, init_noise=x_t)
+        rows = gen.tokenizer.decode(gen.latent_stats.restore(z))  # (B, 1, C)
+    if not torch.isfinite(rows).all():
+        raise FloatingPointError("the prior produced NaN or Inf rows")
+    return rows.reshape(len(conds), -1)
 
 
 def _train_batches(task: Task, n: int, seed: int, batch_size: int = 64) -> list[torch.Tensor]:
@@ -276,6 +315,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     run_of = {r.task: r for r in runs}
     tasks = {t: load_run_task(run_of[t], datasets) for t in names}
     tests = {t: capped(tasks[t].test, size["eval_per_class"]) for t in names}
+    vals = {t: capped(tasks[t].val, size["eval_per_class"]) for t in names}
     ft_tasks = {t: load_run_task(attrs.evolve(run_of[t], max_train_per_class=size["finetune_train_per_class"]), datasets) for t in names}
     templates = {m.key: build_model(m.arch, num_classes=5, **m.kwargs) for m in members}
     layouts = {k: LayerRowLayout(t, width=size["width"]) for k, t in templates.items()}
@@ -290,6 +330,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     last = max(size["keep_epochs"])
     # acc[(method, variant, epoch)][(seed, member, task)] = accuracy
     acc: dict[tuple[str, str, int], dict[tuple[int, str, str], float]] = {}
+    # val_acc[label][(seed, member, task)]: seen members generated at each noise level, validation split
+    val_acc: dict[str, dict[tuple[int, str, str], float]] = {}
     fit_times, sample_times = [], []
     for seed in size["seeds"]:
         # 2. One row generator per pipeline seed, fitted on the seen members' checkpoints of that seed.
@@ -330,11 +372,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             acc.setdefault(("reconstruction", "", 0), {})[(seed, k, c.task)] = evaluate(model, tests[c.task])[0]
             acc.setdefault(("original", "", 0), {})[(seed, k, c.task)] = evaluate(zoo.model(c), tests[c.task])[0]
             # Generated for a *seen* member: can row-by-row sampling give a working network at all?
-            sampled = gen.sample_flat([(c.task, d) for d in lay.descriptors], 1, generator=g)
-            assert isinstance(sampled, torch.Tensor)
+            # On the task's validation split at every noise level of the sweep (what chose
+            # ``noise_scale``), and on its test split at ``noise_scale``.
+            batches = _train_batches(tasks[c.task], size["recal_batches"], seed)
+            for tau in size["val_noise_scales"]:
+                sampled = sample_rows(gen, [(c.task, d) for d in lay.descriptors], noise_scale=tau, generator=torch.Generator().manual_seed(seed))
+                model.load_state_dict(lay.unflatten(denormalize_rows(sampled.float(), lay.descriptors, lay.mask)))
+                val_acc.setdefault(f"generated tau={tau:g}", {})[(seed, k, c.task)] = evaluate(model, vals[c.task])[0]
+                val_acc.setdefault(f"generated tau={tau:g} + bn-recal", {})[(seed, k, c.task)] = evaluate(recalibrate_batchnorm(model, batches), vals[c.task])[0]
+            sampled = sample_rows(gen, [(c.task, d) for d in lay.descriptors], noise_scale=size["noise_scale"], generator=g)
             model.load_state_dict(lay.unflatten(denormalize_rows(sampled.float(), lay.descriptors, lay.mask)))
             acc.setdefault(("generated", "", 0), {})[(seed, k, c.task)] = evaluate(model, tests[c.task])[0]
-            batches = _train_batches(tasks[c.task], size["recal_batches"], seed)
             acc.setdefault(("generated", "+ bn-recal", 0), {})[(seed, k, c.task)] = evaluate(recalibrate_batchnorm(model, batches), tests[c.task])[0]
 
         # 3. Initializations of every held-out (member, task).
@@ -348,8 +396,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 donor = zoo.model(next(c for c in zoo if ckpt_key[c.id] == src.key and c.task == t and c.seed == seed and c.epoch == last))
                 grow_g = torch.Generator().manual_seed(seed)
                 grown = grow_convnet(donor, m.kwargs["channels"], generator=grow_g) if m.family == "convnet" else grow_resnet(donor, depth=m.depth, widths=m.kwargs["widths"], generator=grow_g)  # type: ignore[arg-type]
-                sampled = gen.sample_flat([(t, d) for d in lay.descriptors], 1, generator=g)
-                assert isinstance(sampled, torch.Tensor)
+                sampled = sample_rows(gen, [(t, d) for d in lay.descriptors], noise_scale=size["noise_scale"], generator=g)
                 generated = lay.unflatten(denormalize_rows(sampled.float(), lay.descriptors, lay.mask).to(torch.float32))
                 torch.manual_seed(args.seed * 1000 + seed)
                 random_init = build_model(m.arch, num_classes=5, **m.kwargs).state_dict()
@@ -371,13 +418,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     res.add("generator", "all", "fit_s", fit_times)
     res.add("generator", "all", "init_s_per_seed", sample_times)
-    res.items = {f"{m} {v}".strip() + f" @{e}": [{"seed": s, "member": k, "task": t, "split": by_key[k].split, "acc": a} for (s, k, t), a in vals.items()] for (m, v, e), vals in acc.items()}
+    res.items = {f"{m} {v}".strip() + f" @{e}": [{"seed": s, "member": k, "task": t, "split": by_key[k].split, "acc": a} for (s, k, t), a in v_.items()] for (m, v, e), v_ in acc.items()}
+    res.items.update({f"{label} (val)": [{"seed": s, "member": k, "task": t, "split": "seen", "acc": a} for (s, k, t), a in v_.items()] for label, v_ in val_acc.items()})
 
     # 4. Rows per group: means over items, and paired differences over seeds x items.
     seeds = list(size["seeds"])
     seen_items = [(s, k, t) for (s, k, t) in acc[("reconstruction", "", 0)]]
     for method, variant in (("original", ""), ("reconstruction", ""), ("generated", ""), ("generated", "+ bn-recal")):
         res.add(f"{method} {variant}".strip(), "seen", "test_acc", [acc[(method, variant, 0)][i] for i in seen_items], epoch=0)
+    for label, vals_by_item in val_acc.items():
+        res.add(label, "seen", "val_acc", [vals_by_item[i] for i in seen_items], epoch=0)
     for split in ("interpolation", "extrapolation"):
         keys = [(k, t) for k in (m.key for m in held if m.split == split) for t in names]
         if not keys:

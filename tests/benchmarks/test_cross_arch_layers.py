@@ -68,3 +68,33 @@ def test_tiny_run_end_to_end(components, tmp_path, monkeypatch):
     assert ("generated - net2net + bn-recal", "interpolation", 1) in diffs and ("generated - random init", "extrapolation", 0) in diffs
     items = data["items"]["net2net + bn-recal @1"]
     assert {i["member"] for i in items} == {"convnet-d2-w3", "convnet-d3-w2", "resnet-d8-w2", "resnet-d14-w1"}
+
+
+@pytest.mark.parametrize("components", ["vq-gpt", "vae-ddpm"])
+def test_sample_rows_noise_scale(components):
+    """``noise_scale=1`` is the prior's own sampler; 0 is deterministic (x_T = 0, or greedy decoding)."""
+    import torch
+
+    import paramgen
+    from benchmarks.cross_arch_layers import make_generator, sample_rows
+    from paramgen.conditioners import ConcatConditioner
+    from paramgen.conditioners.descriptor import DescriptorConditioner
+    from paramgen.conditioners.index import OneHotConditioner
+    from paramgen.layerwise import LayerRowLayout
+    from paramgen.models import ConvNet
+
+    torch.manual_seed(0)
+    lay = LayerRowLayout(ConvNet(channels=[2, 4], num_classes=3), width=8)
+    conds = [("a", d) for d in lay.descriptors]
+    gen = make_generator(components, ConcatConditioner(OneHotConditioner(["a"]), DescriptorConditioner()), {**SIZES["quick"], **TINY, "width": 8, "tokens_per_chunk": 4, "latent_length": 4})
+    paramgen.fit(gen, torch.randn(len(conds), 8), conds, tokenizer_steps=2, prior_steps=2, batch_size=8, generator=torch.Generator().manual_seed(0))
+
+    def draw(scale, seed):
+        return sample_rows(gen, conds, noise_scale=scale, generator=torch.Generator().manual_seed(seed))
+
+    assert draw(0.0, 1).shape == (lay.rows, 8)
+    assert torch.equal(draw(0.0, 1), draw(0.0, 2))
+    if components == "vae-ddpm":
+        assert torch.equal(draw(1.0, 3), gen.sample_flat(conds, 1, generator=torch.Generator().manual_seed(3)))
+    with pytest.raises(ValueError, match="noise_scale"):
+        draw(1.5, 0)
