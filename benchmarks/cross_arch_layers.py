@@ -54,6 +54,7 @@ import torch
 
 import paramgen
 from benchmarks.common import Results, RunSetup, capped, clustered_bootstrap, paired_seed_ci, parallel_map
+from paramgen._random import randn
 from paramgen.conditioners import ConcatConditioner
 from paramgen.conditioners.descriptor import DescriptorConditioner
 from paramgen.conditioners.index import OneHotConditioner
@@ -64,7 +65,6 @@ from paramgen.models.batchnorm import recalibrate_batchnorm
 from paramgen.models.net2net import can_grow, grow_convnet, grow_resnet
 from paramgen.models.permute import align_convnets
 from paramgen.pipelines import d2nwg, igpg
-from paramgen._random import randn
 from paramgen.priors.schedule import ddim_sample
 from paramgen.spec import ParamSpec
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, evaluate, load_run_task
