@@ -51,7 +51,7 @@ import torch
 
 import paramgen
 from benchmarks.common import Results, RunSetup, capped, parallel_map
-from paramgen import Generator, ParamSpec
+from paramgen import Generator, ParamSpec, PerLayerZScore
 from paramgen.conditioners import mobilenet_features, set_features
 from paramgen.data import Split, Task
 from paramgen.models import build_model
@@ -133,11 +133,14 @@ def accuracies(zoo: Zoo, flat: torch.Tensor, split: Split) -> tuple[torch.Tensor
     return (preds == split.y).float().mean(1), preds
 
 
-def make_generator(spec: ParamSpec, feature_dim: int, size: dict[str, Any]) -> Generator:
+def make_generator(spec: ParamSpec, feature_dim: int, size: dict[str, Any], *, residuals: bool = False) -> Generator:
     """D2NWG conditioned on image sets of ``feature_dim`` features (`paramgen.pipelines.d2nwg`,
     its defaults but for the VAE width of ``size``); weights from the process's generator
-    (``seed=None``), seeded by the run setup."""
-    return d2nwg(spec, condition="dataset", feature_dim=feature_dim, seed=None, hidden_channels=size["vae_channels"])
+    (``seed=None``), seeded by the run setup. ``residuals``: the generator will learn
+    residuals over an anchor, which can be negative where weights are not (running
+    variances are z-scored, not logged)."""
+    normalizer = PerLayerZScore(spec, log=()) if residuals else "per-layer"
+    return d2nwg(spec, condition="dataset", feature_dim=feature_dim, seed=None, hidden_channels=size["vae_channels"], normalizer=normalizer)
 
 
 class AlignLosses(NullLogger):

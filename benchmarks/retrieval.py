@@ -22,12 +22,20 @@ the generator was not fitted with). ``pipeline_seeds`` whole-pipeline runs (cond
 generator fit with its alignment restarts, samples; the zoos are shared) are paired task by
 task.
 
+Residual anchor (``anchor="nearest_task"``, `paramgen.anchors.NearestTaskAnchor`, saved with
+the generator): each task's best checkpoint by validation, keyed by the class means of its
+draws (raw features, in class order); the generator learns each checkpoint minus its
+task's anchor and adds back the anchor of the task nearest to the new condition.
+``--set anchor=none`` fits on the weights themselves.
+
 Rows, per task and as the mean over tasks (test accuracy):
 - ``original``: the task's trained checkpoints (the models being retrieved), their mean;
 - ``best original (val)``: the task's checkpoint with the best validation accuracy;
 - ``nearest task (1-NN)``: retrieval without generation: the fresh condition is embedded by
   the fitted (aligned, frozen) conditioner, its nearest zoo condition (cosine) names a task,
   and that task's best-by-validation checkpoint is returned (``hit``: the task is its own);
+- ``nearest task (raw features)``: the same with the anchor's keys (class means of raw
+  features, no learned encoder): the anchor alone, without the generated residual;
 - ``generated``: every sample conditioned on the task; ``generated best-of-n (val)``: the
   sample with the best validation accuracy (D2NWG's sample selection, no test data);
 - ``random init``: chance (1/5);
@@ -59,6 +67,7 @@ import paramgen
 from benchmarks.common import Results, RunSetup, clustered_bootstrap, paired_seed_ci
 from benchmarks.modelzoo import AlignLosses, accuracies, capped, make_generator, tensor
 from benchmarks.modelzoo import plan as image_plan
+from paramgen.anchors import NearestTaskAnchor
 from paramgen.conditioners import mobilenet_features, set_features
 from paramgen.models import build_model
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, load_run_task
@@ -84,6 +93,7 @@ SIZES: dict[str, dict[str, Any]] = {
         eval_per_class=100,
         timed_tasks=1,
         pipeline_seeds=1,  # the 3-seed evidence: --quick --set pipeline_seeds=3
+        anchor="nearest_task",
     ),
     "default": dict(
         image=dict(zoo="cnn-fashion-digits"),
@@ -99,6 +109,7 @@ SIZES: dict[str, dict[str, Any]] = {
         eval_per_class=200,
         timed_tasks=2,
         pipeline_seeds=3,
+        anchor="nearest_task",
     ),
 }
 
@@ -154,7 +165,7 @@ def _embed(gen: Any, conds: Sequence[torch.Tensor]) -> torch.Tensor:
     return c
 
 
-BASELINES = ("original", "best original (val)", "nearest task (1-NN)")
+BASELINES = ("original", "best original (val)", "nearest task (1-NN)", "nearest task (raw features)")
 GENERATED = ("generated", "generated best-of-n (val)")
 
 
@@ -205,6 +216,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         # scores[method][p][ti]: mean test accuracy of the method for task ti in pipeline seed p.
         scores: dict[str, list[list[float]]] = {m: [] for m in (*BASELINES, *GENERATED)}
         hits: list[float] = []
+        raw_hits: list[float] = []
+        gen_val: list[float] = []
         gen_time: dict[str, list[float]] = {name: [] for name in names}
         for p in seeds:
             # Conditions of the zoo: `draws` different random sets of training examples per task,
@@ -218,7 +231,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                 seen[t] = seen.get(t, 0) + 1
 
             torch.manual_seed(setup.seed * 1000 + 100 * p + mi)  # the generator's initialization, per pipeline seed
-            gen = make_generator(spec, row_conds[0].shape[-1], size)
+            gen = make_generator(spec, row_conds[0].shape[-1], size, residuals=size["anchor"] != "none")
+            # The residual anchor: each task's best checkpoint by validation, keyed by its draws'
+            # class means (raw features); the generator learns checkpoints minus their task's anchor.
+            anchor = NearestTaskAnchor.from_zoo(draws, {name: flat[best_row[name]] for name in names})
+            if size["anchor"] == "nearest_task":
+                gen = gen.with_anchor(anchor)
+            elif size["anchor"] != "none":
+                raise ValueError(f"retrieval: anchor must be 'nearest_task' or 'none', got {size['anchor']!r}")
             align = AlignLosses()
             start = time.perf_counter()
             paramgen.fit(gen, flat, row_conds, tasks=tasks_of, tokenizer_steps=size["vae_steps"], align_steps=size["align_steps"], prior_steps=size["prior_steps"],
@@ -240,18 +260,25 @@ def main(argv: Sequence[str] | None = None) -> int:
                 sample = tensor(gen.sample_flat([c], n, generator=gs(p, 10_000 * (mi + 1) + ti), sampler="ddim", steps=50))  # (n, D)
                 gen_time[name].append((time.perf_counter() - start) / n)
                 acc = accuracies(zoo, sample, tests[name])[0]
-                best = int(accuracies(zoo, sample, vals[name])[0].argmax())  # selection on the validation split
+                val_acc = accuracies(zoo, sample, vals[name])[0]
+                best = int(val_acc.argmax())  # selection on the validation split
+                gen_val.append(float(val_acc.mean()))  # what settings are chosen on (never the test split)
                 with torch.no_grad():
                     found = nearest_tasks(_embed(gen, [c]), keys, tasks_of)[0]
                 retrieved = accuracies(zoo, flat[best_row[found] : best_row[found] + 1], tests[name])[0]
                 hits.append(float(found == name))
+                raw_found = anchor.nearest([c])[0]  # the anchor alone: the nearest task by raw class means
+                raw_hits.append(float(raw_found == name))
+                raw_acc = accuracies(zoo, flat[best_row[raw_found] : best_row[raw_found] + 1], tests[name])[0]
                 values = {"original": float(orig[name].mean()), "best original (val)": float(orig[name][rows_of[name].index(best_row[name])]),
-                          "nearest task (1-NN)": float(retrieved[0]), "generated": float(acc.mean()), "generated best-of-n (val)": float(acc[best])}
+                          "nearest task (1-NN)": float(retrieved[0]), "nearest task (raw features)": float(raw_acc[0]),
+                          "generated": float(acc.mean()), "generated best-of-n (val)": float(acc[best])}
                 for m, v in values.items():
                     scores[m][p].append(v)
                 items.extend({"modality": modality, "seed": p, "task": name, "method": "generated", "sample": i, "test_acc": float(a)} for i, a in enumerate(acc))
                 items.extend({"modality": modality, "seed": p, "task": name, "method": m, "test_acc": v} for m, v in values.items() if m != "generated")
                 items.append({"modality": modality, "seed": p, "task": name, "method": "nearest task (1-NN)", "retrieved": found})
+                items.append({"modality": modality, "seed": p, "task": name, "method": "nearest task (raw features)", "retrieved": raw_found})
                 logger.info("%s seed %d %s: original %.3f best-val %.3f 1-NN %.3f (%s) generated %.3f best %.3f", modality, p, name, values["original"],
                             values["best original (val)"], values["nearest task (1-NN)"], found, values["generated"], values["generated best-of-n (val)"])
 
@@ -264,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             row["best"] = row["generated best-of-n (val)"]
             mine.append(row)
             res.add("original", name, "test_acc", orig[name].tolist(), modality=modality)
-            for m in ("best original (val)", "nearest task (1-NN)", "generated best-of-n (val)", "generated"):
+            for m in ("best original (val)", "nearest task (1-NN)", "nearest task (raw features)", "generated best-of-n (val)", "generated"):
                 res.add(m, name, "test_acc", [scores[m][p][ti] for p in seeds], modality=modality)
             res.add("generated", name, "generate_s", row["generate_s"], modality=modality)
         per_task.extend(mine)
@@ -274,6 +301,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             res.add(m, group, "test_acc", [r[m] for r in mine])
             res.add(m, group, "test_acc per seed", [sum(v) / len(v) for v in scores[m]])
         res.add("nearest task (1-NN)", group, "hit rate", hits)
+        res.add("nearest task (raw features)", group, "hit rate", raw_hits)
+        res.add("generated", group, "val_acc", gen_val, note="validation split: what the anchor setting is chosen on")
         res.add("random init", group, "test_acc", 1.0 / tasks[names[0]].num_classes, note="chance")
         res.add("generated", group, "acc_over_original", [r["generated"] / r["original"] for r in mine])
         res.add("generated best-of-n (val)", group, "acc_over_original", [r["best"] / r["original"] for r in mine])

@@ -14,13 +14,14 @@ from tests.benchmarks.test_harnesses import methods, run
 def test_retrieval_harness(tmp_path, monkeypatch):
     tiny = dict(image=dict(zoo="tiny-img", tasks_per_dataset=1, seeds=(0,), zoo_epochs=2, keep_epochs=(1, 2), fashion_train_per_class=20),
                 signal=dict(zoo="tiny-1d", tasks=2, seeds=(0,), epochs=2, keep=2),
-                vae_steps=3, vae_channels=8, align_steps=3, align_restarts=2, prior_steps=3, samples=2, eval_per_class=5, timed_tasks=1, pipeline_seeds=2)
+                vae_steps=3, vae_channels=8, align_steps=3, align_restarts=2, prior_steps=3, samples=2, eval_per_class=5, timed_tasks=1, pipeline_seeds=2, anchor="nearest_task")
     data = run(retrieval, tmp_path, monkeypatch, tiny)
-    assert {"original", "best original (val)", "nearest task (1-NN)", "generated", "generated best-of-n (val)", "random init", "training"} <= methods(data)
+    assert {"original", "best original (val)", "nearest task (1-NN)", "nearest task (raw features)", "generated", "generated best-of-n (val)", "random init",
+            "training"} <= methods(data)  # fmt: skip
     # Paired differences over 2 seeds x tasks, one of them against the best simple baseline.
     for modality, tasks in (("image", 2), ("signal", 2)):
         diffs = [r for r in data["rows"] if r["task"] == f"paired over seeds x tasks ({modality})"]
-        assert len(diffs) == 8 and all(r["n"] == 2 * tasks and r["ci_low"] <= r["value"] <= r["ci_high"] for r in diffs)
+        assert len(diffs) == 2 * len(retrieval.BASELINES) + 2 and all(r["n"] == 2 * tasks and r["ci_low"] <= r["value"] <= r["ci_high"] for r in diffs)
         best = [r for r in diffs if r["method"] == "generated - best simple baseline"]
         assert len(best) == 1 and best[0]["baseline"] in retrieval.BASELINES
     # The best original by validation is one of the task's checkpoints.
@@ -41,6 +42,18 @@ def test_retrieval_harness(tmp_path, monkeypatch):
     ratio = [r for r in data["rows"] if r["metric"] == "train_s_over_generate_s"]
     assert len(ratio) == 2 and all(r["value"] > 0 for r in ratio)
     assert (tmp_path / "out" / "retrieval.png").stat().st_size > 0
+    # The anchor's own retrieval is stored per item, and settings are chosen on a validation row.
+    assert sum(1 for i in items if i["method"] == "nearest task (raw features)" and "retrieved" in i) == 2 * 4
+    assert len([r for r in data["rows"] if r["metric"] == "val_acc"]) == 2
+
+
+def test_retrieval_refuses_an_unknown_anchor(tmp_path, monkeypatch):
+    tiny = dict(image=dict(zoo="tiny-img", tasks_per_dataset=1, seeds=(0,), zoo_epochs=2, keep_epochs=(1, 2), fashion_train_per_class=20),
+                signal=dict(zoo="tiny-1d", tasks=2, seeds=(0,), epochs=2, keep=2),
+                vae_steps=3, vae_channels=8, align_steps=3, align_restarts=1, prior_steps=3, samples=2, eval_per_class=5, timed_tasks=1, pipeline_seeds=1,
+                anchor="prototype")  # fmt: skip
+    with pytest.raises(ValueError, match="anchor must be 'nearest_task' or 'none'"):
+        run(retrieval, tmp_path, monkeypatch, tiny)
 
 
 def test_nearest_tasks_is_cosine_1nn():
