@@ -148,7 +148,8 @@ def fit_composition(
     if not adapters or len(feats) == 0 or len(feats) != len(labels):
         raise ValueError(f"fit_composition: expected >= 1 adapter and as many labels as examples (>= 1), got {len(adapters)} adapters, {len(feats)} examples, {len(labels)} labels")
     stacked = {k: torch.stack([a[k] for a in adapters]) for k in adapters[0]}  # name -> (M, *shape)
-    w = torch.full((len(adapters),), 1.0 / len(adapters), requires_grad=True)
+    first = next(iter(stacked.values()))
+    w = torch.full((len(adapters),), 1.0 / len(adapters), device=first.device, dtype=first.dtype, requires_grad=True)  # on the adapters' device
     opt = torch.optim.Adam([w], lr=lr)
 
     def compose(weights: torch.Tensor) -> dict[str, torch.Tensor]:
