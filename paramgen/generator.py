@@ -71,7 +71,7 @@ from paramgen.anchors import Anchor, NearestTaskAnchor, PrototypeAnchor, anchor_
 from paramgen.base import PinnedBase
 from paramgen.guidance import Guidance, LatentGuidance
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer, require
-from paramgen.io import file_sha256, read_json, save_safetensors, write_json
+from paramgen.io import file_sha256, read_json, save_safetensors
 from paramgen.layout import SINGLE, Layout, ZooRows, collate
 from paramgen.normalize import GlobalScale, Normalizer, PerLayerZScore, PerTaskZScore
 from paramgen.spec import ParamSpec, SpecMismatchError
@@ -811,18 +811,19 @@ class Generator:
         pinned base's record, ``base``, when there is one).
         """
         self._require_fitted()
-        out = pretrained.save_pretrained(self, path)
-        if self.anchor is not None:
+        anchor = self.anchor
+
+        def add_anchor(config: dict[str, Any], folder: Path) -> None:
             # The anchor is part of what the samples are: recorded beside the components,
             # with a digest tied to config_sha256 so that an edit of either is refused.
-            config = read_json(out / "config.json")
-            config["anchor"] = self.anchor.config()
-            if isinstance(self.anchor, NearestTaskAnchor):  # its keys and weights, with their digest in the record
-                save_safetensors(out / "anchor.safetensors", self.anchor.tensors(), metadata={"format": "paramgen-anchor"})
-                config["anchor"]["tensors_sha256"] = file_sha256(out / "anchor.safetensors")
+            assert anchor is not None
+            config["anchor"] = anchor.config()
+            if isinstance(anchor, NearestTaskAnchor):  # its keys and weights, with their digest in the record
+                save_safetensors(folder / "anchor.safetensors", anchor.tensors(), metadata={"format": "paramgen-anchor"})
+                config["anchor"]["tensors_sha256"] = file_sha256(folder / "anchor.safetensors")
             config["anchor_sha256"] = _anchor_sha256(config)
-            write_json(out / "config.json", config)
-        return out
+
+        return pretrained.save_pretrained(self, path, finish=None if anchor is None else add_anchor)
 
     @classmethod
     def from_pretrained(

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -111,8 +111,12 @@ def _weights_mismatch(part: nn.Module, saved: Mapping[str, torch.Tensor]) -> str
     return f"{len(diffs)} of {len(names)} tensors differ ({'; '.join(diffs[:_SHOWN_TENSORS])}{more})"
 
 
-def save_pretrained(gen: Any, path: str | os.PathLike) -> Path:
-    """Write ``gen`` as ``config.json`` + ``weights.safetensors`` (see `paramgen.Generator.save_pretrained`)."""
+def save_pretrained(gen: Any, path: str | os.PathLike, *, finish: Callable[[dict[str, Any], Path], None] | None = None) -> Path:
+    """Write ``gen`` as ``config.json`` + ``weights.safetensors`` (see `paramgen.Generator.save_pretrained`).
+
+    ``finish(config, path)`` may add records (and write their own files) before
+    ``config.json`` is written, so the config is written once, last, and complete.
+    """
     path = Path(path)
     config: dict[str, Any] = {
         "format": FORMAT,
@@ -142,6 +146,8 @@ def save_pretrained(gen: Any, path: str | os.PathLike) -> Path:
     save_safetensors(path / "weights.safetensors", tensors, metadata={"format": FORMAT})
     # safetensors has no checksum: the digest lets loading refuse corrupted bytes.
     config["weights_sha256"] = file_sha256(path / "weights.safetensors")
+    if finish is not None:
+        finish(config, path)
     write_json(path / "config.json", config)
     return path
 
