@@ -18,12 +18,14 @@ order (tokens or latents per layer in proportion to its size), scaled by
 `paramgen.layerwise.normalize_rows` (weights times sqrt(fan-in), running variances logged).
 Generator: one row at a time, conditioned on ``(task, descriptor)`` through
 ``ConcatConditioner(OneHotConditioner(tasks), DescriptorConditioner(text=...))``, built by
-`paramgen.pipelines.igpg` (VQ tokens + GPT, ``--components vq-gpt``) or
-`paramgen.pipelines.d2nwg` (VAE + latent DDPM, ``--components vae-ddpm``) over a one-row
+`paramgen.pipelines.d2nwg` (VAE + latent DDPM, ``--components vae-ddpm``, the default) or
+`paramgen.pipelines.igpg` (VQ tokens + GPT, ``--components vq-gpt``) over a one-row
 spec: only the components differ.
 
 Initializations of each held-out (member, task), per pipeline seed:
-- ``generated``: every row sampled from its descriptor; ``random init``: PyTorch's
+- ``generated``: every row sampled from its descriptor at noise level ``noise_scale``
+  (`sample_rows`: deterministic DDIM from ``x_T`` times ``noise_scale``, or the GPT's
+  softmax temperature, greedy at 0); ``random init``: PyTorch's
   default initialization; ``net2net``: the nearest seen member that can grow into the
   target (its last checkpoint on the same task and seed), grown with
   `paramgen.models.net2net` (function-preserving, no noise).
@@ -33,10 +35,14 @@ Test accuracy at epoch 0 (both) and after one epoch of fine-tuning (the ``+ bn-r
 initializations; the zoo's optimizer settings). With ``align`` the seen ConvNets'
 channels are lined up first (`paramgen.models.permute.align_convnets`; functions
 unchanged). Diagnostics on the seen members: ``reconstruction`` (tokenizer alone) and
-``generated`` (sampled for a member the generator saw). Paired differences ``generated - random init`` and ``generated - net2net``
-(same recalibration) per group, with a seed x item clustered bootstrap interval and a
-t-interval over per-seed means. Nothing is selected or tuned: every setting is fixed
-in `SIZES`, no split is used to choose among samples.
+``generated`` (sampled for a member the generator saw), the latter also on the tasks'
+*validation* split at every noise level of ``val_noise_scales`` (rows ``generated tau=...``,
+metric ``val_acc``: the kind of evidence that chose ``noise_scale``, docs/cross_arch.md).
+Paired differences ``generated - random init`` and ``generated - net2net`` (same
+recalibration) per group, with a seed x item clustered bootstrap interval and a t-interval
+over per-seed means. Nothing is selected on test data: every setting is fixed in `SIZES`
+(chosen on validation splits of seen members in quick-size trials), no split is used to
+choose among samples.
 """
 
 from __future__ import annotations
@@ -56,7 +62,7 @@ import paramgen
 from benchmarks.common import Results, RunSetup, capped, clustered_bootstrap, paired_seed_ci, parallel_map
 from paramgen._random import randn
 from paramgen.conditioners import ConcatConditioner
-from paramgen.conditioners.descriptor import DescriptorConditioner
+from paramgen.conditioners.descriptor import AlignedDescriptorConditioner, DescriptorConditioner
 from paramgen.conditioners.index import OneHotConditioner
 from paramgen.data import Task
 from paramgen.layerwise import LayerRowLayout, denormalize_rows, normalize_rows
@@ -88,12 +94,14 @@ SIZES: dict[str, dict[str, Any]] = {
         fashion_train_per_class=150,
         width=32,
         align=True,
+        pack=False,
+        aligned_features=True,
         text=False,
         tokens_per_chunk=16,
         codebook_size=256,
         hidden=256,
         tokenizer_steps=800,
-        prior_steps=400,
+        prior_steps=2000,
         d_model=64,
         layers=2,
         latent_length=8,
@@ -114,17 +122,20 @@ SIZES: dict[str, dict[str, Any]] = {
         datasets=("digits", "fashion_mnist"),
         tasks_per_dataset=1,
         seeds=(0, 1, 2),
-        zoo_epochs=8,
-        keep_epochs=(6, 7, 8),
-        fashion_train_per_class=300,
+        zoo_epochs=6,
+        keep_epochs=(4, 5, 6),
+        fashion_train_per_class=150,
+        zoo_eval_per_class=200,
         width=32,
         align=True,
-        text=True,
+        pack=False,
+        aligned_features=True,
+        text=False,
         tokens_per_chunk=16,
         codebook_size=256,
         hidden=256,
         tokenizer_steps=2000,
-        prior_steps=3000,
+        prior_steps=6000,
         d_model=128,
         layers=3,
         latent_length=8,
@@ -283,22 +294,35 @@ def _finetune_job(job: dict[str, Any]) -> list[float]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     def add_arguments(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--components", choices=("vq-gpt", "vae-ddpm"), default="vq-gpt", help="generator components (default: IGPG's VQ tokens + GPT)")
+        p.add_argument("--components", choices=("vae-ddpm", "vq-gpt"), default="vae-ddpm", help="generator components (default: D2NWG's VAE + latent DDPM; vq-gpt: IGPG's VQ tokens + GPT)")
         p.add_argument("--workers", type=int, default=2, help="processes for the zoo and fine-tuning")
+        p.add_argument("--holdout-seen", default=None, metavar="MEMBER",
+                       help="validation: leave this seen member (e.g. convnet-d2-w6) out of the generator's training and report its generated "
+                            "accuracy on the validation split at every noise level (rows 'validation member'); the settings were chosen so")  # fmt: skip
 
-    setup = RunSetup.from_args("cross_arch_layers", __doc__, SIZES, argv, add_arguments=add_arguments, out_suffix=lambda a: "" if a.components == "vq-gpt" else f"-{a.components}")
+    setup = RunSetup.from_args(
+        "cross_arch_layers",
+        __doc__,
+        SIZES,
+        argv,
+        add_arguments=add_arguments,
+        out_suffix=lambda a: ("" if a.components == "vae-ddpm" else f"-{a.components}") + ("" if a.holdout_seen is None else "-holdout"),
+    )
     args, size_name, size, out = setup.args, setup.size_name, setup.size, setup.out
     timer = time.perf_counter
     members = plan_members(size["families"], seed=size["plan_seed"])
     by_key = {m.key: m for m in members}
     held = [m for m in members if m.split != "seen"]
+    holdout = args.holdout_seen
+    if holdout is not None and (holdout not in by_key or by_key[holdout].split != "seen"):
+        raise ValueError(f"--holdout-seen must name a seen member, one of {[m.key for m in members if m.split == 'seen']}, got {holdout!r}")
     logger.info("members: %s", {s: [m.key for m in members if m.split == s] for s in ("seen", "interpolation", "extrapolation")})
 
     # 1. The zoo: every member on every task and seed (held-out members only as a reference).
     train = TrainConfig(epochs=size["zoo_epochs"], lr=5e-3, batch_size=64)
     runs: list[RunConfig] = []
     for m in members:
-        common: dict[str, Any] = dict(k=5, arch=m.arch, arch_kwargs=m.kwargs, seeds=size["seeds"], train=train, keep_epochs=size["keep_epochs"], max_eval_per_class=None)
+        common: dict[str, Any] = dict(k=5, arch=m.arch, arch_kwargs=m.kwargs, seeds=size["seeds"], train=train, keep_epochs=size["keep_epochs"], max_eval_per_class=size.get("zoo_eval_per_class"))
         for ds in size["datasets"]:
             cap = size["fashion_train_per_class"] if ds == "fashion_mnist" else None
             runs += subset_runs(ds, size["tasks_per_dataset"], max_train_per_class=cap, **common)
@@ -318,10 +342,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     vals = {t: capped(tasks[t].val, size["eval_per_class"]) for t in names}
     ft_tasks = {t: load_run_task(attrs.evolve(run_of[t], max_train_per_class=size["finetune_train_per_class"]), datasets) for t in names}
     templates = {m.key: build_model(m.arch, num_classes=5, **m.kwargs) for m in members}
-    layouts = {k: LayerRowLayout(t, width=size["width"]) for k, t in templates.items()}
+    layouts = {k: LayerRowLayout(t, width=size["width"], pack=size["pack"]) for k, t in templates.items()}
 
     res = Results("cross_arch_layers", start=setup.started, config={
-        "size": size_name, "seed": args.seed, "components": args.components, "zoo_checkpoints": len(zoo),
+        "size": size_name, "seed": args.seed, "components": args.components, "holdout_seen": holdout, "zoo_checkpoints": len(zoo),
         "members": {m.key: {"split": m.split, "kwargs": m.kwargs} for m in members}, "tasks": names,
         "rows_per_member": {k: v.rows for k, v in layouts.items()},
         **{k: v for k, v in size.items() if k != "families"}, "families": size["families"],
@@ -337,7 +361,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # 2. One row generator per pipeline seed, fitted on the seen members' checkpoints of that seed.
         torch.manual_seed(args.seed * 1000 + seed)  # module initialization of the components
         g = torch.Generator().manual_seed(args.seed * 1000 + seed)
-        train_cps = [c for c in zoo if c.seed == seed and by_key[ckpt_key[c.id]].split == "seen"]
+        train_cps = [c for c in zoo if c.seed == seed and by_key[ckpt_key[c.id]].split == "seen" and ckpt_key[c.id] != holdout]
         states = {c.id: zoo.state_dict(c) for c in train_cps}
         if size["align"]:
             # Line up the channels of the seen ConvNets (a permutation: same functions), narrowest
@@ -351,7 +375,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             rows.append(normalize_rows(lay.flatten(states[c.id]).values.float(), lay.descriptors, lay.mask))
             conds += [(c.task, d) for d in lay.descriptors]
         flat = torch.cat(rows)  # (M_rows, C)
-        conditioner = ConcatConditioner(OneHotConditioner(names), DescriptorConditioner(text=size["text"]))
+        descriptor = (AlignedDescriptorConditioner if size["aligned_features"] else DescriptorConditioner)(text=size["text"])
+        conditioner = ConcatConditioner(OneHotConditioner(names), descriptor)
         gen = make_generator(args.components, conditioner, size)
         start = timer()
         paramgen.fit(gen, flat, conds, tokenizer_steps=size["tokenizer_steps"], prior_steps=size["prior_steps"], batch_size=64,
@@ -384,6 +409,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             model.load_state_dict(lay.unflatten(denormalize_rows(sampled.float(), lay.descriptors, lay.mask)))
             acc.setdefault(("generated", "", 0), {})[(seed, k, c.task)] = evaluate(model, tests[c.task])[0]
             acc.setdefault(("generated", "+ bn-recal", 0), {})[(seed, k, c.task)] = evaluate(recalibrate_batchnorm(model, batches), tests[c.task])[0]
+
+        # Validation (--holdout-seen): a seen member left out of training, generated at every noise level.
+        for c in (c for c in zoo if c.seed == seed and ckpt_key[c.id] == holdout and c.epoch == last):
+            m = by_key[holdout]
+            lay, model = layouts[holdout], build_model(m.arch, num_classes=5, **m.kwargs)
+            batches = _train_batches(tasks[c.task], size["recal_batches"], seed)
+            val_acc.setdefault("validation member: original", {})[(seed, holdout, c.task)] = evaluate(zoo.model(c), vals[c.task])[0]
+            for tau in size["val_noise_scales"]:
+                sampled = sample_rows(gen, [(c.task, d) for d in lay.descriptors], noise_scale=tau, generator=torch.Generator().manual_seed(seed))
+                model.load_state_dict(lay.unflatten(denormalize_rows(sampled.float(), lay.descriptors, lay.mask)))
+                val_acc.setdefault(f"validation member: generated tau={tau:g}", {})[(seed, holdout, c.task)] = evaluate(model, vals[c.task])[0]
+                val_acc.setdefault(f"validation member: generated tau={tau:g} + bn-recal", {})[(seed, holdout, c.task)] = evaluate(recalibrate_batchnorm(model, batches), vals[c.task])[0]
 
         # 3. Initializations of every held-out (member, task).
         jobs = []
@@ -427,7 +464,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for method, variant in (("original", ""), ("reconstruction", ""), ("generated", ""), ("generated", "+ bn-recal")):
         res.add(f"{method} {variant}".strip(), "seen", "test_acc", [acc[(method, variant, 0)][i] for i in seen_items], epoch=0)
     for label, vals_by_item in val_acc.items():
-        res.add(label, "seen", "val_acc", [vals_by_item[i] for i in seen_items], epoch=0)
+        if label.startswith("validation member: "):
+            res.add(label.removeprefix("validation member: "), f"validation member {holdout}", "val_acc", list(vals_by_item.values()), epoch=0)
+        else:
+            res.add(label, "seen", "val_acc", [vals_by_item[i] for i in seen_items], epoch=0)
     for split in ("interpolation", "extrapolation"):
         keys = [(k, t) for k in (m.key for m in held if m.split == split) for t in names]
         if not keys:

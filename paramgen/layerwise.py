@@ -137,13 +137,19 @@ class LayerRowLayout:
         width: Entries per row (``C``).
         arch: The architecture text of every descriptor (default:
             `paramgen.models.describe_architecture` of ``model``).
+        pack: Put ``width // r`` whole output channels in a row when a channel's ``r``
+            entries fit (the default). ``False``: one channel per row (split into pieces
+            when longer) except for vectors (``r == 1``, biases and BatchNorm tensors),
+            so that entry ``j`` of a row is the same input position in every member of a
+            family even where ``r`` grows with the width (a linear head, a 1x1 shortcut):
+            rows of members of different widths line up.
 
     Raises:
         ValueError: ``width`` is not a positive integer, or a state-dict entry belongs
             to a module kind the layout does not know.
     """
 
-    def __init__(self, model: nn.Module, *, width: int, arch: str | None = None) -> None:
+    def __init__(self, model: nn.Module, *, width: int, arch: str | None = None, pack: bool = True) -> None:
         if isinstance(width, bool) or not isinstance(width, int) or width < 1:
             raise ValueError(f"width must be a positive integer, got {width!r}")
         if arch is None:
@@ -152,6 +158,7 @@ class LayerRowLayout:
             arch = describe_architecture(model)
         self.width = width
         self.arch = arch
+        self.pack = pack
         layers = _layer_modules(model)
         state = model.state_dict()
         self.keys: tuple[str, ...] = tuple(state)  # every state-dict key, in order
@@ -184,7 +191,7 @@ class LayerRowLayout:
             r = n // n_out  # entries per output channel
             rows: list[tuple[int, int, int, int, int]] = []  # (start, stop, channel, channels, piece)
             if r <= width:
-                per = width // r
+                per = width // r if pack or r == 1 else 1
                 for c in range(0, n_out, per):
                     k = min(per, n_out - c)
                     rows.append((c * r, (c + k) * r, c, k, 0))
@@ -267,12 +274,21 @@ def _fourier(x: torch.Tensor, bands: int) -> torch.Tensor:
     return torch.cat([torch.sin(ang), torch.cos(ang)], dim=1)
 
 
-def descriptor_features(descriptors: Sequence[LayerDescriptor], *, bands: int = 4) -> torch.Tensor:
+def descriptor_features(descriptors: Sequence[LayerDescriptor], *, bands: int = 4, aligned: bool = False) -> torch.Tensor:
     """Numbers of each descriptor, ``(N, F)`` float32 (the architecture text excluded).
 
     One-hot kind (`KINDS`), ``log2`` of in / out channels, kernel size, fan-in, rows and
     pieces; relative depth, relative channel position (over the layer's channels) and
     absolute channel position (over 64) with ``bands`` Fourier bands each; the piece.
+
+    ``aligned=True``: features for channel-aligned rows of a ``LayerRowLayout(pack=False)``:
+    one-hot kind, ``log2`` of in / out channels, kernel size, relative depth (``bands``
+    Fourier bands), the row's first channel and its piece index as absolute numbers (7
+    Fourier bands over 64 and 5 over 16: every channel below 64 distinct), and nothing
+    else that changes with a member's width (no fan-in, rows, pieces or relative
+    position). Rows that hold the same entries of the same channel in members of
+    different widths then differ only in the two channel counts, so a generator can write
+    an unseen width from the channels seen members have (docs/cross_arch.md).
 
     Examples:
         >>> import torch
@@ -292,6 +308,11 @@ def descriptor_features(descriptors: Sequence[LayerDescriptor], *, bands: int = 
           math.log2(d.rows) / 8, d.pieces / 4] for d in descriptors], dtype=torch.float32,
     )  # fmt: skip
     depth = torch.tensor([d.depth for d in descriptors])
+    if aligned:
+        sizes = num[:, :3]  # log2 in / out channels, kernel
+        first = torch.tensor([d.channel / 64 for d in descriptors])
+        piece_index = torch.tensor([d.piece / 16 for d in descriptors])
+        return torch.cat([kind, sizes, _fourier(depth, bands), _fourier(first, 7), _fourier(piece_index, 5)], dim=1)
     pos = torch.tensor([(d.channel + d.channels / 2) / d.out_channels for d in descriptors])
     absolute = torch.tensor([(d.channel + d.channels / 2) / 64 for d in descriptors])  # channel c of aligned members of any width
     piece = torch.tensor([(d.piece + 0.5) / d.pieces for d in descriptors])

@@ -33,10 +33,10 @@ def members(draw):
 
 
 @settings(max_examples=15)
-@given(net=members(), width=st.integers(1, 40), dtype=st.sampled_from(DTYPES))
-def test_round_trip_is_bit_exact_in_any_float_dtype(net, width, dtype):
+@given(net=members(), width=st.integers(1, 40), dtype=st.sampled_from(DTYPES), pack=st.booleans())
+def test_round_trip_is_bit_exact_in_any_float_dtype(net, width, dtype, pack):
     sd = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in net.state_dict().items()}
-    layout = LayerRowLayout(net, width=width)
+    layout = LayerRowLayout(net, width=width, pack=pack)
     rows = layout.flatten(sd)
     assert rows.values.dtype == dtype and rows.values.shape == (layout.rows, width)
     back = layout.unflatten(rows.values, extras=rows.extras)
@@ -49,9 +49,9 @@ def test_round_trip_is_bit_exact_in_any_float_dtype(net, width, dtype):
 
 
 @settings(max_examples=15)
-@given(net=members(), width=st.integers(1, 40))
-def test_rows_are_channel_aligned_and_descriptors_match(net, width):
-    layout = LayerRowLayout(net, width=width)
+@given(net=members(), width=st.integers(1, 40), pack=st.booleans())
+def test_rows_are_channel_aligned_and_descriptors_match(net, width, pack):
+    layout = LayerRowLayout(net, width=width, pack=pack)
     sd = net.state_dict()
     rows = layout.flatten(sd)
     for i, d in enumerate(layout.descriptors):
@@ -65,6 +65,8 @@ def test_rows_are_channel_aligned_and_descriptors_match(net, width):
             assert d.channels == 1 and torch.equal(got, t[d.channel, d.piece * width : (d.piece + 1) * width])
         assert d.kind in KINDS and 0.0 <= d.depth <= 1.0 and d.rows == sum(e.name == d.name for e in layout.descriptors)
         assert d.pieces == (1 if r <= width else math.ceil(r / width))
+        if not pack and r > 1:
+            assert d.channels == 1  # one channel per row: entry j is the same input position at any width
     # Rows per layer grow with the layer's size (tokens in proportion to layer size).
     for name in layout.names:
         n_rows = sum(d.name == name for d in layout.descriptors)
@@ -118,3 +120,23 @@ def test_bad_input_raises():
         layout.unflatten(torch.zeros(layout.rows + 1, 8))
     with pytest.raises(ValueError, match="expected conv, linear or BatchNorm"):
         LayerRowLayout(torch.nn.Sequential(torch.nn.LayerNorm(4)), width=8)
+
+
+def test_unpacked_rows_and_aligned_features_line_up_across_widths():
+    """pack=False, aligned features: a row of a narrow member and the row of the same channel and
+    piece of a wider one hold the same input positions and differ only in the channel counts."""
+    narrow, wide = ConvNet(channels=[4, 8], num_classes=5), ConvNet(channels=[6, 12], num_classes=5)
+    ln, lw = LayerRowLayout(narrow, width=32, pack=False), LayerRowLayout(wide, width=32, pack=False)
+    fn, fw = descriptor_features(ln.descriptors, aligned=True), descriptor_features(lw.descriptors, aligned=True)
+    assert fn.shape[1] == fw.shape[1] and torch.isfinite(fn).all()
+    where = {(d.name, d.channel, d.piece): i for i, d in enumerate(lw.descriptors)}
+    sizes = slice(len(KINDS), len(KINDS) + 2)  # log2 in / out channels
+    keep = torch.ones(fn.shape[1], dtype=torch.bool)
+    keep[sizes] = False
+    for i, d in enumerate(ln.descriptors):
+        j = where[(d.name, d.channel, d.piece)]
+        assert torch.equal(fn[i, keep], fw[j, keep]), d.name
+    head_n = [d for d in ln.descriptors if d.name == "head.weight"]
+    assert [d.channel for d in head_n] == [0, 1, 2, 3, 4]  # one class per row at any width (packed: 32 // 8 = 4 per row)
+    # Rows of different channels get different features.
+    assert len({tuple(r.tolist()) for r in fn}) == ln.rows

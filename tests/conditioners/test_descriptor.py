@@ -28,3 +28,15 @@ def test_bad_raw_conditions_raise():
         cond(["conv"])
     with pytest.raises(ValueError, match="bands"):
         DescriptorConditioner(bands=0)
+
+
+def test_aligned_conditioner_uses_the_width_free_features():
+    from paramgen.conditioners.descriptor import AlignedDescriptorConditioner
+    from paramgen.layerwise import descriptor_features
+
+    layout = LayerRowLayout(ConvNet(channels=[4, 8]), width=32, pack=False)
+    cond = AlignedDescriptorConditioner(bands=3)
+    out = cond(list(layout.descriptors))
+    assert out.shape == (layout.rows, cond.dim) and torch.equal(out, descriptor_features(layout.descriptors, bands=3, aligned=True))
+    assert cond.dim != DescriptorConditioner(bands=3).dim
+    assert AlignedDescriptorConditioner.from_config(cond.config()).dim == cond.dim
