@@ -69,6 +69,7 @@ from torch import nn
 from paramgen import pretrained
 from paramgen.anchors import Anchor, NearestTaskAnchor, PrototypeAnchor, anchor_from_config
 from paramgen.base import PinnedBase
+from paramgen.draws import has_draws
 from paramgen.guidance import Guidance, LatentGuidance
 from paramgen.interfaces import Conditioner, LatentStats, Prior, Tokenizer, Vectorizer, require
 from paramgen.io import file_sha256, read_json, save_safetensors
@@ -430,6 +431,8 @@ class Generator:
             raise ValueError(f"this generator is conditioned by {type(self.conditioner).__name__}; pass cond (a sequence of raw conditions)")
         if isinstance(cond, (str, bytes)) or not isinstance(cond, Sequence):
             raise TypeError(f"cond must be a sequence of raw conditions (one per model), got {type(cond).__name__}")
+        if has_draws(cond):
+            raise TypeError("paramgen.draws.Draws are for fitting (a fresh draw at every step); pass one raw condition per model here")
         c = self.conditioner(cond)
         if c.ndim != 2 or c.shape != (len(cond), self.conditioner.dim):
             raise ValueError(f"conditioner returned shape {tuple(c.shape)}, expected ({len(cond)}, {self.conditioner.dim})")

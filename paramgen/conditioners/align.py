@@ -32,6 +32,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from paramgen._random import randint, randperm
+from paramgen.draws import pick_draws
 
 __all__ = ["LatentProjection", "align_to_latents", "reinitialize", "retrieval_accuracy"]
 
@@ -177,7 +178,7 @@ def align_to_latents(
     Args:
         conditioner: A `paramgen.interfaces.Conditioner` that is an ``nn.Module``.
         raw: ``M`` raw conditions, one per latent row (repeat a dataset for each of its
-            checkpoints).
+            checkpoints); a `paramgen.draws.Draws` gives a fresh one of its draws at each step.
         latents: ``(M, *latent_shape)`` frozen latents, flattened to ``(M, L)``.
         groups: The task of each row; ``None`` makes every row its own group.
         steps: Optimizer steps.
@@ -237,6 +238,8 @@ def align_to_latents(
     optimizer = torch.optim.Adam(params, lr=lr)
     n = min(batch_size, len(rows_of))
     target = torch.arange(n, device=device)  # (n,)
+    # Draws are picked from a stream of their own, so the batches are those of plain conditions.
+    draws = torch.Generator().manual_seed((generator.initial_seed() if generator is not None else torch.initial_seed()) ^ 0x9E3779B97F4A7C15)
     losses: list[torch.Tensor] = []
     conditioner.train()
     projection.train()
@@ -246,7 +249,7 @@ def align_to_latents(
         chosen = randperm(len(rows_of), generator=generator, device="cpu")[:n].tolist()
         picks = randint(2**62, (n,), generator=generator, device="cpu").tolist()
         idx = [rows_of[g][p % len(rows_of[g])] for g, p in zip(chosen, picks, strict=True)]
-        c = projection.conditions(conditioner([raw[i] for i in idx]).to(device))  # (n, P)
+        c = projection.conditions(conditioner(pick_draws([raw[i] for i in idx], draws)).to(device))  # (n, P); a fresh draw of each Draws
         z = projection.latents(flat[torch.tensor(idx, device=device)])  # (n, P)
         logits = c @ z.T / temperature  # (n, n): condition i vs latent j
         loss = 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.T, target))

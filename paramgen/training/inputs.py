@@ -9,6 +9,7 @@ from typing import Any, cast
 import attrs
 import torch
 
+from paramgen.draws import first_draws
 from paramgen.generator import Generator
 from paramgen.layout import ZooRows
 from paramgen.spec import SpecMismatchError
@@ -52,7 +53,7 @@ class _Zoo:
         if generator.anchor is not None:
             if self.conds is None or not isinstance(flat, torch.Tensor):
                 raise ValueError("an anchored generator needs one condition per checkpoint (its anchor is computed from the condition's data)")
-            flat = generator.residual_targets(flat, self.conds)  # (M, D): w - s * a(cond)
+            flat = generator.residual_targets(flat, first_draws(self.conds))  # (M, D): w - s * a(cond), from a checkpoint's first draw
         generator.layout.fit_normalizer(flat, self.tasks, self.archs)
         x, mask = generator.layout.to_rows(flat, self.tasks, self.archs)  # (M, N, C) on the CPU
         return ZooRows(x, mask, self.conds, self.tasks)

@@ -10,6 +10,7 @@ import attrs
 import torch
 from torch import nn
 
+from paramgen.draws import draw_table, has_draws, pick_draws
 from paramgen.generator import Generator
 from paramgen.interfaces import LatentStats
 from paramgen.training.checkpoint import Saved
@@ -220,6 +221,23 @@ class _Latents(torch.utils.data.Dataset):
         }
 
 
+def _draws_stream(g: torch.Generator) -> torch.Generator:
+    """A CPU stream for picking draws, seeded from the step's noise seed without drawing from
+    it (the prior's noise is the same with or without `paramgen.draws.Draws`)."""
+    return torch.Generator().manual_seed(stream_seed(g.initial_seed(), "draws"))
+
+
+def _draw_conditions(run: Run, generator: Generator, conds: Sequence[Any] | None) -> torch.Tensor:
+    """Condition vectors ``(M, Dc)``, or ``(M, P, Dc)`` when some conditions are `paramgen.draws.Draws`
+    (every draw encoded once; a condition with fewer than ``P`` draws cycles through its own)."""
+    if not has_draws(conds):
+        return _conditions(run, generator, conds)
+    assert conds is not None
+    flat, table = draw_table(conds)
+    vectors = _conditions(run, generator, flat)  # (N, Dc)
+    return vectors[table.to(vectors.device)]  # (M, P, Dc)
+
+
 def _conditions(run: Run, generator: Generator, conds: Sequence[Any] | None) -> torch.Tensor:
     if conds is None:
         raise ValueError(f"this generator is conditioned by {type(generator.conditioner).__name__}: every model needs a raw condition")
@@ -242,9 +260,12 @@ def prior_stage(run: Run, generator: Generator, enc: _Encoded, start: int, saved
     prior, conditioner = generator.prior, generator.conditioner
     z = enc.z
     cond_params = trainable_parameters(conditioner)
-    fixed = _conditions(run, generator, enc.conds) if conditioner is not None and not cond_params else None
+    fixed = _draw_conditions(run, generator, enc.conds) if conditioner is not None and not cond_params else None  # (M, Dc) or (M, P, Dc)
     if hasattr(prior, "fit"):
-        c_all = fixed if fixed is not None or conditioner is None else _conditions(run, generator, enc.conds)
+        c_all = fixed if fixed is not None or conditioner is None else _draw_conditions(run, generator, enc.conds)
+        if c_all is not None and c_all.dim() == 3:  # several draws: every (latent, draw) pair
+            m, p = c_all.shape[:2]
+            z, c_all = z.repeat_interleave(p, dim=0), c_all.reshape(m * p, -1)
         prior.fit(z, c_all)
         return
     if run.config.prior_steps == 0:
@@ -255,8 +276,14 @@ def prior_stage(run: Run, generator: Generator, enc: _Encoded, start: int, saved
     def loss(batch: dict[str, Any], g: torch.Generator) -> tuple[torch.Tensor, dict[str, Any]]:
         if batch["c"] is not None:
             c = batch["c"]
+            if c.dim() == 3:  # (B, P, Dc): one of each row's draws, fresh at every step
+                j = torch.randint(c.shape[1], (c.shape[0],), generator=_draws_stream(g)).to(c.device)
+                c = c[torch.arange(c.shape[0], device=c.device), j]
         elif conditioner is not None:
-            c = generator.condition(batch["raw"])
+            raw = batch["raw"]
+            if has_draws(raw):
+                raw = pick_draws(raw, _draws_stream(g))
+            c = generator.condition(raw)
         else:
             c = None
         return prior.loss(batch["z"], c, generator=g), {}
