@@ -26,7 +26,9 @@ Residual anchor (``anchor="nearest_task"``, `paramgen.anchors.NearestTaskAnchor`
 the generator): each task's best checkpoint by validation, keyed by the class means of its
 draws (raw features, in class order); the generator learns each checkpoint minus its
 task's anchor and adds back the anchor of the task nearest to the new condition.
-``--set anchor=none`` fits on the weights themselves.
+``--set anchor=none`` fits on the weights themselves. ``fresh_draws``: every checkpoint
+holds all its task's draws (`paramgen.draws.Draws`) and fitting picks a fresh one at each
+alignment and prior step, instead of one draw per checkpoint, cycled.
 
 Rows, per task and as the mean over tasks (test accuracy):
 - ``original``: the task's trained checkpoints (the models being retrieved), their mean;
@@ -69,6 +71,7 @@ from benchmarks.modelzoo import AlignLosses, accuracies, capped, make_generator,
 from benchmarks.modelzoo import plan as image_plan
 from paramgen.anchors import NearestTaskAnchor
 from paramgen.conditioners import mobilenet_features, set_features
+from paramgen.draws import Draws
 from paramgen.models import build_model
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, load_run_task
 from paramgen.zoo.build import subset_runs
@@ -94,6 +97,7 @@ SIZES: dict[str, dict[str, Any]] = {
         timed_tasks=1,
         pipeline_seeds=1,  # the 3-seed evidence: --quick --set pipeline_seeds=3
         anchor="nearest_task",
+        fresh_draws=False,
     ),
     "default": dict(
         image=dict(zoo="cnn-fashion-digits"),
@@ -110,6 +114,7 @@ SIZES: dict[str, dict[str, Any]] = {
         timed_tasks=2,
         pipeline_seeds=3,
         anchor="nearest_task",
+        fresh_draws=False,
     ),
 }
 
@@ -225,13 +230,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             draws = {name: [task_condition(task, ext, size["shots"], gs(p, 100_000 * (mi + 1) + 100 * ti + r)) for r in range(size["draws"])]
                      for ti, (name, task) in enumerate(tasks.items())}
             seen: dict[str, int] = {}
-            row_conds = []
+            row_conds: list[Any] = []
             for t in tasks_of:
-                row_conds.append(draws[t][seen.get(t, 0) % size["draws"]])
+                if size["fresh_draws"]:  # every checkpoint holds all its task's draws: a fresh one at every fitting step
+                    row_conds.append(Draws(*draws[t]))
+                else:  # the draws cycled over the task's checkpoints
+                    row_conds.append(draws[t][seen.get(t, 0) % size["draws"]])
                 seen[t] = seen.get(t, 0) + 1
+            key_conds = [c for t in names for c in draws[t]]  # every draw of every task, for 1-NN retrieval
+            key_tasks = [t for t in names for _ in draws[t]]
 
             torch.manual_seed(setup.seed * 1000 + 100 * p + mi)  # the generator's initialization, per pipeline seed
-            gen = make_generator(spec, row_conds[0].shape[-1], size, residuals=size["anchor"] != "none")
+            gen = make_generator(spec, key_conds[0].shape[-1], size, residuals=size["anchor"] != "none")
             # The residual anchor: each task's best checkpoint by validation, keyed by its draws'
             # class means (raw features); the generator learns checkpoints minus their task's anchor.
             anchor = NearestTaskAnchor.from_zoo(draws, {name: flat[best_row[name]] for name in names})
@@ -246,7 +256,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             res.add(f"generator ({modality})", f"seed {p}", "fit_s", time.perf_counter() - start, parameters=spec.numel)
             align.report(res, f"{modality}, seed {p}")
             with torch.no_grad():  # the zoo's conditions in the fitted conditioner's space, for 1-NN retrieval
-                keys = torch.cat([_embed(gen, row_conds[i : i + 64]) for i in range(0, len(row_conds), 64)])  # (M, D)
+                keys = torch.cat([_embed(gen, key_conds[i : i + 64]) for i in range(0, len(key_conds), 64)])  # (tasks x draws, D)
 
             for m in scores:
                 scores[m].append([])
@@ -264,7 +274,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 best = int(val_acc.argmax())  # selection on the validation split
                 gen_val.append(float(val_acc.mean()))  # what settings are chosen on (never the test split)
                 with torch.no_grad():
-                    found = nearest_tasks(_embed(gen, [c]), keys, tasks_of)[0]
+                    found = nearest_tasks(_embed(gen, [c]), keys, key_tasks)[0]
                 retrieved = accuracies(zoo, flat[best_row[found] : best_row[found] + 1], tests[name])[0]
                 hits.append(float(found == name))
                 raw_found = anchor.nearest([c])[0]  # the anchor alone: the nearest task by raw class means

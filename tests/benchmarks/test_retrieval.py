@@ -14,7 +14,7 @@ from tests.benchmarks.test_harnesses import methods, run
 def test_retrieval_harness(tmp_path, monkeypatch):
     tiny = dict(image=dict(zoo="tiny-img", tasks_per_dataset=1, seeds=(0,), zoo_epochs=2, keep_epochs=(1, 2), fashion_train_per_class=20),
                 signal=dict(zoo="tiny-1d", tasks=2, seeds=(0,), epochs=2, keep=2),
-                vae_steps=3, vae_channels=8, align_steps=3, align_restarts=2, prior_steps=3, samples=2, eval_per_class=5, timed_tasks=1, pipeline_seeds=2, anchor="nearest_task")
+                vae_steps=3, vae_channels=8, align_steps=3, align_restarts=2, prior_steps=3, samples=2, eval_per_class=5, timed_tasks=1, pipeline_seeds=2, anchor="nearest_task", fresh_draws=True)
     data = run(retrieval, tmp_path, monkeypatch, tiny)
     assert {"original", "best original (val)", "nearest task (1-NN)", "nearest task (raw features)", "generated", "generated best-of-n (val)", "random init",
             "training"} <= methods(data)  # fmt: skip
@@ -51,7 +51,7 @@ def test_retrieval_refuses_an_unknown_anchor(tmp_path, monkeypatch):
     tiny = dict(image=dict(zoo="tiny-img", tasks_per_dataset=1, seeds=(0,), zoo_epochs=2, keep_epochs=(1, 2), fashion_train_per_class=20),
                 signal=dict(zoo="tiny-1d", tasks=2, seeds=(0,), epochs=2, keep=2),
                 vae_steps=3, vae_channels=8, align_steps=3, align_restarts=1, prior_steps=3, samples=2, eval_per_class=5, timed_tasks=1, pipeline_seeds=1,
-                anchor="prototype")  # fmt: skip
+                anchor="prototype", fresh_draws=False)  # fmt: skip
     with pytest.raises(ValueError, match="anchor must be 'nearest_task' or 'none'"):
         run(retrieval, tmp_path, monkeypatch, tiny)
 
