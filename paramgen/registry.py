@@ -70,6 +70,7 @@ BUILTINS: dict[str, str] = {
     "concat": "paramgen.conditioners.architecture:ConcatConditioner",
     "text-or-vector": "paramgen.conditioners.text_or_vector:TextOrVectorConditioner",
     "descriptor": "paramgen.conditioners.descriptor:DescriptorConditioner",
+    "aligned-descriptor": "paramgen.conditioners.descriptor:AlignedDescriptorConditioner",
     "chunk-position": "paramgen.chunkwise:ChunkPositionConditioner",
     # other saved parts
     "accuracy-predictor": "paramgen.predictor:AccuracyPredictor",

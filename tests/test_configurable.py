@@ -32,7 +32,7 @@ from paramgen.conditioners import (
     TextConditioner,
     TextOrVectorConditioner,
 )
-from paramgen.conditioners.descriptor import DescriptorConditioner
+from paramgen.conditioners.descriptor import AlignedDescriptorConditioner, DescriptorConditioner
 from paramgen.predictor import AccuracyPredictor
 from paramgen.priors import DiffusionPrior, GPTPrior, KDEPrior
 from paramgen.registry import BUILTINS, Configurable, UnregisteredComponentError, registry
@@ -128,6 +128,7 @@ FROZEN: dict[str, tuple[Callable[[], Any], dict[str, Any]]] = {
     ),
     "identity": (lambda: IdentityTokenizer(rows=3, width=5), {"rows": 3, "width": 5}),
     "descriptor": (lambda: DescriptorConditioner(bands=2), {"bands": 2, "text": False, "model_path": None}),
+    "aligned-descriptor": (lambda: AlignedDescriptorConditioner(bands=3), {"bands": 3, "text": False, "model_path": None}),
     "positional-vae": (
         lambda: PositionalVAETokenizer(width=8, num_chunks=3, latent_channels=2, latent_length=2, hidden_channels=8, num_down=1, position_dim=4, position_bias=True, input_noise=0.01),
         {
@@ -400,6 +401,7 @@ STRATEGIES: dict[str, st.SearchStrategy[Any]] = {
     "concat": st.lists(st.one_of(_index, _one_hot), min_size=2, max_size=3).map(lambda parts: ConcatConditioner(*parts)),
     "text-or-vector": _text_kwargs.filter(lambda kw: kw.get("dim") is None).map(lambda kw: TextOrVectorConditioner(**kw)),
     "descriptor": st.builds(DescriptorConditioner, bands=_ints(1, 6)),
+    "aligned-descriptor": st.builds(AlignedDescriptorConditioner, bands=_ints(1, 6)),
     "chunk-position": st.builds(ChunkPositionConditioner, num_chunks=_ints(1, 9), num_tensors=_ints(1, 3), num_types=_ints(1, 3), dim=_ints(1, 8)),
     "accuracy-predictor": st.builds(AccuracyPredictor, rows=_ints(1, 3), width=_ints(1, 8), hidden=_ints(1, 16)),
 }
