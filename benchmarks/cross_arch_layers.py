@@ -71,6 +71,7 @@ from paramgen.models.batchnorm import recalibrate_batchnorm
 from paramgen.models.net2net import can_grow, grow_convnet, grow_resnet
 from paramgen.models.permute import align_convnets
 from paramgen.pipelines import d2nwg, igpg
+from paramgen.priors import DiffusionPrior
 from paramgen.priors.schedule import ddim_sample
 from paramgen.spec import ParamSpec
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, evaluate, load_run_task
@@ -256,6 +257,8 @@ def sample_rows(gen: paramgen.Generator, conds: Sequence[Any], *, noise_scale: f
         return out
     # DiffusionPrior.sample draws x_T itself; its parts are public, so the scaled start is run here.
     prior = gen.prior
+    if not isinstance(prior, DiffusionPrior):
+        raise TypeError(f"sample_rows: expected a GPT or a paramgen.priors.DiffusionPrior prior, got {type(prior).__name__}")
     c = gen.condition(list(conds))
     assert c is not None
     c = c.to(gen.device)
@@ -475,10 +478,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         keys = [(k, t) for k in (m.key for m in held if m.split == split) for t in names]
         if not keys:
             continue
-        for (method, variant, epoch), vals in sorted(acc.items()):
+        for (method, variant, epoch), by_item in sorted(acc.items()):
             if method == "reconstruction":
                 continue
-            res.add(f"{method} {variant}".strip(), split, "test_acc", [vals[(s, k, t)] for s in seeds for k, t in keys], epoch=epoch)
+            res.add(f"{method} {variant}".strip(), split, "test_acc", [by_item[(s, k, t)] for s in seeds for k, t in keys], epoch=epoch)
         for variant, epochs in (("", (0,)), ("+ bn-recal", (0, 1))):
             for epoch in epochs:
                 gen_v = acc[("generated", variant, epoch)]
