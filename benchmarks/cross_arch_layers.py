@@ -60,7 +60,6 @@ import torch
 
 import paramgen
 from benchmarks.common import Results, RunSetup, capped, clustered_bootstrap, paired_seed_ci, parallel_map
-from paramgen._random import randn
 from paramgen.conditioners import ConcatConditioner
 from paramgen.conditioners.descriptor import AlignedDescriptorConditioner, DescriptorConditioner
 from paramgen.conditioners.index import OneHotConditioner
@@ -72,7 +71,6 @@ from paramgen.models.net2net import can_grow, grow_convnet, grow_resnet
 from paramgen.models.permute import align_convnets
 from paramgen.pipelines import d2nwg, igpg
 from paramgen.priors import DiffusionPrior
-from paramgen.priors.schedule import ddim_sample
 from paramgen.spec import ParamSpec
 from paramgen.zoo import RunConfig, TrainConfig, build_zoo, evaluate, load_run_task
 from paramgen.zoo.build import subset_runs
@@ -241,8 +239,9 @@ def sample_rows(gen: paramgen.Generator, conds: Sequence[Any], *, noise_scale: f
     """One row per condition, ``(B, C)``, sampled at a lowered noise level.
 
     A latent DDPM (`paramgen.priors.DiffusionPrior`): deterministic DDIM (``eta = 0``, the
-    prior's steps) from ``x_T`` scaled by ``noise_scale`` (0: every row from ``x_T = 0``,
-    close to the mode of its condition; 1: an ordinary sample). A GPT prior: softmax
+    prior's steps) from ``x_T`` scaled by ``noise_scale`` (the prior's ``noise_scale``
+    option; 0: every row from ``x_T = 0``, close to the mode of its condition; 1: an
+    ordinary sample). A GPT prior: softmax
     temperature ``noise_scale``, greedy (``top_k=1``) at 0.
 
     Rows of one member are sampled independently; a lower noise level makes them agree
@@ -255,21 +254,14 @@ def sample_rows(gen: paramgen.Generator, conds: Sequence[Any], *, noise_scale: f
         out = gen.sample_flat(list(conds), 1, generator=generator, **kw)
         assert isinstance(out, torch.Tensor)
         return out
-    # DiffusionPrior.sample draws x_T itself; its parts are public, so the scaled start is run here.
-    prior = gen.prior
-    if not isinstance(prior, DiffusionPrior):
-        raise TypeError(f"sample_rows: expected a GPT or a paramgen.priors.DiffusionPrior prior, got {type(prior).__name__}")
-    c = gen.condition(list(conds))
-    assert c is not None
-    c = c.to(gen.device)
-    net = prior.unet if prior.ema_decay == 0 else prior.ema
-    x_t = noise_scale * randn((len(conds), *prior.shape), generator=generator, device=gen.device)  # (B, C_lat, T_lat), as the prior draws it
-    with torch.no_grad():
-        z = ddim_sample(lambda x, t: net(x, t, c), x_t.shape, prior.schedule, steps=prior.ddim_steps, eta=0.0, init_noise=x_t)
-        rows = gen.tokenizer.decode(gen.latent_stats.restore(z))  # (B, 1, C)
-    if not torch.isfinite(rows).all():
+    if not isinstance(gen.prior, DiffusionPrior):
+        raise TypeError(f"sample_rows: expected a GPT or a paramgen.priors.DiffusionPrior prior, got {type(gen.prior).__name__}")
+    # One prior call for every row (batch_size): the rows share one draw of x_T, scaled by the prior.
+    out = gen.sample_flat(list(conds), 1, generator=generator, batch_size=len(conds), sampler="ddim", eta=0.0, noise_scale=noise_scale)
+    assert isinstance(out, torch.Tensor)
+    if not torch.isfinite(out).all():
         raise FloatingPointError("the prior produced NaN or Inf rows")
-    return rows.reshape(len(conds), -1)
+    return out
 
 
 def _train_batches(task: Task, n: int, seed: int, batch_size: int = 64) -> list[torch.Tensor]:

@@ -122,7 +122,7 @@ class DiffusionPrior(nn.Module, Configurable):
     """
 
     #: The keyword options of `sample` (see there).
-    SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ("sampler", "steps", "guidance_scale", "eta", "guidance")
+    SAMPLE_OPTIONS: ClassVar[tuple[str, ...]] = ("sampler", "steps", "guidance_scale", "eta", "guidance", "noise_scale")
 
     ema_null_cond: torch.Tensor | None
     ema_updates: torch.Tensor
@@ -270,6 +270,7 @@ class DiffusionPrior(nn.Module, Configurable):
         guidance_scale: float | None = None,
         eta: float | None = None,
         guidance: LatentGuidance | None = None,
+        noise_scale: float | None = None,
         **unknown: Any,
     ) -> torch.Tensor:
         """Draw ``n`` latents with the EMA weights.
@@ -295,6 +296,9 @@ class DiffusionPrior(nn.Module, Configurable):
             guidance: A `paramgen.guidance.LatentGuidance`: after each step's ``x0``
                 prediction, ``x0`` moves along the negative gradient of its loss
                 (`paramgen.guidance.guide_eps`); DDIM only. It draws no randomness.
+            noise_scale: Start DDIM from ``x_T`` times this factor in ``[0, 1]`` (``None``
+                or 1: an ordinary sample, bit for bit; 0 with ``eta = 0``: every sample
+                from ``x_T = 0``, near the mode of its condition); DDIM only.
             **unknown: Any other keyword raises.
 
         Returns:
@@ -318,7 +322,7 @@ class DiffusionPrior(nn.Module, Configurable):
             >>> prior.sample(2, temperature=0.7)
             Traceback (most recent call last):
             ...
-            TypeError: DiffusionPrior.sample got temperature=0.7; valid options: sampler, steps, guidance_scale, eta, guidance
+            TypeError: DiffusionPrior.sample got temperature=0.7; valid options: sampler, steps, guidance_scale, eta, guidance, noise_scale
         """
         reject_unknown_options("DiffusionPrior.sample", unknown, self.SAMPLE_OPTIONS)
         _positive_int("n", n)
@@ -331,11 +335,13 @@ class DiffusionPrior(nn.Module, Configurable):
             raise ValueError(f"DiffusionPrior.sample: guidance_scale must be a finite number, got {guidance_scale!r}")
         if eta is not None and (not _finite_number(eta) or not 0.0 <= eta <= 1.0):
             raise ValueError(f"DiffusionPrior.sample: eta must be a number in [0, 1], got {eta!r}")
+        if noise_scale is not None and (not _finite_number(noise_scale) or not 0.0 <= noise_scale <= 1.0):
+            raise ValueError(f"DiffusionPrior.sample: noise_scale must be a number in [0, 1], got {noise_scale!r}")
         if guidance is not None and not isinstance(guidance, LatentGuidance):
             raise TypeError(f"DiffusionPrior.sample: guidance must be a paramgen.guidance.LatentGuidance, got {type(guidance).__name__}")
         if sampler == "ddpm":
             how = "sampler='ddpm'" if given_sampler is not None else "the prior's default sampler"
-            for name, value in (("steps", steps), ("eta", eta), ("guidance", guidance)):
+            for name, value in (("steps", steps), ("eta", eta), ("guidance", guidance), ("noise_scale", noise_scale)):
                 if value is not None:
                     raise ValueError(
                         f"DiffusionPrior.sample: {name}={value!r} acts with the DDIM sampler only, but this call samples with "
@@ -374,8 +380,9 @@ class DiffusionPrior(nn.Module, Configurable):
             if sampler == "ddpm":
                 out = ddpm_sample(eps_fn, shape, self.schedule, generator=generator, device=device, dtype=work)
             else:
+                start = None if noise_scale is None else float(noise_scale) * randn(shape, generator=generator, device=device, dtype=work)  # scaled x_T
                 out = ddim_sample(
                     eps_fn if guidance is None else guided_eps_fn, shape, self.schedule, steps=self.ddim_steps if steps is None else steps, eta=float(eta or 0.0),
-                    generator=generator, device=device, dtype=work,
+                    generator=generator, device=device, dtype=work, init_noise=start,
                 )  # fmt: skip
         return out.to(dtype)

@@ -66,6 +66,9 @@ def test_kde_prior_has_no_options(kde):
         (dict(sampler="ddim", eta="0.5"), r"eta must be a number in \[0, 1\], got '0\.5'"),
         (dict(sampler="ddpm", steps=5), r"steps=5 acts with the DDIM sampler only, but this call samples with DDPM \(sampler='ddpm'\)"),
         (dict(sampler="ddpm", eta=0.0), r"eta=0\.0 acts with the DDIM sampler only, but this call samples with DDPM"),
+        (dict(sampler="ddim", noise_scale=1.5), r"noise_scale must be a number in \[0, 1\], got 1\.5"),
+        (dict(sampler="ddim", noise_scale=float("nan")), r"noise_scale must be a number in \[0, 1\], got nan"),
+        (dict(sampler="ddpm", noise_scale=0.5), r"noise_scale=0\.5 acts with the DDIM sampler only"),
     ],
 )
 def test_diffusion_prior_wrong_option_values(ddpm, kwargs, match):
@@ -94,6 +97,18 @@ def test_ddim_eta_is_used(ddpm):
     c = ddpm.sample(2, cond, generator=_gen(1), sampler="ddim", steps=5, eta=1.0)
     assert torch.equal(a, b)  # eta = 0 is the default, deterministic DDIM
     assert not torch.allclose(a, c)
+
+
+def test_ddim_noise_scale_scales_x_T(ddpm):
+    cond = torch.randn(2, 3, generator=_gen(5))
+    plain = ddpm.sample(2, cond, generator=_gen(1), sampler="ddim", steps=5)
+    one = ddpm.sample(2, cond, generator=_gen(1), sampler="ddim", steps=5, noise_scale=1.0)
+    assert torch.equal(plain, one)  # scale 1 is an ordinary sample, bit for bit
+    zero_a = ddpm.sample(2, cond, generator=_gen(1), sampler="ddim", steps=5, noise_scale=0.0)
+    zero_b = ddpm.sample(2, cond, generator=_gen(2), sampler="ddim", steps=5, noise_scale=0.0)
+    assert torch.equal(zero_a, zero_b) and not torch.equal(zero_a, plain)  # from x_T = 0: the noise does not matter
+    half = ddpm.sample(2, cond, generator=_gen(1), sampler="ddim", steps=5, noise_scale=0.5)
+    assert not torch.equal(half, plain) and not torch.equal(half, zero_a)
 
 
 def test_generator_sample_passes_options_to_the_prior_and_the_prior_names_the_bad_one():
