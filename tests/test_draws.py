@@ -112,3 +112,23 @@ def test_sampling_refuses_draws_and_an_anchor_reads_the_first_draw():
                  generator=torch.Generator().manual_seed(0), progress=False)  # fmt: skip
     assert all(torch.equal(a, b) for a, b in zip(seen["conds"], support, strict=True))
     assert torch.equal(real(w, seen["conds"]), want)
+
+
+def test_a_kde_prior_pairs_every_latent_with_every_draw():
+    from typing import Any, cast
+
+    from paramgen import Generator
+    from paramgen.priors import KDEPrior
+
+    flat, conds = _zoo()
+    other = [c + 10.0 for c in conds]
+    gen = _gen()
+    _fit(gen, flat, conds, align_steps=3)  # the conditioner is frozen after alignment
+    kde = Generator(vectorizer=gen.vectorizer, tokenizer=gen.tokenizer, prior=cast(Any, KDEPrior()), conditioner=gen.conditioner, normalizer=gen.normalizer)
+    paramgen.fit(kde, flat, [Draws(a, b) for a, b in zip(conds, other, strict=True)], tokenizer_steps=0, generator=torch.Generator().manual_seed(0), progress=False)
+    with torch.no_grad():
+        want = torch.cat([gen.condition(conds), gen.condition(other)])  # (2M, Dc): both draws of every checkpoint
+    groups = kde.prior.conds  # one group per distinct condition vector
+    assert groups.shape[0] == 2 * len(conds)
+    exact = "donot_use_mm_for_euclid_dist"
+    assert float(torch.cdist(want, groups.to(want.dtype), compute_mode=exact).min(1).values.max()) < 1e-5
